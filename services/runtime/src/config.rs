@@ -1,0 +1,279 @@
+//! Configuration pieces every service reads from its environment.
+//!
+//! Each service declares its own `clap` struct with its own prefixed
+//! variables (`AUTH_GRPC_ADDR`, ...), so the all-in-one binary can read all
+//! four sets at once; this module holds the settings they share and the
+//! value types they parse into. Parsing happens in `clap` value parsers, so a
+//! bad value stops the process with exit code 2 and a message naming the
+//! variable, before anything starts.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+/// Settings shared by every binary: shutdown, logging and tracing.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// How long to drain in-flight calls, streams and sockets on SIGTERM
+    /// before cutting them.
+    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+
+    /// Log format; `pretty` on a terminal, `json` otherwise, when unset.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// OTLP/gRPC endpoint to export traces to, such as
+    /// `http://otel-collector:4317`; unset exports nothing.
+    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for CommonConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(20),
+            log_filter: "info".into(),
+            log_format: None,
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    Json,
+    /// Coloured, human-readable lines.
+    Pretty,
+}
+
+/// Parses a humantime duration (`500ms`, `8s`, `15m`, `30d`).
+///
+/// # Errors
+/// Returns a message clap shows next to the variable's name.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim()).map_err(|err| format!("not a duration like `8s` or `15m`: {err}"))
+}
+
+/// Which database engine a `*_DATABASE_URL` points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// `postgres://...`: a shared server, each service in its own schema.
+    Postgres,
+    /// `sqlite://path`: an embedded file, created if missing.
+    Sqlite,
+}
+
+/// A validated `*_DATABASE_URL`. Its `Debug` and `Display` hide any
+/// password, so the configuration can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl {
+    url: String,
+    kind: DatabaseKind,
+}
+
+impl DatabaseUrl {
+    /// The engine this URL selects.
+    pub fn kind(&self) -> DatabaseKind {
+        self.kind
+    }
+
+    /// The full URL, password included, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.url
+    }
+
+    /// For SQLite, the file path the URL names (relative to the working
+    /// directory); `None` for Postgres and in-memory databases.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        if self.kind != DatabaseKind::Sqlite {
+            return None;
+        }
+        let rest = self
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or_default();
+        (!path.is_empty() && path != ":memory:").then_some(path)
+    }
+
+    fn redacted(&self) -> String {
+        // postgres://user:secret@host/db -> postgres://user:***@host/db
+        if let Some((scheme, rest)) = self.url.split_once("://")
+            && let Some((credentials, host)) = rest.split_once('@')
+            && let Some((user, _password)) = credentials.split_once(':')
+        {
+            return format!("{scheme}://{user}:***@{host}");
+        }
+        self.url.clone()
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let url = value.trim().to_owned();
+        let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            DatabaseKind::Postgres
+        } else if url.starts_with("sqlite:") {
+            DatabaseKind::Sqlite
+        } else {
+            return Err("expected `postgres://...` or `sqlite://path`".into());
+        };
+        Ok(Self { url, kind })
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Where callers find a service (`AUTH_URL`, `USER_URL`, `CHAT_URL`): one or
+/// more `http://host:port`, separated by commas. A host name may resolve to
+/// several addresses (a headless Service); it is re-resolved periodically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUrl {
+    targets: Vec<Target>,
+}
+
+/// One `host:port` of a [`ServiceUrl`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl ServiceUrl {
+    /// The `host:port` pairs to resolve and balance over.
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// A URL with one target, for tests and the all-in-one binary.
+    pub fn from_addr(addr: std::net::SocketAddr) -> Self {
+        Self {
+            targets: vec![Target {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, target) in self.targets.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "http://{}:{}", target.host, target.port)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ServiceUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let mut targets = Vec::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let rest = part
+                .strip_prefix("http://")
+                .ok_or_else(|| format!("`{part}` must start with http://"))?;
+            let authority = rest.trim_end_matches('/');
+            let (host, port) = authority
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{part}` needs a port, as in http://host:50051"))?;
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("`{part}` has a bad port `{port}`"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() || host.contains('/') {
+                return Err(format!("`{part}` has no host"));
+            }
+            targets.push(Target {
+                host: host.to_owned(),
+                port,
+            });
+        }
+        if targets.is_empty() {
+            return Err("expected at least one http://host:port".into());
+        }
+        Ok(Self { targets })
+    }
+}
+
+/// `AUTH_URL`: where auth is, for its public keys (and the gateway's
+/// logins).
+#[derive(Debug, Clone, Args)]
+pub struct AuthUrl {
+    /// Where to find the auth service: http://host:port, several separated
+    /// by commas, or a name resolving to several addresses.
+    #[arg(long = "auth-url", env = "AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    pub auth_url: ServiceUrl,
+}
+
+/// `USER_URL`: where the user service is.
+#[derive(Debug, Clone, Args)]
+pub struct UserUrl {
+    /// Where to find the user service: http://host:port, several separated
+    /// by commas, or a name resolving to several addresses.
+    #[arg(long = "user-url", env = "USER_URL", default_value = "http://127.0.0.1:50052")]
+    pub user_url: ServiceUrl,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_use_humantime() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn database_urls_pick_the_engine_and_hide_passwords() {
+        let pg: DatabaseUrl = "postgres://parley:hunter2@db:5432/parley".parse().unwrap();
+        assert_eq!(pg.kind(), DatabaseKind::Postgres);
+        assert_eq!(pg.to_string(), "postgres://parley:***@db:5432/parley");
+        assert!(!format!("{pg:?}").contains("hunter2"));
+
+        let sqlite: DatabaseUrl = "sqlite://data/auth.db".parse().unwrap();
+        assert_eq!(sqlite.kind(), DatabaseKind::Sqlite);
+        assert_eq!(sqlite.sqlite_path(), Some("data/auth.db"));
+
+        assert!("mysql://x".parse::<DatabaseUrl>().is_err());
+    }
+
+    #[test]
+    fn service_urls_take_lists() {
+        let url: ServiceUrl = "http://a:1, http://b.svc:50052/".parse().unwrap();
+        assert_eq!(url.targets().len(), 2);
+        assert_eq!(url.targets()[1].host, "b.svc");
+        assert_eq!(url.targets()[1].port, 50052);
+        assert_eq!(url.to_string(), "http://a:1,http://b.svc:50052");
+        assert!("a:1".parse::<ServiceUrl>().is_err());
+        assert!("http://a".parse::<ServiceUrl>().is_err());
+        assert!("".parse::<ServiceUrl>().is_err());
+    }
+}

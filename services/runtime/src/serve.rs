@@ -1,0 +1,104 @@
+//! The life of a service process: bind, serve the API and admin ports,
+//! drain on shutdown. Every service's `Application` ends up here.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    grpc::{self, ServerOptions, Services},
+    health::Readiness,
+};
+
+/// A service's two listening sockets, bound before anything else starts so
+/// callers (and tests, with port 0) know the addresses at once.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses; `grpc_var` and `admin_var` name the variables
+    /// they came from, for the error message.
+    ///
+    /// # Errors
+    /// Fails when an address cannot be bound.
+    pub async fn bind(
+        grpc: SocketAddr,
+        grpc_var: &str,
+        admin: SocketAddr,
+        admin_var: &str,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            grpc: TcpListener::bind(grpc)
+                .await
+                .with_context(|| format!("{grpc_var}: cannot listen on {grpc}"))?,
+            admin: TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("{admin_var}: cannot listen on {admin}"))?,
+        })
+    }
+
+    /// The bound gRPC address (the real port when 0 was asked for).
+    ///
+    /// # Errors
+    /// Fails when the socket has no local address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The bound admin address.
+    ///
+    /// # Errors
+    /// Fails when the socket has no local address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+}
+
+/// Serves `services` and the admin port until `shutdown`, then drains
+/// within `options.shutdown_grace`.
+///
+/// # Errors
+/// Fails when either server fails.
+pub async fn run(
+    service: &'static str,
+    listeners: Listeners,
+    services: Services,
+    readiness: Readiness,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(
+        service,
+        grpc = %listeners.grpc_addr()?,
+        admin = %listeners.admin_addr()?,
+        "listening"
+    );
+    let not_draining = readiness.condition("draining");
+    not_draining.set(true);
+    let admin = tokio::spawn(crate::admin::serve(listeners.admin, readiness.clone(), shutdown.clone()));
+    let drain_flag = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            not_draining.set(false);
+        })
+    };
+
+    let served = grpc::serve(listeners.grpc, services, readiness, options, shutdown.clone()).await;
+    // The gRPC server also returns when it fails; take the admin port down
+    // with it rather than leave a half-alive process.
+    shutdown.cancel();
+    drain_flag.abort();
+    let admin_result = admin.await.context("admin server task failed")?;
+    served?;
+    admin_result.context("admin server failed")?;
+    tracing::info!(service, "stopped");
+    Ok(())
+}

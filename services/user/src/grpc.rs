@@ -1,0 +1,305 @@
+//! `parley.user.v1.UserService`: glue between the wire and the store.
+//! Handlers parse, authorize, call the store and convert back; every error
+//! becomes a status in `error.rs`.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use futures_util::{StreamExt as _, stream::BoxStream};
+use parley_proto::user::v1::{
+    self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateUserRequest, CreateUserResponse,
+    DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse, ItemError, ListUsersRequest,
+    ListUsersResponse, StreamUsersRequest, StreamUsersResponse, UpdateUserRequest, UpdateUserResponse,
+    batch_create_user_result::Outcome, stream_users_response,
+};
+use parley_runtime::{
+    grpc::status::{code_name, invalid_field},
+    token::{Caller, caller},
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    domain::{NewUser, User, UserStatus, parse_display_name, parse_email, parse_metadata, parse_roles},
+    error::Error,
+    store::UserStore,
+};
+
+/// Users per `ListUsers` page when the request says 0.
+pub const DEFAULT_PAGE_SIZE: i32 = 50;
+/// Most users per `ListUsers` page.
+pub const MAX_PAGE_SIZE: i32 = 500;
+/// Most items one `BatchCreateUsers` call creates; later items fail
+/// in-band with RESOURCE_EXHAUSTED.
+pub const MAX_BATCH_ITEMS: usize = 10_000;
+
+/// The user service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UserService {
+    store: UserStore,
+    /// Lower-cased usernames that get `admin` when created.
+    admin_usernames: Arc<BTreeSet<String>>,
+}
+
+impl UserService {
+    /// A service over `store`.
+    pub fn new(store: UserStore, admin_usernames: BTreeSet<String>) -> Self {
+        Self {
+            store,
+            admin_usernames: Arc::new(admin_usernames),
+        }
+    }
+}
+
+fn require_admin_or_service(caller: &Caller) -> Result<(), Error> {
+    if caller.is_admin() || caller.is_service() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied("only admins and services may create users"))
+    }
+}
+
+fn require_id(id: &str, field: &'static str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Ok(())
+}
+
+/// The profile as `caller` may see it: the email is private to the user,
+/// admins and services.
+fn view(user: User, caller: &Caller) -> pb::User {
+    let private = caller.user_id == user.id || caller.is_admin() || caller.is_service();
+    let mut user = pb::User::from(user);
+    if !private {
+        user.email.clear();
+    }
+    user
+}
+
+fn item_error(status: &Status) -> ItemError {
+    ItemError {
+        code: code_name(status.code()).to_owned(),
+        message: status.message().to_owned(),
+        field: invalid_field(status).unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::user_service_server::UserService for UserService {
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let caller = caller(&request)?;
+        require_admin_or_service(&caller)?;
+        let new = NewUser::parse(request.into_inner(), &self.admin_usernames)?;
+        let user = self.store.insert(new).await?;
+        tracing::info!(user_id = %user.id, by = %caller.user_id, "user created");
+        Ok(Response::new(CreateUserResponse {
+            user: Some(view(user, &caller)),
+        }))
+    }
+
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
+        let caller = caller(&request)?;
+        let id = request.into_inner().id;
+        require_id(&id, "id")?;
+        let user = self.store.get(&id).await?;
+        Ok(Response::new(GetUserResponse {
+            user: Some(view(user, &caller)),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<UpdateUserRequest>,
+    ) -> Result<Response<UpdateUserResponse>, Status> {
+        let caller = caller(&request)?;
+        let UpdateUserRequest { user, update_mask } = request.into_inner();
+        let changes = user.ok_or_else(|| Error::invalid("user", "is required"))?;
+        require_id(&changes.id, "user.id")?;
+        let paths = update_mask.map(|mask| mask.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Error::invalid("update_mask", "name at least one field to change").into());
+        }
+        if caller.user_id != changes.id && !caller.is_admin() {
+            return Err(Error::PermissionDenied("users may change only themselves").into());
+        }
+
+        let mut user = self.store.get(&changes.id).await?;
+        for path in &paths {
+            match path.as_str() {
+                "display_name" => user.display_name = parse_display_name(&changes.display_name, &user.username)?,
+                "email" => user.email = parse_email(&changes.email)?,
+                "metadata" => user.metadata = parse_metadata(changes.metadata.clone())?,
+                "status" | "roles" if !caller.is_admin() => {
+                    return Err(Error::PermissionDenied("only admins may change status and roles").into());
+                }
+                "status" => {
+                    user.status = UserStatus::from_proto(changes.status, "user.status")?
+                        .ok_or_else(|| Error::invalid("user.status", "must not be UNSPECIFIED"))?;
+                }
+                "roles" => user.roles = parse_roles(changes.roles.clone())?,
+                other => {
+                    return Err(Error::invalid(
+                        "update_mask",
+                        format!("`{other}` cannot be changed; use display_name, email, metadata, status or roles"),
+                    )
+                    .into());
+                }
+            }
+        }
+        let user = self.store.update(user).await?;
+        Ok(Response::new(UpdateUserResponse {
+            user: Some(view(user, &caller)),
+        }))
+    }
+
+    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+        let caller = caller(&request)?;
+        let id = request.into_inner().id;
+        require_id(&id, "id")?;
+        // Services may delete: auth undoes a half-finished registration.
+        if caller.user_id != id && !caller.is_admin() && !caller.is_service() {
+            return Err(Error::PermissionDenied("users may delete only themselves").into());
+        }
+        self.store.delete(&id).await?;
+        tracing::info!(user_id = %id, by = %caller.user_id, "user deleted");
+        Ok(Response::new(DeleteUserResponse {}))
+    }
+
+    type ListUsersStream = BoxStream<'static, Result<ListUsersResponse, Status>>;
+
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<Self::ListUsersStream>, Status> {
+        let caller = caller(&request)?;
+        let ListUsersRequest { page, limit, filter } = request.into_inner();
+        if page < 0 {
+            return Err(Error::invalid("page", "must not be negative").into());
+        }
+        if limit < 0 {
+            return Err(Error::invalid("limit", "must not be negative").into());
+        }
+        let limit = if limit == 0 { DEFAULT_PAGE_SIZE } else { limit.min(MAX_PAGE_SIZE) };
+        let first_page = page.max(1);
+        let filter = filter.trim().to_owned();
+        let total = self.store.count(&filter).await?;
+
+        struct Cursor {
+            store: UserStore,
+            caller: Caller,
+            filter: String,
+            page: i32,
+            done: bool,
+        }
+        let cursor = Cursor {
+            store: self.store.clone(),
+            caller,
+            filter,
+            page: first_page,
+            done: false,
+        };
+        // Pages are read as the client pulls them: a slow or cancelled
+        // client never makes the server read ahead.
+        let pages = futures_util::stream::unfold(cursor, move |mut cursor| async move {
+            if cursor.done {
+                return None;
+            }
+            let offset = i64::from(cursor.page - 1) * i64::from(limit);
+            let item = match cursor.store.list(&cursor.filter, offset, i64::from(limit) + 1).await {
+                Ok(mut users) => {
+                    let has_more = users.len() > limit as usize;
+                    users.truncate(limit as usize);
+                    cursor.done = !has_more;
+                    Ok(ListUsersResponse {
+                        users: users.into_iter().map(|user| view(user, &cursor.caller)).collect(),
+                        page: cursor.page,
+                        has_more,
+                        total,
+                    })
+                }
+                Err(err) => {
+                    cursor.done = true;
+                    Err(Status::from(err))
+                }
+            };
+            cursor.page += 1;
+            Some((item, cursor))
+        });
+        Ok(Response::new(pages.boxed()))
+    }
+
+    async fn batch_create_users(
+        &self,
+        request: Request<Streaming<CreateUserRequest>>,
+    ) -> Result<Response<BatchCreateUsersResponse>, Status> {
+        let caller = caller(&request)?;
+        require_admin_or_service(&caller)?;
+        let mut items = request.into_inner();
+        let mut response = BatchCreateUsersResponse::default();
+        let mut index = 0usize;
+        while let Some(item) = items.message().await? {
+            let outcome = if index >= MAX_BATCH_ITEMS {
+                Err(Status::resource_exhausted(format!(
+                    "a batch creates at most {MAX_BATCH_ITEMS} users"
+                )))
+            } else {
+                match NewUser::parse(item, &self.admin_usernames) {
+                    Ok(new) => self.store.insert(new).await.map_err(Status::from),
+                    Err(err) => Err(Status::from(err)),
+                }
+            };
+            let outcome = match outcome {
+                Ok(user) => {
+                    response.created_count += 1;
+                    Outcome::User(view(user, &caller))
+                }
+                Err(status) => {
+                    response.failed_count += 1;
+                    Outcome::Error(item_error(&status))
+                }
+            };
+            response.results.push(BatchCreateUserResult {
+                index: i32::try_from(index).unwrap_or(i32::MAX),
+                outcome: Some(outcome),
+            });
+            index += 1;
+        }
+        tracing::info!(
+            created = response.created_count,
+            failed = response.failed_count,
+            by = %caller.user_id,
+            "batch of users created"
+        );
+        Ok(Response::new(response))
+    }
+
+    type StreamUsersStream = BoxStream<'static, Result<StreamUsersResponse, Status>>;
+
+    async fn stream_users(
+        &self,
+        request: Request<Streaming<StreamUsersRequest>>,
+    ) -> Result<Response<Self::StreamUsersStream>, Status> {
+        let caller = caller(&request)?;
+        let store = self.store.clone();
+        // `then` handles one request at a time, so answers keep request order.
+        let answers = request.into_inner().then(move |item| {
+            let store = store.clone();
+            let caller = caller.clone();
+            async move {
+                let StreamUsersRequest { id } = item?;
+                let lookup = match require_id(&id, "id") {
+                    Ok(()) => store.get(&id).await,
+                    Err(err) => Err(err),
+                };
+                let result = match lookup {
+                    Ok(user) => stream_users_response::Result::User(view(user, &caller)),
+                    Err(err) => stream_users_response::Result::Error(item_error(&Status::from(err))),
+                };
+                Ok(StreamUsersResponse {
+                    id,
+                    result: Some(result),
+                })
+            }
+        });
+        Ok(Response::new(answers.boxed()))
+    }
+}
