@@ -1,0 +1,110 @@
+//! Everything the auth service can fail with, and the one place it becomes
+//! a gRPC status.
+
+use parley_runtime::{grpc::status::invalid_argument, storage};
+use tonic::{Code, Status};
+
+/// A failed auth operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Wrong password or unknown user: deliberately the same answer.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// A refresh token that is unknown, spent, expired or revoked.
+    #[error("refresh token is invalid, expired or revoked; log in again")]
+    InvalidRefreshToken,
+    /// The account is suspended.
+    #[error("account is suspended")]
+    Suspended,
+    /// The username is taken.
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// The user service refused or failed a call.
+    #[error("user service: {0}")]
+    UserService(Status),
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// A bug or an unexpected state.
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Error {
+    /// An invalid request field.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::InvalidArgument { field, message } => invalid_argument(field, message),
+            Error::InvalidCredentials | Error::InvalidRefreshToken => Status::unauthenticated(err.to_string()),
+            Error::Suspended => Status::permission_denied(err.to_string()),
+            Error::UsernameTaken => Status::already_exists(err.to_string()),
+            // The user service's answers about the request itself reach the
+            // client as they are (with their BadRequest details); its
+            // outages are ours too; anything else is a bug between us.
+            Error::UserService(status) => match status.code() {
+                Code::InvalidArgument | Code::AlreadyExists => status,
+                Code::Unavailable | Code::DeadlineExceeded => {
+                    tracing::warn!(error = %status.message(), "user service unavailable");
+                    Status::unavailable("user service unavailable; retry later")
+                }
+                _ => {
+                    tracing::error!(code = ?status.code(), error = %status.message(), "user service call failed");
+                    Status::internal("internal error")
+                }
+            },
+            Error::Database(err) if storage::is_unavailable(&err) => {
+                tracing::warn!(error = %err, "database unavailable");
+                Status::unavailable("auth database unavailable; retry later")
+            }
+            Error::Database(err) => {
+                tracing::error!(error = ?err, "database error");
+                Status::internal("internal error")
+            }
+            Error::Internal(err) => {
+                tracing::error!(error = ?err, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_has_its_code() {
+        let cases = [
+            (Error::invalid("password", "too short"), Code::InvalidArgument),
+            (Error::InvalidCredentials, Code::Unauthenticated),
+            (Error::InvalidRefreshToken, Code::Unauthenticated),
+            (Error::Suspended, Code::PermissionDenied),
+            (Error::UsernameTaken, Code::AlreadyExists),
+            (Error::UserService(Status::already_exists("username")), Code::AlreadyExists),
+            (Error::UserService(Status::unavailable("down")), Code::Unavailable),
+            (Error::UserService(Status::permission_denied("no")), Code::Internal),
+            (Error::Database(sqlx::Error::PoolTimedOut), Code::Unavailable),
+            (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(Status::from(err).code(), code);
+        }
+    }
+}
