@@ -1,1 +1,71 @@
-fn main() {}
+//! `parley`: every Parley service in one process, for a laptop and for
+//! tests. The services run exactly as they do apart, each on its own ports,
+//! calling each other over gRPC on loopback, with one shared metrics
+//! registry behind every admin port.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser;
+use parley_runtime::{
+    CancellationToken,
+    config::{AuthUrl, CommonConfig, UserUrl},
+};
+
+/// Parley all-in-one: the auth and user services in one process.
+#[derive(Debug, Parser)]
+#[command(name = "parley", version, about)]
+struct Cli {
+    #[command(flatten)]
+    auth: parley_auth::AuthArgs,
+    #[command(flatten)]
+    user: parley_user::UserArgs,
+    #[command(flatten)]
+    auth_url: AuthUrl,
+    #[command(flatten)]
+    user_url: UserUrl,
+    #[command(flatten)]
+    common: CommonConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let auth = parley_auth::Config {
+        auth: cli.auth,
+        user_url: cli.user_url.user_url,
+        shutdown_grace: cli.common.shutdown_grace,
+    };
+    let user = parley_user::Config {
+        user: cli.user,
+        auth_url: cli.auth_url.auth_url,
+        shutdown_grace: cli.common.shutdown_grace,
+    };
+    parley_runtime::process::run("parley", &cli.common, |shutdown| run(auth, user, shutdown))
+}
+
+async fn run(auth: parley_auth::Config, user: parley_user::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Both bind before either runs, so a port clash stops everything at once.
+    let auth = parley_auth::Application::build(auth, shutdown.clone()).await?;
+    let user = parley_user::Application::build(user, shutdown.clone()).await?;
+    let auth = tokio::spawn(auth.run());
+    let user = tokio::spawn(user.run());
+    // One service failing takes the process down: a half-running all-in-one
+    // is worse than a clear exit.
+    let (auth, user) = tokio::join!(
+        watch(auth, shutdown.clone(), "auth"),
+        watch(user, shutdown.clone(), "user")
+    );
+    auth.and(user)
+}
+
+async fn watch(
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    let result = task.await.with_context(|| format!("{name} service task panicked")).and_then(|r| r);
+    if result.is_err() {
+        shutdown.cancel();
+    }
+    result.with_context(|| format!("{name} service"))
+}
