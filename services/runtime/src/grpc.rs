@@ -98,6 +98,13 @@ pub async fn serve(
     let Services { mut routes, names } = services;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Every entry exists before the first connection is accepted, so a
+    // probe never sees a service it does not know.
+    for name in &names {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     let reporting = tokio::spawn(crate::health::report(reporter, names.clone(), readiness, shutdown.clone()));
 
     let reflection = || {

@@ -17,14 +17,13 @@ pub enum Backend {
     Sqlite,
 }
 
-/// A database that exists for one test. A SQLite file is deleted when this
+/// A database that exists for one test. SQLite files are deleted when this
 /// is dropped; Postgres test databases are named `parley_test_*` and
 /// removed by `make test` before each run.
 #[derive(Debug)]
 pub struct TestDatabase {
-    /// Its URL, for a service's configuration.
-    pub url: DatabaseUrl,
-    _dir: Option<tempfile::TempDir>,
+    url: DatabaseUrl,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl TestDatabase {
@@ -50,7 +49,7 @@ impl TestDatabase {
                     .unwrap_or_else(|| panic!("PARLEY_TEST_POSTGRES_URL needs a /database: {admin_url}"));
                 Self {
                     url: format!("{base}/{name}").parse().unwrap_or_else(|err| panic!("{err}")),
-                    _dir: None,
+                    dir: None,
                 }
             }
             Backend::Sqlite => {
@@ -58,9 +57,23 @@ impl TestDatabase {
                 let url = format!("sqlite://{}/test.db", dir.path().display());
                 Self {
                     url: url.parse().unwrap_or_else(|err| panic!("{err}")),
-                    _dir: Some(dir),
+                    dir: Some(dir),
                 }
             }
+        }
+    }
+
+    /// The URL `service` should use: on Postgres the one database (each
+    /// service keeps its own schema), on SQLite a file of its own.
+    ///
+    /// # Panics
+    /// Never for the URLs this type makes.
+    pub fn url_for(&self, service: &str) -> DatabaseUrl {
+        match &self.dir {
+            None => self.url.clone(),
+            Some(dir) => format!("sqlite://{}/{service}.db", dir.path().display())
+                .parse()
+                .unwrap_or_else(|err| panic!("{err}")),
         }
     }
 }

@@ -1,0 +1,252 @@
+//! A whole Parley stack (auth and user, wired to each other) started
+//! in-process on port 0 against a real database, with helpers to call it.
+
+use std::{net::SocketAddr, time::Duration};
+
+use parley_auth::keys::SigningKeys;
+use parley_proto::{
+    auth::v1::{LoginRequest, RegisterRequest, TokenPair, auth_service_client::AuthServiceClient},
+    user::v1::{User, user_service_client::UserServiceClient},
+};
+use parley_runtime::{
+    CancellationToken,
+    config::ServiceUrl,
+    serve::Listeners,
+    test_util::{Backend, TestDatabase, init_tracing},
+};
+use tonic::{Request, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+pub use parley_runtime::test_util::Backend as DatabaseBackend;
+
+/// The username that gets `admin` in every test stack.
+pub const ADMIN: &str = "admin";
+/// The password of every user the helpers register.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Running auth and user services.
+#[derive(Debug)]
+pub struct TestStack {
+    /// auth's gRPC address.
+    pub auth_addr: SocketAddr,
+    /// user's gRPC address.
+    pub user_addr: SocketAddr,
+    /// auth's admin address.
+    pub auth_admin: SocketAddr,
+    /// user's admin address.
+    pub user_admin: SocketAddr,
+    /// A client of auth.
+    pub auth: AuthServiceClient<Channel>,
+    /// A client of user.
+    pub users: UserServiceClient<Channel>,
+    /// An access token of the `admin` user.
+    pub admin_token: String,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
+    _database: TestDatabase,
+}
+
+async fn listeners() -> Listeners {
+    let localhost: SocketAddr = ([127, 0, 0, 1], 0).into();
+    Listeners::bind(localhost, "grpc", localhost, "admin")
+        .await
+        .expect("binding port 0")
+}
+
+impl TestStack {
+    /// Starts auth and user on `backend` and waits until both are ready.
+    pub async fn start(backend: Backend) -> Self {
+        init_tracing();
+        let database = TestDatabase::new(backend).await;
+        let (auth_listeners, user_listeners) = (listeners().await, listeners().await);
+        let auth_addr = auth_listeners.grpc_addr().expect("auth address");
+        let user_addr = user_listeners.grpc_addr().expect("user address");
+        let auth_admin = auth_listeners.admin_addr().expect("auth admin address");
+        let user_admin = user_listeners.admin_addr().expect("user admin address");
+        let shutdown = CancellationToken::new();
+        let grace = Duration::from_secs(5);
+
+        let auth_config = parley_auth::Config {
+            auth: parley_auth::AuthArgs {
+                grpc_addr: auth_addr,
+                admin_addr: auth_admin,
+                database_url: database.url_for("auth"),
+                jwt_private_key: Some(SigningKeys::generate_pem().expect("a key").into()),
+                jwt_private_key_file: None,
+                access_token_ttl: Duration::from_secs(900),
+                refresh_token_ttl: Duration::from_secs(3600),
+            },
+            user_url: ServiceUrl::from_addr(user_addr),
+            shutdown_grace: grace,
+        };
+        let user_config = parley_user::Config {
+            user: parley_user::UserArgs {
+                grpc_addr: user_addr,
+                admin_addr: user_admin,
+                database_url: database.url_for("user"),
+                admin_usernames: vec![ADMIN.into()],
+            },
+            auth_url: ServiceUrl::from_addr(auth_addr),
+            shutdown_grace: grace,
+        };
+        let auth_app = parley_auth::Application::with_listeners(auth_config, auth_listeners, shutdown.clone())
+            .await
+            .expect("auth builds");
+        let user_app = parley_user::Application::with_listeners(user_config, user_listeners, shutdown.clone())
+            .await
+            .expect("user builds");
+        let tasks = vec![
+            tokio::spawn(async move { auth_app.run().await.map_err(|e| format!("{e:#}")) }),
+            tokio::spawn(async move { user_app.run().await.map_err(|e| format!("{e:#}")) }),
+        ];
+
+        let auth_channel = channel(auth_addr).await;
+        let user_channel = channel(user_addr).await;
+        wait_until_serving(user_channel.clone(), "parley.user.v1.UserService").await;
+        wait_until_serving(auth_channel.clone(), "parley.auth.v1.AuthService").await;
+
+        let mut stack = Self {
+            auth_addr,
+            user_addr,
+            auth_admin,
+            user_admin,
+            auth: AuthServiceClient::new(auth_channel),
+            users: UserServiceClient::new(user_channel),
+            admin_token: String::new(),
+            shutdown,
+            tasks,
+            _database: database,
+        };
+        stack.register(ADMIN).await;
+        stack.admin_token = stack.login(ADMIN).await.access_token;
+        stack
+    }
+
+    /// Registers `username` with [`PASSWORD`].
+    pub async fn register(&mut self, username: &str) -> User {
+        self.auth
+            .register(RegisterRequest {
+                username: username.into(),
+                password: PASSWORD.into(),
+                email: format!("{username}@example.com"),
+                display_name: String::new(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("registering {username}: {status:?}"))
+            .into_inner()
+            .user
+            .expect("a registered user")
+    }
+
+    /// Logs `username` in with [`PASSWORD`].
+    pub async fn login(&mut self, username: &str) -> TokenPair {
+        self.auth
+            .login(LoginRequest {
+                username: username.into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("logging {username} in: {status:?}"))
+            .into_inner()
+            .tokens
+            .expect("tokens")
+    }
+
+    /// Registers and logs in `username`, returning the user and an access
+    /// token.
+    pub async fn signed_up(&mut self, username: &str) -> (User, String) {
+        let user = self.register(username).await;
+        let token = self.login(username).await.access_token;
+        (user, token)
+    }
+
+    /// Stops both services and checks they drained cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let result = tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("services stop within the grace period")
+                .expect("service task does not panic");
+            assert_eq!(result, Ok(()));
+        }
+    }
+}
+
+/// A lazily connected plaintext channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {addr}: {err}"))
+}
+
+/// Watches `service`'s health until it is SERVING.
+pub async fn wait_until_serving(channel: Channel, service: &str) {
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest { service: service.into() })
+        .await
+        .expect("health watch")
+        .into_inner();
+    let serving = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(response) = watch.message().await.expect("health stream") {
+            if response.status == ServingStatus::Serving as i32 {
+                return;
+            }
+        }
+        panic!("health stream of {service} ended before SERVING");
+    })
+    .await;
+    serving.unwrap_or_else(|_| panic!("{service} did not become SERVING"));
+}
+
+/// `message` with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is valid metadata"),
+    );
+    request
+}
+
+/// GETs `path` from an admin port over plain HTTP/1.1, returning the status
+/// code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin port reachable");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("request written");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("response read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("an HTTP status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// Declares a test that runs once on Postgres and once on SQLite.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::DatabaseBackend::Postgres).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::DatabaseBackend::Sqlite).await
+                }
+            }
+        )*
+    };
+}
