@@ -15,7 +15,9 @@ use parley_runtime::{
     test_util::{Backend, TestDatabase, init_tracing},
 };
 use tonic::{Request, transport::Channel};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 pub use parley_runtime::test_util::Backend as DatabaseBackend;
 
@@ -89,12 +91,14 @@ impl TestStack {
             auth_url: ServiceUrl::from_addr(auth_addr),
             shutdown_grace: grace,
         };
-        let auth_app = parley_auth::Application::with_listeners(auth_config, auth_listeners, shutdown.clone())
-            .await
-            .expect("auth builds");
-        let user_app = parley_user::Application::with_listeners(user_config, user_listeners, shutdown.clone())
-            .await
-            .expect("user builds");
+        let auth_app =
+            parley_auth::Application::with_listeners(auth_config, auth_listeners, shutdown.clone())
+                .await
+                .expect("auth builds");
+        let user_app =
+            parley_user::Application::with_listeners(user_config, user_listeners, shutdown.clone())
+                .await
+                .expect("user builds");
         let tasks = vec![
             tokio::spawn(async move { auth_app.run().await.map_err(|e| format!("{e:#}")) }),
             tokio::spawn(async move { user_app.run().await.map_err(|e| format!("{e:#}")) }),
@@ -186,7 +190,9 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 pub async fn wait_until_serving(channel: Channel, service: &str) {
     let mut health = HealthClient::new(channel);
     let mut watch = health
-        .watch(HealthCheckRequest { service: service.into() })
+        .watch(HealthCheckRequest {
+            service: service.into(),
+        })
         .await
         .expect("health watch")
         .into_inner();
@@ -207,7 +213,9 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {token}").parse().expect("a token is valid metadata"),
+        format!("Bearer {token}")
+            .parse()
+            .expect("a token is valid metadata"),
     );
     request
 }
@@ -216,19 +224,29 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
 /// code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("admin port reachable");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin port reachable");
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .expect("request written");
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("response read");
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response read");
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .expect("an HTTP status line");
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 

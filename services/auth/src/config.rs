@@ -13,15 +13,27 @@ pub const DEFAULT_KEY_FILE: &str = "data/jwt-ed25519.pem";
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// gRPC API listen address.
-    #[arg(id = "auth_grpc_addr", long = "auth-grpc-addr", env = "AUTH_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        id = "AUTH_GRPC_ADDR",
+        long = "auth-grpc-addr",
+        env = "AUTH_GRPC_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub grpc_addr: SocketAddr,
 
     /// Admin listen address: /metrics, /healthz, /readyz.
-    #[arg(id = "auth_admin_addr", long = "auth-admin-addr", env = "AUTH_ADMIN_ADDR", default_value = "0.0.0.0:9091")]
+    #[arg(
+        id = "AUTH_ADMIN_ADDR",
+        long = "auth-admin-addr",
+        env = "AUTH_ADMIN_ADDR",
+        default_value = "0.0.0.0:9091"
+    )]
     pub admin_addr: SocketAddr,
 
     /// `postgres://...` (tables in schema `auth`) or `sqlite://path`.
-    #[arg(id = "auth_database_url", long = "auth-database-url",
+    #[arg(
+        id = "AUTH_DATABASE_URL",
+        long = "auth-database-url",
         env = "AUTH_DATABASE_URL",
         default_value = "sqlite://data/auth.db",
         hide_env_values = true
@@ -32,19 +44,28 @@ pub struct AuthArgs {
     /// keys are still published for verification, so tokens signed before a
     /// rotation stay valid. Default: generated once into
     /// data/jwt-ed25519.pem.
-    #[arg(id = "auth_jwt_private_key", long = "auth-jwt-private-key", env = "AUTH_JWT_PRIVATE_KEY", hide_env_values = true)]
+    #[arg(
+        id = "AUTH_JWT_PRIVATE_KEY",
+        long = "auth-jwt-private-key",
+        env = "AUTH_JWT_PRIVATE_KEY",
+        hide_env_values = true
+    )]
     pub jwt_private_key: Option<SecretString>,
 
     /// File holding the signing key(s), as for AUTH_JWT_PRIVATE_KEY.
-    #[arg(id = "auth_jwt_private_key_file", long = "auth-jwt-private-key-file", env = "AUTH_JWT_PRIVATE_KEY_FILE")]
+    #[arg(
+        id = "AUTH_JWT_PRIVATE_KEY_FILE",
+        long = "auth-jwt-private-key-file",
+        env = "AUTH_JWT_PRIVATE_KEY_FILE"
+    )]
     pub jwt_private_key_file: Option<PathBuf>,
 
     /// Lifetime of access tokens.
-    #[arg(id = "auth_access_token_ttl", long = "auth-access-token-ttl", env = "AUTH_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    #[arg(id = "AUTH_ACCESS_TOKEN_TTL", long = "auth-access-token-ttl", env = "AUTH_ACCESS_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub access_token_ttl: Duration,
 
     /// Lifetime of refresh tokens.
-    #[arg(id = "auth_refresh_token_ttl", long = "auth-refresh-token-ttl", env = "AUTH_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
+    #[arg(id = "AUTH_REFRESH_TOKEN_TTL", long = "auth-refresh-token-ttl", env = "AUTH_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
 }
 

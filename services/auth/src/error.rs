@@ -52,7 +52,9 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, message),
-            Error::InvalidCredentials | Error::InvalidRefreshToken => Status::unauthenticated(err.to_string()),
+            Error::InvalidCredentials | Error::InvalidRefreshToken => {
+                Status::unauthenticated(err.to_string())
+            }
             Error::Suspended => Status::permission_denied(err.to_string()),
             Error::UsernameTaken => Status::already_exists(err.to_string()),
             // The user service's answers about the request itself reach the
@@ -92,15 +94,30 @@ mod tests {
     #[test]
     fn each_error_has_its_code() {
         let cases = [
-            (Error::invalid("password", "too short"), Code::InvalidArgument),
+            (
+                Error::invalid("password", "too short"),
+                Code::InvalidArgument,
+            ),
             (Error::InvalidCredentials, Code::Unauthenticated),
             (Error::InvalidRefreshToken, Code::Unauthenticated),
             (Error::Suspended, Code::PermissionDenied),
             (Error::UsernameTaken, Code::AlreadyExists),
-            (Error::UserService(Status::already_exists("username")), Code::AlreadyExists),
-            (Error::UserService(Status::unavailable("down")), Code::Unavailable),
-            (Error::UserService(Status::permission_denied("no")), Code::Internal),
-            (Error::Database(sqlx::Error::PoolTimedOut), Code::Unavailable),
+            (
+                Error::UserService(Status::already_exists("username")),
+                Code::AlreadyExists,
+            ),
+            (
+                Error::UserService(Status::unavailable("down")),
+                Code::Unavailable,
+            ),
+            (
+                Error::UserService(Status::permission_denied("no")),
+                Code::Internal,
+            ),
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                Code::Unavailable,
+            ),
             (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];
         for (err, code) in cases {

@@ -5,12 +5,13 @@ use std::{sync::Arc, time::Duration};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use parley_proto::{
     auth::v1::{
-        self as pb, Claims, GetPublicKeysRequest, GetPublicKeysResponse, LoginRequest, LoginResponse, LogoutRequest,
-        LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse, TokenPair,
-        ValidateTokenRequest, ValidateTokenResponse,
+        self as pb, Claims, GetPublicKeysRequest, GetPublicKeysResponse, LoginRequest,
+        LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
+        RegisterRequest, RegisterResponse, TokenPair, ValidateTokenRequest, ValidateTokenResponse,
     },
     user::v1::{
-        CreateUserRequest, DeleteUserRequest, GetUserRequest, User, UserStatus, user_service_client::UserServiceClient,
+        CreateUserRequest, DeleteUserRequest, GetUserRequest, User, UserStatus,
+        user_service_client::UserServiceClient,
     },
 };
 use parley_runtime::{
@@ -102,7 +103,9 @@ impl AuthService {
     async fn fetch_user(&self, user_id: &str) -> Result<Option<User>, Error> {
         let response = retry_idempotent(|| async {
             let request = self
-                .as_service(GetUserRequest { id: user_id.to_owned() })
+                .as_service(GetUserRequest {
+                    id: user_id.to_owned(),
+                })
                 .map_err(Status::from)?;
             self.users.clone().get_user(request).await
         })
@@ -136,7 +139,8 @@ impl AuthService {
     }
 
     fn refresh_expiry(&self) -> i64 {
-        now_millis().saturating_add(i64::try_from(self.lifetimes.refresh.as_millis()).unwrap_or(i64::MAX))
+        now_millis()
+            .saturating_add(i64::try_from(self.lifetimes.refresh.as_millis()).unwrap_or(i64::MAX))
     }
 
     async fn register(&self, request: RegisterRequest) -> Result<User, Error> {
@@ -160,7 +164,11 @@ impl AuthService {
             .into_inner()
             .user
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("user service created no user")))?;
-        if let Err(err) = self.store.insert_credential(&user.id, &user.username, &password_hash).await {
+        if let Err(err) = self
+            .store
+            .insert_credential(&user.id, &user.username, &password_hash)
+            .await
+        {
             self.undo_profile(&user.id).await;
             return Err(err);
         }
@@ -172,7 +180,9 @@ impl AuthService {
     async fn undo_profile(&self, user_id: &str) {
         let deleted = retry_idempotent(|| async {
             let request = self
-                .as_service(DeleteUserRequest { id: user_id.to_owned() })
+                .as_service(DeleteUserRequest {
+                    id: user_id.to_owned(),
+                })
                 .map_err(Status::from)?;
             self.users.clone().delete_user(request).await
         })
@@ -204,7 +214,10 @@ impl AuthService {
             return Err(Error::InvalidCredentials);
         }
         let user_id = user_id.ok_or(Error::InvalidCredentials)?;
-        let user = self.fetch_user(&user_id).await?.ok_or(Error::InvalidCredentials)?;
+        let user = self
+            .fetch_user(&user_id)
+            .await?
+            .ok_or(Error::InvalidCredentials)?;
         if user.status == UserStatus::Suspended as i32 {
             return Err(Error::Suspended);
         }
@@ -246,7 +259,12 @@ impl AuthService {
         let refresh_token = new_refresh_token()?;
         let rotated = self
             .store
-            .rotate(&old_hash, &state.family_id, &hash_token(&refresh_token), self.refresh_expiry())
+            .rotate(
+                &old_hash,
+                &state.family_id,
+                &hash_token(&refresh_token),
+                self.refresh_expiry(),
+            )
             .await?;
         if !rotated {
             return Err(self.reused(&state.family_id, &state.user_id).await);
@@ -269,8 +287,14 @@ impl AuthService {
         if request.refresh_token.is_empty() {
             return Ok(());
         }
-        if let Some(state) = self.store.refresh_token(&hash_token(&request.refresh_token)).await? {
-            self.store.revoke_family(&state.family_id, Revocation::Logout).await?;
+        if let Some(state) = self
+            .store
+            .refresh_token(&hash_token(&request.refresh_token))
+            .await?
+        {
+            self.store
+                .revoke_family(&state.family_id, Revocation::Logout)
+                .await?;
             tracing::info!(user_id = %state.user_id, "logged out");
         }
         Ok(())
@@ -296,7 +320,8 @@ fn check_password(password: &str) -> Result<(), Error> {
 /// 256 random bits, base64url.
 fn new_refresh_token() -> Result<String, Error> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|err| Error::Internal(anyhow::anyhow!("no OS randomness: {err}")))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|err| Error::Internal(anyhow::anyhow!("no OS randomness: {err}")))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -316,7 +341,9 @@ fn count<T>(metric: &'static str, result: &Result<T, Error>) {
         Err(Error::Suspended) => "suspended",
         Err(Error::UsernameTaken) => "already_exists",
         Err(Error::UserService(status)) if status.code() == Code::AlreadyExists => "already_exists",
-        Err(Error::UserService(status)) if status.code() == Code::InvalidArgument => "invalid_argument",
+        Err(Error::UserService(status)) if status.code() == Code::InvalidArgument => {
+            "invalid_argument"
+        }
         Err(_) => "error",
     };
     metrics::counter!(metric, "result" => label).increment(1);
@@ -324,7 +351,10 @@ fn count<T>(metric: &'static str, result: &Result<T, Error>) {
 
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let result = AuthService::register(self, request.into_inner()).await;
         count("parley_auth_registrations_total", &result);
         let user = result?;
@@ -332,19 +362,32 @@ impl pb::auth_service_server::AuthService for AuthService {
         Ok(Response::new(RegisterResponse { user: Some(user) }))
     }
 
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         let result = AuthService::login(self, request.into_inner()).await;
         count("parley_auth_logins_total", &result);
-        Ok(Response::new(LoginResponse { tokens: Some(result?) }))
+        Ok(Response::new(LoginResponse {
+            tokens: Some(result?),
+        }))
     }
 
-    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<RefreshResponse>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<RefreshResponse>, Status> {
         let result = AuthService::refresh(self, request.into_inner()).await;
         count("parley_auth_refreshes_total", &result);
-        Ok(Response::new(RefreshResponse { tokens: Some(result?) }))
+        Ok(Response::new(RefreshResponse {
+            tokens: Some(result?),
+        }))
     }
 
-    async fn logout(&self, request: Request<LogoutRequest>) -> Result<Response<LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
         AuthService::logout(self, request.into_inner()).await?;
         Ok(Response::new(LogoutResponse {}))
     }

@@ -12,7 +12,10 @@ use anyhow::{Context as _, bail};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ed25519_dalek::{
     SigningKey,
-    pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey as _, spki::der::pem::LineEnding},
+    pkcs8::{
+        DecodePrivateKey as _, EncodePrivateKey as _, EncodePublicKey as _,
+        spki::der::pem::LineEnding,
+    },
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parley_proto::auth::v1::PublicKey;
@@ -36,7 +39,10 @@ pub struct SigningKeys {
 impl std::fmt::Debug for SigningKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SigningKeys")
-            .field("kids", &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>())
+            .field(
+                "kids",
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -53,9 +59,11 @@ impl SigningKeys {
             return Self::from_pem(pem.expose_secret()).context("AUTH_JWT_PRIVATE_KEY");
         }
         if let Some(path) = &args.jwt_private_key_file {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("AUTH_JWT_PRIVATE_KEY_FILE: cannot read {}", path.display()))?;
-            return Self::from_pem(&pem).with_context(|| format!("AUTH_JWT_PRIVATE_KEY_FILE {}", path.display()));
+            let pem = std::fs::read_to_string(path).with_context(|| {
+                format!("AUTH_JWT_PRIVATE_KEY_FILE: cannot read {}", path.display())
+            })?;
+            return Self::from_pem(&pem)
+                .with_context(|| format!("AUTH_JWT_PRIVATE_KEY_FILE {}", path.display()));
         }
         Self::load_or_generate(Path::new(DEFAULT_KEY_FILE))
     }
@@ -69,12 +77,14 @@ impl SigningKeys {
         if !path.exists() {
             let pem = Self::generate_pem()?;
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
             }
             write_private(path, &pem)?;
             tracing::info!(path = %path.display(), "generated a new token signing key");
         }
-        let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Self::from_pem(&pem).with_context(|| format!("signing key file {}", path.display()))
     }
 
@@ -107,8 +117,9 @@ impl SigningKeys {
                 }
                 bail!("text after the last PEM block");
             }
-            let signing = SigningKey::from_pkcs8_pem(block)
-                .map_err(|err| anyhow::anyhow!("key {} is not an Ed25519 PKCS#8 PEM key: {err}", i + 1))?;
+            let signing = SigningKey::from_pkcs8_pem(block).map_err(|err| {
+                anyhow::anyhow!("key {} is not an Ed25519 PKCS#8 PEM key: {err}", i + 1)
+            })?;
             keys.push(KeyPair::new(&signing, block)?);
         }
         if keys.is_empty() {
@@ -176,13 +187,19 @@ mod tests {
 
     #[test]
     fn several_keys_are_all_published_and_the_first_signs() {
-        let pem = format!("{}\n{}", SigningKeys::generate_pem().unwrap(), SigningKeys::generate_pem().unwrap());
+        let pem = format!(
+            "{}\n{}",
+            SigningKeys::generate_pem().unwrap(),
+            SigningKeys::generate_pem().unwrap()
+        );
         let keys = SigningKeys::from_pem(&pem).unwrap();
         let published = keys.public_keys();
         assert_eq!(published.len(), 2);
         assert_ne!(published[0].kid, published[1].kid);
 
-        let token = keys.sign(&serde_json::json!({"sub": "x", "exp": 4_000_000_000u64})).unwrap();
+        let token = keys
+            .sign(&serde_json::json!({"sub": "x", "exp": 4_000_000_000u64}))
+            .unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(published[0].kid.as_str()));
         assert_eq!(header.alg, Algorithm::EdDSA);
@@ -191,7 +208,10 @@ mod tests {
     #[test]
     fn bad_pem_is_refused() {
         assert!(SigningKeys::from_pem("").is_err());
-        assert!(SigningKeys::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----").is_err());
+        assert!(
+            SigningKeys::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----")
+                .is_err()
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub mod store;
 use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use parley_proto::{auth::v1::auth_service_server::AuthServiceServer, user::v1::user_service_client::UserServiceClient};
+use parley_proto::{
+    auth::v1::auth_service_server::AuthServiceServer,
+    user::v1::user_service_client::UserServiceClient,
+};
 use parley_runtime::{
     CancellationToken,
     client::{self, ClientOptions},
@@ -92,10 +95,20 @@ impl Application {
         let keys = Arc::new(keys::SigningKeys::load(&config.auth)?);
         let verifier = TokenVerifier::new();
         verifier.set_public_keys(&keys.public_keys());
-        let users = UserServiceClient::new(client::connect("user", &config.user_url, &ClientOptions::default()));
-        let database = Database::open(&config.auth.database_url, "auth", &MIGRATOR, &readiness, shutdown.clone())
-            .await
-            .context("opening the auth database")?;
+        let users = UserServiceClient::new(client::connect(
+            "user",
+            &config.user_url,
+            &ClientOptions::default(),
+        ));
+        let database = Database::open(
+            &config.auth.database_url,
+            "auth",
+            &MIGRATOR,
+            &readiness,
+            shutdown.clone(),
+        )
+        .await
+        .context("opening the auth database")?;
         let service = grpc::AuthService::new(
             store::AuthStore::new(database),
             users,
@@ -106,7 +119,7 @@ impl Application {
                 refresh: config.auth.refresh_token_ttl,
             },
         );
-        let services = Services::new().add(
+        let services = Services::new().with(
             AuthServiceServer::new(service)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),

@@ -59,8 +59,11 @@ impl Passwords {
         self.run(move || {
             let known = stored.is_some();
             let stored = stored.unwrap_or_else(|| dummy_hash().to_owned());
-            let parsed = PasswordHash::new(&stored).map_err(|err| anyhow::anyhow!("stored hash is malformed: {err}"))?;
-            let matches = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+            let parsed = PasswordHash::new(&stored)
+                .map_err(|err| anyhow::anyhow!("stored hash is malformed: {err}"))?;
+            let matches = Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok();
             Ok(known && matches)
         })
         .await
@@ -70,12 +73,17 @@ impl Passwords {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await.context("password hashing is shut down")?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .context("password hashing is shut down")?;
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(work)
             .await
             .context("password hashing task panicked")?;
-        metrics::histogram!("parley_auth_password_hash_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("parley_auth_password_hash_seconds")
+            .record(started.elapsed().as_secs_f64());
         result
     }
 }
@@ -103,8 +111,18 @@ mod tests {
         let second = passwords.hash("correct horse".into()).await.unwrap();
         assert!(first.starts_with("$argon2id$"));
         assert_ne!(first, second);
-        assert!(passwords.verify("correct horse".into(), Some(first.clone())).await.unwrap());
+        assert!(
+            passwords
+                .verify("correct horse".into(), Some(first.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!passwords.verify("wrong".into(), Some(first)).await.unwrap());
-        assert!(!passwords.verify("correct horse".into(), None).await.unwrap());
+        assert!(
+            !passwords
+                .verify("correct horse".into(), None)
+                .await
+                .unwrap()
+        );
     }
 }

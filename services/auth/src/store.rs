@@ -64,7 +64,12 @@ impl AuthStore {
     ///
     /// # Errors
     /// ALREADY_EXISTS when a credential for the username exists.
-    pub async fn insert_credential(&self, user_id: &str, username: &str, password_hash: &str) -> Result<(), Error> {
+    pub async fn insert_credential(
+        &self,
+        user_id: &str,
+        username: &str,
+        password_hash: &str,
+    ) -> Result<(), Error> {
         let now = now_millis();
         let query = sqlx::query(
             "INSERT INTO credential (user_id, username_key, password_hash, created_at, updated_at) \
@@ -87,7 +92,10 @@ impl AuthStore {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn credential_by_username(&self, username: &str) -> Result<Option<Credential>, Error> {
+    pub async fn credential_by_username(
+        &self,
+        username: &str,
+    ) -> Result<Option<Credential>, Error> {
         let query = sqlx::query_as::<_, Credential>(
             "SELECT user_id, password_hash FROM credential WHERE username_key = $1",
         )
@@ -99,16 +107,23 @@ impl AuthStore {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn start_family(&self, user_id: &str, token_hash: &str, expires_at: i64) -> Result<(), Error> {
+    pub async fn start_family(
+        &self,
+        user_id: &str,
+        token_hash: &str,
+        expires_at: i64,
+    ) -> Result<(), Error> {
         let now = now_millis();
         let family_id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("INSERT INTO refresh_token_family (family_id, user_id, created_at) VALUES ($1, $2, $3)")
-            .bind(&family_id)
-            .bind(user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO refresh_token_family (family_id, user_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&family_id)
+        .bind(user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO refresh_token (token_hash, family_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
@@ -126,7 +141,10 @@ impl AuthStore {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn refresh_token(&self, token_hash: &str) -> Result<Option<RefreshTokenState>, Error> {
+    pub async fn refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshTokenState>, Error> {
         let query = sqlx::query_as::<_, RefreshTokenState>(
             "SELECT t.family_id, f.user_id, t.expires_at, t.spent_at, f.revoked_at \
              FROM refresh_token t JOIN refresh_token_family f ON f.family_id = t.family_id \
@@ -142,17 +160,25 @@ impl AuthStore {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn rotate(&self, old_hash: &str, family_id: &str, new_hash: &str, expires_at: i64) -> Result<bool, Error> {
+    pub async fn rotate(
+        &self,
+        old_hash: &str,
+        family_id: &str,
+        new_hash: &str,
+        expires_at: i64,
+    ) -> Result<bool, Error> {
         let now = now_millis();
         let mut connection = self.db.pool().acquire().await?;
         let mut tx = connection.begin().await?;
         // The write comes first, so on SQLite the transaction takes the
         // write lock at once instead of upgrading a read lock later.
-        let spent = sqlx::query("UPDATE refresh_token SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL")
-            .bind(old_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let spent = sqlx::query(
+            "UPDATE refresh_token SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL",
+        )
+        .bind(old_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
         if spent.rows_affected() != 1 {
             return Ok(false);
         }

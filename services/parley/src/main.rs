@@ -43,7 +43,11 @@ fn main() -> ExitCode {
     parley_runtime::process::run("parley", &cli.common, |shutdown| run(auth, user, shutdown))
 }
 
-async fn run(auth: parley_auth::Config, user: parley_user::Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run(
+    auth: parley_auth::Config,
+    user: parley_user::Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Both bind before either runs, so a port clash stops everything at once.
     let auth = parley_auth::Application::build(auth, shutdown.clone()).await?;
     let user = parley_user::Application::build(user, shutdown.clone()).await?;
@@ -63,7 +67,10 @@ async fn watch(
     shutdown: CancellationToken,
     name: &'static str,
 ) -> anyhow::Result<()> {
-    let result = task.await.with_context(|| format!("{name} service task panicked")).and_then(|r| r);
+    let result = task
+        .await
+        .with_context(|| format!("{name} service task panicked"))
+        .and_then(|r| r);
     if result.is_err() {
         shutdown.cancel();
     }

@@ -20,7 +20,10 @@ pub fn router(readiness: Readiness) -> Router {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         crate::metrics::render(),
     )
 }
@@ -44,7 +47,11 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
 ///
 /// # Errors
 /// Fails when the server fails.
-pub async fn serve(listener: TcpListener, readiness: Readiness, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(readiness))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

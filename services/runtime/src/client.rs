@@ -63,7 +63,12 @@ pub struct ClientChannel {
 /// in errors and logs.
 pub fn connect(target: &'static str, url: &ServiceUrl, options: &ClientOptions) -> ClientChannel {
     let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
-    tokio::spawn(resolve_forever(target, url.clone(), options.clone(), changes));
+    tokio::spawn(resolve_forever(
+        target,
+        url.clone(),
+        options.clone(),
+        changes,
+    ));
     ClientChannel {
         inner: Observe::client(channel),
         target: Arc::from(target),
@@ -88,7 +93,9 @@ async fn resolve_forever(
         for t in url.targets() {
             match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
                 Ok(addrs) => found.extend(addrs),
-                Err(err) => tracing::warn!(%target, host = %t.host, error = %err, "cannot resolve service address"),
+                Err(err) => {
+                    tracing::warn!(%target, host = %t.host, error = %err, "cannot resolve service address")
+                }
             }
         }
         // A failed lookup keeps the last known addresses rather than
@@ -156,7 +163,9 @@ impl Service<http::Request<Body>> for ClientChannel {
 fn unavailable(target: &str, err: StdError) -> StdError {
     match err.downcast::<Status>() {
         Ok(status) => status,
-        Err(err) => Box::new(Status::unavailable(format!("{target} is unavailable: {err}"))),
+        Err(err) => Box::new(Status::unavailable(format!(
+            "{target} is unavailable: {err}"
+        ))),
     }
 }
 

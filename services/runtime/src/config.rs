@@ -16,20 +16,29 @@ use clap::{Args, ValueEnum};
 pub struct CommonConfig {
     /// How long to drain in-flight calls, streams and sockets on SIGTERM
     /// before cutting them.
-    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    #[arg(id = "SHUTDOWN_GRACE", long = "shutdown-grace", env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
     /// Log filter, in `tracing` EnvFilter syntax.
-    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    #[arg(
+        id = "RUST_LOG",
+        long = "log",
+        env = "RUST_LOG",
+        default_value = "info"
+    )]
     pub log_filter: String,
 
     /// Log format; `pretty` on a terminal, `json` otherwise, when unset.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum)]
+    #[arg(id = "LOG_FORMAT", long = "log-format", env = "LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
     /// OTLP/gRPC endpoint to export traces to, such as
     /// `http://otel-collector:4317`; unset exports nothing.
-    #[arg(long = "otlp-endpoint", env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[arg(
+        id = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        long = "otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT"
+    )]
     pub otlp_endpoint: Option<String>,
 }
 
@@ -58,7 +67,8 @@ pub enum LogFormat {
 /// # Errors
 /// Returns a message clap shows next to the variable's name.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value.trim()).map_err(|err| format!("not a duration like `8s` or `15m`: {err}"))
+    humantime::parse_duration(value.trim())
+        .map_err(|err| format!("not a duration like `8s` or `15m`: {err}"))
 }
 
 /// Which database engine a `*_DATABASE_URL` points at.
@@ -227,7 +237,12 @@ impl FromStr for ServiceUrl {
 pub struct AuthUrl {
     /// Where to find the auth service: http://host:port, several separated
     /// by commas, or a name resolving to several addresses.
-    #[arg(long = "auth-url", env = "AUTH_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        id = "AUTH_URL",
+        long = "auth-url",
+        env = "AUTH_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub auth_url: ServiceUrl,
 }
 
@@ -236,7 +251,12 @@ pub struct AuthUrl {
 pub struct UserUrl {
     /// Where to find the user service: http://host:port, several separated
     /// by commas, or a name resolving to several addresses.
-    #[arg(long = "user-url", env = "USER_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        id = "USER_URL",
+        long = "user-url",
+        env = "USER_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub user_url: ServiceUrl,
 }
 

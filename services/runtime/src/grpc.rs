@@ -62,10 +62,12 @@ impl Services {
     }
 
     /// Adds a generated tonic server (wrapped in its interceptor, if any).
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn with<S>(mut self, service: S) -> Self
     where
-        S: tower_service::Service<http::Request<tonic::body::Body>, Error = std::convert::Infallible>
-            + NamedService
+        S: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
             + Clone
             + Send
             + Sync
@@ -105,7 +107,12 @@ pub async fn serve(
             .set_service_status(*name, tonic_health::ServingStatus::NotServing)
             .await;
     }
-    let reporting = tokio::spawn(crate::health::report(reporter, names.clone(), readiness, shutdown.clone()));
+    let reporting = tokio::spawn(crate::health::report(
+        reporter,
+        names.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
 
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()

@@ -63,7 +63,11 @@ impl Readiness {
 
     /// The conditions that do not hold, for `/readyz` to explain itself.
     pub fn unmet(&self) -> Vec<&'static str> {
-        self.lock().iter().filter(|(_, met)| !**met).map(|(name, _)| *name).collect()
+        self.lock()
+            .iter()
+            .filter(|(_, met)| !**met)
+            .map(|(name, _)| *name)
+            .collect()
     }
 
     /// Follows readiness as it changes.
@@ -74,7 +78,10 @@ impl Readiness {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, bool>> {
         // A panic while holding this lock leaves a plain map behind, which
         // is still consistent, so poisoning is ignored.
-        self.inner.conditions.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .conditions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -128,7 +135,9 @@ pub(crate) async fn report(
         }
     }
     for name in service_names.iter().copied().chain([""]) {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
 }
 

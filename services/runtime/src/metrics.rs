@@ -33,9 +33,18 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_fanout_seconds".into()), FAST_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("parley_db_".into()), FAST_BUCKETS))
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_hash_seconds".into()), HASH_BUCKETS));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_fanout_seconds".into()),
+                        FAST_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Prefix("parley_db_".into()), FAST_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_hash_seconds".into()), HASH_BUCKETS)
+                });
             // Bucket lists are non-empty constants, so building cannot fail.
             let builder = builder.expect("bucket lists are non-empty");
             let recorder = builder.build_recorder();
@@ -59,11 +68,17 @@ pub fn register_build_info(service: &'static str) {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-    describe_gauge!("parley_build_info", "Build of each service in this process.");
+    describe_gauge!(
+        "parley_build_info",
+        "Build of each service in this process."
+    );
     for side in ["server", "client"] {
         let name = |suffix: &str| -> String { format!("grpc_{side}_{suffix}") };
         describe_counter!(name("started_total"), "gRPC calls started.");
-        describe_counter!(name("handled_total"), "gRPC calls completed, by status code.");
+        describe_counter!(
+            name("handled_total"),
+            "gRPC calls completed, by status code."
+        );
         describe_histogram!(
             name("handling_seconds"),
             Unit::Seconds,
@@ -73,8 +88,15 @@ fn describe() {
         describe_counter!(name("msg_sent_total"), "gRPC stream messages sent.");
         describe_gauge!(name("streams_active"), "Streaming gRPC calls open now.");
     }
-    describe_gauge!("parley_db_pool_connections", "Database pool connections, by state.");
-    describe_histogram!("parley_db_query_seconds", Unit::Seconds, "Database query latency, by operation.");
+    describe_gauge!(
+        "parley_db_pool_connections",
+        "Database pool connections, by state."
+    );
+    describe_histogram!(
+        "parley_db_query_seconds",
+        Unit::Seconds,
+        "Database query latency, by operation."
+    );
 }
 
 /// Renders the registry in the Prometheus text format.

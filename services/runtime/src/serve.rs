@@ -82,7 +82,11 @@ pub async fn run(
     );
     let not_draining = readiness.condition("draining");
     not_draining.set(true);
-    let admin = tokio::spawn(crate::admin::serve(listeners.admin, readiness.clone(), shutdown.clone()));
+    let admin = tokio::spawn(crate::admin::serve(
+        listeners.admin,
+        readiness.clone(),
+        shutdown.clone(),
+    ));
     let drain_flag = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -91,7 +95,14 @@ pub async fn run(
         })
     };
 
-    let served = grpc::serve(listeners.grpc, services, readiness, options, shutdown.clone()).await;
+    let served = grpc::serve(
+        listeners.grpc,
+        services,
+        readiness,
+        options,
+        shutdown.clone(),
+    )
+    .await;
     // The gRPC server also returns when it fails; take the admin port down
     // with it rather than leave a half-alive process.
     shutdown.cancel();

@@ -107,7 +107,9 @@ impl Database {
                         }
                         match database.prepare(schema, migrator).await {
                             Ok(()) => break,
-                            Err(Prepare::Unreachable(_)) => delay = (delay * 2).min(Duration::from_secs(10)),
+                            Err(Prepare::Unreachable(_)) => {
+                                delay = (delay * 2).min(Duration::from_secs(10))
+                            }
                             Err(Prepare::Migration(err)) => {
                                 tracing::error!(error = ?err, "database migration failed; staying not ready");
                                 return;
@@ -143,7 +145,10 @@ impl Database {
                 .await
                 .map_err(|err| classify(err, schema))?;
         } else {
-            self.pool.execute("SELECT 1").await.map_err(|err| classify(err, schema))?;
+            self.pool
+                .execute("SELECT 1")
+                .await
+                .map_err(|err| classify(err, schema))?;
         }
         migrator
             .run(&self.pool)
@@ -165,8 +170,10 @@ impl Database {
             ready.set(reachable);
             let size = f64::from(self.pool.size());
             let idle = self.pool.num_idle() as f64;
-            metrics::gauge!("parley_db_pool_connections", "pool" => schema, "state" => "idle").set(idle);
-            metrics::gauge!("parley_db_pool_connections", "pool" => schema, "state" => "used").set(size - idle);
+            metrics::gauge!("parley_db_pool_connections", "pool" => schema, "state" => "idle")
+                .set(idle);
+            metrics::gauge!("parley_db_pool_connections", "pool" => schema, "state" => "used")
+                .set(size - idle);
         }
     }
 }
@@ -180,10 +187,13 @@ enum Prepare {
 
 fn classify(err: sqlx::Error, schema: &str) -> Prepare {
     match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Database(_) => {
-            Prepare::Unreachable(err)
-        }
-        other => Prepare::Migration(anyhow::Error::new(other).context(format!("preparing the {schema} database"))),
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Database(_) => Prepare::Unreachable(err),
+        other => Prepare::Migration(
+            anyhow::Error::new(other).context(format!("preparing the {schema} database")),
+        ),
     }
 }
 
@@ -195,7 +205,8 @@ fn sqlite_url(url: &DatabaseUrl) -> anyhow::Result<String> {
         && let Some(parent) = Path::new(path).parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {} for {url}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {} for {url}", parent.display()))?;
     }
     Ok(if raw.contains("mode=") {
         raw.to_owned()
@@ -212,7 +223,8 @@ fn sqlite_url(url: &DatabaseUrl) -> anyhow::Result<String> {
 pub async fn timed<T>(operation: &'static str, query: impl Future<Output = T>) -> T {
     let started = std::time::Instant::now();
     let result = query.await;
-    metrics::histogram!("parley_db_query_seconds", "operation" => operation).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("parley_db_query_seconds", "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
     result
 }
 
@@ -235,7 +247,10 @@ pub fn unique_violation(err: &sqlx::Error) -> Option<String> {
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     matches!(
         err,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
     )
 }
 

@@ -19,7 +19,9 @@ use opentelemetry::{
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::config::{CommonConfig, LogFormat};
 
@@ -75,7 +77,9 @@ pub fn init(service_name: &'static str, config: &CommonConfig) -> anyhow::Result
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()
-                .with_context(|| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot export to `{endpoint}`"))?;
+                .with_context(|| {
+                    format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot export to `{endpoint}`")
+                })?;
             Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -99,7 +103,8 @@ pub fn init(service_name: &'static str, config: &CommonConfig) -> anyhow::Result
 
 /// Sets the parent of `span` from the W3C `traceparent` in `headers`, if any.
 pub fn extract_context(headers: &http::HeaderMap, span: &tracing::Span) {
-    let parent = global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
+    let parent =
+        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
     // Fails only when the span is disabled; then there is nothing to link.
     let _ = span.set_parent(parent);
 }
@@ -107,7 +112,9 @@ pub fn extract_context(headers: &http::HeaderMap, span: &tracing::Span) {
 /// Writes the current span's W3C trace context into outgoing `headers`.
 pub fn inject_context(headers: &mut http::HeaderMap) {
     let context = tracing::Span::current().context();
-    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut HeaderInjector(headers)));
+    global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers))
+    });
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

@@ -34,26 +34,31 @@ impl TestDatabase {
     pub async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Postgres => {
-                let admin_url =
-                    std::env::var("PARLEY_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+                let admin_url = std::env::var("PARLEY_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
                 let name = format!("parley_test_{}", uuid::Uuid::new_v4().simple());
                 let mut connection = sqlx::PgConnection::connect(&admin_url)
                     .await
-                    .unwrap_or_else(|err| panic!("cannot reach the test Postgres at {admin_url}: {err}"));
+                    .unwrap_or_else(|err| {
+                        panic!("cannot reach the test Postgres at {admin_url}: {err}")
+                    });
                 sqlx::query(&format!("CREATE DATABASE \"{name}\""))
                     .execute(&mut connection)
                     .await
                     .unwrap_or_else(|err| panic!("cannot create test database {name}: {err}"));
-                let (base, _) = admin_url
-                    .rsplit_once('/')
-                    .unwrap_or_else(|| panic!("PARLEY_TEST_POSTGRES_URL needs a /database: {admin_url}"));
+                let (base, _) = admin_url.rsplit_once('/').unwrap_or_else(|| {
+                    panic!("PARLEY_TEST_POSTGRES_URL needs a /database: {admin_url}")
+                });
                 Self {
-                    url: format!("{base}/{name}").parse().unwrap_or_else(|err| panic!("{err}")),
+                    url: format!("{base}/{name}")
+                        .parse()
+                        .unwrap_or_else(|err| panic!("{err}")),
                     dir: None,
                 }
             }
             Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("cannot create a temp dir: {err}"));
+                let dir = tempfile::tempdir()
+                    .unwrap_or_else(|err| panic!("cannot create a temp dir: {err}"));
                 let url = format!("sqlite://{}/test.db", dir.path().display());
                 Self {
                     url: url.parse().unwrap_or_else(|err| panic!("{err}")),
@@ -90,4 +95,82 @@ pub fn init_tracing() {
                 .try_init();
         }
     });
+}
+
+/// A service binary started as its own process, for tests of start-up and
+/// signals.
+#[derive(Debug)]
+pub struct RunningBinary {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// The gRPC addresses it logged, in order.
+    pub grpc_addrs: Vec<std::net::SocketAddr>,
+    /// Its working directory (holding `data/`), removed on drop.
+    pub dir: tempfile::TempDir,
+}
+
+impl RunningBinary {
+    /// Starts `program` in a fresh directory with `env` (JSON logs are
+    /// forced) and waits until it has logged `services` "listening" lines.
+    ///
+    /// # Panics
+    /// When the process cannot start or exits before listening.
+    pub async fn start(program: &str, env: &[(&str, &str)], services: usize) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+
+        let dir = tempfile::tempdir().unwrap_or_else(|err| panic!("temp dir: {err}"));
+        let mut child = tokio::process::Command::new(program)
+            .current_dir(dir.path())
+            .env("LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {program}: {err}"));
+        let stdout = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("stdout of {program}"));
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut grpc_addrs = Vec::new();
+        while grpc_addrs.len() < services {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap_or_else(|err| panic!("reading {program}'s log: {err}"))
+                .unwrap_or_else(|| panic!("{program} exited before listening"));
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if entry["message"] == "listening"
+                && let Some(addr) = entry["grpc"].as_str().and_then(|a| a.parse().ok())
+            {
+                grpc_addrs.push(addr);
+            }
+        }
+        // Keep draining the log so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            grpc_addrs,
+            dir,
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does.
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub async fn terminate(&self) {
+        let pid = self
+            .child
+            .id()
+            .unwrap_or_else(|| panic!("process already reaped"));
+        let status = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap_or_else(|err| panic!("running kill: {err}"));
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
 }

@@ -14,7 +14,9 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
-use parley_proto::auth::v1::{GetPublicKeysRequest, PublicKey, auth_service_client::AuthServiceClient};
+use parley_proto::auth::v1::{
+    GetPublicKeysRequest, PublicKey, auth_service_client::AuthServiceClient,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -175,11 +177,16 @@ impl TokenVerifier {
                 Ok(decoding) => {
                     decoded.insert(key.kid.clone(), decoding);
                 }
-                Err(err) => tracing::warn!(kid = %key.kid, error = %err, "skipping an unusable public key"),
+                Err(err) => {
+                    tracing::warn!(kid = %key.kid, error = %err, "skipping an unusable public key")
+                }
             }
         }
         let count = decoded.len();
-        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = decoded;
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = decoded;
         count
     }
 
@@ -229,7 +236,9 @@ impl TokenVerifier {
 
     fn read_keys(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, DecodingKey>> {
         // Poisoning cannot leave the map half-written: writers replace it whole.
-        self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -237,7 +246,10 @@ impl TokenVerifier {
 pub fn bearer_token(metadata: &MetadataMap) -> Option<&str> {
     let value = metadata.get("authorization")?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The interceptor of [`TokenVerifier::interceptor`].

@@ -9,15 +9,27 @@ use parley_runtime::config::{DatabaseUrl, ServiceUrl};
 #[derive(Debug, Clone, Args)]
 pub struct UserArgs {
     /// gRPC API listen address.
-    #[arg(id = "user_grpc_addr", long = "user-grpc-addr", env = "USER_GRPC_ADDR", default_value = "0.0.0.0:50052")]
+    #[arg(
+        id = "USER_GRPC_ADDR",
+        long = "user-grpc-addr",
+        env = "USER_GRPC_ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
     pub grpc_addr: SocketAddr,
 
     /// Admin listen address: /metrics, /healthz, /readyz.
-    #[arg(id = "user_admin_addr", long = "user-admin-addr", env = "USER_ADMIN_ADDR", default_value = "0.0.0.0:9092")]
+    #[arg(
+        id = "USER_ADMIN_ADDR",
+        long = "user-admin-addr",
+        env = "USER_ADMIN_ADDR",
+        default_value = "0.0.0.0:9092"
+    )]
     pub admin_addr: SocketAddr,
 
     /// `postgres://...` (tables in schema `users`) or `sqlite://path`.
-    #[arg(id = "user_database_url", long = "user-database-url",
+    #[arg(
+        id = "USER_DATABASE_URL",
+        long = "user-database-url",
         env = "USER_DATABASE_URL",
         default_value = "sqlite://data/user.db",
         hide_env_values = true
@@ -25,7 +37,9 @@ pub struct UserArgs {
     pub database_url: DatabaseUrl,
 
     /// Usernames that get the `admin` role when created, comma-separated.
-    #[arg(id = "user_admin_usernames", long = "user-admin-usernames",
+    #[arg(
+        id = "USER_ADMIN_USERNAMES",
+        long = "user-admin-usernames",
         env = "USER_ADMIN_USERNAMES",
         default_value = "",
         value_delimiter = ','

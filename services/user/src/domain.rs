@@ -106,7 +106,10 @@ pub fn parse_display_name(value: &str, username: &str) -> Result<String, Error> 
         ));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(Error::invalid("display_name", "must not contain control characters"));
+        return Err(Error::invalid(
+            "display_name",
+            "must not contain control characters",
+        ));
     }
     Ok(trimmed.to_owned())
 }
@@ -135,7 +138,10 @@ pub fn parse_roles(roles: Vec<String>) -> Result<Vec<String>, Error> {
         return Ok(vec![USER_ROLE.to_owned()]);
     }
     if roles.len() > MAX_ROLES {
-        return Err(Error::invalid("roles", format!("at most {MAX_ROLES} roles")));
+        return Err(Error::invalid(
+            "roles",
+            format!("at most {MAX_ROLES} roles"),
+        ));
     }
     let mut unique = BTreeSet::new();
     for role in roles {
@@ -205,11 +211,15 @@ impl NewUser {
     ///
     /// # Errors
     /// INVALID_ARGUMENT naming the first bad field.
-    pub fn parse(request: pb::CreateUserRequest, admin_usernames: &BTreeSet<String>) -> Result<Self, Error> {
+    pub fn parse(
+        request: pb::CreateUserRequest,
+        admin_usernames: &BTreeSet<String>,
+    ) -> Result<Self, Error> {
         let username = parse_username(&request.username)?;
         let display_name = parse_display_name(&request.display_name, &username)?;
         let email = parse_email(&request.email)?;
-        let status = UserStatus::from_proto(request.status, "status")?.unwrap_or(UserStatus::Active);
+        let status =
+            UserStatus::from_proto(request.status, "status")?.unwrap_or(UserStatus::Active);
         let mut roles = parse_roles(request.roles)?;
         if admin_usernames.contains(&username.to_lowercase())
             && !roles.iter().any(|r| r == parley_runtime::token::ADMIN_ROLE)
@@ -290,7 +300,10 @@ mod tests {
     #[test]
     fn roles_default_and_validate() {
         assert_eq!(parse_roles(vec![]).unwrap(), vec!["user"]);
-        assert_eq!(parse_roles(vec!["user".into(), "admin".into(), "user".into()]).unwrap(), vec!["admin", "user"]);
+        assert_eq!(
+            parse_roles(vec!["user".into(), "admin".into(), "user".into()]).unwrap(),
+            vec!["admin", "user"]
+        );
         assert!(parse_roles(vec!["Admin!".into()]).is_err());
     }
 

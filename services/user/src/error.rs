@@ -50,7 +50,9 @@ impl From<Error> for Status {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, message),
             Error::NotFound(id) => Status::not_found(format!("user {id} not found")),
-            Error::AlreadyExists { field } => Status::already_exists(format!("{field} is already taken")),
+            Error::AlreadyExists { field } => {
+                Status::already_exists(format!("{field} is already taken"))
+            }
             Error::PermissionDenied(message) => Status::permission_denied(message),
             Error::Database(err) if storage::is_unavailable(&err) => {
                 tracing::warn!(error = %err, "database unavailable");
@@ -79,9 +81,15 @@ mod tests {
         let cases = [
             (Error::invalid("email", "bad"), Code::InvalidArgument),
             (Error::NotFound("x".into()), Code::NotFound),
-            (Error::AlreadyExists { field: "username" }, Code::AlreadyExists),
+            (
+                Error::AlreadyExists { field: "username" },
+                Code::AlreadyExists,
+            ),
             (Error::PermissionDenied("no"), Code::PermissionDenied),
-            (Error::Database(sqlx::Error::PoolTimedOut), Code::Unavailable),
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                Code::Unavailable,
+            ),
             (Error::Database(sqlx::Error::RowNotFound), Code::Internal),
             (Error::Internal(anyhow::anyhow!("boom")), Code::Internal),
         ];

@@ -6,10 +6,11 @@ use std::{collections::BTreeSet, sync::Arc};
 
 use futures_util::{StreamExt as _, stream::BoxStream};
 use parley_proto::user::v1::{
-    self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateUserRequest, CreateUserResponse,
-    DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse, ItemError, ListUsersRequest,
-    ListUsersResponse, StreamUsersRequest, StreamUsersResponse, UpdateUserRequest, UpdateUserResponse,
-    batch_create_user_result::Outcome, stream_users_response,
+    self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateUserRequest,
+    CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse,
+    ItemError, ListUsersRequest, ListUsersResponse, StreamUsersRequest, StreamUsersResponse,
+    UpdateUserRequest, UpdateUserResponse, batch_create_user_result::Outcome,
+    stream_users_response,
 };
 use parley_runtime::{
     grpc::status::{code_name, invalid_field},
@@ -18,7 +19,9 @@ use parley_runtime::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    domain::{NewUser, User, UserStatus, parse_display_name, parse_email, parse_metadata, parse_roles},
+    domain::{
+        NewUser, User, UserStatus, parse_display_name, parse_email, parse_metadata, parse_roles,
+    },
     error::Error,
     store::UserStore,
 };
@@ -53,7 +56,9 @@ fn require_admin_or_service(caller: &Caller) -> Result<(), Error> {
     if caller.is_admin() || caller.is_service() {
         Ok(())
     } else {
-        Err(Error::PermissionDenied("only admins and services may create users"))
+        Err(Error::PermissionDenied(
+            "only admins and services may create users",
+        ))
     }
 }
 
@@ -99,7 +104,10 @@ impl pb::user_service_server::UserService for UserService {
         }))
     }
 
-    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<GetUserResponse>, Status> {
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id(&id, "id")?;
@@ -128,11 +136,15 @@ impl pb::user_service_server::UserService for UserService {
         let mut user = self.store.get(&changes.id).await?;
         for path in &paths {
             match path.as_str() {
-                "display_name" => user.display_name = parse_display_name(&changes.display_name, &user.username)?,
+                "display_name" => {
+                    user.display_name = parse_display_name(&changes.display_name, &user.username)?
+                }
                 "email" => user.email = parse_email(&changes.email)?,
                 "metadata" => user.metadata = parse_metadata(changes.metadata.clone())?,
                 "status" | "roles" if !caller.is_admin() => {
-                    return Err(Error::PermissionDenied("only admins may change status and roles").into());
+                    return Err(
+                        Error::PermissionDenied("only admins may change status and roles").into(),
+                    );
                 }
                 "status" => {
                     user.status = UserStatus::from_proto(changes.status, "user.status")?
@@ -154,7 +166,10 @@ impl pb::user_service_server::UserService for UserService {
         }))
     }
 
-    async fn delete_user(&self, request: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserResponse>, Status> {
         let caller = caller(&request)?;
         let id = request.into_inner().id;
         require_id(&id, "id")?;
@@ -169,16 +184,27 @@ impl pb::user_service_server::UserService for UserService {
 
     type ListUsersStream = BoxStream<'static, Result<ListUsersResponse, Status>>;
 
-    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<Self::ListUsersStream>, Status> {
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<Self::ListUsersStream>, Status> {
         let caller = caller(&request)?;
-        let ListUsersRequest { page, limit, filter } = request.into_inner();
+        let ListUsersRequest {
+            page,
+            limit,
+            filter,
+        } = request.into_inner();
         if page < 0 {
             return Err(Error::invalid("page", "must not be negative").into());
         }
         if limit < 0 {
             return Err(Error::invalid("limit", "must not be negative").into());
         }
-        let limit = if limit == 0 { DEFAULT_PAGE_SIZE } else { limit.min(MAX_PAGE_SIZE) };
+        let limit = if limit == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            limit.min(MAX_PAGE_SIZE)
+        };
         let first_page = page.max(1);
         let filter = filter.trim().to_owned();
         let total = self.store.count(&filter).await?;
@@ -204,13 +230,20 @@ impl pb::user_service_server::UserService for UserService {
                 return None;
             }
             let offset = i64::from(cursor.page - 1) * i64::from(limit);
-            let item = match cursor.store.list(&cursor.filter, offset, i64::from(limit) + 1).await {
+            let item = match cursor
+                .store
+                .list(&cursor.filter, offset, i64::from(limit) + 1)
+                .await
+            {
                 Ok(mut users) => {
                     let has_more = users.len() > limit as usize;
                     users.truncate(limit as usize);
                     cursor.done = !has_more;
                     Ok(ListUsersResponse {
-                        users: users.into_iter().map(|user| view(user, &cursor.caller)).collect(),
+                        users: users
+                            .into_iter()
+                            .map(|user| view(user, &cursor.caller))
+                            .collect(),
                         page: cursor.page,
                         has_more,
                         total,
@@ -292,7 +325,9 @@ impl pb::user_service_server::UserService for UserService {
                 };
                 let result = match lookup {
                     Ok(user) => stream_users_response::Result::User(view(user, &caller)),
-                    Err(err) => stream_users_response::Result::Error(item_error(&Status::from(err))),
+                    Err(err) => {
+                        stream_users_response::Result::Error(item_error(&Status::from(err)))
+                    }
                 };
                 Ok(StreamUsersResponse {
                     id,

@@ -21,7 +21,10 @@ pub mod store;
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
-use parley_proto::{auth::v1::auth_service_client::AuthServiceClient, user::v1::user_service_server::UserServiceServer};
+use parley_proto::{
+    auth::v1::auth_service_client::AuthServiceClient,
+    user::v1::user_service_server::UserServiceServer,
+};
 use parley_runtime::{
     CancellationToken,
     client::{self, ClientOptions},
@@ -81,7 +84,11 @@ impl Application {
         let readiness = Readiness::new();
 
         let verifier = TokenVerifier::new();
-        let auth = AuthServiceClient::new(client::connect("auth", &config.auth_url, &ClientOptions::default()));
+        let auth = AuthServiceClient::new(client::connect(
+            "auth",
+            &config.auth_url,
+            &ClientOptions::default(),
+        ));
         token::spawn_key_refresh(
             verifier.clone(),
             auth,
@@ -89,14 +96,21 @@ impl Application {
             shutdown.clone(),
         );
 
-        let database = Database::open(&config.user.database_url, "users", &MIGRATOR, &readiness, shutdown.clone())
-            .await
-            .context("opening the user database")?;
-        let service = grpc::UserService::new(store::UserStore::new(database), config.admin_usernames());
+        let database = Database::open(
+            &config.user.database_url,
+            "users",
+            &MIGRATOR,
+            &readiness,
+            shutdown.clone(),
+        )
+        .await
+        .context("opening the user database")?;
+        let service =
+            grpc::UserService::new(store::UserStore::new(database), config.admin_usernames());
         let server = UserServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let services = Services::new().add(tonic::service::interceptor::InterceptedService::new(
+        let services = Services::new().with(tonic::service::interceptor::InterceptedService::new(
             server,
             verifier.interceptor(),
         ));

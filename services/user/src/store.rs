@@ -37,8 +37,9 @@ impl TryFrom<UserRow> for User {
 
     fn try_from(row: UserRow) -> Result<Self, Error> {
         Ok(Self {
-            status: UserStatus::from_stored(&row.status)
-                .with_context(|| format!("user {} has unknown status {:?}", row.user_id, row.status))?,
+            status: UserStatus::from_stored(&row.status).with_context(|| {
+                format!("user {} has unknown status {:?}", row.user_id, row.status)
+            })?,
             roles: serde_json::from_str(&row.roles)
                 .with_context(|| format!("user {} has malformed roles", row.user_id))?,
             metadata: serde_json::from_str::<HashMap<String, String>>(&row.metadata)
@@ -56,8 +57,12 @@ impl TryFrom<UserRow> for User {
 /// Maps a unique violation to the field it concerns.
 fn conflict(err: sqlx::Error) -> Error {
     match unique_violation(&err) {
-        Some(constraint) if constraint.contains("username_key") => Error::AlreadyExists { field: "username" },
-        Some(constraint) if constraint.contains("email_key") => Error::AlreadyExists { field: "email" },
+        Some(constraint) if constraint.contains("username_key") => {
+            Error::AlreadyExists { field: "username" }
+        }
+        Some(constraint) if constraint.contains("email_key") => {
+            Error::AlreadyExists { field: "email" }
+        }
         _ => Error::Database(err),
     }
 }
@@ -115,17 +120,17 @@ impl UserStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         );
         let query = sqlx::query(&sql)
-        .bind(&user.id)
-        .bind(&user.username)
-        .bind(&user.display_name)
-        .bind(&user.email)
-        .bind(user.status.as_str())
-        .bind(json(&user.roles)?)
-        .bind(json(&user.metadata)?)
-        .bind(user.created_at)
-        .bind(user.updated_at)
-        .bind(user.username.to_lowercase())
-        .bind(email_key(&user.email));
+            .bind(&user.id)
+            .bind(&user.username)
+            .bind(&user.display_name)
+            .bind(&user.email)
+            .bind(user.status.as_str())
+            .bind(json(&user.roles)?)
+            .bind(json(&user.metadata)?)
+            .bind(user.created_at)
+            .bind(user.updated_at)
+            .bind(user.username.to_lowercase())
+            .bind(email_key(&user.email));
         timed("insert_user", query.execute(self.db.pool()))
             .await
             .map_err(conflict)?;
@@ -138,8 +143,7 @@ impl UserStore {
     /// NOT_FOUND when there is none.
     pub async fn get(&self, id: &str) -> Result<User, Error> {
         let sql = format!("SELECT {COLUMNS} FROM user_profile WHERE user_id = $1");
-        let query = sqlx::query_as::<_, UserRow>(&sql)
-            .bind(id);
+        let query = sqlx::query_as::<_, UserRow>(&sql).bind(id);
         timed("get_user", query.fetch_optional(self.db.pool()))
             .await?
             .ok_or_else(|| Error::NotFound(id.to_owned()))?
@@ -209,10 +213,10 @@ impl UserStore {
             "SELECT {COLUMNS} FROM user_profile WHERE {FILTER} ORDER BY username_key LIMIT $3 OFFSET $4"
         );
         let query = sqlx::query_as::<_, UserRow>(&sql)
-        .bind(filter)
-        .bind(like_pattern(filter))
-        .bind(limit)
-        .bind(offset);
+            .bind(filter)
+            .bind(like_pattern(filter))
+            .bind(limit)
+            .bind(offset);
         timed("list_users", query.fetch_all(self.db.pool()))
             .await?
             .into_iter()

@@ -1,9 +1,12 @@
 use parley_proto::{
     auth::v1::{
-        GetPublicKeysRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, ValidateTokenRequest,
+        GetPublicKeysRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
+        ValidateTokenRequest,
     },
     prost_types::FieldMask,
-    user::v1::{DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User, UserStatus},
+    user::v1::{
+        DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest, User, UserStatus,
+    },
 };
 use parley_runtime::grpc::status::invalid_field;
 use parley_tests::{ADMIN, DatabaseBackend, PASSWORD, TestStack, authed, on_both_backends};
@@ -85,7 +88,10 @@ async fn a_failed_registration_leaves_no_orphan_profile(backend: DatabaseBackend
     let (carol, _) = stack.signed_up("carol").await;
     stack
         .users
-        .delete_user(authed(DeleteUserRequest { id: carol.id }, &stack.admin_token))
+        .delete_user(authed(
+            DeleteUserRequest { id: carol.id },
+            &stack.admin_token,
+        ))
         .await
         .unwrap();
     let status = stack
@@ -112,7 +118,11 @@ async fn a_failed_registration_leaves_no_orphan_profile(backend: DatabaseBackend
         .unwrap()
         .into_inner();
     let page = pages.message().await.unwrap().unwrap();
-    assert_eq!(page.total, 0, "orphan profile left behind: {:?}", page.users);
+    assert_eq!(
+        page.total, 0,
+        "orphan profile left behind: {:?}",
+        page.users
+    );
     stack.stop().await;
 }
 
@@ -202,7 +212,10 @@ async fn refresh_rotates_and_reuse_revokes_the_family(backend: DatabaseBackend) 
             })
             .await
             .unwrap_err();
-        assert!(matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument), "{status:?}");
+        assert!(
+            matches!(status.code(), Code::Unauthenticated | Code::InvalidArgument),
+            "{status:?}"
+        );
     }
     stack.stop().await;
 }
@@ -229,7 +242,9 @@ async fn logout_revokes_the_family_and_always_succeeds(backend: DatabaseBackend)
     for token in [tokens.refresh_token, "unknown".into(), String::new()] {
         stack
             .auth
-            .logout(LogoutRequest { refresh_token: token })
+            .logout(LogoutRequest {
+                refresh_token: token,
+            })
             .await
             .unwrap();
     }
@@ -260,7 +275,10 @@ async fn validate_token_reports_bad_tokens_in_band(backend: DatabaseBackend) {
     let at = tampered.len() - 10;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for (bad, reason) in [("not.a.jwt", "malformed"), (tampered.as_str(), "bad_signature")] {
+    for (bad, reason) in [
+        ("not.a.jwt", "malformed"),
+        (tampered.as_str(), "bad_signature"),
+    ] {
         let answer = stack
             .auth
             .validate_token(ValidateTokenRequest {
@@ -286,7 +304,10 @@ async fn public_keys_verify_issued_tokens(backend: DatabaseBackend) {
         .into_inner();
     assert_eq!(keys.keys.len(), 1);
     let key = &keys.keys[0];
-    assert_eq!((key.algorithm.as_str(), key.curve.as_str()), ("EdDSA", "Ed25519"));
+    assert_eq!(
+        (key.algorithm.as_str(), key.curve.as_str()),
+        ("EdDSA", "Ed25519")
+    );
     assert!(key.public_key_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
 
     let verifier = parley_runtime::token::TokenVerifier::new();

@@ -4,7 +4,8 @@ use parley_proto::{
     prost_types::FieldMask,
     user::v1::{
         CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, StreamUsersRequest,
-        UpdateUserRequest, User, UserStatus, batch_create_user_result::Outcome, stream_users_response,
+        UpdateUserRequest, User, UserStatus, batch_create_user_result::Outcome,
+        stream_users_response,
     },
 };
 use parley_runtime::grpc::status::invalid_field;
@@ -36,7 +37,11 @@ async fn create_user_is_for_admins_and_validates(backend: DatabaseBackend) {
         metadata: HashMap::from([("team".to_owned(), "blue".to_owned())]),
         ..Default::default()
     };
-    let denied = stack.users.create_user(authed(request.clone(), &token)).await.unwrap_err();
+    let denied = stack
+        .users
+        .create_user(authed(request.clone(), &token))
+        .await
+        .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
 
     let jack = stack
@@ -67,7 +72,11 @@ async fn create_user_is_for_admins_and_validates(backend: DatabaseBackend) {
         roles: vec!["Not A Role".into()],
         ..Default::default()
     };
-    let status = stack.users.create_user(authed(bad, &stack.admin_token)).await.unwrap_err();
+    let status = stack
+        .users
+        .create_user(authed(bad, &stack.admin_token))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(invalid_field(&status).as_deref(), Some("roles"));
     stack.stop().await;
@@ -92,15 +101,34 @@ async fn get_user_needs_a_token_and_hides_others_emails(backend: DatabaseBackend
     assert_eq!(bad_token.code(), Code::Unauthenticated);
 
     let get = |token: &str| authed(GetUserRequest { id: lea.id.clone() }, token);
-    let own = stack.users.get_user(get(&lea_token)).await.unwrap().into_inner().user.unwrap();
+    let own = stack
+        .users
+        .get_user(get(&lea_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
     assert_eq!(own.email, "lea@example.com");
-    let seen_by_max = stack.users.get_user(get(&max_token)).await.unwrap().into_inner().user.unwrap();
+    let seen_by_max = stack
+        .users
+        .get_user(get(&max_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
     assert_eq!(seen_by_max.username, "lea");
     assert_eq!(seen_by_max.email, "");
 
     let missing = stack
         .users
-        .get_user(authed(GetUserRequest { id: "no-such-id".into() }, &lea_token))
+        .get_user(authed(
+            GetUserRequest {
+                id: "no-such-id".into(),
+            },
+            &lea_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
@@ -136,7 +164,11 @@ async fn update_user_follows_the_field_mask_and_the_rules(backend: DatabaseBacke
     };
     let updated = stack
         .users
-        .update_user(update(changes.clone(), &["display_name", "email", "metadata"], &token))
+        .update_user(update(
+            changes.clone(),
+            &["display_name", "email", "metadata"],
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -145,7 +177,11 @@ async fn update_user_follows_the_field_mask_and_the_rules(backend: DatabaseBacke
     assert_eq!(updated.display_name, "Nia N.");
     assert_eq!(updated.email, "nia@example.org");
     assert_eq!(updated.metadata["lang"], "en");
-    assert_eq!(updated.status, UserStatus::Active as i32, "status was not in the mask");
+    assert_eq!(
+        updated.status,
+        UserStatus::Active as i32,
+        "status was not in the mask"
+    );
 
     let own_status = stack
         .users
@@ -170,7 +206,11 @@ async fn update_user_follows_the_field_mask_and_the_rules(backend: DatabaseBacke
         .unwrap_err();
     assert_eq!(unknown.code(), Code::InvalidArgument);
     assert_eq!(invalid_field(&unknown).as_deref(), Some("update_mask"));
-    let empty = stack.users.update_user(update(changes.clone(), &[], &token)).await.unwrap_err();
+    let empty = stack
+        .users
+        .update_user(update(changes.clone(), &[], &token))
+        .await
+        .unwrap_err();
     assert_eq!(empty.code(), Code::InvalidArgument);
 
     let roles = User {
@@ -196,7 +236,12 @@ async fn delete_user_only_for_oneself_or_admins(backend: DatabaseBackend) {
     let (quinn, _) = stack.signed_up("quinn").await;
     let denied = stack
         .users
-        .delete_user(authed(DeleteUserRequest { id: quinn.id.clone() }, &pia_token))
+        .delete_user(authed(
+            DeleteUserRequest {
+                id: quinn.id.clone(),
+            },
+            &pia_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied);
@@ -208,13 +253,21 @@ async fn delete_user_only_for_oneself_or_admins(backend: DatabaseBackend) {
         .unwrap();
     stack
         .users
-        .delete_user(authed(DeleteUserRequest { id: quinn.id.clone() }, &stack.admin_token))
+        .delete_user(authed(
+            DeleteUserRequest {
+                id: quinn.id.clone(),
+            },
+            &stack.admin_token,
+        ))
         .await
         .unwrap();
     for id in [pia.id, quinn.id] {
         let gone = stack
             .users
-            .get_user(authed(GetUserRequest { id: id.clone() }, &stack.admin_token))
+            .get_user(authed(
+                GetUserRequest { id: id.clone() },
+                &stack.admin_token,
+            ))
             .await
             .unwrap_err();
         assert_eq!(gone.code(), Code::NotFound);
@@ -353,26 +406,47 @@ async fn stream_users_answers_in_order_and_in_band(backend: DatabaseBackend) {
     let (requests, receiver) = tokio::sync::mpsc::channel(8);
     let mut answers = stack
         .users
-        .stream_users(authed(tokio_stream::wrappers::ReceiverStream::new(receiver), &token))
+        .stream_users(authed(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner();
     // One request at a time: each answer arrives before the next is sent,
     // so the stream is truly interactive.
-    for id in [sam.id.clone(), "missing".to_owned(), tea.id.clone(), String::new()] {
-        requests.send(StreamUsersRequest { id: id.clone() }).await.unwrap();
+    for id in [
+        sam.id.clone(),
+        "missing".to_owned(),
+        tea.id.clone(),
+        String::new(),
+    ] {
+        requests
+            .send(StreamUsersRequest { id: id.clone() })
+            .await
+            .unwrap();
         let answer = answers.message().await.unwrap().unwrap();
         assert_eq!(answer.id, id);
         match answer.result.unwrap() {
-            stream_users_response::Result::User(user) => assert!(id == sam.id || id == tea.id, "{user:?}"),
-            stream_users_response::Result::Error(error) if id == "missing" => assert_eq!(error.code, "NOT_FOUND"),
+            stream_users_response::Result::User(user) => {
+                assert!(id == sam.id || id == tea.id, "{user:?}")
+            }
+            stream_users_response::Result::Error(error) if id == "missing" => {
+                assert_eq!(error.code, "NOT_FOUND")
+            }
             stream_users_response::Result::Error(error) => {
                 assert!(id.is_empty());
-                assert_eq!((error.code.as_str(), error.field.as_str()), ("INVALID_ARGUMENT", "id"));
+                assert_eq!(
+                    (error.code.as_str(), error.field.as_str()),
+                    ("INVALID_ARGUMENT", "id")
+                );
             }
         }
     }
     drop(requests);
-    assert!(answers.message().await.unwrap().is_none(), "stream ends when the client does");
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "stream ends when the client does"
+    );
     stack.stop().await;
 }

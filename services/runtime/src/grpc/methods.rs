@@ -88,7 +88,8 @@ fn table() -> &'static HashMap<String, MethodInfo> {
                     let service_name = format!("{package}.{}", service.name.unwrap_or_default());
                     // Leaked once per method at start: a small, fixed set,
                     // and metric labels want `'static` strings.
-                    let service_label: &'static str = Box::leak(service_name.clone().into_boxed_str());
+                    let service_label: &'static str =
+                        Box::leak(service_name.clone().into_boxed_str());
                     for method in service.method {
                         let method_name = method.name.unwrap_or_default();
                         let kind = match (
@@ -125,11 +126,26 @@ mod tests {
     #[test]
     fn knows_every_kind_of_call() {
         let get = lookup("/parley.user.v1.UserService/GetUser");
-        assert_eq!((get.service, get.method, get.kind), ("parley.user.v1.UserService", "GetUser", CallKind::Unary));
-        assert_eq!(lookup("/parley.user.v1.UserService/ListUsers").kind, CallKind::ServerStream);
-        assert_eq!(lookup("/parley.user.v1.UserService/BatchCreateUsers").kind, CallKind::ClientStream);
-        assert_eq!(lookup("/parley.chat.v1.ChatService/Chat").kind, CallKind::BidiStream);
-        assert_eq!(lookup("/grpc.health.v1.Health/Watch").kind, CallKind::ServerStream);
+        assert_eq!(
+            (get.service, get.method, get.kind),
+            ("parley.user.v1.UserService", "GetUser", CallKind::Unary)
+        );
+        assert_eq!(
+            lookup("/parley.user.v1.UserService/ListUsers").kind,
+            CallKind::ServerStream
+        );
+        assert_eq!(
+            lookup("/parley.user.v1.UserService/BatchCreateUsers").kind,
+            CallKind::ClientStream
+        );
+        assert_eq!(
+            lookup("/parley.chat.v1.ChatService/Chat").kind,
+            CallKind::BidiStream
+        );
+        assert_eq!(
+            lookup("/grpc.health.v1.Health/Watch").kind,
+            CallKind::ServerStream
+        );
         assert_eq!(
             lookup("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo").kind,
             CallKind::BidiStream

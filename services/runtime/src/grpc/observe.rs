@@ -72,6 +72,9 @@ impl Side {
     }
 }
 
+/// Picks one metric name of a side.
+type NamePicker = fn(&Names) -> &'static str;
+
 /// One call in flight. Records `handled`, `handling_seconds` and the stream
 /// gauge exactly once: when the status is known, or as `Canceled` when the
 /// call is dropped before that (the peer went away).
@@ -98,7 +101,7 @@ impl Call {
         }
     }
 
-    fn message_counter(&self, name: fn(&Names) -> &'static str) -> Counter {
+    fn message_counter(&self, name: NamePicker) -> Counter {
         metrics::counter!(name(self.side.names()), &labels(self.info))
     }
 
@@ -116,7 +119,8 @@ impl Call {
             "grpc_code" => metric_label(code),
         )
         .increment(1);
-        metrics::histogram!(names.handling, &labels(info)).record(self.started_at.elapsed().as_secs_f64());
+        metrics::histogram!(names.handling, &labels(info))
+            .record(self.started_at.elapsed().as_secs_f64());
         if info.kind.is_streaming() {
             metrics::gauge!(names.streams_active, "grpc_service" => info.service, "grpc_method" => info.method)
                 .decrement(1.0);
@@ -139,7 +143,12 @@ fn labels(info: MethodInfo) -> [(&'static str, &'static str); 3] {
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(Code::from_i32(value))
 }
 
@@ -191,7 +200,10 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for CountingBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(frame)) = &frame
@@ -231,7 +243,10 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for ObservedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
         if *this.cut {
             return Poll::Ready(None);
@@ -260,7 +275,8 @@ impl<B: HttpBody<Data = Bytes>> HttpBody for ObservedBody<B> {
                 if let Some(data) = frame.data_ref() {
                     this.messages.increment(this.framer.count(data));
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    this.call.finish(grpc_status(trailers).unwrap_or(Code::Unknown));
+                    this.call
+                        .finish(grpc_status(trailers).unwrap_or(Code::Unknown));
                 }
             }
             Some(Err(_)) => this.call.finish(Code::Unknown),
@@ -336,11 +352,10 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let info = methods::lookup(request.uri().path());
         let mut call = Call::start(info, self.side);
-        let (request_messages, response_messages): (fn(&Names) -> &'static str, fn(&Names) -> &'static str) =
-            match self.side {
-                Side::Server => (|n| n.msg_received, |n| n.msg_sent),
-                Side::Client => (|n| n.msg_sent, |n| n.msg_received),
-            };
+        let (request_messages, response_messages): (NamePicker, NamePicker) = match self.side {
+            Side::Server => (|n| n.msg_received, |n| n.msg_sent),
+            Side::Client => (|n| n.msg_sent, |n| n.msg_received),
+        };
         let mut request = request.map(|body| {
             Body::new(CountingBody {
                 inner: body,
@@ -351,7 +366,11 @@ where
         let span = match self.side {
             Side::Server => tracing::Span::current(),
             Side::Client => {
-                let span = tracing::info_span!("grpc.client", rpc.service = info.service, rpc.method = info.method);
+                let span = tracing::info_span!(
+                    "grpc.client",
+                    rpc.service = info.service,
+                    rpc.method = info.method
+                );
                 span.in_scope(|| telemetry::inject_context(request.headers_mut()));
                 span
             }
@@ -408,7 +427,10 @@ mod tests {
         let stream: Vec<u8> = [message(3), message(0), message(300)].concat();
         for chunk_size in [1, 2, 5, 7, 64, stream.len()] {
             let mut framer = MessageFramer::default();
-            let total: u64 = stream.chunks(chunk_size).map(|chunk| framer.count(chunk)).sum();
+            let total: u64 = stream
+                .chunks(chunk_size)
+                .map(|chunk| framer.count(chunk))
+                .sum();
             assert_eq!(total, 3, "chunk size {chunk_size}");
         }
     }

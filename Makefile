@@ -1,0 +1,29 @@
+# Parley's front door. `make run` starts everything on a laptop; `make test`
+# runs the whole suite against the local Postgres and Redis.
+
+CARGO ?= cargo
+PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
+
+.PHONY: run test lint fmt clean-test-databases
+
+## Run every service in one process (SQLite under ./data).
+run:
+	$(CARGO) run -p parley
+
+## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process tests).
+test: clean-test-databases
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Drop the per-test Postgres databases earlier runs left behind.
+clean-test-databases:
+	@$(PSQL) -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'parley_test_%'" \
+	  | while read -r db; do $(PSQL) -c "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; done

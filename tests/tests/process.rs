@@ -1,0 +1,168 @@
+//! The binaries as operators run them: no configuration, then SIGTERM with
+//! a stream still open.
+
+// A test that cannot go on should stop right there, loudly.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use parley_runtime::test_util::RunningBinary;
+use parley_tests::channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+};
+
+/// Where cargo put the workspace's binaries: beside this test's own.
+fn binary(name: &str) -> String {
+    let mut path = std::env::current_exe().expect("test binary path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join(name).display().to_string()
+}
+
+async fn starts_bare_and_drains_on_sigterm(
+    program: &str,
+    prefix: &str,
+    service: &str,
+    database: &str,
+) {
+    let grpc = format!("{prefix}_GRPC_ADDR");
+    let admin = format!("{prefix}_ADMIN_ADDR");
+    let running = RunningBinary::start(
+        &binary(program),
+        &[
+            (grpc.as_str(), "127.0.0.1:0"),
+            (admin.as_str(), "127.0.0.1:0"),
+            ("SHUTDOWN_GRACE", "3s"),
+        ],
+        1,
+    )
+    .await;
+    let addr = running.grpc_addrs[0];
+    assert!(
+        running.dir.path().join("data").join(database).exists(),
+        "{database} created under data/"
+    );
+
+    // What `grpcurl -plaintext host:port list` does.
+    let mut reflection = ServerReflectionClient::new(channel(addr).await);
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert!(
+        list.service.iter().any(|s| s.name == service),
+        "{service} not listed"
+    );
+
+    // A stream stays open across the signal: the health watch of liveness.
+    let mut health = HealthClient::new(channel(addr).await);
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    running.terminate().await;
+    let mut running = running;
+    let exit = tokio::time::timeout(Duration::from_secs(3 + 5), running.child.wait())
+        .await
+        .expect("exits within SHUTDOWN_GRACE + 5s")
+        .expect("exit status");
+    assert_eq!(exit.code(), Some(0), "{program} exit status");
+
+    // The open stream saw the drain: NOT_SERVING, then the end.
+    let mut saw_not_serving = false;
+    while let Ok(Some(update)) = watch.message().await {
+        saw_not_serving |= update.status == ServingStatus::NotServing as i32;
+    }
+    assert!(
+        saw_not_serving,
+        "the watch stream was told NOT_SERVING before it ended"
+    );
+}
+
+#[tokio::test]
+async fn parley_user_starts_bare_and_drains_on_sigterm() {
+    starts_bare_and_drains_on_sigterm(
+        "parley-user",
+        "USER",
+        "parley.user.v1.UserService",
+        "user.db",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn parley_auth_starts_bare_and_drains_on_sigterm() {
+    starts_bare_and_drains_on_sigterm(
+        "parley-auth",
+        "AUTH",
+        "parley.auth.v1.AuthService",
+        "auth.db",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_value_exits_with_code_2_naming_the_variable() {
+    let output = tokio::process::Command::new(binary("parley-user"))
+        .env("USER_DATABASE_URL", "mysql://nope")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("USER_DATABASE_URL"), "{stderr}");
+}
+
+#[tokio::test]
+async fn help_lists_every_variable_without_secrets() {
+    let output = tokio::process::Command::new(binary("parley-auth"))
+        .arg("--help")
+        .env("AUTH_JWT_PRIVATE_KEY", "super-secret-value")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "AUTH_GRPC_ADDR",
+        "AUTH_ADMIN_ADDR",
+        "AUTH_DATABASE_URL",
+        "AUTH_JWT_PRIVATE_KEY",
+        "AUTH_JWT_PRIVATE_KEY_FILE",
+        "AUTH_ACCESS_TOKEN_TTL",
+        "AUTH_REFRESH_TOKEN_TTL",
+        "USER_URL",
+        "SHUTDOWN_GRACE",
+        "RUST_LOG",
+        "LOG_FORMAT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        assert!(help.contains(variable), "--help misses {variable}");
+    }
+    assert!(
+        !help.contains("super-secret-value"),
+        "--help printed a secret"
+    );
+}
