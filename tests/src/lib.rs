@@ -91,14 +91,12 @@ impl TestStack {
             auth_url: ServiceUrl::from_addr(auth_addr),
             shutdown_grace: grace,
         };
-        let auth_app =
-            parley_auth::Application::with_listeners(auth_config, auth_listeners, shutdown.clone())
-                .await
-                .expect("auth builds");
-        let user_app =
-            parley_user::Application::with_listeners(user_config, user_listeners, shutdown.clone())
-                .await
-                .expect("user builds");
+        let auth_app = parley_auth::with_listeners(auth_config, auth_listeners, shutdown.clone())
+            .await
+            .expect("auth builds");
+        let user_app = parley_user::with_listeners(user_config, user_listeners, shutdown.clone())
+            .await
+            .expect("user builds");
         let tasks = vec![
             tokio::spawn(async move { auth_app.run().await.map_err(|e| format!("{e:#}")) }),
             tokio::spawn(async move { user_app.run().await.map_err(|e| format!("{e:#}")) }),

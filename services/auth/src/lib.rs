@@ -20,7 +20,7 @@ pub mod keys;
 pub mod password;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use parley_proto::{
@@ -45,128 +45,88 @@ pub const SERVICE_NAME: &str = "auth";
 /// The auth service's migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A built auth service, bound to its ports and ready to run.
-#[derive(Debug)]
-pub struct Application {
-    listeners: Listeners,
-    services: Services,
-    readiness: Readiness,
-    options: ServerOptions,
-    shutdown: CancellationToken,
+/// A built service, bound to its ports: call `run` to serve.
+pub use parley_runtime::serve::Service as Application;
+
+/// Binds the configured addresses and builds the service.
+///
+/// # Errors
+/// Fails when an address cannot be bound, the keys are unusable or the
+/// database is.
+pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Application> {
+    let listeners = Listeners::bind(
+        config.auth.grpc_addr,
+        "AUTH_GRPC_ADDR",
+        config.auth.admin_addr,
+        "AUTH_ADMIN_ADDR",
+    )
+    .await?;
+    with_listeners(config, listeners, shutdown).await
 }
 
-impl Application {
-    /// Binds the configured addresses and builds the service.
-    ///
-    /// # Errors
-    /// Fails when an address cannot be bound, the keys are unusable or the
-    /// database is.
-    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let listeners = Listeners::bind(
-            config.auth.grpc_addr,
-            "AUTH_GRPC_ADDR",
-            config.auth.admin_addr,
-            "AUTH_ADMIN_ADDR",
-        )
-        .await?;
-        Self::with_listeners(config, listeners, shutdown).await
+/// Builds the service on listeners bound by the caller.
+///
+/// # Errors
+/// Fails when the keys or the database are unusable.
+pub async fn with_listeners(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Application> {
+    parley_runtime::metrics::install();
+    parley_runtime::metrics::register_build_info(SERVICE_NAME);
+    for counter in [
+        "parley_auth_logins_total",
+        "parley_auth_registrations_total",
+        "parley_auth_refreshes_total",
+    ] {
+        metrics::counter!(counter, "result" => "success").increment(0);
     }
+    let readiness = Readiness::new();
 
-    /// Builds the service on listeners bound by the caller.
-    ///
-    /// # Errors
-    /// Fails when the keys or the database are unusable.
-    pub async fn with_listeners(
-        config: Config,
-        listeners: Listeners,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        parley_runtime::metrics::install();
-        parley_runtime::metrics::register_build_info(SERVICE_NAME);
-        for counter in [
-            "parley_auth_logins_total",
-            "parley_auth_registrations_total",
-            "parley_auth_refreshes_total",
-        ] {
-            metrics::counter!(counter, "result" => "success").increment(0);
-        }
-        let readiness = Readiness::new();
-
-        let keys = Arc::new(keys::SigningKeys::load(&config.auth)?);
-        let verifier = TokenVerifier::new();
-        verifier.set_public_keys(&keys.public_keys());
-        let users = UserServiceClient::new(client::connect(
-            "user",
-            &config.user_url,
-            &ClientOptions::default(),
-        ));
-        let database = Database::open(
-            &config.auth.database_url,
-            "auth",
-            &MIGRATOR,
-            &readiness,
-            shutdown.clone(),
-        )
-        .await
-        .context("opening the auth database")?;
-        let service = grpc::AuthService::new(
-            store::AuthStore::new(database),
-            users,
-            keys,
-            verifier,
-            grpc::TokenLifetimes {
-                access: config.auth.access_token_ttl,
-                refresh: config.auth.refresh_token_ttl,
-            },
-        );
-        let services = Services::new().with(
-            AuthServiceServer::new(service)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        );
-        Ok(Self {
-            listeners,
-            services,
-            readiness,
-            options: ServerOptions {
-                shutdown_grace: config.shutdown_grace,
-                ..ServerOptions::default()
-            },
-            shutdown,
-        })
-    }
-
-    /// The bound gRPC address.
-    ///
-    /// # Errors
-    /// Fails when the socket has no local address.
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.grpc_addr()
-    }
-
-    /// The bound admin address.
-    ///
-    /// # Errors
-    /// Fails when the socket has no local address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.admin_addr()
-    }
-
-    /// Serves until the shutdown token fires, then drains.
-    ///
-    /// # Errors
-    /// Fails when a server fails.
-    pub async fn run(self) -> anyhow::Result<()> {
-        parley_runtime::serve::run(
-            SERVICE_NAME,
-            self.listeners,
-            self.services,
-            self.readiness,
-            self.options,
-            self.shutdown,
-        )
-        .await
-    }
+    let keys = Arc::new(keys::SigningKeys::load(&config.auth)?);
+    let verifier = TokenVerifier::new();
+    verifier.set_public_keys(&keys.public_keys());
+    let users = UserServiceClient::new(client::connect(
+        "user",
+        &config.user_url,
+        &ClientOptions::default(),
+    ));
+    let database = Database::open(
+        &config.auth.database_url,
+        "auth",
+        &MIGRATOR,
+        &readiness,
+        shutdown.clone(),
+    )
+    .await
+    .context("opening the auth database")?;
+    let service = grpc::AuthService::new(
+        store::AuthStore::new(database),
+        users,
+        keys,
+        verifier,
+        grpc::TokenLifetimes {
+            access: config.auth.access_token_ttl,
+            refresh: config.auth.refresh_token_ttl,
+        },
+    );
+    let services = Services::new().with(
+        AuthServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    Ok(Application::new(
+        SERVICE_NAME,
+        listeners,
+        services,
+        readiness,
+        ServerOptions {
+            shutdown_grace: config.shutdown_grace,
+            ..ServerOptions::default()
+        },
+        shutdown,
+    ))
 }
 
 /// Builds and runs the auth service until `shutdown` fires and it has
@@ -175,5 +135,5 @@ impl Application {
 /// # Errors
 /// Fails when it cannot start or a server fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config, shutdown).await?.run().await
+    build(config, shutdown).await?.run().await
 }

@@ -49,8 +49,8 @@ async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // Both bind before either runs, so a port clash stops everything at once.
-    let auth = parley_auth::Application::build(auth, shutdown.clone()).await?;
-    let user = parley_user::Application::build(user, shutdown.clone()).await?;
+    let auth = parley_auth::build(auth, shutdown.clone()).await?;
+    let user = parley_user::build(user, shutdown.clone()).await?;
     let auth = tokio::spawn(auth.run());
     let user = tokio::spawn(user.run());
     // One service failing takes the process down: a half-running all-in-one

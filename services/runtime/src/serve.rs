@@ -1,5 +1,5 @@
 //! The life of a service process: bind, serve the API and admin ports,
-//! drain on shutdown. Every service's `Application` ends up here.
+//! drain on shutdown. Every service's `build` returns a [`Service`].
 
 use std::net::SocketAddr;
 
@@ -61,12 +61,78 @@ impl Listeners {
     }
 }
 
+/// A service built and bound, ready to run: what every service's
+/// `build` returns, so callers (binaries, the all-in-one, tests) handle all
+/// services alike.
+#[derive(Debug)]
+pub struct Service {
+    name: &'static str,
+    listeners: Listeners,
+    services: Services,
+    readiness: Readiness,
+    options: ServerOptions,
+    shutdown: CancellationToken,
+}
+
+impl Service {
+    /// Assembles a service from its parts; `name` labels its logs.
+    pub fn new(
+        name: &'static str,
+        listeners: Listeners,
+        services: Services,
+        readiness: Readiness,
+        options: ServerOptions,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            name,
+            listeners,
+            services,
+            readiness,
+            options,
+            shutdown,
+        }
+    }
+
+    /// The bound gRPC address.
+    ///
+    /// # Errors
+    /// Fails when the socket has no local address.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listeners.grpc_addr()
+    }
+
+    /// The bound admin address.
+    ///
+    /// # Errors
+    /// Fails when the socket has no local address.
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listeners.admin_addr()
+    }
+
+    /// Serves until the shutdown token fires, then drains.
+    ///
+    /// # Errors
+    /// Fails when a server fails.
+    pub async fn run(self) -> anyhow::Result<()> {
+        run(
+            self.name,
+            self.listeners,
+            self.services,
+            self.readiness,
+            self.options,
+            self.shutdown,
+        )
+        .await
+    }
+}
+
 /// Serves `services` and the admin port until `shutdown`, then drains
 /// within `options.shutdown_grace`.
 ///
 /// # Errors
 /// Fails when either server fails.
-pub async fn run(
+async fn run(
     service: &'static str,
     listeners: Listeners,
     services: Services,

@@ -1,7 +1,7 @@
 //! Everything the user service can fail with, and the one place it becomes
 //! a gRPC status.
 
-use parley_runtime::{grpc::status::invalid_argument, storage};
+use parley_runtime::grpc::status::{database_error, internal_error, invalid_argument};
 use tonic::Status;
 
 /// A failed user-service operation.
@@ -54,18 +54,8 @@ impl From<Error> for Status {
                 Status::already_exists(format!("{field} is already taken"))
             }
             Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::Database(err) if storage::is_unavailable(&err) => {
-                tracing::warn!(error = %err, "database unavailable");
-                Status::unavailable("user database unavailable; retry later")
-            }
-            Error::Database(err) => {
-                tracing::error!(error = ?err, "database error");
-                Status::internal("internal error")
-            }
-            Error::Internal(err) => {
-                tracing::error!(error = ?err, "internal error");
-                Status::internal("internal error")
-            }
+            Error::Database(err) => database_error(&err, "user database"),
+            Error::Internal(err) => internal_error(&err),
         }
     }
 }

@@ -18,8 +18,6 @@ pub mod error;
 pub mod grpc;
 pub mod store;
 
-use std::net::SocketAddr;
-
 use anyhow::Context as _;
 use parley_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -43,121 +41,80 @@ pub const SERVICE_NAME: &str = "user";
 /// The user service's migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A built user service, bound to its ports and ready to run.
-#[derive(Debug)]
-pub struct Application {
-    listeners: Listeners,
-    services: Services,
-    readiness: Readiness,
-    options: ServerOptions,
-    shutdown: CancellationToken,
+/// A built service, bound to its ports: call `run` to serve.
+pub use parley_runtime::serve::Service as Application;
+
+/// Binds the configured addresses and builds the service.
+///
+/// # Errors
+/// Fails when an address cannot be bound or the database is unusable.
+pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Application> {
+    let listeners = Listeners::bind(
+        config.user.grpc_addr,
+        "USER_GRPC_ADDR",
+        config.user.admin_addr,
+        "USER_ADMIN_ADDR",
+    )
+    .await?;
+    with_listeners(config, listeners, shutdown).await
 }
 
-impl Application {
-    /// Binds the configured addresses and builds the service.
-    ///
-    /// # Errors
-    /// Fails when an address cannot be bound or the database is unusable.
-    pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let listeners = Listeners::bind(
-            config.user.grpc_addr,
-            "USER_GRPC_ADDR",
-            config.user.admin_addr,
-            "USER_ADMIN_ADDR",
-        )
-        .await?;
-        Self::with_listeners(config, listeners, shutdown).await
-    }
+/// Builds the service on listeners bound by the caller (tests bind port
+/// 0 first, to wire services to each other).
+///
+/// # Errors
+/// Fails when the database is unusable.
+pub async fn with_listeners(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Application> {
+    parley_runtime::metrics::install();
+    parley_runtime::metrics::register_build_info(SERVICE_NAME);
+    let readiness = Readiness::new();
 
-    /// Builds the service on listeners bound by the caller (tests bind port
-    /// 0 first, to wire services to each other).
-    ///
-    /// # Errors
-    /// Fails when the database is unusable.
-    pub async fn with_listeners(
-        config: Config,
-        listeners: Listeners,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        parley_runtime::metrics::install();
-        parley_runtime::metrics::register_build_info(SERVICE_NAME);
-        let readiness = Readiness::new();
+    let verifier = TokenVerifier::new();
+    let auth = AuthServiceClient::new(client::connect(
+        "auth",
+        &config.auth_url,
+        &ClientOptions::default(),
+    ));
+    token::spawn_key_refresh(
+        verifier.clone(),
+        auth,
+        readiness.condition("public_keys"),
+        shutdown.clone(),
+    );
 
-        let verifier = TokenVerifier::new();
-        let auth = AuthServiceClient::new(client::connect(
-            "auth",
-            &config.auth_url,
-            &ClientOptions::default(),
-        ));
-        token::spawn_key_refresh(
-            verifier.clone(),
-            auth,
-            readiness.condition("public_keys"),
-            shutdown.clone(),
-        );
+    let database = Database::open(
+        &config.user.database_url,
+        "users",
+        &MIGRATOR,
+        &readiness,
+        shutdown.clone(),
+    )
+    .await
+    .context("opening the user database")?;
+    let service = grpc::UserService::new(store::UserStore::new(database), config.admin_usernames());
+    let server = UserServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let services = Services::new().with(tonic::service::interceptor::InterceptedService::new(
+        server,
+        verifier.interceptor(),
+    ));
 
-        let database = Database::open(
-            &config.user.database_url,
-            "users",
-            &MIGRATOR,
-            &readiness,
-            shutdown.clone(),
-        )
-        .await
-        .context("opening the user database")?;
-        let service =
-            grpc::UserService::new(store::UserStore::new(database), config.admin_usernames());
-        let server = UserServiceServer::new(service)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let services = Services::new().with(tonic::service::interceptor::InterceptedService::new(
-            server,
-            verifier.interceptor(),
-        ));
-
-        Ok(Self {
-            listeners,
-            services,
-            readiness,
-            options: ServerOptions {
-                shutdown_grace: config.shutdown_grace,
-                ..ServerOptions::default()
-            },
-            shutdown,
-        })
-    }
-
-    /// The bound gRPC address.
-    ///
-    /// # Errors
-    /// Fails when the socket has no local address.
-    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.grpc_addr()
-    }
-
-    /// The bound admin address.
-    ///
-    /// # Errors
-    /// Fails when the socket has no local address.
-    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listeners.admin_addr()
-    }
-
-    /// Serves until the shutdown token fires, then drains.
-    ///
-    /// # Errors
-    /// Fails when a server fails.
-    pub async fn run(self) -> anyhow::Result<()> {
-        parley_runtime::serve::run(
-            SERVICE_NAME,
-            self.listeners,
-            self.services,
-            self.readiness,
-            self.options,
-            self.shutdown,
-        )
-        .await
-    }
+    Ok(Application::new(
+        SERVICE_NAME,
+        listeners,
+        services,
+        readiness,
+        ServerOptions {
+            shutdown_grace: config.shutdown_grace,
+            ..ServerOptions::default()
+        },
+        shutdown,
+    ))
 }
 
 /// Builds and runs the user service until `shutdown` fires and it has
@@ -166,5 +123,5 @@ impl Application {
 /// # Errors
 /// Fails when it cannot start or a server fails.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config, shutdown).await?.run().await
+    build(config, shutdown).await?.run().await
 }

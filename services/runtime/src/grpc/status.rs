@@ -71,6 +71,26 @@ pub fn invalid_field(status: &Status) -> Option<String> {
         .map(|violation| violation.field)
 }
 
+/// The status for a database failure: UNAVAILABLE when `database` cannot
+/// be reached (clients may retry), otherwise INTERNAL. Either way the detail
+/// is logged, never sent.
+pub fn database_error(err: &sqlx::Error, database: &str) -> Status {
+    if crate::storage::is_unavailable(err) {
+        tracing::warn!(error = %err, database, "database unavailable");
+        Status::unavailable(format!("{database} unavailable; retry later"))
+    } else {
+        tracing::error!(error = ?err, database, "database error");
+        Status::internal("internal error")
+    }
+}
+
+/// The status for a bug or an unexpected state: INTERNAL, with the full
+/// error chain logged and nothing of it sent.
+pub fn internal_error(err: &anyhow::Error) -> Status {
+    tracing::error!(error = ?err, "internal error");
+    Status::internal("internal error")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
