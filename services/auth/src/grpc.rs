@@ -17,6 +17,7 @@ use parley_proto::{
 use parley_runtime::{
     client::{ClientChannel, retry_idempotent},
     storage::{now_millis, timestamp},
+    password::Passwords,
     token::{AccessClaims, SERVICE_ROLE, TokenVerifier},
 };
 use sha2::{Digest as _, Sha256};
@@ -25,7 +26,6 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     error::Error,
     keys::SigningKeys,
-    password::Passwords,
     store::{AuthStore, Revocation},
 };
 
@@ -75,7 +75,7 @@ impl AuthService {
             users,
             keys,
             verifier,
-            passwords: Passwords::new(),
+            passwords: Passwords::new("parley_auth_password_hash_seconds"),
             lifetimes,
         }
     }

@@ -4,7 +4,6 @@
 //! # Layout
 //! - [`config`]: `AUTH_*` settings.
 //! - [`keys`]: the signing keys and the published public keys.
-//! - [`password`]: Argon2id hashing on the blocking pool.
 //! - [`store`]: credentials and refresh-token families.
 //! - [`grpc`]: the `parley.auth.v1.AuthService` handlers.
 //! - [`error`]: failures and their gRPC statuses.
@@ -17,7 +16,6 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
-pub mod password;
 pub mod store;
 
 use std::sync::Arc;

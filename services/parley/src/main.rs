@@ -12,7 +12,7 @@ use parley_runtime::{
     config::{AuthUrl, CommonConfig, UserUrl},
 };
 
-/// Parley all-in-one: the auth and user services in one process.
+/// Parley all-in-one: the auth, user and chat services in one process.
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about)]
 struct Cli {
@@ -20,6 +20,8 @@ struct Cli {
     auth: parley_auth::AuthArgs,
     #[command(flatten)]
     user: parley_user::UserArgs,
+    #[command(flatten)]
+    chat: parley_chat::ChatArgs,
     #[command(flatten)]
     auth_url: AuthUrl,
     #[command(flatten)]
@@ -40,26 +42,37 @@ fn main() -> ExitCode {
         auth_url: cli.auth_url.auth_url,
         shutdown_grace: cli.common.shutdown_grace,
     };
-    parley_runtime::process::run("parley", &cli.common, |shutdown| run(auth, user, shutdown))
+    let chat = parley_chat::Config {
+        chat: cli.chat,
+        auth_url: user.auth_url.clone(),
+        shutdown_grace: cli.common.shutdown_grace,
+    };
+    parley_runtime::process::run("parley", &cli.common, |shutdown| {
+        run(auth, user, chat, shutdown)
+    })
 }
 
 async fn run(
     auth: parley_auth::Config,
     user: parley_user::Config,
+    chat: parley_chat::Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    // Both bind before either runs, so a port clash stops everything at once.
+    // All bind before any runs, so a port clash stops everything at once.
     let auth = parley_auth::build(auth, shutdown.clone()).await?;
     let user = parley_user::build(user, shutdown.clone()).await?;
+    let chat = parley_chat::build(chat, shutdown.clone()).await?;
     let auth = tokio::spawn(auth.run());
     let user = tokio::spawn(user.run());
+    let chat = tokio::spawn(chat.run());
     // One service failing takes the process down: a half-running all-in-one
     // is worse than a clear exit.
-    let (auth, user) = tokio::join!(
+    let (auth, user, chat) = tokio::join!(
         watch(auth, shutdown.clone(), "auth"),
-        watch(user, shutdown.clone(), "user")
+        watch(user, shutdown.clone(), "user"),
+        watch(chat, shutdown.clone(), "chat")
     );
-    auth.and(user)
+    auth.and(user).and(chat)
 }
 
 async fn watch(

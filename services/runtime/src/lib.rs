@@ -9,6 +9,7 @@
 //! - [`grpc`]: the server every service goes through (health, reflection,
 //!   metrics, tracing, limits, drain) and status helpers.
 //! - [`client`]: balanced, observed channels to other services; retries.
+//! - [`password`]: Argon2id hashing off the async threads.
 //! - [`token`]: access-token verification and the caller's identity.
 //! - [`storage`]: one sqlx code path for Postgres and SQLite, migrations.
 //! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` HTTP server.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod password;
 pub mod process;
 pub mod serve;
 pub mod shutdown;

@@ -13,24 +13,24 @@ use argon2::{
 };
 use tokio::sync::Semaphore;
 
-/// Hashes and verifies passwords. Cheap to clone.
+/// Hashes and verifies passwords (account passwords in auth, private-room
+/// passwords in chat). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
-}
-
-impl Default for Passwords {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// The histogram each hash's time is recorded in, such as
+    /// `parley_auth_password_hash_seconds`.
+    metric: &'static str,
 }
 
 impl Passwords {
-    /// At most two hashes per core at once.
-    pub fn new() -> Self {
+    /// At most two hashes per core at once, timed into the histogram
+    /// `metric` (a name ending in `_hash_seconds`, which gets hash buckets).
+    pub fn new(metric: &'static str) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self {
             permits: Arc::new(Semaphore::new(cores * 2)),
+            metric,
         }
     }
 
@@ -82,7 +82,7 @@ impl Passwords {
         let result = tokio::task::spawn_blocking(work)
             .await
             .context("password hashing task panicked")?;
-        metrics::histogram!("parley_auth_password_hash_seconds")
+        metrics::histogram!(self.metric)
             .record(started.elapsed().as_secs_f64());
         result
     }
@@ -106,7 +106,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_verify_and_salts_differ() {
-        let passwords = Passwords::new();
+        let passwords = Passwords::new("test_password_hash_seconds");
         let first = passwords.hash("correct horse".into()).await.unwrap();
         let second = passwords.hash("correct horse".into()).await.unwrap();
         assert!(first.starts_with("$argon2id$"));

@@ -1,0 +1,161 @@
+//! The chat service's settings.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+use parley_runtime::config::{DatabaseUrl, ServiceUrl, parse_duration};
+
+/// Settings read from `CHAT_*` variables.
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// gRPC API listen address.
+    #[arg(
+        id = "CHAT_GRPC_ADDR",
+        long = "chat-grpc-addr",
+        env = "CHAT_GRPC_ADDR",
+        default_value = "0.0.0.0:50053"
+    )]
+    pub grpc_addr: SocketAddr,
+
+    /// Admin listen address: /metrics, /healthz, /readyz.
+    #[arg(
+        id = "CHAT_ADMIN_ADDR",
+        long = "chat-admin-addr",
+        env = "CHAT_ADMIN_ADDR",
+        default_value = "0.0.0.0:9093"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// `postgres://...` (tables in schema `chat`) or `sqlite://path`.
+    #[arg(
+        id = "CHAT_DATABASE_URL",
+        long = "chat-database-url",
+        env = "CHAT_DATABASE_URL",
+        default_value = "sqlite://data/chat.db",
+        hide_env_values = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// `redis://...` for fan-out and presence across replicas; unset means
+    /// the in-process bus, for a single process.
+    #[arg(
+        id = "CHAT_REDIS_URL",
+        long = "chat-redis-url",
+        env = "CHAT_REDIS_URL",
+        hide_env_values = true,
+        value_parser = parse_redis_url
+    )]
+    pub redis_url: Option<String>,
+
+    /// Largest message content, in bytes of UTF-8.
+    #[arg(
+        id = "CHAT_MAX_CONTENT_BYTES",
+        long = "chat-max-content-bytes",
+        env = "CHAT_MAX_CONTENT_BYTES",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..=1_048_576)
+    )]
+    pub max_content_bytes: u32,
+
+    /// Most messages replayed on a join with `since_seq`.
+    #[arg(
+        id = "CHAT_MAX_REPLAY",
+        long = "chat-max-replay",
+        env = "CHAT_MAX_REPLAY",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(0..=100_000)
+    )]
+    pub max_replay: u32,
+
+    /// Sends per second per user on one replica (token bucket refill).
+    #[arg(
+        id = "CHAT_SENDS_PER_SECOND",
+        long = "chat-sends-per-second",
+        env = "CHAT_SENDS_PER_SECOND",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub sends_per_second: u32,
+
+    /// Sends a user may make at once before the rate applies (bucket size).
+    #[arg(
+        id = "CHAT_SEND_BURST",
+        long = "chat-send-burst",
+        env = "CHAT_SEND_BURST",
+        default_value_t = 40,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub send_burst: u32,
+
+    /// Rooms one session (a `Chat` stream, or one client of a gateway
+    /// stream) may have joined at once.
+    #[arg(
+        id = "CHAT_MAX_ROOMS_PER_SESSION",
+        long = "chat-max-rooms-per-session",
+        env = "CHAT_MAX_ROOMS_PER_SESSION",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_rooms_per_session: u32,
+
+    /// Frames queued on one outgoing stream before its reader counts as a
+    /// slow consumer and the stream is cut. Must exceed `CHAT_MAX_REPLAY`.
+    #[arg(
+        id = "CHAT_STREAM_QUEUE",
+        long = "chat-stream-queue",
+        env = "CHAT_STREAM_QUEUE",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(16..=1_048_576)
+    )]
+    pub stream_queue: u32,
+
+    /// How long a replica's presence entries live without a heartbeat: the
+    /// members of a crashed replica disappear after this. Heartbeats run at
+    /// a third of it.
+    #[arg(
+        id = "CHAT_PRESENCE_TTL",
+        long = "chat-presence-ttl",
+        env = "CHAT_PRESENCE_TTL",
+        default_value = "6s",
+        value_parser = parse_duration
+    )]
+    pub presence_ttl: Duration,
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    redis::Client::open(value)
+        .map(|_| value.to_owned())
+        .map_err(|err| format!("not a redis:// URL: {err}"))
+}
+
+/// Everything the chat service needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its own settings.
+    pub chat: ChatArgs,
+    /// Where auth is, for public keys.
+    pub auth_url: ServiceUrl,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Checks the settings that depend on each other.
+    ///
+    /// # Errors
+    /// Names the variables that disagree.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.chat.stream_queue > self.chat.max_replay,
+            "CHAT_STREAM_QUEUE ({}) must exceed CHAT_MAX_REPLAY ({}): a replay passes through the stream's queue",
+            self.chat.stream_queue,
+            self.chat.max_replay
+        );
+        anyhow::ensure!(
+            self.chat.presence_ttl >= Duration::from_millis(300),
+            "CHAT_PRESENCE_TTL must be at least 300ms"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! Rooms and messages: the rules every entry point (unary RPCs, `Chat`
+//! streams, gateway sessions) checks the same way.
+
+use std::sync::Arc;
+
+use parley_proto::chat::v1::{ChatMessage, Room as RoomProto};
+use parley_runtime::storage::timestamp;
+
+use crate::error::Error;
+
+/// A room id, shared cheaply between sessions, the hub and the bus.
+pub type RoomId = Arc<str>;
+
+/// Longest room id.
+pub const MAX_ROOM_ID_LEN: usize = 64;
+/// Longest room name, in characters.
+pub const MAX_ROOM_NAME_CHARS: usize = 100;
+/// Longest `client_id`, in bytes.
+pub const MAX_CLIENT_ID_BYTES: usize = 128;
+/// Longest private-room password, in bytes.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// History page size when none is asked for.
+pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+/// Largest history page.
+pub const MAX_HISTORY_LIMIT: i64 = 200;
+/// The alphabet of short join codes: no `0`/`O`, `1`/`I`, easy to read out.
+pub const SHORT_CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/// Length of a short join code.
+pub const SHORT_CODE_LEN: usize = 6;
+
+/// A stored room.
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its join code, "" for public rooms created by a join.
+    pub short_code: String,
+    /// The Argon2id hash of its password, for private rooms.
+    pub password_hash: Option<String>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Its newest seq.
+    pub last_seq: i64,
+}
+
+impl Room {
+    /// Whether joining needs a password.
+    pub fn is_private(&self) -> bool {
+        self.password_hash.is_some()
+    }
+
+    /// The room as the API shows it.
+    pub fn to_proto(&self) -> RoomProto {
+        RoomProto {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            short_code: self.short_code.clone(),
+            private: self.is_private(),
+            created_at: Some(timestamp(self.created_at)),
+            last_seq: self.last_seq,
+        }
+    }
+}
+
+/// A message accepted for storage: validated, with its sender from the
+/// token.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// The room.
+    pub room_id: RoomId,
+    /// The sender's user id.
+    pub sender_id: Arc<str>,
+    /// The sender's username.
+    pub sender_name: Arc<str>,
+    /// The text.
+    pub content: String,
+    /// The idempotency key, "" for none.
+    pub client_id: String,
+}
+
+/// A stored message, shared by every delivery of it.
+pub type StoredMessage = Arc<ChatMessage>;
+
+/// Checks a room id: 1-64 characters of `[A-Za-z0-9_.-]`.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `field`.
+pub fn validate_room_id(field: &'static str, room_id: &str) -> Result<(), Error> {
+    if room_id.is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if room_id.len() > MAX_ROOM_ID_LEN {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {MAX_ROOM_ID_LEN} characters"),
+        ));
+    }
+    if !room_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(Error::invalid(
+            field,
+            "may only contain letters, digits, '_', '.' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks message content: 1 to `max_bytes` bytes, not only whitespace.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `content`.
+pub fn validate_content(content: &str, max_bytes: usize) -> Result<(), Error> {
+    if content.trim().is_empty() {
+        return Err(Error::invalid(
+            "content",
+            "must not be empty or only whitespace",
+        ));
+    }
+    if content.len() > max_bytes {
+        return Err(Error::invalid(
+            "content",
+            format!(
+                "is {} bytes; at most {max_bytes} are allowed",
+                content.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key: at most 128 bytes.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `client_id`.
+pub fn validate_client_id(client_id: &str) -> Result<(), Error> {
+    if client_id.len() > MAX_CLIENT_ID_BYTES {
+        return Err(Error::invalid(
+            "client_id",
+            format!("must be at most {MAX_CLIENT_ID_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks and trims a room name: 1 to 100 characters.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `name`.
+pub fn room_name(name: &str) -> Result<String, Error> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::invalid("name", "must not be empty"));
+    }
+    if name.chars().count() > MAX_ROOM_NAME_CHARS {
+        return Err(Error::invalid(
+            "name",
+            format!("must be at most {MAX_ROOM_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a password's length.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `password`.
+pub fn validate_password(password: &str) -> Result<(), Error> {
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(Error::invalid(
+            "password",
+            format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// A short join code as users may type it: trimmed and upper-cased.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `short_code` when it cannot be a code.
+pub fn normalize_short_code(code: &str) -> Result<String, Error> {
+    let code = code.trim().to_ascii_uppercase();
+    if code.len() != SHORT_CODE_LEN || !code.bytes().all(|b| SHORT_CODE_ALPHABET.contains(&b)) {
+        return Err(Error::invalid(
+            "short_code",
+            format!("must be {SHORT_CODE_LEN} characters of {}", alphabet()),
+        ));
+    }
+    Ok(code)
+}
+
+fn alphabet() -> &'static str {
+    std::str::from_utf8(SHORT_CODE_ALPHABET).unwrap_or_default()
+}
+
+/// A fresh random short join code.
+///
+/// # Errors
+/// Fails when the system has no randomness.
+pub fn new_short_code() -> Result<String, Error> {
+    let mut bytes = [0u8; SHORT_CODE_LEN];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(SHORT_CODE_ALPHABET[usize::from(b % 32)]))
+        .collect())
+}
+
+/// A fresh room id for rooms made by `CreateRoom`.
+pub fn new_room_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// The page size a history request asks for: 0 means 50, above 200 is 200.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a negative limit.
+pub fn history_limit(limit: i32) -> Result<i64, Error> {
+    match limit {
+        0 => Ok(DEFAULT_HISTORY_LIMIT),
+        limit if limit < 0 => Err(Error::invalid("limit", "must not be negative")),
+        limit => Ok(i64::from(limit).min(MAX_HISTORY_LIMIT)),
+    }
+}
+
+/// Checks a `before_seq` or `since_seq`.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `field` for a negative seq.
+pub fn validate_seq(field: &'static str, seq: i64) -> Result<(), Error> {
+    if seq < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_ids_follow_the_rules() {
+        for good in ["general", "a", "Room_1.b-c", &"x".repeat(64)] {
+            assert!(validate_room_id("room_id", good).is_ok(), "{good}");
+        }
+        for bad in ["", "has space", "émoji", "a/b", &"x".repeat(65)] {
+            assert!(validate_room_id("room_id", bad).is_err(), "{bad}");
+        }
+        assert!(validate_room_id("room_id", &new_room_id()).is_ok());
+    }
+
+    #[test]
+    fn content_must_have_text_and_fit() {
+        assert!(validate_content("hi", 4096).is_ok());
+        assert!(validate_content(&"é".repeat(2048), 4096).is_ok());
+        assert!(validate_content(&"é".repeat(2049), 4096).is_err());
+        assert!(validate_content("", 4096).is_err());
+        assert!(validate_content(" \n\t", 4096).is_err());
+    }
+
+    #[test]
+    fn short_codes_use_the_alphabet() {
+        for _ in 0..100 {
+            let code = new_short_code().unwrap();
+            assert_eq!(normalize_short_code(&code).unwrap(), code);
+        }
+        assert_eq!(normalize_short_code(" k7qx2m ").unwrap(), "K7QX2M");
+        assert!(normalize_short_code("K7QX2").is_err());
+        assert!(normalize_short_code("K7QX20").is_err(), "0 is not in the alphabet");
+    }
+
+    #[test]
+    fn history_limits_default_and_cap() {
+        assert_eq!(history_limit(0).unwrap(), 50);
+        assert_eq!(history_limit(7).unwrap(), 7);
+        assert_eq!(history_limit(1000).unwrap(), 200);
+        assert!(history_limit(-1).is_err());
+    }
+}

@@ -1,0 +1,537 @@
+//! The replica's rooms: who is listening here, and the one ordered stream
+//! of each room's messages.
+//!
+//! Every message reaches the hub twice at most (from the local writer and
+//! from the bus) and possibly out of order or with holes (a dropped
+//! publish, a Redis reconnect, another replica winning the race to the
+//! bus). The hub delivers each room strictly by `seq`: a message one past
+//! the last delivered goes out at once, an older one is a duplicate, and a
+//! newer one waits while the hole is filled from storage. Each message is
+//! turned into one shared event and queued once per link, whatever the
+//! number of sessions behind the link; no lock is held across an await.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use parley_proto::chat::v1::{
+    ChatMessage, ChatResponse, Joined, Member, RoomEvent, chat_response::Frame,
+};
+use parley_runtime::storage::now_millis;
+
+use crate::{
+    bus::Bus,
+    domain::{RoomId, StoredMessage},
+    error::Error,
+    link::{Importance, Link, SessionId},
+    store::ChatStore,
+};
+
+/// How long an out-of-order message waits for the missing ones to arrive
+/// on their own (usually the local writer and the bus racing) before they
+/// are read from storage.
+const GAP_GRACE: Duration = Duration::from_millis(50);
+/// Out-of-order messages held per room; beyond that they are dropped here
+/// and read from storage with the rest of the hole.
+const MAX_PENDING: usize = 10_000;
+/// Rooms whose last seq one heal query reads.
+const HEAL_CHUNK: usize = 500;
+
+/// The replica's rooms. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Debug)]
+struct HubInner {
+    rooms: Mutex<HashMap<RoomId, Arc<Mutex<RoomState>>>>,
+    store: ChatStore,
+    bus: Bus,
+}
+
+#[derive(Debug)]
+struct RoomState {
+    room_id: RoomId,
+    /// Every message up to this seq has been handed to the links.
+    delivered_seq: i64,
+    /// Messages past a hole, by seq.
+    pending: BTreeMap<i64, StoredMessage>,
+    /// The newest seq known to exist: the hole to fill reaches up to it.
+    known_seq: i64,
+    /// Whether a backfill task is filling a hole.
+    backfilling: bool,
+    /// Links with sessions joined here, and how many sessions each.
+    links: HashMap<u64, LinkEntry>,
+    /// Local sessions per user, for presence.
+    users: HashMap<Arc<str>, LocalUser>,
+    /// Set when the room left the map; a late holder must look it up again.
+    removed: bool,
+}
+
+#[derive(Debug)]
+struct LinkEntry {
+    link: Link,
+    sessions: u32,
+}
+
+#[derive(Debug)]
+struct LocalUser {
+    name: Arc<str>,
+    sessions: u32,
+}
+
+impl RoomState {
+    fn is_idle(&self) -> bool {
+        self.links.is_empty() && self.users.is_empty()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State behind these locks is updated in small steps that leave it
+    // consistent, so a panic elsewhere does not make it unusable.
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A message frame.
+pub fn message_frame(message: ChatMessage) -> ChatResponse {
+    ChatResponse {
+        frame: Some(Frame::Message(message)),
+    }
+}
+
+impl Hub {
+    /// An empty hub over `store` and `bus`.
+    pub fn new(store: ChatStore, bus: Bus) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                rooms: Mutex::default(),
+                store,
+                bus,
+            }),
+        }
+    }
+
+    fn cell(&self, room_id: &str) -> Option<Arc<Mutex<RoomState>>> {
+        lock(&self.inner.rooms).get(room_id).cloned()
+    }
+
+    /// Counts a session of `user_id` into the room, creating the room's
+    /// state (and its bus subscription) if this is its first local session.
+    /// `last_seq` is the room's newest seq as just read from storage.
+    /// Returns whether this is the user's first local session in the room.
+    pub fn enter(&self, room_id: &RoomId, last_seq: i64, user_id: &Arc<str>, name: &Arc<str>) -> bool {
+        loop {
+            let (cell, created) = {
+                let mut rooms = lock(&self.inner.rooms);
+                match rooms.get(room_id) {
+                    Some(cell) => (cell.clone(), false),
+                    None => {
+                        let cell = Arc::new(Mutex::new(RoomState {
+                            room_id: room_id.clone(),
+                            delivered_seq: last_seq,
+                            pending: BTreeMap::new(),
+                            known_seq: last_seq,
+                            backfilling: false,
+                            links: HashMap::new(),
+                            users: HashMap::new(),
+                            removed: false,
+                        }));
+                        rooms.insert(room_id.clone(), cell.clone());
+                        metrics::gauge!("parley_chat_room_subscriptions").set(rooms.len() as f64);
+                        (cell, true)
+                    }
+                }
+            };
+            if created {
+                self.inner.bus.subscribe(room_id.clone());
+            }
+            let mut state = lock(&cell);
+            if state.removed {
+                continue;
+            }
+            let user = state
+                .users
+                .entry(user_id.clone())
+                .or_insert_with(|| LocalUser {
+                    name: name.clone(),
+                    sessions: 0,
+                });
+            user.sessions += 1;
+            let first = user.sessions == 1;
+            if state.known_seq < last_seq {
+                // Storage is ahead of what was delivered here: fill the hole.
+                state.known_seq = last_seq;
+                self.start_backfill(&mut state, false);
+            }
+            return first;
+        }
+    }
+
+    /// Counts a session of `user_id` out of the room. Returns whether it
+    /// was the user's last local session there.
+    pub fn exit(&self, room_id: &str, user_id: &str) -> bool {
+        let Some(cell) = self.cell(room_id) else {
+            return false;
+        };
+        let (last, idle) = {
+            let mut state = lock(&cell);
+            let last = match state.users.get_mut(user_id) {
+                Some(user) if user.sessions > 1 => {
+                    user.sessions -= 1;
+                    false
+                }
+                Some(_) => {
+                    state.users.remove(user_id);
+                    true
+                }
+                None => false,
+            };
+            (last, state.is_idle())
+        };
+        if idle {
+            self.remove_if_idle(room_id);
+        }
+        last
+    }
+
+    /// Starts delivering the room to `session` on `link`: queues the
+    /// `joined` frame, then the messages after `since_seq` (at most
+    /// `max_replay`, the newest), and from then on every live message,
+    /// with nothing lost or repeated at the seam. The session must have
+    /// [`enter`](Self::enter)ed the room. Returns the `joined.last_seq`.
+    ///
+    /// # Errors
+    /// Database failures while reading the replay.
+    pub async fn attach(
+        &self,
+        link: &Link,
+        session: SessionId,
+        room_id: &RoomId,
+        since_seq: i64,
+        max_replay: i64,
+        members: Vec<Member>,
+    ) -> Result<i64, Error> {
+        let cell = self
+            .cell(room_id)
+            .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} was not entered")))?;
+        let mut replay: VecDeque<StoredMessage> = VecDeque::new();
+        let mut replayed_to = since_seq;
+        let mut truncated = false;
+        loop {
+            let target = {
+                let mut state = lock(&cell);
+                let delivered = state.delivered_seq;
+                if since_seq <= 0 || replayed_to >= delivered {
+                    state
+                        .links
+                        .entry(link.id())
+                        .or_insert_with(|| LinkEntry {
+                            link: link.clone(),
+                            sessions: 0,
+                        })
+                        .sessions += 1;
+                    link.send_to(
+                        session,
+                        ChatResponse {
+                            frame: Some(Frame::Joined(Joined {
+                                room_id: room_id.to_string(),
+                                last_seq: delivered,
+                                members,
+                                replay_truncated: truncated,
+                            })),
+                        },
+                    );
+                    for message in replay {
+                        if message.seq <= delivered {
+                            link.send_to(session, message_frame((*message).clone()));
+                        }
+                    }
+                    return Ok(delivered);
+                }
+                delivered
+            };
+            // Read outside the lock, then check again: more may have been
+            // delivered meanwhile.
+            let from = replayed_to.max(target - max_replay);
+            if from > replayed_to {
+                truncated = true;
+                replay.clear();
+            }
+            let messages = self.inner.store.range(room_id, from, target).await?;
+            replay.extend(messages);
+            replayed_to = target;
+            while i64::try_from(replay.len()).unwrap_or(i64::MAX) > max_replay {
+                replay.pop_front();
+                truncated = true;
+            }
+        }
+    }
+
+    /// Stops delivering the room to one session of `link`.
+    pub fn detach(&self, link: &Link, room_id: &str) {
+        let Some(cell) = self.cell(room_id) else {
+            return;
+        };
+        let idle = {
+            let mut state = lock(&cell);
+            if let Some(entry) = state.links.get_mut(&link.id()) {
+                entry.sessions = entry.sessions.saturating_sub(1);
+                if entry.sessions == 0 {
+                    state.links.remove(&link.id());
+                }
+            }
+            state.is_idle()
+        };
+        if idle {
+            self.remove_if_idle(room_id);
+        }
+    }
+
+    fn remove_if_idle(&self, room_id: &str) {
+        let mut rooms = lock(&self.inner.rooms);
+        let Some(cell) = rooms.get(room_id).cloned() else {
+            return;
+        };
+        let mut state = lock(&cell);
+        if state.is_idle() {
+            state.removed = true;
+            rooms.remove(room_id);
+            metrics::gauge!("parley_chat_room_subscriptions").set(rooms.len() as f64);
+            self.inner.bus.unsubscribe(state.room_id.clone());
+        }
+    }
+
+    /// Delivers a stored message, in seq order. `stored_at` is when this
+    /// replica stored it (None when it came over the bus).
+    pub fn deliver(&self, message: StoredMessage, stored_at: Option<Instant>) {
+        let Some(cell) = self.cell(&message.room_id) else {
+            return;
+        };
+        let mut state = lock(&cell);
+        self.deliver_locked(&mut state, message, stored_at, false);
+    }
+
+    fn deliver_locked(
+        &self,
+        state: &mut RoomState,
+        message: StoredMessage,
+        stored_at: Option<Instant>,
+        backfilled: bool,
+    ) {
+        let seq = message.seq;
+        if seq <= state.delivered_seq {
+            return;
+        }
+        if seq > state.delivered_seq + 1 {
+            state.known_seq = state.known_seq.max(seq);
+            if state.pending.len() < MAX_PENDING {
+                state.pending.insert(seq, message);
+            }
+            self.start_backfill(state, true);
+            return;
+        }
+        fan_out(state, &message, stored_at, backfilled);
+        while let Some(next) = state.pending.remove(&(state.delivered_seq + 1)) {
+            fan_out(state, &next, None, false);
+        }
+        let delivered = state.delivered_seq;
+        state.pending.retain(|&seq, _| seq > delivered);
+        state.known_seq = state.known_seq.max(delivered);
+    }
+
+    /// Delivers typing or presence: no order, no storage, dropped for
+    /// links that cannot take it now.
+    pub fn deliver_ephemeral(&self, event: RoomEvent) {
+        let Some(cell) = self.cell(&event.room_id) else {
+            return;
+        };
+        let event = Arc::new(event);
+        let state = lock(&cell);
+        for entry in state.links.values() {
+            entry.link.send_room_event(&event, Importance::Droppable);
+        }
+    }
+
+    /// An event from another replica.
+    pub fn on_bus_event(&self, event: RoomEvent) {
+        match event.response {
+            Some(ChatResponse {
+                frame: Some(Frame::Message(message)),
+            }) => self.deliver(Arc::new(message), None),
+            Some(_) => self.deliver_ephemeral(event),
+            None => {}
+        }
+    }
+
+    fn start_backfill(&self, state: &mut RoomState, wait_first: bool) {
+        if state.backfilling || state.known_seq <= state.delivered_seq {
+            return;
+        }
+        state.backfilling = true;
+        let hub = self.clone();
+        let room_id = state.room_id.clone();
+        tokio::spawn(async move { hub.backfill(room_id, wait_first).await });
+    }
+
+    /// Fills the room's hole from storage, until none is left.
+    async fn backfill(self, room_id: RoomId, wait_first: bool) {
+        if wait_first {
+            tokio::time::sleep(GAP_GRACE).await;
+        }
+        let mut failures = 0u32;
+        loop {
+            let Some(cell) = self.cell(&room_id) else {
+                return;
+            };
+            let (from, to) = {
+                let mut state = lock(&cell);
+                if state.removed || state.known_seq <= state.delivered_seq {
+                    state.backfilling = false;
+                    return;
+                }
+                (state.delivered_seq, state.known_seq)
+            };
+            match self.inner.store.range(&room_id, from, to).await {
+                Ok(messages) => {
+                    failures = 0;
+                    let mut state = lock(&cell);
+                    let before = state.delivered_seq;
+                    for message in messages {
+                        self.deliver_locked(&mut state, message, None, true);
+                    }
+                    if state.delivered_seq == before && state.delivered_seq < to {
+                        // Storage does not have what the seqs promise (a
+                        // room rewritten under us?): skip to what exists.
+                        tracing::error!(room = %room_id, from, to, "messages missing from storage; skipping the hole");
+                        state.delivered_seq = to.min(state.known_seq);
+                        state.backfilling = false;
+                        return;
+                    }
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    tracing::warn!(room = %room_id, error = %err, "cannot backfill yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                }
+            }
+        }
+    }
+
+    /// Checks one room against storage and fills any hole, e.g. after its
+    /// bus subscription started.
+    pub fn heal(&self, room_id: RoomId) {
+        let hub = self.clone();
+        tokio::spawn(async move { hub.heal_rooms(vec![room_id]).await });
+    }
+
+    /// Checks every room against storage: after a bus reconnect, and
+    /// periodically to catch a publish Redis lost.
+    pub fn heal_all(&self) {
+        let rooms: Vec<RoomId> = lock(&self.inner.rooms).keys().cloned().collect();
+        if rooms.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move { hub.heal_rooms(rooms).await });
+    }
+
+    async fn heal_rooms(&self, rooms: Vec<RoomId>) {
+        for chunk in rooms.chunks(HEAL_CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|r| &**r).collect();
+            let last_seqs = match self.inner.store.last_seqs(&ids).await {
+                Ok(last_seqs) => last_seqs,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot check rooms for missed messages");
+                    return;
+                }
+            };
+            for (room_id, last_seq) in last_seqs {
+                let Some(cell) = self.cell(&room_id) else {
+                    continue;
+                };
+                let mut state = lock(&cell);
+                if last_seq > state.known_seq {
+                    state.known_seq = last_seq;
+                }
+                self.start_backfill(&mut state, false);
+            }
+        }
+    }
+
+    /// The users with local sessions in the room, each once.
+    pub fn local_members(&self, room_id: &str) -> Vec<Member> {
+        let Some(cell) = self.cell(room_id) else {
+            return Vec::new();
+        };
+        let state = lock(&cell);
+        crate::presence::dedupe(state.users.iter().map(|(id, user)| Member {
+            user_id: id.to_string(),
+            name: user.name.to_string(),
+        }))
+    }
+
+    /// Every room's local users, for presence heartbeats.
+    pub fn local_presence(&self) -> Vec<(String, Vec<(String, String)>)> {
+        let cells: Vec<_> = lock(&self.inner.rooms).values().cloned().collect();
+        cells
+            .iter()
+            .filter_map(|cell| {
+                let state = lock(cell);
+                (!state.users.is_empty()).then(|| {
+                    (
+                        state.room_id.to_string(),
+                        state
+                            .users
+                            .iter()
+                            .map(|(id, user)| (id.to_string(), user.name.to_string()))
+                            .collect(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The newest seq delivered in the room here, if it has local sessions.
+    pub fn delivered_seq(&self, room_id: &str) -> Option<i64> {
+        self.cell(room_id).map(|cell| lock(&cell).delivered_seq)
+    }
+}
+
+/// Queues one message to every link of the room, as one shared event.
+fn fan_out(
+    state: &mut RoomState,
+    message: &StoredMessage,
+    stored_at: Option<Instant>,
+    backfilled: bool,
+) {
+    state.delivered_seq = message.seq;
+    let event = Arc::new(RoomEvent {
+        room_id: message.room_id.clone(),
+        response: Some(message_frame((**message).clone())),
+        except_user_id: String::new(),
+    });
+    let mut deliveries = 0u64;
+    for entry in state.links.values() {
+        if entry.link.send_room_event(&event, Importance::Essential) {
+            deliveries += u64::from(entry.sessions);
+        }
+    }
+    metrics::counter!("parley_chat_deliveries_total").increment(deliveries);
+    if backfilled {
+        metrics::counter!("parley_chat_backfilled_messages_total").increment(1);
+    }
+    let elapsed = match stored_at {
+        Some(stored_at) => stored_at.elapsed().as_secs_f64(),
+        None => {
+            let sent_at = message
+                .sent_at
+                .as_ref()
+                .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
+            (now_millis() - sent_at).max(0) as f64 / 1000.0
+        }
+    };
+    metrics::histogram!("parley_chat_fanout_seconds").record(elapsed);
+}
