@@ -21,6 +21,8 @@ use tonic_health::pb::{
 
 pub use parley_runtime::test_util::Backend as DatabaseBackend;
 
+pub mod chat;
+
 /// The username that gets `admin` in every test stack.
 pub const ADMIN: &str = "admin";
 /// The password of every user the helpers register.
@@ -48,7 +50,8 @@ pub struct TestStack {
     _database: TestDatabase,
 }
 
-async fn listeners() -> Listeners {
+/// Listeners on loopback port 0.
+pub async fn listeners() -> Listeners {
     let localhost: SocketAddr = ([127, 0, 0, 1], 0).into();
     Listeners::bind(localhost, "grpc", localhost, "admin")
         .await
@@ -160,6 +163,16 @@ impl TestStack {
         let user = self.register(username).await;
         let token = self.login(username).await.access_token;
         (user, token)
+    }
+
+    /// The URL of `service`'s database in this stack.
+    pub fn database_url(&self, service: &str) -> parley_runtime::config::DatabaseUrl {
+        self._database.url_for(service)
+    }
+
+    /// Where auth is, for services started next to this stack.
+    pub fn auth_url(&self) -> ServiceUrl {
+        ServiceUrl::from_addr(self.auth_addr)
     }
 
     /// Stops both services and checks they drained cleanly.
