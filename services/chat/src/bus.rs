@@ -162,8 +162,7 @@ async fn publish(
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1);
-    let mut connection = match redis::aio::ConnectionManager::new_lazy_with_config(client, config)
-    {
+    let mut connection = match redis::aio::ConnectionManager::new_lazy_with_config(client, config) {
         Ok(connection) => connection,
         Err(err) => {
             tracing::error!(error = %err, "cannot create the Redis publisher; events stay local");
@@ -183,7 +182,9 @@ async fn publish(
         }
         let mut pipeline = redis::pipe();
         for (room_id, payload) in &batch {
-            pipeline.publish(channel(room_id), payload.as_ref()).ignore();
+            pipeline
+                .publish(channel(room_id), payload.as_ref())
+                .ignore();
         }
         match pipeline.query_async::<()>(&mut connection).await {
             Ok(()) => {
@@ -322,7 +323,9 @@ mod tests {
     #[test]
     fn payloads_carry_their_origin() {
         let (bus, _tasks) = Bus::redis("redis://127.0.0.1:1", [7; 16]).unwrap();
-        let Bus::Redis(redis_bus) = &bus else { panic!("a Redis bus") };
+        let Bus::Redis(redis_bus) = &bus else {
+            panic!("a Redis bus")
+        };
         let event = RoomEvent {
             room_id: "general".into(),
             response: None,
@@ -336,4 +339,3 @@ mod tests {
         assert!(decode(&[1, 2, 3]).is_none());
     }
 }
-

@@ -270,7 +270,10 @@ mod tests {
         }
         assert_eq!(normalize_short_code(" k7qx2m ").unwrap(), "K7QX2M");
         assert!(normalize_short_code("K7QX2").is_err());
-        assert!(normalize_short_code("K7QX20").is_err(), "0 is not in the alphabet");
+        assert!(
+            normalize_short_code("K7QX20").is_err(),
+            "0 is not in the alphabet"
+        );
     }
 
     #[test]

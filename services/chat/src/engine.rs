@@ -148,7 +148,12 @@ impl Engine {
     ///
     /// # Errors
     /// INVALID_ARGUMENT for a bad name or password; database failures.
-    pub async fn create_room(&self, user: &User, name: &str, password: &str) -> Result<Room, Error> {
+    pub async fn create_room(
+        &self,
+        user: &User,
+        name: &str,
+        password: &str,
+    ) -> Result<Room, Error> {
         let name = domain::room_name(name)?;
         validate_password(password)?;
         let password_hash = if password.is_empty() {
@@ -172,37 +177,36 @@ impl Engine {
     /// password; PERMISSION_DENIED for a wrong or missing password.
     pub async fn admit(&self, user: &User, request: &JoinRequest) -> Result<Room, Error> {
         validate_password(&request.password)?;
-        let room = match (request.room_id.is_empty(), request.short_code.is_empty()) {
-            (false, true) => {
-                validate_room_id("room_id", &request.room_id)?;
-                if request.password.is_empty() {
-                    self.inner
-                        .store
-                        .room_or_create_public(&request.room_id, &user.id)
-                        .await?
-                } else {
-                    self.inner
-                        .store
-                        .room(&request.room_id)
-                        .await?
-                        .ok_or_else(|| not_found_room(&request.room_id))?
+        let room =
+            match (request.room_id.is_empty(), request.short_code.is_empty()) {
+                (false, true) => {
+                    validate_room_id("room_id", &request.room_id)?;
+                    if request.password.is_empty() {
+                        self.inner
+                            .store
+                            .room_or_create_public(&request.room_id, &user.id)
+                            .await?
+                    } else {
+                        self.inner
+                            .store
+                            .room(&request.room_id)
+                            .await?
+                            .ok_or_else(|| not_found_room(&request.room_id))?
+                    }
                 }
-            }
-            (true, false) => {
-                let code = normalize_short_code(&request.short_code)?;
-                self.inner
-                    .store
-                    .room_by_code(&code)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(format!("no room has the short code {code}")))?
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "room_id",
-                    "give exactly one of room_id and short_code",
-                ));
-            }
-        };
+                (true, false) => {
+                    let code = normalize_short_code(&request.short_code)?;
+                    self.inner.store.room_by_code(&code).await?.ok_or_else(|| {
+                        Error::NotFound(format!("no room has the short code {code}"))
+                    })?
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "room_id",
+                        "give exactly one of room_id and short_code",
+                    ));
+                }
+            };
         if room.is_private() && !self.inner.store.is_member(&room.id, &user.id).await? {
             if request.password.is_empty() {
                 return Err(Error::PermissionDenied(format!(
@@ -389,7 +393,8 @@ impl Engine {
 
     /// Queues a prepared send for storage; the outcome goes to `reply`.
     pub fn submit(&self, message: NewMessage, reply: Reply) {
-        if let Err((submission, error)) = self.inner.writer.submit(Submission { message, reply }) {
+        if let Err(rejected) = self.inner.writer.submit(Submission { message, reply }) {
+            let (submission, error) = *rejected;
             self.inner.limiter.refund(&submission.message.sender_id);
             reply_error(submission, error);
         }
@@ -460,7 +465,12 @@ impl Engine {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn replay(&self, room_id: &str, after: i64, up_to: i64) -> Result<Vec<StoredMessage>, Error> {
+    pub async fn replay(
+        &self,
+        room_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<StoredMessage>, Error> {
         self.inner.store.range(room_id, after, up_to).await
     }
 }

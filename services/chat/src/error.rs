@@ -113,7 +113,10 @@ mod tests {
                 Error::ResourceExhausted("slow down".into()),
                 Code::ResourceExhausted,
             ),
-            (Error::Unauthenticated("expired".into()), Code::Unauthenticated),
+            (
+                Error::Unauthenticated("expired".into()),
+                Code::Unauthenticated,
+            ),
             (Error::Unavailable("draining".into()), Code::Unavailable),
             (
                 Error::Database(sqlx::Error::PoolTimedOut),

@@ -41,10 +41,7 @@ impl ChatService {
     /// itself (rather than through an interceptor) because
     /// `GatewayStream` authenticates each session instead of the stream.
     fn caller<T>(&self, request: &Request<T>) -> Result<(Caller, User), Status> {
-        let caller = self
-            .engine
-            .verifier()
-            .verify_metadata(request.metadata())?;
+        let caller = self.engine.verifier().verify_metadata(request.metadata())?;
         let user = User {
             id: caller.user_id.as_str().into(),
             name: caller.name.as_str().into(),
@@ -173,7 +170,8 @@ impl chat_service_server::ChatService for ChatService {
         }))
     }
 
-    type GetChatHistoryStream = futures_util::stream::BoxStream<'static, Result<GetChatHistoryResponse, Status>>;
+    type GetChatHistoryStream =
+        futures_util::stream::BoxStream<'static, Result<GetChatHistoryResponse, Status>>;
 
     async fn get_chat_history(
         &self,
@@ -186,21 +184,21 @@ impl chat_service_server::ChatService for ChatService {
             .history(&user, &request.room_id, request.before_seq, request.limit)
             .await?;
         let room_id = request.room_id;
-        let mut chunks: Vec<Vec<_>> = messages
-            .chunks(HISTORY_CHUNK)
-            .map(<[_]>::to_vec)
-            .collect();
+        let mut chunks: Vec<Vec<_>> = messages.chunks(HISTORY_CHUNK).map(<[_]>::to_vec).collect();
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
         let last = chunks.len() - 1;
-        let responses = chunks.into_iter().enumerate().map(move |(index, messages)| {
-            Ok(GetChatHistoryResponse {
-                room_id: room_id.clone(),
-                messages,
-                has_more: index == last && has_more,
-            })
-        });
+        let responses = chunks
+            .into_iter()
+            .enumerate()
+            .map(move |(index, messages)| {
+                Ok(GetChatHistoryResponse {
+                    room_id: room_id.clone(),
+                    messages,
+                    has_more: index == last && has_more,
+                })
+            });
         Ok(Response::new(futures_util::stream::iter(responses).boxed()))
     }
 
@@ -235,11 +233,12 @@ impl chat_service_server::ChatService for ChatService {
         let incoming = request.into_inner().filter_map(|frame| async move {
             match frame {
                 Ok(GatewayStreamRequest { kind: Some(kind) }) => Some(Ok(match kind {
-                    GatewayIn::OpenSession(open) => Incoming::Open(open.session_id, open.access_token),
-                    GatewayIn::SessionRequest(request) => Incoming::Frame(
-                        request.session_id,
-                        request.request.unwrap_or_default(),
-                    ),
+                    GatewayIn::OpenSession(open) => {
+                        Incoming::Open(open.session_id, open.access_token)
+                    }
+                    GatewayIn::SessionRequest(request) => {
+                        Incoming::Frame(request.session_id, request.request.unwrap_or_default())
+                    }
                     GatewayIn::CloseSession(close) => Incoming::Close(close.session_id),
                 })),
                 Ok(GatewayStreamRequest { kind: None }) => None,
@@ -247,6 +246,8 @@ impl chat_service_server::ChatService for ChatService {
             }
         });
         tokio::spawn(actor.run(incoming));
-        Ok(Response::new(OutboundStream::new(receiver, cut, to_gateway)))
+        Ok(Response::new(OutboundStream::new(
+            receiver, cut, to_gateway,
+        )))
     }
 }

@@ -92,7 +92,9 @@ impl RoomState {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these locks is updated in small steps that leave it
     // consistent, so a panic elsewhere does not make it unusable.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A message frame.
@@ -122,7 +124,13 @@ impl Hub {
     /// state (and its bus subscription) if this is its first local session.
     /// `last_seq` is the room's newest seq as just read from storage.
     /// Returns whether this is the user's first local session in the room.
-    pub fn enter(&self, room_id: &RoomId, last_seq: i64, user_id: &Arc<str>, name: &Arc<str>) -> bool {
+    pub fn enter(
+        &self,
+        room_id: &RoomId,
+        last_seq: i64,
+        user_id: &Arc<str>,
+        name: &Arc<str>,
+    ) -> bool {
         loop {
             let (cell, created) = {
                 let mut rooms = lock(&self.inner.rooms);
@@ -414,7 +422,8 @@ impl Hub {
                 Err(err) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(room = %room_id, error = %err, "cannot backfill yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25))))
+                        .await;
                 }
             }
         }

@@ -40,7 +40,8 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use parley_proto::{
-    auth::v1::auth_service_client::AuthServiceClient, chat::v1::chat_service_server::ChatServiceServer,
+    auth::v1::auth_service_client::AuthServiceClient,
+    chat::v1::chat_service_server::ChatServiceServer,
 };
 use parley_runtime::{
     CancellationToken,
@@ -146,7 +147,8 @@ pub async fn with_listeners(
     let (bus, presence, bus_tasks) = match &config.chat.redis_url {
         Some(url) => {
             let (bus, tasks) = Bus::redis(url, *replica.as_bytes())?;
-            let presence = RedisPresence::new(url, replica.simple().to_string(), config.chat.presence_ttl)?;
+            let presence =
+                RedisPresence::new(url, replica.simple().to_string(), config.chat.presence_ttl)?;
             (bus, Presence::Redis(presence), Some(tasks))
         }
         None => {

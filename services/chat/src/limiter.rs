@@ -114,6 +114,9 @@ mod tests {
         limiter.refund("u");
         limiter.refund("u");
         assert!(limiter.try_take_at("u", start));
-        assert!(!limiter.try_take_at("u", start), "refunds never exceed the burst");
+        assert!(
+            !limiter.try_take_at("u", start),
+            "refunds never exceed the burst"
+        );
     }
 }

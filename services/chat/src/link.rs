@@ -145,7 +145,11 @@ impl Link {
 
     fn cut_slow_consumer(&self) {
         if !self.inner.cut.is_cancelled() {
-            tracing::warn!(link = self.inner.id, kind = self.inner.kind, "stream cannot keep up; cutting it");
+            tracing::warn!(
+                link = self.inner.id,
+                kind = self.inner.kind,
+                "stream cannot keep up; cutting it"
+            );
             metrics::counter!("parley_chat_slow_consumer_disconnects_total", "stream" => self.inner.kind)
                 .increment(1);
             self.inner.cut.cancel();

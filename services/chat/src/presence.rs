@@ -257,7 +257,10 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn remove_all(&self, rooms: &[(String, Vec<(String, String)>)]) -> redis::RedisResult<()> {
+    pub async fn remove_all(
+        &self,
+        rooms: &[(String, Vec<(String, String)>)],
+    ) -> redis::RedisResult<()> {
         let mut pipeline = redis::pipe();
         for (room_id, users) in rooms {
             for (user_id, name) in users {

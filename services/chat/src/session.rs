@@ -11,7 +11,9 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{FutureExt as _, Stream, StreamExt as _, future::BoxFuture, stream::FuturesUnordered};
+use futures_util::{
+    FutureExt as _, Stream, StreamExt as _, future::BoxFuture, stream::FuturesUnordered,
+};
 use parley_proto::chat::v1::{
     ChatRequest, ChatResponse, History, Left, Pong, Refreshed, chat_request::Frame as In,
     chat_response::Frame as Out,
@@ -145,7 +147,8 @@ impl StreamActor {
             let expiry = async {
                 match next_expiry {
                     Some(at) => {
-                        let wait = (at + EXPIRY_GRACE_SECONDS - parley_runtime::storage::now_millis() / 1000)
+                        let wait = (at + EXPIRY_GRACE_SECONDS
+                            - parley_runtime::storage::now_millis() / 1000)
                             .max(0);
                         tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
                     }
@@ -192,8 +195,10 @@ impl StreamActor {
                     self.add_session(id, &claims.into());
                 }
                 Err(err) => {
-                    self.link
-                        .push(Outbound::Close(id, Status::from(err)), crate::link::Importance::Essential);
+                    self.link.push(
+                        Outbound::Close(id, Status::from(err)),
+                        crate::link::Importance::Essential,
+                    );
                 }
             },
             Incoming::Close(id) => {
@@ -205,7 +210,10 @@ impl StreamActor {
             Incoming::Frame(id, request) => {
                 let Some(session) = self.sessions.get_mut(&id) else {
                     self.link.push(
-                        Outbound::Close(id, Status::failed_precondition("no such session: open it first")),
+                        Outbound::Close(
+                            id,
+                            Status::failed_precondition("no such session: open it first"),
+                        ),
                         crate::link::Importance::Essential,
                     );
                     return;
@@ -256,7 +264,9 @@ impl StreamActor {
                 self.link.push(
                     Outbound::Close(
                         id,
-                        Status::unauthenticated("access token expired: send a refresh frame before it does"),
+                        Status::unauthenticated(
+                            "access token expired: send a refresh frame before it does",
+                        ),
                     ),
                     crate::link::Importance::Essential,
                 );
@@ -331,7 +341,10 @@ impl StreamActor {
             In::Refresh(refresh) => self.refresh(id, &refresh.token),
             In::Typing(typing) => {
                 if !session.rooms.contains(typing.room_id.as_str()) {
-                    link.send_to(id, not_joined(&typing.room_id).into_frame("", &typing.room_id));
+                    link.send_to(
+                        id,
+                        not_joined(&typing.room_id).into_frame("", &typing.room_id),
+                    );
                     return;
                 }
                 engine.typing(&typing.room_id, &user);
@@ -362,7 +375,9 @@ impl StreamActor {
                                         message_id: stored.id.clone(),
                                         seq: stored.seq,
                                     })),
-                                    Err(err) => err.into_frame(&message.client_id, &message.room_id),
+                                    Err(err) => {
+                                        err.into_frame(&message.client_id, &message.room_id)
+                                    }
                                 };
                                 link.send_to(id, reply);
                                 Effect::None
@@ -408,14 +423,24 @@ impl StreamActor {
                             engine.hub().detach(&link, &room_id);
                             engine.exit(&room_id, &user).await;
                         }
-                        link.send_to(id, frame(Out::Left(Left { room_id: leave.room_id })));
-                        if joined_here { Effect::Left(room_id) } else { Effect::None }
+                        link.send_to(
+                            id,
+                            frame(Out::Left(Left {
+                                room_id: leave.room_id,
+                            })),
+                        );
+                        if joined_here {
+                            Effect::Left(room_id)
+                        } else {
+                            Effect::None
+                        }
                     }
                     .boxed(),
                 );
             }
             In::Join(join) => {
-                let rejoin = !join.room_id.is_empty() && session.rooms.contains(join.room_id.as_str());
+                let rejoin =
+                    !join.room_id.is_empty() && session.rooms.contains(join.room_id.as_str());
                 let limit = engine.limits().max_rooms_per_session;
                 if !rejoin && session.rooms.len() >= limit {
                     link.send_to(
@@ -487,7 +512,16 @@ async fn join_room(
     let members = engine.members(&room_id).await;
     let max_replay = engine.limits().max_replay;
     let attached = if rejoin {
-        replay_again(&engine, &link, id, &room_id, join.since_seq, max_replay, members).await
+        replay_again(
+            &engine,
+            &link,
+            id,
+            &room_id,
+            join.since_seq,
+            max_replay,
+            members,
+        )
+        .await
     } else {
         engine
             .hub()

@@ -187,7 +187,9 @@ impl ChatStore {
         let sql = format!("SELECT {ROOM_COLUMNS} FROM room WHERE room_id = $1");
         let row = timed(
             "get_room",
-            sqlx::query(&sql).bind(room_id).fetch_optional(self.db.pool()),
+            sqlx::query(&sql)
+                .bind(room_id)
+                .fetch_optional(self.db.pool()),
         )
         .await?;
         Ok(row.as_ref().map(room_from_row).transpose()?)
@@ -272,7 +274,11 @@ impl ChatStore {
         before_seq: i64,
         limit: i64,
     ) -> Result<(Vec<ChatMessage>, bool), Error> {
-        let before = if before_seq <= 0 { i64::MAX } else { before_seq };
+        let before = if before_seq <= 0 {
+            i64::MAX
+        } else {
+            before_seq
+        };
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM message WHERE room_id = $1 AND seq < $2 \
              ORDER BY seq DESC LIMIT $3"

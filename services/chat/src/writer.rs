@@ -94,7 +94,7 @@ impl Writer {
     /// # Errors
     /// UNAVAILABLE when the lane is full (storage cannot keep up) or gone;
     /// the submission is handed back.
-    pub fn submit(&self, submission: Submission) -> Result<(), (Submission, Error)> {
+    pub fn submit(&self, submission: Submission) -> Result<(), Box<(Submission, Error)>> {
         let index = usize::try_from(
             self.hasher.hash_one(&*submission.message.room_id) % self.lanes.len() as u64,
         )
@@ -103,7 +103,7 @@ impl Writer {
             let error = Error::Unavailable(
                 "the chat service is overloaded; retry the send with the same client_id".into(),
             );
-            (err.into_inner(), error)
+            Box::new((err.into_inner(), error))
         })
     }
 }
@@ -161,7 +161,10 @@ impl Lane {
             WriteOutcome::NoRoom => {
                 self.limiter.refund(&submission.message.sender_id);
                 let room = submission.message.room_id.clone();
-                reply_error(submission, Error::NotFound(format!("room {room} not found")));
+                reply_error(
+                    submission,
+                    Error::NotFound(format!("room {room} not found")),
+                );
             }
         }
     }
@@ -196,10 +199,7 @@ pub fn reply_error(submission: Submission, error: Error) {
         Reply::Session { link, session } => {
             link.send_to(
                 session,
-                error.into_frame(
-                    &submission.message.client_id,
-                    &submission.message.room_id,
-                ),
+                error.into_frame(&submission.message.client_id, &submission.message.room_id),
             );
         }
     }

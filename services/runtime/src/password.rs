@@ -82,8 +82,7 @@ impl Passwords {
         let result = tokio::task::spawn_blocking(work)
             .await
             .context("password hashing task panicked")?;
-        metrics::histogram!(self.metric)
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(self.metric).record(started.elapsed().as_secs_f64());
         result
     }
 }

@@ -53,19 +53,35 @@ async fn members_on_both_replicas_receive_the_same_order(backend: DatabaseBacken
     on_two.join(&room, 0).await;
 
     for i in 0..10 {
-        on_one.say(&room, &format!("from one {i}"), &format!("a-{i}")).await;
-        on_two.say(&room, &format!("from two {i}"), &format!("b-{i}")).await;
+        on_one
+            .say(&room, &format!("from one {i}"), &format!("a-{i}"))
+            .await;
+        on_two
+            .say(&room, &format!("from two {i}"), &format!("b-{i}"))
+            .await;
     }
     let seen_by_one = collect(&mut on_one, 20).await;
     let seen_by_two = collect(&mut on_two, 20).await;
     assert_eq!(seqs(&seen_by_one), (1..=20).collect::<Vec<_>>());
-    assert_eq!(seen_by_one, seen_by_two, "both replicas deliver the same messages in the same order");
-    let from_alice: Vec<_> = seen_by_one.iter().filter(|m| m.sender_id == alice.id).collect();
+    assert_eq!(
+        seen_by_one, seen_by_two,
+        "both replicas deliver the same messages in the same order"
+    );
+    let from_alice: Vec<_> = seen_by_one
+        .iter()
+        .filter(|m| m.sender_id == alice.id)
+        .collect();
     assert_eq!(from_alice.len(), 10);
-    assert!(from_alice.iter().all(|m| m.sender_name == "alice"), "the name comes from the token");
+    assert!(
+        from_alice.iter().all(|m| m.sender_name == "alice"),
+        "the name comes from the token"
+    );
     let contents: Vec<_> = from_alice.iter().map(|m| m.content.as_str()).collect();
     let sent: Vec<_> = (0..10).map(|i| format!("from one {i}")).collect();
-    assert_eq!(contents, sent, "one connection's sends are stored in the order it sent them");
+    assert_eq!(
+        contents, sent,
+        "one connection's sends are stored in the order it sent them"
+    );
     cluster.stop().await;
 }
 
@@ -73,7 +89,14 @@ async fn concurrent_senders_make_one_gap_free_order(backend: DatabaseBackend) {
     let mut cluster = ChatCluster::start(backend).await;
     let room = room_id("race");
     let mut tokens = Vec::new();
-    for name in ["sender0", "sender1", "sender2", "sender3", "listener0", "listener1"] {
+    for name in [
+        "sender0",
+        "sender1",
+        "sender2",
+        "sender3",
+        "listener0",
+        "listener1",
+    ] {
         tokens.push(cluster.stack.signed_up(name).await.1);
     }
     let mut listener_one = cluster.connect(0, &tokens[4]).await;
@@ -88,7 +111,9 @@ async fn concurrent_senders_make_one_gap_free_order(backend: DatabaseBackend) {
         let room = room.clone();
         senders.push(tokio::spawn(async move {
             for i in 0..25 {
-                stream.say(&room, &format!("{index}:{i}"), &format!("{index}-{i}")).await;
+                stream
+                    .say(&room, &format!("{index}:{i}"), &format!("{index}-{i}"))
+                    .await;
             }
             // Wait for our own 25 acks so nothing is cut short.
             let mut acks = 0;
@@ -104,7 +129,11 @@ async fn concurrent_senders_make_one_gap_free_order(backend: DatabaseBackend) {
     }
     let one = collect(&mut listener_one, 100).await;
     let two = collect(&mut listener_two, 100).await;
-    assert_eq!(seqs(&one), (1..=100).collect::<Vec<_>>(), "seqs increase by exactly one");
+    assert_eq!(
+        seqs(&one),
+        (1..=100).collect::<Vec<_>>(),
+        "seqs increase by exactly one"
+    );
     assert_eq!(one, two, "everyone sees one order");
     let ids: HashSet<_> = one.iter().map(|m| m.id.clone()).collect();
     assert_eq!(ids.len(), 100);
@@ -134,7 +163,10 @@ async fn a_retried_client_id_is_stored_and_delivered_once(backend: DatabaseBacke
     assert_eq!((acks[0].seq, acks[2].seq), (1, 2));
     let received = collect(&mut bob, 2).await;
     assert_eq!(received[0].content, "hello");
-    assert_eq!(received[1].content, "second", "the retry is not delivered again");
+    assert_eq!(
+        received[1].content, "second",
+        "the retry is not delivered again"
+    );
 
     // The same key over the unary API, on the other replica.
     let mut client = cluster.client(1);
@@ -210,7 +242,11 @@ async fn since_seq_replays_what_was_missed_before_live_messages(backend: Databas
     assert_eq!(seqs(&replayed), [3, 4, 5]);
     alice.say(&room, "live", "live").await;
     let live = bob.next_message().await;
-    assert_eq!((live.seq, live.content.as_str()), (6, "live"), "no duplicate at the seam");
+    assert_eq!(
+        (live.seq, live.content.as_str()),
+        (6, "live"),
+        "no duplicate at the seam"
+    );
 
     // More than CHAT_MAX_REPLAY (20 in tests) missed: the newest 20 come.
     for i in 7..=40 {
@@ -221,7 +257,10 @@ async fn since_seq_replays_what_was_missed_before_live_messages(backend: Databas
     let joined = carol.join(&room, 1).await;
     assert!(joined.replay_truncated);
     assert_eq!(joined.last_seq, 40);
-    assert_eq!(seqs(&collect(&mut carol, 20).await), (21..=40).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&collect(&mut carol, 20).await),
+        (21..=40).collect::<Vec<_>>()
+    );
     cluster.stop().await;
 }
 
@@ -262,18 +301,31 @@ async fn private_rooms_need_their_password_once(backend: DatabaseBackend) {
         (join("no-such-room", "", "x"), Code::NotFound),
         (join("bad room", "", ""), Code::InvalidArgument),
     ] {
-        let status = other.join_room(authed(request.clone(), &guest_token)).await.unwrap_err();
+        let status = other
+            .join_room(authed(request.clone(), &guest_token))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), code, "{request:?}: {status:?}");
     }
     // History of a private room needs membership.
     let status = other
-        .get_chat_history(authed(GetChatHistoryRequest { room_id: room.id.clone(), limit: 0, before_seq: 0 }, &guest_token))
+        .get_chat_history(authed(
+            GetChatHistoryRequest {
+                room_id: room.id.clone(),
+                limit: 0,
+                before_seq: 0,
+            },
+            &guest_token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
 
     let joined = other
-        .join_room(authed(join("", &room.short_code.to_lowercase(), "hunter22"), &guest_token))
+        .join_room(authed(
+            join("", &room.short_code.to_lowercase(), "hunter22"),
+            &guest_token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -288,11 +340,23 @@ async fn private_rooms_need_their_password_once(backend: DatabaseBackend) {
     owner.join(&room.id, 0).await;
 
     other
-        .leave_room(authed(LeaveRoomRequest { room_id: room.id.clone() }, &guest_token))
+        .leave_room(authed(
+            LeaveRoomRequest {
+                room_id: room.id.clone(),
+            },
+            &guest_token,
+        ))
         .await
         .unwrap();
-    let status = other.join_room(authed(join(&room.id, "", ""), &guest_token)).await.unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "after leaving, the password is needed again");
+    let status = other
+        .join_room(authed(join(&room.id, "", ""), &guest_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "after leaving, the password is needed again"
+    );
     cluster.stop().await;
 }
 
@@ -316,7 +380,10 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
             _ => None,
         })
         .await;
-    assert_eq!((presence.user_id.as_str(), presence.name.as_str()), (bob.id.as_str(), "bob"));
+    assert_eq!(
+        (presence.user_id.as_str(), presence.name.as_str()),
+        (bob.id.as_str(), "bob")
+    );
     assert_eq!(presence.state, PresenceState::Joined as i32);
 
     // A second connection of bob is not news.
@@ -325,7 +392,12 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
 
     let members = cluster
         .client(1)
-        .list_room_members(authed(ListRoomMembersRequest { room_id: room.clone() }, &alice_token))
+        .list_room_members(authed(
+            ListRoomMembersRequest {
+                room_id: room.clone(),
+            },
+            &alice_token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -333,7 +405,9 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
     assert_eq!(members.len(), 2, "each user once: {members:?}");
 
     on_two
-        .send_frame(In::Typing(parley_proto::chat::v1::Typing { room_id: room.clone() }))
+        .send_frame(In::Typing(parley_proto::chat::v1::Typing {
+            room_id: room.clone(),
+        }))
         .await;
     let typing = on_one
         .next_matching(|frame| match frame {
@@ -344,7 +418,11 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
         .await;
     assert_eq!(typing.name, "bob");
     // Bob's other connection does not hear his own typing: a ping answers first.
-    bob_again.send_frame(In::Ping(parley_proto::chat::v1::Ping { nonce: "n1".into() })).await;
+    bob_again
+        .send_frame(In::Ping(parley_proto::chat::v1::Ping {
+            nonce: "n1".into(),
+        }))
+        .await;
     match bob_again.next().await {
         Out::Pong(pong) => assert_eq!(pong.nonce, "n1"),
         other => panic!("expected only the pong, got {other:?}"),
@@ -352,7 +430,11 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
 
     // Bob leaves on both connections: one `left` presence for alice.
     bob_again.close();
-    on_two.send_frame(In::Leave(parley_proto::chat::v1::Leave { room_id: room.clone() })).await;
+    on_two
+        .send_frame(In::Leave(parley_proto::chat::v1::Leave {
+            room_id: room.clone(),
+        }))
+        .await;
     let left = on_two
         .next_matching(|frame| match frame {
             Out::Left(left) => Some(left),
@@ -366,7 +448,10 @@ async fn presence_and_typing_reach_the_other_members(backend: DatabaseBackend) {
             _ => None,
         })
         .await;
-    assert_eq!((presence.user_id.as_str(), presence.state), (bob.id.as_str(), PresenceState::Left as i32));
+    assert_eq!(
+        (presence.user_id.as_str(), presence.state),
+        (bob.id.as_str(), PresenceState::Left as i32)
+    );
     let _ = alice;
     cluster.stop().await;
 }
@@ -387,36 +472,81 @@ async fn bad_frames_get_error_frames_and_the_stream_stays_open(backend: Database
 
     stream.say(&room, "not joined yet", "c-0").await;
     let error = error_of(stream.next().await);
-    assert_eq!((error.code.as_str(), error.client_id.as_str(), error.room_id.as_str()), ("FAILED_PRECONDITION", "c-0", room.as_str()));
+    assert_eq!(
+        (
+            error.code.as_str(),
+            error.client_id.as_str(),
+            error.room_id.as_str()
+        ),
+        ("FAILED_PRECONDITION", "c-0", room.as_str())
+    );
 
     stream.join(&room, 0).await;
     for (content, client_id) in [("", "c-1"), (" \n ", "c-2"), (&*"x".repeat(4097), "c-3")] {
         stream.say(&room, content, client_id).await;
         let error = error_of(stream.next().await);
-        assert_eq!((error.code.as_str(), error.client_id.as_str()), ("INVALID_ARGUMENT", client_id));
+        assert_eq!(
+            (error.code.as_str(), error.client_id.as_str()),
+            ("INVALID_ARGUMENT", client_id)
+        );
     }
-    stream.say(&room, &"é".repeat(2048), "exactly-4096-bytes").await;
+    stream
+        .say(&room, &"é".repeat(2048), "exactly-4096-bytes")
+        .await;
     assert!(matches!(stream.next().await, Out::Ack(_)));
     assert_eq!(stream.next_message().await.content, "é".repeat(2048));
 
-    stream.send_frame(In::Join(parley_proto::chat::v1::Join { room_id: "bad/room".into(), ..Default::default() })).await;
-    assert_eq!(error_of(stream.next().await).code, "INVALID_ARGUMENT");
     stream
-        .send_frame(In::Join(parley_proto::chat::v1::Join { room_id: room.clone(), since_seq: -1, ..Default::default() }))
+        .send_frame(In::Join(parley_proto::chat::v1::Join {
+            room_id: "bad/room".into(),
+            ..Default::default()
+        }))
         .await;
     assert_eq!(error_of(stream.next().await).code, "INVALID_ARGUMENT");
-    stream.send_frame(In::Typing(parley_proto::chat::v1::Typing { room_id: "elsewhere".into() })).await;
+    stream
+        .send_frame(In::Join(parley_proto::chat::v1::Join {
+            room_id: room.clone(),
+            since_seq: -1,
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(error_of(stream.next().await).code, "INVALID_ARGUMENT");
+    stream
+        .send_frame(In::Typing(parley_proto::chat::v1::Typing {
+            room_id: "elsewhere".into(),
+        }))
+        .await;
     assert_eq!(error_of(stream.next().await).code, "FAILED_PRECONDITION");
     stream
-        .send_frame(In::GetChatHistory(GetChatHistoryRequest { room_id: room.clone(), limit: -1, before_seq: 0 }))
+        .send_frame(In::GetChatHistory(GetChatHistoryRequest {
+            room_id: room.clone(),
+            limit: -1,
+            before_seq: 0,
+        }))
         .await;
     assert_eq!(error_of(stream.next().await).code, "INVALID_ARGUMENT");
-    stream.send_frame(In::Refresh(parley_proto::chat::v1::Refresh { token: "garbage".into() })).await;
+    stream
+        .send_frame(In::Refresh(parley_proto::chat::v1::Refresh {
+            token: "garbage".into(),
+        }))
+        .await;
     assert_eq!(error_of(stream.next().await).code, "UNAUTHENTICATED");
-    stream.send_frame(In::Refresh(parley_proto::chat::v1::Refresh { token: other_token })).await;
-    assert_eq!(error_of(stream.next().await).code, "UNAUTHENTICATED", "another user's token");
+    stream
+        .send_frame(In::Refresh(parley_proto::chat::v1::Refresh {
+            token: other_token,
+        }))
+        .await;
+    assert_eq!(
+        error_of(stream.next().await).code,
+        "UNAUTHENTICATED",
+        "another user's token"
+    );
     let fresh = cluster.stack.login("alice").await.access_token;
-    stream.send_frame(In::Refresh(parley_proto::chat::v1::Refresh { token: fresh })).await;
+    stream
+        .send_frame(In::Refresh(parley_proto::chat::v1::Refresh {
+            token: fresh,
+        }))
+        .await;
     assert!(matches!(stream.next().await, Out::Refreshed(r) if r.expires_at.is_some()));
 
     // Still usable after all that.
@@ -427,7 +557,9 @@ async fn bad_frames_get_error_frames_and_the_stream_stays_open(backend: Database
     // No token, no stream.
     let status = cluster
         .client(0)
-        .chat(tokio_stream::iter(Vec::<parley_proto::chat::v1::ChatRequest>::new()))
+        .chat(tokio_stream::iter(
+            Vec::<parley_proto::chat::v1::ChatRequest>::new(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -461,7 +593,10 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
         }
     }
     assert_eq!(acks, 3);
-    assert!(codes.contains(&("k3".into(), "RESOURCE_EXHAUSTED".into())), "{codes:?}");
+    assert!(
+        codes.contains(&("k3".into(), "RESOURCE_EXHAUSTED".into())),
+        "{codes:?}"
+    );
     // A retry of a stored send is answered even over the rate.
     stream.say(&room, "burst", "k0").await;
     let ack = stream
@@ -476,7 +611,11 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
     let status = cluster
         .client(0)
         .send_message(authed(
-            SendMessageRequest { room_id: room.clone(), content: "over".into(), client_id: String::new() },
+            SendMessageRequest {
+                room_id: room.clone(),
+                content: "over".into(),
+                client_id: String::new(),
+            },
             &token,
         ))
         .await
@@ -485,7 +624,10 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
 
     stream.join(&room_id("second"), 0).await;
     stream
-        .send_frame(In::Join(parley_proto::chat::v1::Join { room_id: room_id("third"), ..Default::default() }))
+        .send_frame(In::Join(parley_proto::chat::v1::Join {
+            room_id: room_id("third"),
+            ..Default::default()
+        }))
         .await;
     let error = stream
         .next_matching(|frame| match frame {
@@ -506,12 +648,25 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
     let room = room_id("history");
     let mut client = cluster.client(0);
     let status = client
-        .send_message(authed(SendMessageRequest { room_id: room.clone(), content: "hi".into(), client_id: String::new() }, &token))
+        .send_message(authed(
+            SendMessageRequest {
+                room_id: room.clone(),
+                content: "hi".into(),
+                client_id: String::new(),
+            },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "join first");
     let joined = client
-        .join_room(authed(JoinRoomRequest { room_id: room.clone(), ..Default::default() }, &token))
+        .join_room(authed(
+            JoinRoomRequest {
+                room_id: room.clone(),
+                ..Default::default()
+            },
+            &token,
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -521,7 +676,14 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
     assert_eq!((joined.id.as_str(), joined.last_seq), (room.as_str(), 0));
     for i in 1..=120 {
         let message = client
-            .send_message(authed(SendMessageRequest { room_id: room.clone(), content: format!("n{i}"), client_id: String::new() }, &token))
+            .send_message(authed(
+                SendMessageRequest {
+                    room_id: room.clone(),
+                    content: format!("n{i}"),
+                    client_id: String::new(),
+                },
+                &token,
+            ))
             .await
             .unwrap()
             .into_inner()
@@ -531,16 +693,34 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
         assert_eq!(message.client_id, "");
     }
     let (latest, has_more) = history(&cluster, &stranger, &room, 0, 0).await;
-    assert_eq!(seqs(&latest), (71..=120).collect::<Vec<_>>(), "default 50, newest last, readable by anyone");
+    assert_eq!(
+        seqs(&latest),
+        (71..=120).collect::<Vec<_>>(),
+        "default 50, newest last, readable by anyone"
+    );
     assert!(has_more);
     let (page, has_more) = history(&cluster, &token, &room, 71, 1000).await;
-    assert_eq!(seqs(&page), (1..=70).collect::<Vec<_>>(), "limit capped at 200, before_seq exclusive");
+    assert_eq!(
+        seqs(&page),
+        (1..=70).collect::<Vec<_>>(),
+        "limit capped at 200, before_seq exclusive"
+    );
     assert!(!has_more);
     let (page, has_more) = history(&cluster, &token, &room, 11, 10).await;
-    assert_eq!((seqs(&page), has_more), ((1..=10).collect::<Vec<_>>(), false));
+    assert_eq!(
+        (seqs(&page), has_more),
+        ((1..=10).collect::<Vec<_>>(), false)
+    );
     let status = cluster
         .client(1)
-        .get_chat_history(authed(GetChatHistoryRequest { room_id: room_id("nowhere"), limit: 0, before_seq: 0 }, &token))
+        .get_chat_history(authed(
+            GetChatHistoryRequest {
+                room_id: room_id("nowhere"),
+                limit: 0,
+                before_seq: 0,
+            },
+            &token,
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -557,13 +737,14 @@ async fn a_slow_consumer_is_cut_without_delaying_others(backend: DatabaseBackend
     let mut fast = cluster.connect(1, &fast_token).await;
     // The slow client's connection has small HTTP/2 windows, so what it
     // does not read stays on the server.
-    let narrow = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.replica(1).addr))
-        .unwrap()
-        .initial_stream_window_size(Some(16 * 1024))
-        .initial_connection_window_size(Some(16 * 1024))
-        .connect()
-        .await
-        .unwrap();
+    let narrow =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.replica(1).addr))
+            .unwrap()
+            .initial_stream_window_size(Some(16 * 1024))
+            .initial_connection_window_size(Some(16 * 1024))
+            .connect()
+            .await
+            .unwrap();
     let mut slow = parley_tests::chat::ChatStream::open(
         parley_proto::chat::v1::chat_service_client::ChatServiceClient::new(narrow),
         &slow_token,
@@ -606,7 +787,10 @@ async fn a_slow_consumer_is_cut_without_delaying_others(backend: DatabaseBackend
     let mut resumed = cluster.connect(1, &slow_token).await;
     let joined = resumed.join(&room, COUNT as i64 - 5).await;
     assert_eq!(joined.last_seq, COUNT as i64);
-    assert_eq!(seqs(&collect(&mut resumed, 5).await), ((COUNT as i64 - 4)..=COUNT as i64).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&collect(&mut resumed, 5).await),
+        ((COUNT as i64 - 4)..=COUNT as i64).collect::<Vec<_>>()
+    );
     cluster.stop().await;
 }
 
@@ -630,15 +814,40 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
         .into_inner();
     let send = |kind: GwIn| {
         let requests = requests.clone();
-        async move { requests.send(GatewayStreamRequest { kind: Some(kind) }).await.unwrap() }
+        async move {
+            requests
+                .send(GatewayStreamRequest { kind: Some(kind) })
+                .await
+                .unwrap()
+        }
     };
     let frame = |session_id: u64, frame: In| {
-        GwIn::SessionRequest(SessionRequest { session_id, request: Some(ChatRequest { frame: Some(frame) }) })
+        GwIn::SessionRequest(SessionRequest {
+            session_id,
+            request: Some(ChatRequest { frame: Some(frame) }),
+        })
     };
-    let join = |room: &str| In::Join(parley_proto::chat::v1::Join { room_id: room.into(), ..Default::default() });
-    send(GwIn::OpenSession(OpenSession { session_id: 1, access_token: alice_token })).await;
-    send(GwIn::OpenSession(OpenSession { session_id: 2, access_token: bob_token })).await;
-    send(GwIn::OpenSession(OpenSession { session_id: 3, access_token: "bad".into() })).await;
+    let join = |room: &str| {
+        In::Join(parley_proto::chat::v1::Join {
+            room_id: room.into(),
+            ..Default::default()
+        })
+    };
+    send(GwIn::OpenSession(OpenSession {
+        session_id: 1,
+        access_token: alice_token,
+    }))
+    .await;
+    send(GwIn::OpenSession(OpenSession {
+        session_id: 2,
+        access_token: bob_token,
+    }))
+    .await;
+    send(GwIn::OpenSession(OpenSession {
+        session_id: 3,
+        access_token: "bad".into(),
+    }))
+    .await;
     send(frame(1, join(&room))).await;
     send(frame(2, join(&room))).await;
 
@@ -667,7 +876,10 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
         }
     }
     let closed = closed.unwrap();
-    assert_eq!((closed.session_id, closed.code.as_str()), (3, "UNAUTHENTICATED"));
+    assert_eq!(
+        (closed.session_id, closed.code.as_str()),
+        (3, "UNAUTHENTICATED")
+    );
 
     // Carol, elsewhere, sends: the gateway gets it once for both sessions.
     let mut carol = cluster.connect(1, &carol_token).await;
@@ -691,7 +903,11 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
     assert_eq!(message_events, 1);
 
     // Frames answer the session that sent them.
-    send(frame(2, In::Ping(parley_proto::chat::v1::Ping { nonce: "p".into() }))).await;
+    send(frame(
+        2,
+        In::Ping(parley_proto::chat::v1::Ping { nonce: "p".into() }),
+    ))
+    .await;
     loop {
         if let GwOut::SessionResponse(response) = next_kind(&mut responses).await
             && let Some(Out::Pong(pong)) = response.response.and_then(|r| r.frame)

@@ -6,5 +6,7 @@
 
 mod auth;
 mod chat;
+mod chat_cluster;
 mod ops;
+mod readme;
 mod user;

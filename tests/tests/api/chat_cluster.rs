@@ -1,0 +1,275 @@
+//! Chat replicas under failure, with real Redis and Postgres: subscriber
+//! connections killed mid-traffic, a replica process killed outright, and
+//! the metrics that show it.
+
+use std::{process::Stdio, time::Duration};
+
+use parley_proto::chat::v1::{ListRoomMembersRequest, PresenceState, chat_response::Frame as Out};
+use parley_runtime::test_util::RunningBinary;
+use parley_tests::{
+    DatabaseBackend, TestStack, authed,
+    chat::{ChatReplica, ChatStream, REDIS_URL, room_id, test_args},
+    http_get,
+};
+
+/// A Redis server of this test's own, so killing its connections touches
+/// no other test.
+struct OwnRedis {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is installed");
+        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(url.as_str()).unwrap();
+        for _ in 0..100 {
+            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .is_ok()
+            {
+                return Self { child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server on port {port} did not come up");
+    }
+
+    async fn kill_pubsub_clients(&self) -> i64 {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn metric(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("{name} is not exported"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_redis_subscribers_mid_traffic_loses_nothing() {
+    let redis = OwnRedis::start().await;
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let one = ChatReplica::start(&stack, test_args(&stack, Some(&redis.url))).await;
+    let two = ChatReplica::start(&stack, test_args(&stack, Some(&redis.url))).await;
+    let (_, alice_token) = stack.signed_up("alice").await;
+    let (_, bob_token) = stack.signed_up("bob").await;
+    let room = room_id("kill");
+    let mut listener = ChatStream::open(one.client.clone(), &alice_token).await;
+    listener.join(&room, 0).await;
+    let mut sender = ChatStream::open(two.client.clone(), &bob_token).await;
+    sender.join(&room, 0).await;
+
+    const COUNT: i64 = 300;
+    let sending = tokio::spawn({
+        let room = room.clone();
+        async move {
+            for i in 1..=COUNT {
+                sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
+                // Wait for the ack, so the sends spread over the kills.
+                sender
+                    .next_matching(|frame| matches!(frame, Out::Ack(_)).then_some(()))
+                    .await;
+            }
+            sender
+        }
+    });
+    let mut killed = 0;
+    let mut received = Vec::new();
+    while received.len() < COUNT as usize {
+        let message = listener.next_message().await;
+        if message.seq % 60 == 0 {
+            killed += redis.kill_pubsub_clients().await;
+        }
+        received.push(message.seq);
+    }
+    assert!(killed >= 2, "the subscribers were killed ({killed})");
+    assert_eq!(
+        received,
+        (1..=COUNT).collect::<Vec<_>>(),
+        "every message, once, in order"
+    );
+    sending.await.unwrap();
+
+    let (_, scrape) = http_get(one.admin, "/metrics").await;
+    assert!(metric(&scrape, "parley_chat_bus_reconnects_total") >= 1.0);
+    assert!(metric(&scrape, "parley_chat_backfilled_messages_total") >= 0.0);
+    one.stop().await;
+    two.stop().await;
+    stack.stop().await;
+}
+
+/// Where cargo put the workspace's binaries: beside this test's own.
+fn binary(name: &str) -> String {
+    let mut path = std::env::current_exe().expect("test binary path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join(name).display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_replicas_members_leave_within_seconds() {
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let survivor = ChatReplica::start(&stack, test_args(&stack, Some(REDIS_URL))).await;
+    let database_url = stack.database_url("chat");
+    let auth_url = format!("http://{}", stack.auth_addr);
+    let mut doomed = RunningBinary::start(
+        &binary("parley-chat"),
+        &[
+            ("CHAT_GRPC_ADDR", "127.0.0.1:0"),
+            ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
+            ("CHAT_DATABASE_URL", database_url.expose()),
+            ("CHAT_REDIS_URL", REDIS_URL),
+            ("CHAT_PRESENCE_TTL", "1500ms"),
+            ("AUTH_URL", &auth_url),
+        ],
+        1,
+    )
+    .await;
+    let doomed_channel = parley_tests::channel(doomed.grpc_addrs[0]).await;
+    parley_tests::wait_until_serving(doomed_channel.clone(), "parley.chat.v1.ChatService").await;
+
+    let (_, alice_token) = stack.signed_up("alice").await;
+    let (bob, bob_token) = stack.signed_up("bob").await;
+    let room = room_id("crash");
+    let mut alice = ChatStream::open(survivor.client.clone(), &alice_token).await;
+    alice.join(&room, 0).await;
+    let mut bob_stream = ChatStream::open(
+        parley_proto::chat::v1::chat_service_client::ChatServiceClient::new(doomed_channel),
+        &bob_token,
+    )
+    .await;
+    bob_stream.join(&room, 0).await;
+    let joined = alice
+        .next_matching(|frame| match frame {
+            Out::Presence(p) => Some(p),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (joined.user_id.as_str(), joined.state),
+        (bob.id.as_str(), PresenceState::Joined as i32)
+    );
+
+    // SIGKILL: no drain, no goodbye.
+    doomed.child.kill().await.unwrap();
+    let started = std::time::Instant::now();
+    let left = alice
+        .next_matching(|frame| match frame {
+            Out::Presence(p) => Some(p),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (left.user_id.as_str(), left.state),
+        (bob.id.as_str(), PresenceState::Left as i32)
+    );
+    let members = survivor
+        .client
+        .clone()
+        .list_room_members(authed(
+            ListRoomMembersRequest {
+                room_id: room.clone(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    let names: Vec<_> = members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["alice"]);
+    eprintln!(
+        "the crashed replica's member left after {:?}",
+        started.elapsed()
+    );
+    survivor.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_metrics_are_exported() {
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let replica = ChatReplica::start(&stack, test_args(&stack, Some(REDIS_URL))).await;
+    let (_, token) = stack.signed_up("alice").await;
+    let room = room_id("metrics");
+    let mut stream = ChatStream::open(replica.client.clone(), &token).await;
+    stream.join(&room, 0).await;
+    stream.say(&room, "counted", "m1").await;
+    stream.next_message().await;
+
+    let (status, scrape) = http_get(replica.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "parley_chat_messages_stored_total",
+        "parley_chat_deliveries_total",
+        "parley_chat_active_streams",
+        "parley_chat_room_subscriptions",
+    ] {
+        assert!(metric(&scrape, name) >= 1.0, "{name} counts the traffic");
+    }
+    assert_eq!(metric(&scrape, "parley_chat_bus_connected"), 1.0);
+    for name in [
+        "parley_chat_bus_reconnects_total",
+        "parley_chat_backfilled_messages_total",
+    ] {
+        metric(&scrape, name);
+    }
+    assert!(
+        scrape.contains("parley_chat_fanout_seconds_bucket{le="),
+        "fan-out latency has buckets"
+    );
+    assert!(
+        scrape
+            .lines()
+            .any(|line| line.starts_with("grpc_server_started_total")
+                && line.contains(r#"grpc_method="Chat""#)
+                && line.contains(r#"grpc_type="bidi_stream""#)),
+        "the Chat stream is counted as a bidi stream"
+    );
+    assert!(scrape.contains(r#"parley_build_info{service="chat""#));
+    drop(stream);
+    replica.stop().await;
+    stack.stop().await;
+}
