@@ -39,20 +39,16 @@ pub mod writer;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use parley_proto::{
-    auth::v1::auth_service_client::AuthServiceClient,
-    chat::v1::chat_service_server::ChatServiceServer,
-};
+use parley_proto::chat::v1::chat_service_server::ChatServiceServer;
 use parley_runtime::{
     CancellationToken,
-    client::{self, ClientOptions},
     config::DatabaseKind,
     grpc::{MAX_MESSAGE_BYTES, ServerOptions, Services},
     health::Readiness,
     password::Passwords,
     serve::Listeners,
     storage::Database,
-    token::{self, TokenVerifier},
+    token,
 };
 
 pub use config::{ChatArgs, Config};
@@ -114,18 +110,7 @@ pub async fn with_listeners(
     register_metrics();
     let readiness = Readiness::new();
 
-    let verifier = TokenVerifier::new();
-    let auth = AuthServiceClient::new(client::connect(
-        "auth",
-        &config.auth_url,
-        &ClientOptions::default(),
-    ));
-    token::spawn_key_refresh(
-        verifier.clone(),
-        auth,
-        readiness.condition("public_keys"),
-        shutdown.clone(),
-    );
+    let verifier = token::verifier_for(&config.auth_url, &readiness, shutdown.clone());
 
     let database = Database::open(
         &config.chat.database_url,

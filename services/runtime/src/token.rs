@@ -278,6 +278,29 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("missing access token"))
 }
 
+/// A verifier kept supplied with the public keys of the auth service at
+/// `auth_url`, gating `readiness` on having them: what every service that
+/// checks access tokens starts with.
+pub fn verifier_for(
+    auth_url: &crate::config::ServiceUrl,
+    readiness: &crate::health::Readiness,
+    shutdown: CancellationToken,
+) -> TokenVerifier {
+    let verifier = TokenVerifier::new();
+    let auth = AuthServiceClient::new(crate::client::connect(
+        "auth",
+        auth_url,
+        &crate::client::ClientOptions::default(),
+    ));
+    spawn_key_refresh(
+        verifier.clone(),
+        auth,
+        readiness.condition("public_keys"),
+        shutdown,
+    );
+    verifier
+}
+
 /// Keeps `verifier` supplied with auth's public keys until `shutdown`:
 /// fetches them, marks `keys_ready` once it has some, and fetches again
 /// when they are due or a token names an unknown key. Old keys are kept

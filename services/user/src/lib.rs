@@ -19,18 +19,14 @@ pub mod grpc;
 pub mod store;
 
 use anyhow::Context as _;
-use parley_proto::{
-    auth::v1::auth_service_client::AuthServiceClient,
-    user::v1::user_service_server::UserServiceServer,
-};
+use parley_proto::user::v1::user_service_server::UserServiceServer;
 use parley_runtime::{
     CancellationToken,
-    client::{self, ClientOptions},
     grpc::{MAX_MESSAGE_BYTES, ServerOptions, Services},
     health::Readiness,
     serve::Listeners,
     storage::Database,
-    token::{self, TokenVerifier},
+    token,
 };
 
 pub use config::{Config, UserArgs};
@@ -73,18 +69,7 @@ pub async fn with_listeners(
     parley_runtime::metrics::register_build_info(SERVICE_NAME);
     let readiness = Readiness::new();
 
-    let verifier = TokenVerifier::new();
-    let auth = AuthServiceClient::new(client::connect(
-        "auth",
-        &config.auth_url,
-        &ClientOptions::default(),
-    ));
-    token::spawn_key_refresh(
-        verifier.clone(),
-        auth,
-        readiness.condition("public_keys"),
-        shutdown.clone(),
-    );
+    let verifier = token::verifier_for(&config.auth_url, &readiness, shutdown.clone());
 
     let database = Database::open(
         &config.user.database_url,
