@@ -188,6 +188,16 @@ impl TestStack {
     }
 }
 
+/// The path of a workspace binary: cargo puts them beside the test's own.
+pub fn binary(name: &str) -> String {
+    let mut path = std::env::current_exe().expect("test binary path");
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    path.join(name).display().to_string()
+}
+
 /// A lazily connected plaintext channel to `addr`.
 pub async fn channel(addr: SocketAddr) -> Channel {
     Channel::from_shared(format!("http://{addr}"))

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use parley_runtime::test_util::RunningBinary;
-use parley_tests::channel;
+use parley_tests::{binary, channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -15,16 +15,6 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
-
-/// Where cargo put the workspace's binaries: beside this test's own.
-fn binary(name: &str) -> String {
-    let mut path = std::env::current_exe().expect("test binary path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join(name).display().to_string()
-}
 
 async fn starts_bare_and_drains_on_sigterm(
     program: &str,

@@ -362,7 +362,7 @@ impl ChatStore {
     ///
     /// # Errors
     /// Database failures; then nothing of the batch was stored.
-    pub async fn write_batch(&self, batch: &[NewMessage]) -> Result<Vec<WriteOutcome>, Error> {
+    pub async fn write_batch(&self, batch: &[&NewMessage]) -> Result<Vec<WriteOutcome>, Error> {
         let mut attempt = 1;
         loop {
             match timed("write_messages", self.try_write_batch(batch)).await {
@@ -378,11 +378,15 @@ impl ChatStore {
         }
     }
 
-    async fn try_write_batch(&self, batch: &[NewMessage]) -> Result<Vec<WriteOutcome>, Error> {
+    async fn try_write_batch(&self, batch: &[&NewMessage]) -> Result<Vec<WriteOutcome>, Error> {
         let mut tx = self.db.pool().begin().await?;
 
         // Retries: keys stored before, and keys repeated within the batch.
-        let keyed: Vec<&NewMessage> = batch.iter().filter(|m| key_of(m).is_some()).collect();
+        let keyed: Vec<&NewMessage> = batch
+            .iter()
+            .copied()
+            .filter(|m| key_of(m).is_some())
+            .collect();
         let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
         for chunk in keyed.chunks(LOOKUP_CHUNK) {
             let mut sql = format!("SELECT {MESSAGE_COLUMNS} FROM message WHERE ");
@@ -422,7 +426,7 @@ impl ChatStore {
         let mut repeats: Vec<(usize, usize)> = Vec::new();
         let mut first_of_key: HashMap<IdempotencyKey<'_>, usize> = HashMap::new();
         let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (index, message) in batch.iter().enumerate() {
+        for (index, &message) in batch.iter().enumerate() {
             if let Some(key) = key_of(message) {
                 let owned = (key.0.to_owned(), key.1.to_owned(), key.2.to_owned());
                 if let Some(stored) = known.get(&owned) {
@@ -458,7 +462,7 @@ impl ChatStore {
                 continue;
             };
             for (offset, &index) in (0..).zip(indices) {
-                let message = &batch[index];
+                let message = batch[index];
                 rows.push((
                     index,
                     ChatMessage {

@@ -119,7 +119,7 @@ impl Lane {
     async fn run(self, mut queue: mpsc::Receiver<Submission>) {
         let mut batch: Vec<Submission> = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let messages: Vec<NewMessage> = batch.iter().map(|s| s.message.clone()).collect();
+            let messages: Vec<&NewMessage> = batch.iter().map(|s| &s.message).collect();
             match self.store.write_batch(&messages).await {
                 Ok(outcomes) => {
                     let stored_at = Instant::now();

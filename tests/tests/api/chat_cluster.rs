@@ -7,7 +7,7 @@ use std::{process::Stdio, time::Duration};
 use parley_proto::chat::v1::{ListRoomMembersRequest, PresenceState, chat_response::Frame as Out};
 use parley_runtime::test_util::RunningBinary;
 use parley_tests::{
-    DatabaseBackend, TestStack, authed,
+    DatabaseBackend, TestStack, authed, binary,
     chat::{ChatReplica, ChatStream, REDIS_URL, room_id, test_args},
     http_get,
 };
@@ -136,16 +136,6 @@ async fn killing_the_redis_subscribers_mid_traffic_loses_nothing() {
     one.stop().await;
     two.stop().await;
     stack.stop().await;
-}
-
-/// Where cargo put the workspace's binaries: beside this test's own.
-fn binary(name: &str) -> String {
-    let mut path = std::env::current_exe().expect("test binary path");
-    path.pop();
-    if path.ends_with("deps") {
-        path.pop();
-    }
-    path.join(name).display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
