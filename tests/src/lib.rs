@@ -22,6 +22,7 @@ use tonic_health::pb::{
 pub use parley_runtime::test_util::Backend as DatabaseBackend;
 
 pub mod chat;
+pub mod gateway;
 
 /// The username that gets `admin` in every test stack.
 pub const ADMIN: &str = "admin";
@@ -61,6 +62,11 @@ pub async fn listeners() -> Listeners {
 impl TestStack {
     /// Starts auth and user on `backend` and waits until both are ready.
     pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, Duration::from_secs(900)).await
+    }
+
+    /// Starts auth and user with access tokens that live `access_token_ttl`.
+    pub async fn start_with(backend: Backend, access_token_ttl: Duration) -> Self {
         init_tracing();
         let database = TestDatabase::new(backend).await;
         let (auth_listeners, user_listeners) = (listeners().await, listeners().await);
@@ -78,7 +84,7 @@ impl TestStack {
                 database_url: database.url_for("auth"),
                 jwt_private_key: Some(SigningKeys::generate_pem().expect("a key").into()),
                 jwt_private_key_file: None,
-                access_token_ttl: Duration::from_secs(900),
+                access_token_ttl,
                 refresh_token_ttl: Duration::from_secs(3600),
             },
             user_url: ServiceUrl::from_addr(user_addr),

@@ -206,8 +206,8 @@ impl Hub {
     }
 
     /// Starts delivering the room to `session` on `link`: queues the
-    /// `joined` frame, then the messages after `since_seq` (at most
-    /// `max_replay`, the newest), and from then on every live message,
+    /// `joined` frame, then the messages after `since` when it is set (at
+    /// most `max_replay`, the newest), and from then on every live message,
     /// with nothing lost or repeated at the seam. The session must have
     /// [`enter`](Self::enter)ed the room. Returns the `joined.last_seq`.
     ///
@@ -218,7 +218,7 @@ impl Hub {
         link: &Link,
         session: SessionId,
         room_id: &RoomId,
-        since_seq: i64,
+        since: Option<i64>,
         max_replay: i64,
         members: Vec<Member>,
     ) -> Result<i64, Error> {
@@ -226,13 +226,13 @@ impl Hub {
             .cell(room_id)
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} was not entered")))?;
         let mut replay: VecDeque<StoredMessage> = VecDeque::new();
-        let mut replayed_to = since_seq;
+        let mut replayed_to = since.unwrap_or(0);
         let mut truncated = false;
         loop {
             let target = {
                 let mut state = lock(&cell);
                 let delivered = state.delivered_seq;
-                if since_seq <= 0 || replayed_to >= delivered {
+                if since.is_none() || replayed_to >= delivered {
                     state
                         .links
                         .entry(link.id())

@@ -504,6 +504,9 @@ async fn join_room(
             return Effect::None;
         }
     };
+    // Replay after since_seq when it is positive, or from the start when
+    // asked to.
+    let since = (join.since_seq > 0 || join.replay).then_some(join.since_seq);
     let room_id = if rejoin {
         RoomId::from(room.id.as_str())
     } else {
@@ -512,20 +515,11 @@ async fn join_room(
     let members = engine.members(&room_id).await;
     let max_replay = engine.limits().max_replay;
     let attached = if rejoin {
-        replay_again(
-            &engine,
-            &link,
-            id,
-            &room_id,
-            join.since_seq,
-            max_replay,
-            members,
-        )
-        .await
+        replay_again(&engine, &link, id, &room_id, since, max_replay, members).await
     } else {
         engine
             .hub()
-            .attach(&link, id, &room_id, join.since_seq, max_replay, members)
+            .attach(&link, id, &room_id, since, max_replay, members)
             .await
             .map(drop)
     };
@@ -549,13 +543,14 @@ async fn replay_again(
     link: &Link,
     id: SessionId,
     room_id: &RoomId,
-    since_seq: i64,
+    since: Option<i64>,
     max_replay: i64,
     members: Vec<parley_proto::chat::v1::Member>,
 ) -> Result<(), Error> {
     let last_seq = engine.hub().delivered_seq(room_id).unwrap_or(0);
+    let since_seq = since.unwrap_or(0);
     let from = since_seq.max(last_seq - max_replay);
-    let replay = if since_seq > 0 && last_seq > since_seq {
+    let replay = if since.is_some() && last_seq > since_seq {
         engine.replay(room_id, from, last_seq).await?
     } else {
         Vec::new()
@@ -566,7 +561,7 @@ async fn replay_again(
             room_id: room_id.to_string(),
             last_seq,
             members,
-            replay_truncated: since_seq > 0 && from > since_seq,
+            replay_truncated: since.is_some() && from > since_seq,
         })),
     );
     for message in replay {

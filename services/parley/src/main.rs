@@ -1,7 +1,9 @@
 //! `parley`: every Parley service in one process, for a laptop and for
 //! tests. The services run exactly as they do apart, each on its own ports,
 //! calling each other over gRPC on loopback, with one shared metrics
-//! registry behind every admin port.
+//! registry behind every admin port. With no settings it keeps everything
+//! in SQLite under `./data/` and fans out in-process: `parley`, then open
+//! http://localhost:8080.
 
 use std::process::ExitCode;
 
@@ -9,10 +11,11 @@ use anyhow::Context as _;
 use clap::Parser;
 use parley_runtime::{
     CancellationToken,
-    config::{AuthUrl, CommonConfig, UserUrl},
+    config::{AuthUrl, ChatUrl, CommonConfig, UserUrl},
 };
 
-/// Parley all-in-one: the auth, user and chat services in one process.
+/// Parley all-in-one: the auth, user, chat and WebSocket gateway services
+/// in one process.
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about)]
 struct Cli {
@@ -23,15 +26,28 @@ struct Cli {
     #[command(flatten)]
     chat: parley_chat::ChatArgs,
     #[command(flatten)]
+    gateway: parley_gateway::GatewayArgs,
+    #[command(flatten)]
     auth_url: AuthUrl,
     #[command(flatten)]
     user_url: UserUrl,
+    #[command(flatten)]
+    chat_url: ChatUrl,
     #[command(flatten)]
     common: CommonConfig,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Replays pass through a connection's queue, so a queue no longer than
+    // the longest replay would cut every client that rejoins after a while.
+    if cli.gateway.send_queue <= cli.chat.max_replay {
+        eprintln!(
+            "parley: GATEWAY_SEND_QUEUE ({}) must exceed CHAT_MAX_REPLAY ({}): a replay passes through the connection's queue",
+            cli.gateway.send_queue, cli.chat.max_replay
+        );
+        return ExitCode::from(2);
+    }
     let auth = parley_auth::Config {
         auth: cli.auth,
         user_url: cli.user_url.user_url,
@@ -47,8 +63,15 @@ fn main() -> ExitCode {
         auth_url: user.auth_url.clone(),
         shutdown_grace: cli.common.shutdown_grace,
     };
+    let gateway = parley_gateway::Config {
+        gateway: cli.gateway,
+        auth_url: user.auth_url.clone(),
+        user_url: auth.user_url.clone(),
+        chat_url: cli.chat_url.chat_url,
+        shutdown_grace: cli.common.shutdown_grace,
+    };
     parley_runtime::process::run("parley", &cli.common, |shutdown| {
-        run(auth, user, chat, shutdown)
+        run(auth, user, chat, gateway, shutdown)
     })
 }
 
@@ -56,23 +79,40 @@ async fn run(
     auth: parley_auth::Config,
     user: parley_user::Config,
     chat: parley_chat::Config,
+    gateway: parley_gateway::Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     // All bind before any runs, so a port clash stops everything at once.
     let auth = parley_auth::build(auth, shutdown.clone()).await?;
     let user = parley_user::build(user, shutdown.clone()).await?;
     let chat = parley_chat::build(chat, shutdown.clone()).await?;
+    let gateway = parley_gateway::build(gateway, shutdown.clone()).await?;
+    tracing::info!(
+        "Parley is up: open http://{} in a browser",
+        browsable(gateway.http_addr()?)
+    );
     let auth = tokio::spawn(auth.run());
     let user = tokio::spawn(user.run());
     let chat = tokio::spawn(chat.run());
+    let gateway = tokio::spawn(gateway.run());
     // One service failing takes the process down: a half-running all-in-one
     // is worse than a clear exit.
-    let (auth, user, chat) = tokio::join!(
+    let (auth, user, chat, gateway) = tokio::join!(
         watch(auth, shutdown.clone(), "auth"),
         watch(user, shutdown.clone(), "user"),
-        watch(chat, shutdown.clone(), "chat")
+        watch(chat, shutdown.clone(), "chat"),
+        watch(gateway, shutdown.clone(), "gateway")
     );
-    auth.and(user).and(chat)
+    auth.and(user).and(chat).and(gateway)
+}
+
+/// `0.0.0.0:8080` is where the gateway listens, not an address to browse.
+fn browsable(address: std::net::SocketAddr) -> String {
+    if address.ip().is_unspecified() {
+        format!("localhost:{}", address.port())
+    } else {
+        address.to_string()
+    }
 }
 
 async fn watch(

@@ -37,6 +37,11 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// How often host names are resolved again.
     pub resolve_every: Duration,
+    /// How often an HTTP/2 ping checks a connection that may have died
+    /// without closing (a crashed node).
+    pub keep_alive_every: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for ClientOptions {
@@ -45,6 +50,8 @@ impl Default for ClientOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             resolve_every: Duration::from_secs(10),
+            keep_alive_every: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +83,48 @@ pub fn connect(target: &'static str, url: &ServiceUrl, options: &ClientOptions) 
     }
 }
 
+/// Opens a lazy, observed channel to one address, for callers that place
+/// work on a particular replica themselves (the gateway's chat streams).
+pub fn connect_one(
+    target: &'static str,
+    address: SocketAddr,
+    options: &ClientOptions,
+) -> Result<ClientChannel, tonic::transport::Error> {
+    let channel = endpoint(address, options)?.connect_lazy();
+    Ok(ClientChannel {
+        inner: Observe::client(channel),
+        target: Arc::from(target),
+        timeout: options.timeout,
+    })
+}
+
+/// Every address `url` names now. A target that does not resolve is left
+/// out, with a warning.
+pub async fn resolve(target: &'static str, url: &ServiceUrl) -> HashSet<SocketAddr> {
+    let mut found = HashSet::new();
+    for t in url.targets() {
+        match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
+            Ok(addrs) => found.extend(addrs),
+            Err(err) => {
+                tracing::warn!(%target, host = %t.host, error = %err, "cannot resolve service address")
+            }
+        }
+    }
+    found
+}
+
+fn endpoint(
+    address: SocketAddr,
+    options: &ClientOptions,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(options.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(options.keep_alive_every)
+        .keep_alive_timeout(options.keep_alive_timeout)
+        .keep_alive_while_idle(true))
+}
+
 /// Keeps the balancer's endpoint set equal to what `url` resolves to. Ends
 /// when the channel is dropped.
 async fn resolve_forever(
@@ -89,15 +138,7 @@ async fn resolve_forever(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let mut found = HashSet::new();
-        for t in url.targets() {
-            match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
-                Ok(addrs) => found.extend(addrs),
-                Err(err) => {
-                    tracing::warn!(%target, host = %t.host, error = %err, "cannot resolve service address")
-                }
-            }
-        }
+        let found = resolve(target, &url).await;
         // A failed lookup keeps the last known addresses rather than
         // leaving the service with none.
         if found.is_empty() {
@@ -109,13 +150,8 @@ async fn resolve_forever(
             }
         }
         for new in found.difference(&known) {
-            let endpoint = match Endpoint::from_shared(format!("http://{new}")) {
-                Ok(endpoint) => endpoint
-                    .connect_timeout(options.connect_timeout)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .keep_alive_while_idle(true),
+            let endpoint = match endpoint(*new, &options) {
+                Ok(endpoint) => endpoint,
                 Err(err) => {
                     tracing::warn!(%target, address = %new, error = %err, "unusable service address");
                     continue;

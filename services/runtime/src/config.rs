@@ -260,6 +260,20 @@ pub struct UserUrl {
     pub user_url: ServiceUrl,
 }
 
+/// `CHAT_URL`: where the chat replicas are.
+#[derive(Debug, Clone, Args)]
+pub struct ChatUrl {
+    /// Where to find the chat replicas: http://host:port, several
+    /// separated by commas, or a name resolving to several addresses.
+    #[arg(
+        id = "CHAT_URL",
+        long = "chat-url",
+        env = "CHAT_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub chat_url: ServiceUrl,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -105,13 +105,16 @@ pub struct RunningBinary {
     pub child: tokio::process::Child,
     /// The gRPC addresses it logged, in order.
     pub grpc_addrs: Vec<std::net::SocketAddr>,
+    /// The HTTP (gateway) addresses it logged, in order.
+    pub http_addrs: Vec<std::net::SocketAddr>,
     /// Its working directory (holding `data/`), removed on drop.
     pub dir: tempfile::TempDir,
 }
 
 impl RunningBinary {
     /// Starts `program` in a fresh directory with `env` (JSON logs are
-    /// forced) and waits until it has logged `services` "listening" lines.
+    /// forced) and waits until it has logged `services` "listening" lines
+    /// (gRPC services and gateways alike).
     ///
     /// # Panics
     /// When the process cannot start or exits before listening.
@@ -133,7 +136,8 @@ impl RunningBinary {
             .unwrap_or_else(|| panic!("stdout of {program}"));
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut grpc_addrs = Vec::new();
-        while grpc_addrs.len() < services {
+        let mut http_addrs = Vec::new();
+        while grpc_addrs.len() + http_addrs.len() < services {
             let line = lines
                 .next_line()
                 .await
@@ -142,10 +146,13 @@ impl RunningBinary {
             let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
-            if entry["message"] == "listening"
-                && let Some(addr) = entry["grpc"].as_str().and_then(|a| a.parse().ok())
-            {
+            if entry["message"] != "listening" {
+                continue;
+            }
+            if let Some(addr) = entry["grpc"].as_str().and_then(|a| a.parse().ok()) {
                 grpc_addrs.push(addr);
+            } else if let Some(addr) = entry["http"].as_str().and_then(|a| a.parse().ok()) {
+                http_addrs.push(addr);
             }
         }
         // Keep draining the log so the process never blocks on a full pipe.
@@ -153,6 +160,7 @@ impl RunningBinary {
         Self {
             child,
             grpc_addrs,
+            http_addrs,
             dir,
         }
     }

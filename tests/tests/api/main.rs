@@ -7,6 +7,7 @@
 mod auth;
 mod chat;
 mod chat_cluster;
+mod gateway;
 mod ops;
 mod readme;
 mod user;

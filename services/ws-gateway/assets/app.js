@@ -1,0 +1,1587 @@
+// Parley web client: plain JS, no build step, no dependencies.
+// Talks to the gateway it is served from: REST under /api/v1, WebSocket at /ws
+// (authenticated with the subprotocol "bearer.<access token>").
+"use strict";
+
+(function () {
+  // ---------------------------------------------------------------------------
+  // Constants
+  // ---------------------------------------------------------------------------
+  const API = "/api/v1";
+  const WS_URL = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws";
+  const ROOM_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  const SHORT_CODE_RE = /^[ABCDEFGHJKLMNPQRSTUVWXYZ23456789]{6}$/;
+  const HISTORY_PAGE = 50;
+  const TYPING_SEND_EVERY_MS = 2000;
+  const TYPING_SHOW_MS = 3000;
+  const PING_EVERY_MS = 25000;
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 10000;
+  const STABLE_AFTER_MS = 5000; // a connection open this long resets the backoff
+  const REFRESH_AT = 0.8; // refresh the access token at 80% of its lifetime
+  const STORE_TOKENS = "parley.tokens";
+  const STORE_ROOMS = "parley.rooms";
+  const STORE_CURRENT = "parley.current";
+
+  // ---------------------------------------------------------------------------
+  // DOM helpers
+  // ---------------------------------------------------------------------------
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    if (attrs) {
+      for (const [k, v] of Object.entries(attrs)) {
+        if (v === undefined || v === null || v === false) continue;
+        if (k === "text") node.textContent = v;
+        else if (k === "className") node.className = v;
+        else if (k === "dataset") Object.assign(node.dataset, v);
+        else node.setAttribute(k, v === true ? "" : String(v));
+      }
+    }
+    for (const c of children || []) {
+      if (c !== null && c !== undefined) node.append(c);
+    }
+    return node;
+  }
+
+  function show(node, text) {
+    if (text === undefined) {
+      node.hidden = false;
+      return;
+    }
+    node.textContent = text;
+    node.hidden = !text;
+  }
+
+  const ui = {
+    conn: $("conn-status"),
+    connText: document.querySelector("#conn-status .conn-text"),
+    who: $("who"),
+    currentUser: $("current-user"),
+    logout: $("logout-button"),
+    banner: $("banner"),
+    authView: $("auth-view"),
+    authForm: $("auth-form"),
+    username: $("username"),
+    password: $("password"),
+    authError: $("auth-error"),
+    authNotice: $("auth-notice"),
+    loginBtn: $("login-button"),
+    registerBtn: $("register-button"),
+    chatView: $("chat-view"),
+    sidebar: $("sidebar"),
+    sidebarToggle: $("sidebar-toggle"),
+    roomList: $("room-list"),
+    noRooms: $("no-rooms"),
+    joinForm: $("join-form"),
+    roomId: $("room-id"),
+    privateForm: $("private-join-form"),
+    privateRoom: $("private-room"),
+    privatePassword: $("private-password"),
+    createForm: $("create-form"),
+    createName: $("create-name"),
+    createPassword: $("create-password"),
+    createResult: $("create-result"),
+    sidebarError: $("sidebar-error"),
+    roomTitle: $("room-title"),
+    leave: $("leave-button"),
+    memberList: $("member-list"),
+    memberCount: $("member-count"),
+    scroller: $("scroller"),
+    loadOlder: $("load-older"),
+    historyStatus: $("history-status"),
+    emptyRoom: $("empty-room"),
+    listSlot: $("list-slot"),
+    pendingList: $("pending-list"),
+    typing: $("typing-indicator"),
+    compose: $("compose"),
+    input: $("message-input"),
+    send: $("send-button"),
+    sendError: $("send-error"),
+  };
+
+  // ---------------------------------------------------------------------------
+  // State
+  // ---------------------------------------------------------------------------
+  const state = {
+    tokens: null, // {access_token, refresh_token, expires_in, issued_at}
+    me: null, // {id, username, display_name}
+    rooms: new Map(), // room_id -> Room
+    current: null, // room_id shown
+    ws: null,
+    connGen: 0, // increases with every socket
+    status: "offline",
+    attempt: 0,
+    reconnectTimer: 0,
+    stableTimer: 0,
+    pingTimer: 0,
+    awaitingPong: null,
+    pingCounter: 0,
+    refreshTimer: 0,
+    refreshPromise: null,
+    loggedIn: false,
+    shortJoins: [], // short-code joins in flight: [{short_code, password}]
+    pendingLeaves: new Set(), // leaves to send when the socket is back
+    lastTypingSent: 0,
+    clientCounter: 0,
+  };
+
+  function newRoom(id, extra) {
+    const ol = el("ol", { className: "messages", "data-testid": "message-list" });
+    return Object.assign(
+      {
+        id,
+        name: "",
+        shortCode: "",
+        isPrivate: false,
+        password: "", // kept in memory only, for rejoins
+        joined: false, // joined on the current socket
+        joining: false,
+        everJoined: false,
+        seqs: [], // sorted seqs shown
+        bySeq: new Map(), // seq -> {msg, node}
+        maxSeq: 0,
+        hasMore: true,
+        historyInFlight: false,
+        historyLoaded: false,
+        members: new Map(), // user_id -> name
+        typing: new Map(), // user_id -> {name, timer}
+        pending: new Map(), // client_id -> {content, node, sentGen, failed}
+        unread: 0,
+        list: ol,
+        scrollTop: 0,
+        stickBottom: true,
+        itemNode: null,
+      },
+      extra || {}
+    );
+  }
+
+  // ---------------------------------------------------------------------------
+  // Session storage
+  // ---------------------------------------------------------------------------
+  function saveTokens() {
+    if (state.tokens) sessionStorage.setItem(STORE_TOKENS, JSON.stringify(state.tokens));
+    else sessionStorage.removeItem(STORE_TOKENS);
+  }
+
+  function loadTokens() {
+    try {
+      const t = JSON.parse(sessionStorage.getItem(STORE_TOKENS) || "null");
+      if (t && typeof t.access_token === "string" && typeof t.refresh_token === "string") return t;
+    } catch (_) {
+      /* ignore a corrupt entry */
+    }
+    return null;
+  }
+
+  function saveRooms() {
+    const list = [...state.rooms.values()].map((r) => ({
+      id: r.id,
+      name: r.name,
+      short_code: r.shortCode,
+      private: r.isPrivate,
+    }));
+    sessionStorage.setItem(STORE_ROOMS, JSON.stringify(list));
+    if (state.current) sessionStorage.setItem(STORE_CURRENT, state.current);
+    else sessionStorage.removeItem(STORE_CURRENT);
+  }
+
+  function loadRooms() {
+    try {
+      const list = JSON.parse(sessionStorage.getItem(STORE_ROOMS) || "[]");
+      return Array.isArray(list) ? list.filter((r) => r && ROOM_ID_RE.test(r.id)) : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
+  function clearSession() {
+    sessionStorage.removeItem(STORE_TOKENS);
+    sessionStorage.removeItem(STORE_ROOMS);
+    sessionStorage.removeItem(STORE_CURRENT);
+  }
+
+  // ---------------------------------------------------------------------------
+  // REST
+  // ---------------------------------------------------------------------------
+  class ApiError extends Error {
+    constructor(status, code, message) {
+      super(message);
+      this.status = status;
+      this.code = code;
+    }
+  }
+
+  async function rawRequest(method, path, body, token) {
+    const headers = { Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    if (token) headers.Authorization = "Bearer " + token;
+    let res;
+    try {
+      res = await fetch(API + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store",
+        credentials: "same-origin",
+      });
+    } catch (_) {
+      throw new ApiError(0, "NETWORK", "Cannot reach the server. Check your connection and try again.");
+    }
+    if (res.status === 204) return null;
+    const text = await res.text().catch(() => "");
+    let data = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch (_) {
+        data = null;
+      }
+    }
+    if (!res.ok) {
+      const err = data && data.error;
+      if (err && typeof err.message === "string") {
+        throw new ApiError(res.status, String(err.code || "UNKNOWN"), err.message);
+      }
+      throw new ApiError(res.status, "HTTP_" + res.status, "The server answered " + res.status + " " + (res.statusText || "") + ".");
+    }
+    if (data === null && text) {
+      throw new ApiError(res.status, "BAD_RESPONSE", "The server sent a response this page does not understand.");
+    }
+    return data;
+  }
+
+  // An authenticated call: on 401 it refreshes the tokens once and retries.
+  async function api(method, path, body) {
+    if (!state.tokens) throw new ApiError(401, "UNAUTHENTICATED", "You are signed out.");
+    try {
+      return await rawRequest(method, path, body, state.tokens.access_token);
+    } catch (e) {
+      if (!(e instanceof ApiError) || e.status !== 401) throw e;
+      await refreshTokens();
+      return rawRequest(method, path, body, state.tokens.access_token);
+    }
+  }
+
+  function setTokens(pair) {
+    state.tokens = {
+      access_token: pair.access_token,
+      refresh_token: pair.refresh_token,
+      expires_in: Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900,
+      issued_at: Date.now(),
+    };
+    saveTokens();
+    scheduleRefresh();
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(state.refreshTimer);
+    if (!state.tokens) return;
+    const t = state.tokens;
+    const due = t.issued_at + t.expires_in * 1000 * REFRESH_AT;
+    state.refreshTimer = setTimeout(() => {
+      refreshTokens().catch(() => {
+        /* handled inside */
+      });
+    }, Math.max(0, due - Date.now()));
+  }
+
+  function tokenExpired() {
+    const t = state.tokens;
+    return !t || Date.now() >= t.issued_at + t.expires_in * 1000 - 5000;
+  }
+
+  // One refresh at a time: the refresh token is single use.
+  function refreshTokens() {
+    if (state.refreshPromise) return state.refreshPromise;
+    if (!state.tokens) return Promise.reject(new ApiError(401, "UNAUTHENTICATED", "You are signed out."));
+    const spent = state.tokens.refresh_token;
+    state.refreshPromise = (async () => {
+      try {
+        const pair = await rawRequest("POST", "/auth/refresh", { refresh_token: spent });
+        if (!state.loggedIn) return; // logged out meanwhile
+        setTokens(pair);
+        if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+          sendFrame({ refresh: { token: state.tokens.access_token } });
+        }
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401) {
+          sessionEnded("Your session has expired. Please log in again.");
+        } else {
+          // Server unreachable: try again soon while the access token may still work.
+          clearTimeout(state.refreshTimer);
+          state.refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), 5000 + Math.random() * 5000);
+        }
+        throw e;
+      } finally {
+        state.refreshPromise = null;
+      }
+    })();
+    return state.refreshPromise;
+  }
+
+  // Claims from the access token, used until /me answers.
+  function tokenClaims(token) {
+    try {
+      const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      const json = decodeURIComponent(
+        atob(part + "===".slice((part.length + 3) % 4))
+          .split("")
+          .map((c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0"))
+          .join("")
+      );
+      return JSON.parse(json);
+    } catch (_) {
+      return {};
+    }
+  }
+
+  // ---------------------------------------------------------------------------
+  // Banner and status
+  // ---------------------------------------------------------------------------
+  let bannerTimer = 0;
+  function banner(text, sticky) {
+    clearTimeout(bannerTimer);
+    show(ui.banner, text || "");
+    if (text && !sticky) bannerTimer = setTimeout(() => show(ui.banner, ""), 8000);
+  }
+
+  const STATUS_TEXT = {
+    offline: "Signed out",
+    connecting: "Connecting…",
+    online: "Online",
+    reconnecting: "Reconnecting…",
+  };
+
+  function setStatus(s, detail) {
+    state.status = s;
+    ui.conn.dataset.state = s;
+    ui.connText.textContent = detail || STATUS_TEXT[s] || s;
+    updateComposer();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Auth view
+  // ---------------------------------------------------------------------------
+  function authBusy(busy) {
+    ui.loginBtn.disabled = busy;
+    ui.registerBtn.disabled = busy;
+  }
+
+  function authFields() {
+    const username = ui.username.value.trim();
+    const password = ui.password.value;
+    show(ui.authError, "");
+    show(ui.authNotice, "");
+    if (!username || !password) {
+      show(ui.authError, "Enter a username and a password.");
+      (username ? ui.password : ui.username).focus();
+      return null;
+    }
+    return { username, password };
+  }
+
+  async function onRegister() {
+    const f = authFields();
+    if (!f) return;
+    authBusy(true);
+    try {
+      const user = await rawRequest("POST", "/auth/register", { username: f.username, password: f.password });
+      const name = (user && user.username) || f.username;
+      show(ui.authNotice, "Account “" + name + "” created. You can log in now.");
+      ui.loginBtn.focus();
+    } catch (e) {
+      show(ui.authError, e.message || "Registration failed.");
+    } finally {
+      authBusy(false);
+    }
+  }
+
+  async function onLogin(ev) {
+    ev.preventDefault();
+    const f = authFields();
+    if (!f) return;
+    authBusy(true);
+    try {
+      const pair = await rawRequest("POST", "/auth/login", { username: f.username, password: f.password });
+      if (!pair || !pair.access_token || !pair.refresh_token) {
+        throw new ApiError(500, "BAD_RESPONSE", "The server did not return a token.");
+      }
+      ui.password.value = "";
+      // A new user in this tab: forget the rooms of whoever was here before.
+      sessionStorage.removeItem(STORE_ROOMS);
+      sessionStorage.removeItem(STORE_CURRENT);
+      state.loggedIn = true;
+      setTokens(pair);
+      await startSession();
+    } catch (e) {
+      state.loggedIn = false;
+      show(ui.authError, e.message || "Login failed.");
+    } finally {
+      authBusy(false);
+    }
+  }
+
+  async function startSession() {
+    const claims = tokenClaims(state.tokens.access_token);
+    state.me = { id: claims.sub || "", username: claims.name || "", display_name: claims.name || "" };
+    try {
+      const user = await api("GET", "/me");
+      if (user && user.id) state.me = user;
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) throw e;
+      banner("Could not load your profile: " + e.message);
+    }
+    if (!state.loggedIn) return;
+    ui.currentUser.textContent = state.me.display_name || state.me.username || "you";
+    ui.currentUser.title = "@" + (state.me.username || "");
+    ui.who.hidden = false;
+    ui.authView.hidden = true;
+    ui.chatView.hidden = false;
+    show(ui.authError, "");
+    show(ui.authNotice, "");
+    for (const r of loadRooms()) {
+      if (!state.rooms.has(r.id)) {
+        addRoom(newRoom(r.id, { name: r.name || "", shortCode: r.short_code || "", isPrivate: !!r.private }));
+      }
+    }
+    const cur = sessionStorage.getItem(STORE_CURRENT);
+    selectRoom(cur && state.rooms.has(cur) ? cur : state.rooms.keys().next().value || null);
+    connect();
+  }
+
+  function sessionEnded(message) {
+    teardown();
+    clearSession();
+    showAuth();
+    if (message) show(ui.authError, message);
+  }
+
+  async function onLogout() {
+    const refresh = state.tokens && state.tokens.refresh_token;
+    teardown();
+    clearSession();
+    showAuth();
+    if (refresh) {
+      try {
+        await rawRequest("POST", "/auth/logout", { refresh_token: refresh });
+      } catch (_) {
+        /* the local session is gone either way */
+      }
+    }
+    show(ui.authNotice, "You have been logged out.");
+  }
+
+  // Drop every piece of the signed-in state.
+  function teardown() {
+    state.loggedIn = false;
+    clearTimeout(state.refreshTimer);
+    clearTimeout(state.reconnectTimer);
+    clearTimeout(state.stableTimer);
+    clearInterval(state.pingTimer);
+    const ws = state.ws;
+    state.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try {
+        ws.close(1000, "logout");
+      } catch (_) {
+        /* already closed */
+      }
+    }
+    for (const room of state.rooms.values()) {
+      for (const t of room.typing.values()) clearTimeout(t.timer);
+    }
+    state.rooms.clear();
+    state.current = null;
+    state.tokens = null;
+    state.me = null;
+    state.shortJoins = [];
+    state.pendingLeaves.clear();
+    ui.roomList.textContent = "";
+    ui.listSlot.textContent = "";
+    ui.pendingList.textContent = "";
+    renderRoomView();
+    setStatus("offline");
+  }
+
+  function showAuth() {
+    ui.chatView.hidden = true;
+    ui.who.hidden = true;
+    ui.authView.hidden = false;
+    ui.currentUser.textContent = "";
+    show(ui.createResult, "");
+    show(ui.sidebarError, "");
+    banner("");
+    ui.username.focus();
+  }
+
+  // ---------------------------------------------------------------------------
+  // WebSocket
+  // ---------------------------------------------------------------------------
+  function sendFrame(obj) {
+    const ws = state.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    try {
+      ws.send(JSON.stringify(obj));
+      return true;
+    } catch (_) {
+      return false;
+    }
+  }
+
+  async function connect() {
+    if (!state.loggedIn) return;
+    clearTimeout(state.reconnectTimer);
+    state.reconnectTimer = 0;
+    if (state.ws) return;
+    if (tokenExpired()) {
+      try {
+        await refreshTokens();
+      } catch (e) {
+        if (state.loggedIn) scheduleReconnect();
+        return;
+      }
+      if (!state.loggedIn || state.ws) return;
+    }
+    setStatus(state.attempt > 0 ? "reconnecting" : "connecting");
+    let ws;
+    try {
+      ws = new WebSocket(WS_URL, ["bearer." + state.tokens.access_token]);
+    } catch (e) {
+      banner("Cannot open a WebSocket: " + e.message);
+      scheduleReconnect();
+      return;
+    }
+    const gen = ++state.connGen;
+    const tokenUsed = state.tokens.access_token;
+    let opened = false;
+    state.ws = ws;
+    for (const room of state.rooms.values()) {
+      room.joined = false;
+      room.joining = false;
+      room.historyInFlight = false;
+    }
+    state.shortJoins = [];
+
+    ws.onopen = () => {
+      if (gen !== state.connGen) return;
+      opened = true;
+      setStatus("online");
+      clearTimeout(state.stableTimer);
+      state.stableTimer = setTimeout(() => {
+        state.attempt = 0;
+      }, STABLE_AFTER_MS);
+      startPing();
+      // The tokens were renewed while this socket was connecting.
+      if (state.tokens && state.tokens.access_token !== tokenUsed) {
+        sendFrame({ refresh: { token: state.tokens.access_token } });
+      }
+      for (const id of state.pendingLeaves) sendFrame({ leave: { room_id: id } });
+      state.pendingLeaves.clear();
+      for (const room of state.rooms.values()) joinRoom(room);
+    };
+
+    ws.onmessage = (ev) => {
+      if (gen !== state.connGen) return;
+      if (typeof ev.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(ev.data);
+      } catch (_) {
+        return;
+      }
+      handleFrame(frame);
+    };
+
+    ws.onclose = (ev) => {
+      if (gen !== state.connGen) return;
+      state.ws = null;
+      clearInterval(state.pingTimer);
+      clearTimeout(state.stableTimer);
+      for (const room of state.rooms.values()) {
+        room.joined = false;
+        room.joining = false;
+        room.historyInFlight = false;
+        clearTyping(room);
+      }
+      renderRoomView();
+      if (!state.loggedIn) return;
+      onSocketClosed(ev.code, ev.reason, opened);
+    };
+
+    ws.onerror = () => {
+      /* onclose follows and handles it */
+    };
+  }
+
+  async function onSocketClosed(code, reason, opened) {
+    if (code === 4001) {
+      // Token expired: refresh, then reconnect straight away.
+      setStatus("reconnecting", "Session expired, renewing…");
+      try {
+        await refreshTokens();
+        state.attempt = 0;
+        connect();
+      } catch (_) {
+        if (state.loggedIn) scheduleReconnect();
+      }
+      return;
+    }
+    if (code === 1001) setStatus("reconnecting", "Server restarting, reconnecting…");
+    else if (code === 4008) setStatus("reconnecting", "Connection too slow, reconnecting…");
+    else if (code === 1009) banner("A frame was too large for the server; reconnecting.");
+    if (!opened) {
+      // The upgrade was refused (a browser cannot tell why). A stale token is
+      // the one cause this page can fix: check it before the next try.
+      try {
+        await rawRequest("GET", "/me", undefined, state.tokens && state.tokens.access_token);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401 && state.loggedIn) {
+          try {
+            await refreshTokens();
+          } catch (_) {
+            /* handled by refreshTokens */
+          }
+        }
+      }
+    }
+    if (state.loggedIn) scheduleReconnect(code);
+  }
+
+  function scheduleReconnect(code) {
+    clearTimeout(state.reconnectTimer);
+    const exp = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, state.attempt));
+    const delay = Math.round(exp / 2 + (Math.random() * exp) / 2); // jitter: 50–100%
+    state.attempt = Math.min(state.attempt + 1, 20);
+    const secs = Math.max(1, Math.round(delay / 1000));
+    const why = code === 1001 ? "Server restarting" : code === 4008 ? "Connection too slow" : "Connection lost";
+    setStatus("reconnecting", why + ", retrying in " + secs + " s…");
+    state.reconnectTimer = setTimeout(() => {
+      state.reconnectTimer = 0;
+      connect();
+    }, delay);
+  }
+
+  function startPing() {
+    clearInterval(state.pingTimer);
+    state.awaitingPong = null;
+    state.pingTimer = setInterval(() => {
+      const ws = state.ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) return;
+      if (state.awaitingPong !== null) {
+        // The last ping got no answer in a whole interval: the link is dead.
+        try {
+          ws.close(4000, "ping timeout");
+        } catch (_) {
+          /* ignore */
+        }
+        return;
+      }
+      const nonce = String(++state.pingCounter);
+      state.awaitingPong = nonce;
+      sendFrame({ ping: { nonce } });
+    }, PING_EVERY_MS);
+  }
+
+  // Back online after the laptop slept or the network came back: retry now.
+  window.addEventListener("online", () => {
+    if (state.loggedIn && !state.ws) {
+      state.attempt = 0;
+      connect();
+    }
+  });
+
+  // ---------------------------------------------------------------------------
+  // Frames from the server
+  // ---------------------------------------------------------------------------
+  function handleFrame(frame) {
+    if (!frame || typeof frame !== "object") return;
+    const key = Object.keys(frame)[0];
+    const body = frame[key] || {};
+    switch (key) {
+      case "joined":
+        return onJoined(body);
+      case "left":
+        return onLeft(body);
+      case "message":
+        return onMessage(body);
+      case "ack":
+        return onAck(body);
+      case "typing":
+        return onTyping(body);
+      case "presence":
+        return onPresence(body);
+      case "history":
+        return onHistory(body);
+      case "pong":
+        if (body.nonce === state.awaitingPong) state.awaitingPong = null;
+        return;
+      case "refreshed":
+        return;
+      case "error":
+        return onErrorFrame(body);
+      default:
+        return; // frames added later are ignored
+    }
+  }
+
+  function onJoined(j) {
+    let room = state.rooms.get(j.room_id);
+    if (!room || (!room.joining && !room.joined)) {
+      // Answer to a join by short code: now the room id is known.
+      const sj = state.shortJoins.shift();
+      if (!room) {
+        room = newRoom(j.room_id, sj ? { shortCode: sj.short_code, isPrivate: true, password: sj.password } : {});
+        addRoom(room);
+        selectRoom(room.id);
+        closeSidebarOnNarrow();
+      }
+    }
+    room.joining = false;
+    room.joined = true;
+    room.everJoined = true;
+    room.members = new Map();
+    for (const m of j.members || []) room.members.set(m.user_id, m.name);
+    clearTyping(room);
+    const lastSeq = Number(j.last_seq) || 0;
+    if (j.replay_truncated) {
+      // Messages were missed beyond what is replayed: start over from the
+      // newest ones so the list has no gap; older ones come from history.
+      resetMessages(room);
+      room.hasMore = true;
+      room.historyLoaded = false;
+    }
+    if (room.historyLoaded && room.maxSeq === 0 && lastSeq > 0) {
+      // Nothing seen yet, so since_seq could not be sent: fetch what was missed.
+      room.historyLoaded = false;
+      room.hasMore = true;
+    }
+    if (!room.historyLoaded) {
+      if (lastSeq === 0 && room.seqs.length === 0) {
+        room.hasMore = false;
+        room.historyLoaded = true;
+      } else {
+        requestHistory(room, 0);
+      }
+    }
+    flushPending(room);
+    renderRoomItem(room);
+    if (room.id === state.current) renderRoomView();
+    saveRooms();
+  }
+
+  function onLeft(l) {
+    const room = state.rooms.get(l.room_id);
+    // A join sent after the leave is already under way: keep that room.
+    if (room && !room.joining) removeRoom(room);
+  }
+
+  function onMessage(m) {
+    const room = state.rooms.get(m.room_id);
+    if (!room) return;
+    const own = state.me && m.sender_id === state.me.id;
+    if (own && m.client_id && room.pending.has(m.client_id)) dropPending(room, m.client_id);
+    const fresh = insertMessage(room, m, false);
+    const t = room.typing.get(m.sender_id);
+    if (t) {
+      clearTimeout(t.timer);
+      room.typing.delete(m.sender_id);
+      if (room.id === state.current) renderTyping();
+    }
+    if (fresh && room.id !== state.current && !own) {
+      room.unread++;
+      renderRoomItem(room);
+    }
+  }
+
+  function onAck(a) {
+    for (const room of state.rooms.values()) {
+      const p = room.pending.get(a.client_id);
+      if (!p) continue;
+      dropPending(room, a.client_id);
+      if (!room.bySeq.has(Number(a.seq))) {
+        // The acked message itself may come a moment later: show it now.
+        insertMessage(
+          room,
+          {
+            id: a.message_id,
+            room_id: room.id,
+            seq: Number(a.seq),
+            sender_id: state.me ? state.me.id : "",
+            sender_name: state.me ? state.me.username : "",
+            content: p.content,
+            client_id: a.client_id,
+            sent_at: new Date().toISOString(),
+          },
+          true
+        );
+      }
+      return;
+    }
+  }
+
+  function onTyping(t) {
+    const room = state.rooms.get(t.room_id);
+    if (!room || (state.me && t.user_id === state.me.id)) return;
+    const prev = room.typing.get(t.user_id);
+    if (prev) clearTimeout(prev.timer);
+    const timer = setTimeout(() => {
+      room.typing.delete(t.user_id);
+      if (room.id === state.current) renderTyping();
+    }, TYPING_SHOW_MS);
+    room.typing.set(t.user_id, { name: t.name || "Someone", timer });
+    if (room.id === state.current) renderTyping();
+  }
+
+  function onPresence(p) {
+    const room = state.rooms.get(p.room_id);
+    if (!room) return;
+    if (p.state === "joined") room.members.set(p.user_id, p.name);
+    else if (p.state === "left") {
+      room.members.delete(p.user_id);
+      const t = room.typing.get(p.user_id);
+      if (t) {
+        clearTimeout(t.timer);
+        room.typing.delete(p.user_id);
+      }
+    }
+    if (room.id === state.current) {
+      renderMembers();
+      renderTyping();
+    }
+  }
+
+  function onHistory(h) {
+    const room = state.rooms.get(h.room_id);
+    if (!room) return;
+    const current = room.id === state.current;
+    const sc = ui.scroller;
+    const initial = !room.historyLoaded;
+    const fromBottom = sc.scrollHeight - sc.scrollTop;
+    room.historyInFlight = false;
+    room.historyLoaded = true;
+    room.hasMore = !!h.has_more;
+    for (const m of h.messages || []) insertMessage(room, m, false, true);
+    if (current) {
+      renderHistoryBar();
+      if (initial) scrollToBottom();
+      else sc.scrollTop = sc.scrollHeight - fromBottom; // keep the view still
+      renderEmpty();
+    }
+  }
+
+  function onErrorFrame(e) {
+    const code = e.code || "UNKNOWN";
+    const text = e.message || code;
+    if (e.client_id) {
+      for (const room of state.rooms.values()) {
+        const p = room.pending.get(e.client_id);
+        if (!p) continue;
+        if (code === "UNAVAILABLE" || code === "DEADLINE_EXCEEDED") {
+          // Transient: keep it pending, it is re-sent (same client_id) on reconnect
+          // or by a click on it.
+          p.sentGen = -1;
+          markPending(p, "failed", "Not sent yet: " + text + " Click to retry.");
+        } else {
+          markPending(p, "failed", "Not sent: " + text + " Click to retry.");
+          p.failed = true;
+        }
+        if (room.id === state.current) showSendError(text);
+        return;
+      }
+      showSendError(text);
+      return;
+    }
+    const room = e.room_id ? state.rooms.get(e.room_id) : null;
+    if (room && room.joining && !room.everJoined) {
+      // A first join that failed: take the room off the list.
+      removeRoom(room);
+      showSidebarError("Could not join “" + e.room_id + "”: " + text);
+      return;
+    }
+    if (room && room.joining) {
+      room.joining = false;
+      showSidebarError("Could not rejoin “" + room.id + "”: " + text);
+      renderRoomItem(room);
+      return;
+    }
+    if (room && room.historyInFlight) {
+      room.historyInFlight = false;
+      room.hasMore = false;
+      if (room.id === state.current) {
+        renderHistoryBar();
+        show(ui.historyStatus, "History unavailable: " + text);
+      }
+      return;
+    }
+    if (!e.room_id && state.shortJoins.length > 0 && /^(NOT_FOUND|PERMISSION_DENIED|INVALID_ARGUMENT|RESOURCE_EXHAUSTED)$/.test(code)) {
+      state.shortJoins.shift();
+      showSidebarError("Could not join: " + text);
+      return;
+    }
+    if (code === "UNAUTHENTICATED") {
+      // A refresh frame was refused; the socket keeps its old token until a
+      // 4001 close, which leads to a fresh token and a reconnect.
+      return;
+    }
+    if (room && room.id === state.current) showSendError(text);
+    else banner(text);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rooms
+  // ---------------------------------------------------------------------------
+  function addRoom(room) {
+    state.rooms.set(room.id, room);
+    renderRoomItem(room);
+    ui.noRooms.hidden = state.rooms.size > 0;
+    saveRooms();
+  }
+
+  function removeRoom(room) {
+    for (const t of room.typing.values()) clearTimeout(t.timer);
+    state.rooms.delete(room.id);
+    if (room.itemNode) room.itemNode.remove();
+    ui.noRooms.hidden = state.rooms.size > 0;
+    if (state.current === room.id) {
+      state.current = null;
+      selectRoom(state.rooms.keys().next().value || null);
+    }
+    saveRooms();
+  }
+
+  function joinRoom(room) {
+    if (room.joined || room.joining) return;
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return; // joined on open
+    const join = { room_id: room.id };
+    if (room.maxSeq > 0) join.since_seq = room.maxSeq;
+    if (room.password) join.password = room.password;
+    room.joining = true;
+    sendFrame({ join });
+    renderRoomItem(room);
+  }
+
+  function requestHistory(room, beforeSeq) {
+    if (room.historyInFlight) return;
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    room.historyInFlight = true;
+    sendFrame({ get_chat_history: { room_id: room.id, limit: HISTORY_PAGE, before_seq: beforeSeq } });
+    if (room.id === state.current) renderHistoryBar();
+  }
+
+  function loadOlder() {
+    const room = currentRoom();
+    if (!room || !room.historyLoaded || !room.hasMore || room.historyInFlight) return;
+    requestHistory(room, room.seqs.length ? room.seqs[0] : 0);
+  }
+
+  function onJoinPublic(ev) {
+    ev.preventDefault();
+    show(ui.sidebarError, "");
+    const id = ui.roomId.value.trim();
+    if (!ROOM_ID_RE.test(id)) {
+      showSidebarError("A room id is 1–64 letters, digits, “_”, “.” or “-”.");
+      ui.roomId.focus();
+      return;
+    }
+    ui.roomId.value = "";
+    openRoom(id, {});
+  }
+
+  function openRoom(id, extra) {
+    let room = state.rooms.get(id);
+    if (!room) {
+      room = newRoom(id, extra);
+      addRoom(room);
+    } else if (extra && extra.password) {
+      room.password = extra.password;
+    }
+    selectRoom(id);
+    closeSidebarOnNarrow();
+    joinRoom(room); // or on the next open, if the socket is down
+  }
+
+  function onJoinPrivate(ev) {
+    ev.preventDefault();
+    show(ui.sidebarError, "");
+    const raw = ui.privateRoom.value.trim();
+    const password = ui.privatePassword.value;
+    if (!raw) {
+      showSidebarError("Enter the room's short code or id.");
+      ui.privateRoom.focus();
+      return;
+    }
+    if (!password) {
+      showSidebarError("Enter the room's password.");
+      ui.privatePassword.focus();
+      return;
+    }
+    const code = raw.toUpperCase();
+    if (SHORT_CODE_RE.test(code) && !state.rooms.has(raw)) {
+      if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+        showSidebarError("Not connected yet; try again in a moment.");
+        return;
+      }
+      state.shortJoins.push({ short_code: code, password });
+      sendFrame({ join: { short_code: code, password } });
+    } else if (ROOM_ID_RE.test(raw)) {
+      openRoom(raw, { password, isPrivate: true });
+    } else {
+      showSidebarError("That is neither a 6-character short code nor a valid room id.");
+      return;
+    }
+    ui.privateRoom.value = "";
+    ui.privatePassword.value = "";
+  }
+
+  async function onCreate(ev) {
+    ev.preventDefault();
+    show(ui.sidebarError, "");
+    const name = ui.createName.value.trim();
+    const password = ui.createPassword.value;
+    if (!name) {
+      showSidebarError("Give the new room a name.");
+      ui.createName.focus();
+      return;
+    }
+    const btn = ui.createForm.querySelector("button");
+    btn.disabled = true;
+    try {
+      const body = { name };
+      if (password) body.password = password;
+      const r = await api("POST", "/rooms", body);
+      ui.createName.value = "";
+      ui.createPassword.value = "";
+      renderCreateResult(r);
+      openRoom(r.id, { name: r.name || name, shortCode: r.short_code || "", isPrivate: !!r.private, password });
+      const room = state.rooms.get(r.id);
+      if (room) {
+        room.name = r.name || name;
+        room.shortCode = r.short_code || "";
+        room.isPrivate = !!r.private;
+        renderRoomItem(room);
+        renderRoomView();
+        saveRooms();
+      }
+    } catch (e) {
+      showSidebarError("Could not create the room: " + e.message);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  function renderCreateResult(r) {
+    ui.createResult.textContent = "";
+    ui.createResult.append(
+      el("p", { text: "Created “" + (r.name || "") + "”" + (r.private ? " (private)" : "") + "." }),
+      el("p", {}, ["Room id: ", el("code", { "data-testid": "created-room-id", text: r.id })]),
+      el("p", {}, ["Short code: ", el("code", { "data-testid": "created-short-code", text: r.short_code || "" })])
+    );
+    ui.createResult.hidden = false;
+  }
+
+  function onLeave() {
+    const room = currentRoom();
+    if (!room) return;
+    if (!sendFrame({ leave: { room_id: room.id } })) {
+      state.pendingLeaves.add(room.id);
+      removeRoom(room);
+      return;
+    }
+    // Take it off at once; the "left" answer is then a no-op.
+    removeRoom(room);
+  }
+
+  function currentRoom() {
+    return state.current ? state.rooms.get(state.current) || null : null;
+  }
+
+  function selectRoom(id) {
+    const prev = currentRoom();
+    if (prev && prev.id !== id) {
+      prev.scrollTop = ui.scroller.scrollTop;
+      prev.stickBottom = nearBottom();
+    }
+    state.current = id && state.rooms.has(id) ? id : null;
+    const room = currentRoom();
+    if (room) {
+      room.unread = 0;
+      renderRoomItem(room);
+    }
+    for (const r of state.rooms.values()) {
+      if (r.itemNode) r.itemNode.classList.toggle("active", r.id === state.current);
+      if (r.itemNode) {
+        const b = r.itemNode.querySelector("button");
+        if (r.id === state.current) b.setAttribute("aria-current", "true");
+        else b.removeAttribute("aria-current");
+      }
+    }
+    ui.listSlot.textContent = "";
+    if (room) ui.listSlot.append(room.list);
+    renderPendingList();
+    renderRoomView();
+    if (room) {
+      if (room.stickBottom) scrollToBottom();
+      else ui.scroller.scrollTop = room.scrollTop;
+    }
+    show(ui.sendError, "");
+    saveRooms();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Messages
+  // ---------------------------------------------------------------------------
+  function bisect(arr, x) {
+    let lo = 0;
+    let hi = arr.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (arr[mid] < x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  // Adds a message to a room, de-duplicated by seq. Returns true if it is new.
+  function insertMessage(room, m, provisional, fromHistory) {
+    const seq = Number(m.seq);
+    if (!Number.isFinite(seq) || seq <= 0) return false;
+    const existing = room.bySeq.get(seq);
+    if (existing) {
+      if (existing.provisional && !provisional) {
+        existing.provisional = false;
+        existing.msg = m;
+        const fresh = messageNode(m, "sent");
+        existing.node.replaceWith(fresh);
+        existing.node = fresh;
+      }
+      return false;
+    }
+    const current = room.id === state.current;
+    const stick = current && !fromHistory && nearBottom();
+    const node = messageNode(m, "sent");
+    const idx = bisect(room.seqs, seq);
+    const next = idx < room.seqs.length ? room.bySeq.get(room.seqs[idx]).node : null;
+    room.seqs.splice(idx, 0, seq);
+    room.bySeq.set(seq, { msg: m, node, provisional: !!provisional });
+    room.list.insertBefore(node, next);
+    if (seq > room.maxSeq) room.maxSeq = seq;
+    if (current) {
+      renderEmpty();
+      const own = state.me && m.sender_id === state.me.id;
+      if (!fromHistory && (stick || own)) scrollToBottom();
+    }
+    return true;
+  }
+
+  function resetMessages(room) {
+    room.seqs = [];
+    room.bySeq = new Map();
+    room.list.textContent = "";
+  }
+
+  function formatTime(iso) {
+    const d = new Date(iso);
+    if (isNaN(d.getTime())) return { short: "", full: "" };
+    const now = new Date();
+    const sameDay = d.toDateString() === now.toDateString();
+    const time = d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const short = sameDay ? time : d.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + time;
+    return { short, full: d.toLocaleString() };
+  }
+
+  function messageNode(m, status) {
+    const own = !!(state.me && m.sender_id === state.me.id);
+    const t = formatTime(m.sent_at);
+    return el(
+      "li",
+      {
+        className: "msg" + (own ? " own" : ""),
+        "data-testid": "message-item",
+        "data-seq": m.seq,
+        "data-client-id": m.client_id || "",
+        "data-own": own ? "true" : "false",
+        "data-status": status,
+        "data-sender-id": m.sender_id,
+      },
+      [
+        el("div", { className: "meta" }, [
+          el("span", { className: "sender", "data-testid": "message-sender", text: m.sender_name || "unknown" }),
+          el("time", { className: "time", "data-testid": "message-time", datetime: m.sent_at, title: t.full, text: t.short }),
+        ]),
+        el("div", { className: "content", "data-testid": "message-content", text: m.content }),
+      ]
+    );
+  }
+
+  function pendingNode(clientId, content) {
+    const name = state.me ? state.me.username : "";
+    return el(
+      "li",
+      {
+        className: "msg own pending",
+        "data-testid": "message-item",
+        "data-client-id": clientId,
+        "data-own": "true",
+        "data-status": "pending",
+        title: "Sending…",
+      },
+      [
+        el("div", { className: "meta" }, [
+          el("span", { className: "sender", "data-testid": "message-sender", text: name }),
+          el("span", { className: "time status-note", text: "sending…" }),
+        ]),
+        el("div", { className: "content", "data-testid": "message-content", text: content }),
+      ]
+    );
+  }
+
+  function markPending(p, status, note) {
+    p.node.dataset.status = status;
+    p.node.classList.toggle("failed", status === "failed");
+    p.node.title = note || "";
+    const n = p.node.querySelector(".status-note");
+    if (n) n.textContent = status === "failed" ? "not sent · retry" : "sending…";
+  }
+
+  function newClientId() {
+    if (window.crypto && typeof crypto.randomUUID === "function") return crypto.randomUUID();
+    state.clientCounter++;
+    return "c-" + Date.now().toString(36) + "-" + state.clientCounter + "-" + Math.random().toString(36).slice(2, 10);
+  }
+
+  function onSend(ev) {
+    ev.preventDefault();
+    const room = currentRoom();
+    if (!room) return;
+    const content = ui.input.value;
+    if (!content.trim()) {
+      showSendError("Type a message first.");
+      return;
+    }
+    show(ui.sendError, "");
+    const clientId = newClientId();
+    const p = { content, node: pendingNode(clientId, content), sentGen: -1, failed: false, roomId: room.id, clientId };
+    p.node.addEventListener("click", () => retryPending(room, clientId));
+    room.pending.set(clientId, p);
+    ui.pendingList.append(p.node);
+    renderEmpty();
+    scrollToBottom();
+    ui.input.value = "";
+    autoGrow();
+    state.lastTypingSent = 0; // the next keystroke starts a new "typing"
+    trySend(room, p);
+    ui.input.focus();
+  }
+
+  function trySend(room, p) {
+    if (!room.joined) return; // flushed when the join answer comes
+    if (sendFrame({ send: { room_id: room.id, content: p.content, client_id: p.clientId } })) {
+      p.sentGen = state.connGen;
+    }
+  }
+
+  function retryPending(room, clientId) {
+    const p = room.pending.get(clientId);
+    if (!p || p.node.dataset.status !== "failed") return;
+    p.failed = false;
+    p.sentGen = -1;
+    markPending(p, "pending", "Sending…");
+    trySend(room, p);
+  }
+
+  // (Re)sends, with their original client_id, what never got an ack.
+  function flushPending(room) {
+    for (const p of room.pending.values()) {
+      if (p.failed || p.sentGen === state.connGen) continue;
+      markPending(p, "pending", "Sending…");
+      trySend(room, p);
+    }
+  }
+
+  function dropPending(room, clientId) {
+    const p = room.pending.get(clientId);
+    if (!p) return;
+    room.pending.delete(clientId);
+    p.node.remove();
+  }
+
+  function renderPendingList() {
+    ui.pendingList.textContent = "";
+    const room = currentRoom();
+    if (!room) return;
+    for (const p of room.pending.values()) ui.pendingList.append(p.node);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Typing
+  // ---------------------------------------------------------------------------
+  function onInput() {
+    autoGrow();
+    const room = currentRoom();
+    if (!room || !room.joined || !ui.input.value.trim()) return;
+    const now = Date.now();
+    if (now - state.lastTypingSent < TYPING_SEND_EVERY_MS) return;
+    if (sendFrame({ typing: { room_id: room.id } })) state.lastTypingSent = now;
+  }
+
+  function clearTyping(room) {
+    for (const t of room.typing.values()) clearTimeout(t.timer);
+    room.typing.clear();
+    if (room.id === state.current) renderTyping();
+  }
+
+  function renderTyping() {
+    const room = currentRoom();
+    const names = room ? [...room.typing.values()].map((t) => t.name) : [];
+    let text = "";
+    if (names.length === 1) text = names[0] + " is typing…";
+    else if (names.length === 2) text = names[0] + " and " + names[1] + " are typing…";
+    else if (names.length > 2) text = names.length + " people are typing…";
+    ui.typing.textContent = text;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Rendering
+  // ---------------------------------------------------------------------------
+  // "#" for a public room, a small padlock for a private one (no emoji font needed).
+  function roomIcon(room) {
+    const span = el("span", { className: "room-icon", "aria-hidden": "true" });
+    if (!room.isPrivate) {
+      span.textContent = "#";
+      return span;
+    }
+    span.title = "Private room";
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", "0 0 16 16");
+    svg.setAttribute("width", "13");
+    svg.setAttribute("height", "13");
+    const body = document.createElementNS(NS, "rect");
+    for (const [k, v] of [["x", "3"], ["y", "7"], ["width", "10"], ["height", "8"], ["rx", "1.5"], ["fill", "currentColor"]]) {
+      body.setAttribute(k, v);
+    }
+    const shackle = document.createElementNS(NS, "path");
+    shackle.setAttribute("d", "M5 7V5a3 3 0 0 1 6 0v2");
+    shackle.setAttribute("fill", "none");
+    shackle.setAttribute("stroke", "currentColor");
+    shackle.setAttribute("stroke-width", "1.6");
+    svg.append(body, shackle);
+    span.append(svg);
+    return span;
+  }
+
+  function renderRoomItem(room) {
+    if (!room.itemNode) {
+      const btn = el("button", { type: "button", className: "room-btn" });
+      btn.addEventListener("click", () => {
+        selectRoom(room.id);
+        closeSidebarOnNarrow();
+      });
+      room.itemNode = el("li", { className: "room-item", "data-testid": "room-item", "data-room-id": room.id }, [btn]);
+      ui.roomList.append(room.itemNode);
+    }
+    const btn = room.itemNode.querySelector("button");
+    btn.textContent = "";
+    btn.append(
+      roomIcon(room),
+      el("span", { className: "room-name", text: room.name || room.id })
+    );
+    if (room.unread > 0) {
+      btn.append(
+        el("span", { className: "badge", "aria-label": room.unread + " unread", text: room.unread > 99 ? "99+" : String(room.unread) })
+      );
+    }
+    btn.title = room.name ? room.name + " (" + room.id + ")" : room.id;
+    room.itemNode.classList.toggle("active", room.id === state.current);
+    room.itemNode.classList.toggle("joining", !room.joined);
+    ui.noRooms.hidden = state.rooms.size > 0;
+  }
+
+  function renderRoomView() {
+    const room = currentRoom();
+    ui.roomTitle.textContent = "";
+    if (room) {
+      ui.roomTitle.append(
+        roomIcon(room),
+        el("span", { text: room.name || room.id })
+      );
+      if (room.shortCode) {
+        ui.roomTitle.append(el("span", { className: "code-chip", title: "Short join code", text: room.shortCode }));
+      }
+    } else {
+      ui.roomTitle.textContent = "No room selected";
+    }
+    ui.leave.hidden = !room;
+    ui.chatView.classList.toggle("has-room", !!room);
+    $("room").classList.toggle("no-room", !room);
+    $("members").hidden = !room;
+    renderMembers();
+    renderTyping();
+    renderHistoryBar();
+    renderEmpty();
+    updateComposer();
+  }
+
+  function renderMembers() {
+    const room = currentRoom();
+    ui.memberList.textContent = "";
+    if (!room) {
+      ui.memberCount.textContent = "";
+      return;
+    }
+    const list = [...room.members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+    for (const [id, name] of list) {
+      const self = state.me && id === state.me.id;
+      ui.memberList.append(
+        el("li", { className: "member" + (self ? " self" : ""), "data-testid": "member-item", "data-user-id": id }, [
+          el("span", { className: "dot", "aria-hidden": "true" }),
+          el("span", { className: "member-name", "data-testid": "member-name", text: name }),
+          self ? el("span", { className: "muted small", text: " (you)" }) : null,
+        ])
+      );
+    }
+    ui.memberCount.textContent = room.joined ? "(" + list.length + ")" : "";
+    // While disconnected the list is the last one known: shown dimmed.
+    ui.memberList.classList.toggle("stale", !room.joined);
+  }
+
+  function renderHistoryBar() {
+    const room = currentRoom();
+    if (!room) {
+      ui.loadOlder.hidden = true;
+      show(ui.historyStatus, "");
+      return;
+    }
+    if (room.historyInFlight) {
+      ui.loadOlder.hidden = true;
+      show(ui.historyStatus, "Loading history…");
+    } else if (room.hasMore && room.historyLoaded && room.seqs.length > 0) {
+      ui.loadOlder.hidden = false;
+      show(ui.historyStatus, "");
+    } else {
+      ui.loadOlder.hidden = true;
+      show(ui.historyStatus, room.historyLoaded && room.seqs.length > 0 ? "Start of the conversation" : "");
+    }
+  }
+
+  function renderEmpty() {
+    const room = currentRoom();
+    let text = "";
+    if (!room) text = state.rooms.size ? "Pick a room on the left." : "Join a room to start chatting.";
+    else if (room.seqs.length === 0 && room.pending.size === 0) {
+      text = room.joined ? (room.historyInFlight ? "" : "No messages yet. Say hello!") : "Joining…";
+    }
+    ui.emptyRoom.textContent = text;
+    ui.emptyRoom.hidden = !text;
+  }
+
+  function updateComposer() {
+    const room = currentRoom();
+    const usable = !!room && state.loggedIn;
+    ui.input.disabled = !usable;
+    ui.send.disabled = !usable;
+    ui.input.placeholder = !room
+      ? "Join a room to chat"
+      : room.joined
+        ? "Message #" + (room.name || room.id)
+        : state.status === "online"
+          ? "Joining…"
+          : "Offline — messages are sent when back online";
+  }
+
+  let sendErrorTimer = 0;
+  function showSendError(text) {
+    clearTimeout(sendErrorTimer);
+    show(ui.sendError, text);
+    sendErrorTimer = setTimeout(() => show(ui.sendError, ""), 10000);
+  }
+
+  function showSidebarError(text) {
+    show(ui.sidebarError, text);
+    openSidebarOnNarrow();
+    ui.sidebarError.scrollIntoView({ block: "nearest" });
+  }
+
+  function nearBottom() {
+    const sc = ui.scroller;
+    return sc.scrollHeight - sc.scrollTop - sc.clientHeight < 80;
+  }
+
+  function scrollToBottom() {
+    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+  }
+
+  function autoGrow() {
+    ui.input.style.height = "auto";
+    ui.input.style.height = Math.min(ui.input.scrollHeight, 160) + "px";
+  }
+
+  const narrow = window.matchMedia("(max-width: 40rem)");
+  function setSidebar(open) {
+    ui.chatView.classList.toggle("sidebar-open", open);
+    ui.sidebarToggle.setAttribute("aria-expanded", open ? "true" : "false");
+  }
+  function closeSidebarOnNarrow() {
+    if (narrow.matches) setSidebar(false);
+  }
+  function openSidebarOnNarrow() {
+    if (narrow.matches) setSidebar(true);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Wiring
+  // ---------------------------------------------------------------------------
+  ui.authForm.addEventListener("submit", onLogin);
+  ui.registerBtn.addEventListener("click", onRegister);
+  ui.logout.addEventListener("click", onLogout);
+  ui.joinForm.addEventListener("submit", onJoinPublic);
+  ui.privateForm.addEventListener("submit", onJoinPrivate);
+  ui.createForm.addEventListener("submit", onCreate);
+  ui.leave.addEventListener("click", onLeave);
+  ui.loadOlder.addEventListener("click", loadOlder);
+  ui.compose.addEventListener("submit", onSend);
+  ui.input.addEventListener("input", onInput);
+  ui.input.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      ui.compose.requestSubmit();
+    }
+  });
+  ui.scroller.addEventListener("scroll", () => {
+    if (ui.scroller.scrollTop < 40) loadOlder();
+  }, { passive: true });
+  ui.sidebarToggle.addEventListener("click", () => {
+    setSidebar(!ui.chatView.classList.contains("sidebar-open"));
+  });
+  $("sidebar-close").addEventListener("click", () => setSidebar(false));
+
+  // Boot: resume the session of this tab, if any.
+  (async function boot() {
+    setStatus("offline");
+    setSidebar(true);
+    renderRoomView();
+    const tokens = loadTokens();
+    if (!tokens) {
+      showAuth();
+      return;
+    }
+    state.tokens = tokens;
+    state.loggedIn = true;
+    try {
+      if (tokenExpired()) await refreshTokens();
+      else scheduleRefresh();
+      await startSession();
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) {
+        sessionEnded("Your session has expired. Please log in again.");
+      } else if (state.loggedIn) {
+        // Server unreachable: keep the session and let the socket retry.
+        await startSession().catch(() => {});
+      }
+    }
+  })();
+})();

@@ -1,0 +1,468 @@
+//! One WebSocket connection: authentication at the upgrade, then a single
+//! task that reads client frames, writes queued server frames in batches,
+//! and closes with the code the situation calls for.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        Query, State,
+        ws::{
+            CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade,
+            rejection::WebSocketUpgradeRejection,
+        },
+    },
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use futures_util::SinkExt as _;
+use parley_proto::chat::v1::{ChatRequest, chat_request::Frame as In};
+use parley_runtime::token::{Caller, TokenError};
+use serde::Deserialize;
+use tokio::{sync::mpsc, time::Instant};
+use tonic::Code;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    frames::{self, FrameError},
+    metrics::{self, FrameKind},
+    session::{CloseReason, Outgoing, SessionHandle},
+    upstream::Command,
+};
+
+/// Most queued frames written before one flush.
+const MAX_BATCH: usize = 64;
+/// How long a close frame, and the client's answer to it, may take before
+/// the TCP connection is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The `token` query parameter of an upgrade.
+#[derive(Debug, Deserialize)]
+pub(crate) struct UpgradeQuery {
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks the token before upgrading (401 and the REST error
+/// body otherwise), enforces the per-user connection limit (429), then
+/// hands the socket to its task.
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UpgradeQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let shared = &state.shared;
+    if shared.drain.is_cancelled() {
+        metrics::upgrade("draining");
+        return ApiError::new(
+            Code::Unavailable,
+            "this gateway is shutting down; reconnect",
+        )
+        .into_response();
+    }
+    let query_token = query.ok().and_then(|Query(query)| query.token);
+    let protocol_token = upgrade.as_ref().ok().and_then(|upgrade| {
+        upgrade
+            .requested_protocols()
+            .filter_map(|value| value.to_str().ok())
+            .find_map(|value| value.strip_prefix("bearer."))
+            .map(str::to_owned)
+    });
+    let header_token = bearer(&headers);
+    let (token, via_protocol) = match (query_token, header_token, protocol_token) {
+        (Some(token), _, _) | (None, Some(token), _) => (token, false),
+        (None, None, Some(token)) => (token, true),
+        (None, None, None) => {
+            metrics::upgrade("unauthenticated");
+            return ApiError::from(TokenError::Missing).into_response();
+        }
+    };
+    let caller: Caller = match shared.verifier.verify(&token) {
+        Ok(claims) => claims.into(),
+        Err(err) => {
+            metrics::upgrade("unauthenticated");
+            return ApiError::from(err).into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            metrics::upgrade("bad_request");
+            return ApiError::new(
+                Code::InvalidArgument,
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
+    if !shared.upstream.is_available() {
+        metrics::upgrade("unavailable");
+        return ApiError::new(
+            Code::Unavailable,
+            "no chat replica is reachable; retry shortly",
+        )
+        .into_response();
+    }
+    let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
+    let Some(slot) = shared
+        .per_user
+        .acquire(&user_id, shared.limits.max_connections_per_user)
+    else {
+        metrics::upgrade("too_many");
+        return ApiError::new(
+            Code::ResourceExhausted,
+            format!(
+                "at most {} connections per user on one gateway",
+                shared.limits.max_connections_per_user
+            ),
+        )
+        .into_response();
+    };
+    metrics::upgrade("ok");
+    let max = shared.limits.max_frame_bytes;
+    let mut upgrade = upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        // Small buffers keep idle connections cheap; a batch of frames is
+        // written to the socket once the write buffer holds 16 KiB, or at
+        // the flush that ends the batch.
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024);
+    if via_protocol {
+        upgrade = upgrade.protocols([format!("bearer.{token}")]);
+    }
+    let in_flight = shared.tracker.token();
+    let state = state.clone();
+    upgrade.on_upgrade(move |socket| async move {
+        let _in_flight = in_flight;
+        let _slot = slot;
+        serve(socket, state, caller, token).await;
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+}
+
+/// How a connection ended.
+enum Ending {
+    /// The client closed it or went away.
+    Client,
+    /// The socket failed.
+    Error,
+    /// The gateway closes it.
+    Close(CloseReason),
+}
+
+async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: String) {
+    let shared = state.shared.clone();
+    let id = shared.next_session();
+    let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
+    let (handle, mut outbox) =
+        SessionHandle::new(id, user_id.clone(), shared.limits.send_queue as usize);
+    if shared.upstream.open(handle.clone(), token).await.is_err() {
+        metrics::closed(CloseReason::TryAgainLater.label());
+        close(&mut socket, CloseReason::TryAgainLater).await;
+        return;
+    }
+    ::metrics::gauge!("parley_ws_connections").increment(1.0);
+    let mut connection = Connection {
+        handle: handle.clone(),
+        user_id,
+        expires_at: caller.expires_at,
+        state,
+    };
+    let expiry = tokio::time::sleep_until(deadline(caller.expires_at));
+    tokio::pin!(expiry);
+    let offset = shared.drain_spread.mul_f64(random_fraction());
+    let drain = shared.drain.clone();
+    let drain_close = async move {
+        drain.cancelled().await;
+        tokio::time::sleep(offset).await;
+    };
+    tokio::pin!(drain_close);
+
+    let ending = loop {
+        tokio::select! {
+            biased;
+            () = handle.close_requested() => {
+                if let Some(reason) = handle.closing() {
+                    break Ending::Close(reason);
+                }
+            }
+            () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
+            () = &mut expiry => break Ending::Close(CloseReason::TokenExpired),
+            Some(first) = outbox.recv() => {
+                let written = tokio::select! {
+                    biased;
+                    () = handle.close_requested() => match handle.closing() {
+                        Some(reason) => break Ending::Close(reason),
+                        None => Ok(()),
+                    },
+                    () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
+                    written = write_batch(&mut socket, first, &mut outbox) => written,
+                };
+                if written.is_err() {
+                    break Ending::Error;
+                }
+            }
+            message = socket.recv() => match message {
+                None | Some(Ok(Message::Close(_))) => break Ending::Client,
+                Some(Err(err)) => {
+                    break if is_too_big(&err) { Ending::Close(CloseReason::TooBig) } else { Ending::Error };
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if let Some(expires_at) = connection.on_text(&text).await {
+                        expiry.as_mut().reset(deadline(expires_at));
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    metrics::frame_received(FrameKind::Binary);
+                    let error = FrameError::invalid("binary frames are not accepted; send JSON text frames");
+                    handle.deliver(FrameKind::Error, error.to_frame());
+                }
+                // Pings are answered by the WebSocket layer.
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+
+    handle.end();
+    if let Some(route) = handle.route() {
+        // The stream forgets the session; if it is gone, so is the session.
+        let _ = route.try_send(Command::Close { session: id });
+    }
+    drop(outbox);
+    ::metrics::gauge!("parley_ws_connections").decrement(1.0);
+    match ending {
+        Ending::Client => metrics::closed("client"),
+        Ending::Error => metrics::closed("error"),
+        Ending::Close(reason) => {
+            metrics::closed(reason.label());
+            close(&mut socket, reason).await;
+        }
+    }
+}
+
+struct Connection {
+    handle: Arc<SessionHandle>,
+    user_id: Arc<str>,
+    expires_at: i64,
+    state: AppState,
+}
+
+impl Connection {
+    /// Handles one text frame; returns the new token expiry after a
+    /// refresh.
+    async fn on_text(&mut self, text: &Utf8Bytes) -> Option<i64> {
+        let request = match frames::parse(text.as_str()) {
+            Ok(request) => request,
+            Err(error) => {
+                metrics::frame_received(FrameKind::Invalid);
+                self.handle.deliver(FrameKind::Error, error.to_frame());
+                return None;
+            }
+        };
+        let Some(frame) = &request.frame else {
+            return None;
+        };
+        metrics::frame_received(kind_of(frame));
+        match frame {
+            In::Ping(ping) => {
+                self.handle
+                    .deliver(FrameKind::Pong, frames::pong(&ping.nonce));
+                None
+            }
+            In::Refresh(refresh) => {
+                let verified = self.state.shared.verifier.verify(&refresh.token);
+                match verified {
+                    Ok(claims) if *claims.sub == *self.user_id => {
+                        self.expires_at = claims.exp;
+                        self.handle
+                            .deliver(FrameKind::Refreshed, frames::refreshed(claims.exp));
+                        // Chat extends its session too, and a move reopens
+                        // it with the new token.
+                        self.forward(request).await;
+                        Some(self.expires_at)
+                    }
+                    Ok(_) => {
+                        let error = FrameError {
+                            code: Code::Unauthenticated,
+                            ..FrameError::invalid("the new token belongs to another user")
+                        };
+                        self.handle.deliver(FrameKind::Error, error.to_frame());
+                        None
+                    }
+                    Err(err) => {
+                        let error = FrameError {
+                            code: Code::Unauthenticated,
+                            ..FrameError::invalid(err.to_string())
+                        };
+                        self.handle.deliver(FrameKind::Error, error.to_frame());
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.forward(request).await;
+                None
+            }
+        }
+    }
+
+    async fn forward(&self, request: ChatRequest) {
+        let Some(route) = self.handle.route() else {
+            crate::upstream::unavailable(&self.handle, &request);
+            return;
+        };
+        let command = Command::Frame {
+            handle: self.handle.clone(),
+            request,
+        };
+        if let Err(mpsc::error::SendError(Command::Frame { request, .. })) =
+            route.send(command).await
+        {
+            crate::upstream::unavailable(&self.handle, &request);
+        }
+    }
+}
+
+fn kind_of(frame: &In) -> FrameKind {
+    match frame {
+        In::Join(_) => FrameKind::Join,
+        In::Leave(_) => FrameKind::Leave,
+        In::Send(_) => FrameKind::Send,
+        In::Typing(_) => FrameKind::Typing,
+        In::GetChatHistory(_) => FrameKind::GetChatHistory,
+        In::Ping(_) => FrameKind::Ping,
+        In::Refresh(_) => FrameKind::Refresh,
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then
+/// flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Outgoing,
+    outbox: &mut mpsc::Receiver<Outgoing>,
+) -> Result<(), axum::Error> {
+    metrics::frames_sent(first.kind, 1);
+    socket.feed(Message::Text(first.text)).await?;
+    for _ in 1..MAX_BATCH {
+        let Ok(next) = outbox.try_recv() else {
+            break;
+        };
+        metrics::frames_sent(next.kind, 1);
+        socket.feed(Message::Text(next.text)).await?;
+    }
+    socket.flush().await
+}
+
+/// Sends the close frame and waits briefly for the client's answer, so the
+/// frame is not lost to a reset; then the socket is dropped.
+async fn close(socket: &mut WebSocket, reason: CloseReason) {
+    let frame = Message::Close(Some(CloseFrame {
+        code: reason.code(),
+        reason: Utf8Bytes::from_static(reason.text()),
+    }));
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if socket.send(frame).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
+    })
+    .await;
+}
+
+fn is_too_big(err: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text.contains("Space limit exceeded")
+            || text.contains("too long")
+            || text.contains("too big")
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    let text = err.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
+}
+
+/// The instant a token expiring at `expires_at` (Unix seconds) runs out.
+fn deadline(expires_at: i64) -> Instant {
+    let now_ms = parley_runtime::storage::now_millis();
+    let left = expires_at
+        .saturating_mul(1000)
+        .saturating_sub(now_ms)
+        .max(0);
+    Instant::now() + Duration::from_millis(left.unsigned_abs())
+}
+
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    // 53 random bits make an evenly spread fraction in [0, 1).
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// WebSocket connections per user on this gateway.
+#[derive(Debug, Default)]
+pub(crate) struct UserConnections {
+    counts: Mutex<HashMap<Arc<str>, u32>>,
+}
+
+/// One of a user's connections; gives its place back when dropped.
+#[derive(Debug)]
+pub(crate) struct UserSlot {
+    owner: Arc<UserConnections>,
+    user_id: Arc<str>,
+}
+
+impl UserConnections {
+    /// Takes one of `user_id`'s `max` places, if one is free.
+    pub(crate) fn acquire(self: &Arc<Self>, user_id: &Arc<str>, max: u32) -> Option<UserSlot> {
+        let mut counts = self.lock();
+        let count = counts.entry(user_id.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(UserSlot {
+            owner: self.clone(),
+            user_id: user_id.clone(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, u32>> {
+        // Counts are updated in one step, so a poisoned map is consistent.
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.lock();
+        if let Some(count) = counts.get_mut(&self.user_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.user_id);
+            }
+        }
+    }
+}

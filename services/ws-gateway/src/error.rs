@@ -1,0 +1,130 @@
+//! REST errors: one mapping from gRPC codes to HTTP statuses and the
+//! `{"error":{"code","message"}}` body (DESIGN §5).
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use parley_runtime::{grpc::status::code_name, token::TokenError};
+use serde_json::json;
+use tonic::{Code, Status};
+
+/// A failed REST call, answered with the status of its gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    code: Code,
+    message: String,
+}
+
+impl ApiError {
+    /// An error with `code` and a message for people.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// INVALID_ARGUMENT (400).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    /// The HTTP status of the code.
+    pub fn status(&self) -> StatusCode {
+        http_status(self.code)
+    }
+}
+
+/// The HTTP status that stands for a gRPC code.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Status> for ApiError {
+    fn from(status: Status) -> Self {
+        // Messages of these codes may describe internals (addresses,
+        // transport errors); clients get a plain one and the log the rest.
+        let message = match status.code() {
+            Code::Unavailable => "a service is unavailable; retry shortly".to_owned(),
+            Code::DeadlineExceeded => "a service did not answer in time; retry".to_owned(),
+            Code::Internal | Code::Unknown | Code::DataLoss => "internal error".to_owned(),
+            _ => status.message().to_owned(),
+        };
+        if matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Internal
+                | Code::Unknown
+                | Code::DataLoss
+        ) {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "REST call failed");
+        }
+        Self::new(status.code(), message)
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(err: TokenError) -> Self {
+        Self::new(Code::Unauthenticated, err.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(json!({ "error": { "code": code_name(self.code), "message": self.message } })),
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_the_statuses_of_the_design() {
+        for (code, status) in [
+            (Code::InvalidArgument, 400),
+            (Code::FailedPrecondition, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Unavailable, 503),
+            (Code::Internal, 500),
+        ] {
+            assert_eq!(http_status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_messages() {
+        let error = ApiError::from(Status::unavailable(
+            "chat is unavailable: tcp connect error 10.0.0.3",
+        ));
+        assert!(!error.message.contains("10.0.0.3"));
+        let error = ApiError::from(Status::invalid_argument("username: too short"));
+        assert_eq!(error.message, "username: too short");
+    }
+}

@@ -1,0 +1,486 @@
+//! The WebSocket protocol's JSON frames (DESIGN §4) and their protobuf
+//! twins on the chat streams.
+//!
+//! A client frame is one JSON object with exactly one key naming the frame;
+//! it becomes a `ChatRequest`. Server frames are `ChatResponse`s written
+//! back as JSON with every field present. Message frames are encoded once
+//! and the bytes shared by every recipient on this gateway.
+
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::Utf8Bytes;
+use parley_proto::chat::v1::{
+    ChatMessage, ChatRequest, ChatResponse, GetChatHistoryRequest, Join, Leave, Ping,
+    PresenceState, Refresh, Send, Typing, chat_request::Frame as In, chat_response::Frame as Out,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tonic::Code;
+
+/// Frame names a client may send, for the error about an unknown one.
+const CLIENT_FRAMES: &str = "join, leave, send, typing, get_chat_history, ping, refresh";
+
+/// A client frame that cannot be used, answered with an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// The gRPC status code.
+    pub code: Code,
+    /// What was wrong, naming the field.
+    pub message: String,
+    /// The failed frame's `client_id`, when it had one as a string.
+    pub client_id: String,
+    /// The failed frame's `room_id`, when it had one as a string.
+    pub room_id: String,
+}
+
+impl FrameError {
+    /// INVALID_ARGUMENT with nothing to echo.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            code: Code::InvalidArgument,
+            message: message.into(),
+            client_id: String::new(),
+            room_id: String::new(),
+        }
+    }
+
+    /// The same error, echoing what the failed frame named.
+    pub fn echoing(mut self, client_id: &str, room_id: &str) -> Self {
+        client_id.clone_into(&mut self.client_id);
+        room_id.clone_into(&mut self.room_id);
+        self
+    }
+
+    /// The `error` frame.
+    pub fn to_frame(&self) -> Utf8Bytes {
+        encode(&ServerFrame::Error(ErrorOut {
+            code: parley_runtime::grpc::status::code_name(self.code),
+            message: &self.message,
+            client_id: &self.client_id,
+            room_id: &self.room_id,
+        }))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct JoinIn {
+    room_id: String,
+    short_code: String,
+    password: String,
+    since_seq: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RoomIn {
+    room_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SendIn {
+    room_id: String,
+    content: String,
+    client_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HistoryIn {
+    room_id: String,
+    limit: i64,
+    before_seq: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PingIn {
+    nonce: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RefreshIn {
+    token: String,
+}
+
+/// Reads one text frame from a client.
+///
+/// # Errors
+/// INVALID_ARGUMENT for text that is not one JSON object with exactly one
+/// known key, or a field of the wrong type (named in the message).
+pub fn parse(text: &str) -> Result<ChatRequest, FrameError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| FrameError::invalid(format!("the frame is not valid JSON: {err}")))?;
+    let Value::Object(map) = value else {
+        return Err(FrameError::invalid(
+            "a frame is a JSON object with one key naming it, such as {\"ping\":{}}",
+        ));
+    };
+    if map.len() != 1 {
+        return Err(FrameError::invalid(format!(
+            "a frame has exactly one top-level key naming it; this one has {}",
+            map.len()
+        )));
+    }
+    let Some((name, body)) = map.into_iter().next() else {
+        return Err(FrameError::invalid("empty frame"));
+    };
+    let body = match body {
+        Value::Null => Value::Object(Map::new()),
+        body => body,
+    };
+    let client_id = string_field(&body, "client_id");
+    let room_id = string_field(&body, "room_id");
+    let frame = match name.as_str() {
+        "join" => body_of::<JoinIn>(&name, &body).map(|join| {
+            In::Join(Join {
+                room_id: join.room_id,
+                short_code: join.short_code,
+                password: join.password,
+                since_seq: join.since_seq,
+                replay: false,
+            })
+        }),
+        "leave" => body_of::<RoomIn>(&name, &body).map(|leave| {
+            In::Leave(Leave {
+                room_id: leave.room_id,
+            })
+        }),
+        "send" => body_of::<SendIn>(&name, &body).map(|send| {
+            In::Send(Send {
+                room_id: send.room_id,
+                content: send.content,
+                client_id: send.client_id,
+            })
+        }),
+        "typing" => body_of::<RoomIn>(&name, &body).map(|typing| {
+            In::Typing(Typing {
+                room_id: typing.room_id,
+            })
+        }),
+        "get_chat_history" => body_of::<HistoryIn>(&name, &body).and_then(|history| {
+            if history.limit < 0 {
+                return Err(FrameError::invalid(
+                    "get_chat_history.limit: must not be negative",
+                ));
+            }
+            Ok(In::GetChatHistory(GetChatHistoryRequest {
+                room_id: history.room_id,
+                limit: i32::try_from(history.limit).unwrap_or(i32::MAX),
+                before_seq: history.before_seq,
+            }))
+        }),
+        "ping" => body_of::<PingIn>(&name, &body).map(|ping| In::Ping(Ping { nonce: ping.nonce })),
+        "refresh" => body_of::<RefreshIn>(&name, &body).map(|refresh| {
+            In::Refresh(Refresh {
+                token: refresh.token,
+            })
+        }),
+        other => Err(FrameError::invalid(format!(
+            "unknown frame `{other}`; expected one of {CLIENT_FRAMES}"
+        ))),
+    };
+    frame
+        .map(|frame| ChatRequest { frame: Some(frame) })
+        .map_err(|err| err.echoing(client_id.unwrap_or(""), room_id.unwrap_or("")))
+}
+
+fn string_field<'a>(body: &'a Value, key: &str) -> Option<&'a str> {
+    body.get(key).and_then(Value::as_str)
+}
+
+fn body_of<T: for<'de> Deserialize<'de>>(name: &str, body: &Value) -> Result<T, FrameError> {
+    if !body.is_object() {
+        return Err(FrameError::invalid(format!(
+            "{name}: the frame's value must be an object"
+        )));
+    }
+    serde_path_to_error::deserialize(body).map_err(|err| {
+        let path = err.path().to_string();
+        FrameError::invalid(format!("{name}.{path}: {}", err.into_inner()))
+    })
+}
+
+/// The room and seq of a message frame, which recipients use to drop
+/// duplicates.
+pub fn message_position(response: &ChatResponse) -> Option<(&str, i64)> {
+    match &response.frame {
+        Some(Out::Message(message)) => Some((message.room_id.as_str(), message.seq)),
+        _ => None,
+    }
+}
+
+/// Writes a server frame as JSON text, ready to share between sockets.
+pub fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
+    let frame = match response.frame.as_ref()? {
+        Out::Joined(joined) => ServerFrame::Joined(JoinedOut {
+            room_id: &joined.room_id,
+            last_seq: joined.last_seq,
+            members: joined
+                .members
+                .iter()
+                .map(|m| MemberOut {
+                    user_id: &m.user_id,
+                    name: &m.name,
+                })
+                .collect(),
+            replay_truncated: joined.replay_truncated,
+        }),
+        Out::Left(left) => ServerFrame::Left(RoomOut {
+            room_id: &left.room_id,
+        }),
+        Out::Message(message) => ServerFrame::Message(MessageOut::from(message)),
+        Out::Ack(ack) => ServerFrame::Ack(AckOut {
+            client_id: &ack.client_id,
+            message_id: &ack.message_id,
+            seq: ack.seq,
+        }),
+        Out::Typing(typing) => ServerFrame::Typing(TypingOut {
+            room_id: &typing.room_id,
+            user_id: &typing.user_id,
+            name: &typing.name,
+        }),
+        Out::Presence(presence) => ServerFrame::Presence(PresenceOut {
+            room_id: &presence.room_id,
+            user_id: &presence.user_id,
+            name: &presence.name,
+            state: match presence.state() {
+                PresenceState::Left => "left",
+                _ => "joined",
+            },
+        }),
+        Out::History(history) => ServerFrame::History(HistoryOut {
+            room_id: &history.room_id,
+            messages: history.messages.iter().map(MessageOut::from).collect(),
+            has_more: history.has_more,
+        }),
+        Out::Pong(pong) => ServerFrame::Pong(PongOut { nonce: &pong.nonce }),
+        Out::Refreshed(refreshed) => ServerFrame::Refreshed(RefreshedOut {
+            expires_at: rfc3339_millis(refreshed.expires_at.as_ref()),
+        }),
+        Out::Error(error) => ServerFrame::Error(ErrorOut {
+            code: &error.code,
+            message: &error.message,
+            client_id: &error.client_id,
+            room_id: &error.room_id,
+        }),
+    };
+    Some(encode(&frame))
+}
+
+/// A `pong` frame.
+pub fn pong(nonce: &str) -> Utf8Bytes {
+    encode(&ServerFrame::Pong(PongOut { nonce }))
+}
+
+/// A `refreshed` frame for a token expiring at `expires_at` (Unix seconds).
+pub fn refreshed(expires_at: i64) -> Utf8Bytes {
+    encode(&ServerFrame::Refreshed(RefreshedOut {
+        expires_at: rfc3339_millis(Some(&prost_types::Timestamp {
+            seconds: expires_at,
+            nanos: 0,
+        })),
+    }))
+}
+
+fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
+    // Serializing these plain structs cannot fail: every key is a string.
+    serde_json::to_string(frame)
+        .unwrap_or_else(|_| String::from(r#"{"error":{"code":"INTERNAL","message":"cannot encode a frame","client_id":"","room_id":""}}"#))
+        .into()
+}
+
+/// RFC 3339 UTC with milliseconds, as every time in the protocol is.
+pub fn rfc3339_millis(timestamp: Option<&prost_types::Timestamp>) -> String {
+    let Some(timestamp) = timestamp else {
+        return String::new();
+    };
+    let since_epoch = Duration::from_secs(timestamp.seconds.max(0).unsigned_abs())
+        + Duration::from_nanos(u64::try_from(timestamp.nanos).unwrap_or(0));
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + since_epoch).to_string()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ServerFrame<'a> {
+    Joined(JoinedOut<'a>),
+    Left(RoomOut<'a>),
+    Message(MessageOut<'a>),
+    Ack(AckOut<'a>),
+    Typing(TypingOut<'a>),
+    Presence(PresenceOut<'a>),
+    History(HistoryOut<'a>),
+    Pong(PongOut<'a>),
+    Refreshed(RefreshedOut),
+    Error(ErrorOut<'a>),
+}
+
+#[derive(Serialize)]
+struct JoinedOut<'a> {
+    room_id: &'a str,
+    last_seq: i64,
+    members: Vec<MemberOut<'a>>,
+    replay_truncated: bool,
+}
+
+#[derive(Serialize)]
+struct MemberOut<'a> {
+    user_id: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoomOut<'a> {
+    room_id: &'a str,
+}
+
+/// A message as clients see it, in `message` frames and history.
+#[derive(Debug, Serialize)]
+pub struct MessageOut<'a> {
+    id: &'a str,
+    room_id: &'a str,
+    seq: i64,
+    sender_id: &'a str,
+    sender_name: &'a str,
+    content: &'a str,
+    client_id: &'a str,
+    sent_at: String,
+}
+
+impl<'a> From<&'a ChatMessage> for MessageOut<'a> {
+    fn from(message: &'a ChatMessage) -> Self {
+        Self {
+            id: &message.id,
+            room_id: &message.room_id,
+            seq: message.seq,
+            sender_id: &message.sender_id,
+            sender_name: &message.sender_name,
+            content: &message.content,
+            client_id: &message.client_id,
+            sent_at: rfc3339_millis(message.sent_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct AckOut<'a> {
+    client_id: &'a str,
+    message_id: &'a str,
+    seq: i64,
+}
+
+#[derive(Serialize)]
+struct TypingOut<'a> {
+    room_id: &'a str,
+    user_id: &'a str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct PresenceOut<'a> {
+    room_id: &'a str,
+    user_id: &'a str,
+    name: &'a str,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct HistoryOut<'a> {
+    room_id: &'a str,
+    messages: Vec<MessageOut<'a>>,
+    has_more: bool,
+}
+
+#[derive(Serialize)]
+struct PongOut<'a> {
+    nonce: &'a str,
+}
+
+#[derive(Serialize)]
+struct RefreshedOut {
+    expires_at: String,
+}
+
+#[derive(Serialize)]
+struct ErrorOut<'a> {
+    code: &'a str,
+    message: &'a str,
+    client_id: &'a str,
+    room_id: &'a str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(text: &str) -> In {
+        parse(text).unwrap().frame.unwrap()
+    }
+
+    #[test]
+    fn frames_parse_with_defaults_and_ignore_unknown_keys() {
+        assert_eq!(
+            kind(r#"{"join":{"room_id":"general","since_seq":41,"extra":true}}"#),
+            In::Join(Join {
+                room_id: "general".into(),
+                since_seq: 41,
+                ..Join::default()
+            })
+        );
+        assert_eq!(kind(r#"{"ping":null}"#), In::Ping(Ping::default()));
+        assert!(matches!(
+            kind(r#"{"get_chat_history":{"room_id":"r","limit":9999999999}}"#),
+            In::GetChatHistory(GetChatHistoryRequest {
+                limit: i32::MAX,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_invalid_and_echo_string_ids() {
+        for text in [
+            "nope",
+            "[]",
+            "{}",
+            r#"{"ping":{},"join":{}}"#,
+            r#"{"dance":{}}"#,
+            r#"{"ping":3}"#,
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.code, Code::InvalidArgument, "{text}");
+        }
+        let err = parse(r#"{"send":{"room_id":"r","client_id":"c-1","content":7}}"#).unwrap_err();
+        assert!(err.message.contains("send.content"), "{}", err.message);
+        assert_eq!((err.client_id.as_str(), err.room_id.as_str()), ("c-1", "r"));
+        let err = parse(r#"{"send":{"room_id":5,"client_id":"c-1","content":7}}"#).unwrap_err();
+        assert_eq!(err.room_id, "");
+    }
+
+    #[test]
+    fn server_frames_carry_every_field() {
+        let message = ChatMessage {
+            id: "m".into(),
+            room_id: "r".into(),
+            seq: 3,
+            sender_id: "u".into(),
+            sender_name: "alice".into(),
+            content: "hi".into(),
+            client_id: String::new(),
+            sent_at: Some(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 5_000_000,
+            }),
+        };
+        let text = encode_response(&ChatResponse {
+            frame: Some(Out::Message(message)),
+        })
+        .unwrap();
+        let value: Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(value["message"]["sent_at"], "2023-11-14T22:13:20.005Z");
+        assert_eq!(value["message"]["client_id"], "");
+        assert_eq!(value["message"]["seq"], 3);
+    }
+}

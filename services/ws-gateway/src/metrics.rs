@@ -1,0 +1,189 @@
+//! The gateway's metrics (DESIGN §7). Per-frame counters are resolved once
+//! and kept, so counting a frame is one atomic add on the hot path.
+
+use std::sync::OnceLock;
+
+use metrics::Counter;
+
+/// Every kind of frame the gateway counts, in and out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// `join`
+    Join,
+    /// `leave`
+    Leave,
+    /// `send`
+    Send,
+    /// `typing` (both directions)
+    Typing,
+    /// `get_chat_history`
+    GetChatHistory,
+    /// `ping`
+    Ping,
+    /// `refresh`
+    Refresh,
+    /// `joined`
+    Joined,
+    /// `left`
+    Left,
+    /// `message`
+    Message,
+    /// `ack`
+    Ack,
+    /// `presence`
+    Presence,
+    /// `history`
+    History,
+    /// `pong`
+    Pong,
+    /// `refreshed`
+    Refreshed,
+    /// `error`
+    Error,
+    /// A frame that could not be read.
+    Invalid,
+    /// A binary frame.
+    Binary,
+}
+
+const KINDS: [FrameKind; 18] = [
+    FrameKind::Join,
+    FrameKind::Leave,
+    FrameKind::Send,
+    FrameKind::Typing,
+    FrameKind::GetChatHistory,
+    FrameKind::Ping,
+    FrameKind::Refresh,
+    FrameKind::Joined,
+    FrameKind::Left,
+    FrameKind::Message,
+    FrameKind::Ack,
+    FrameKind::Presence,
+    FrameKind::History,
+    FrameKind::Pong,
+    FrameKind::Refreshed,
+    FrameKind::Error,
+    FrameKind::Invalid,
+    FrameKind::Binary,
+];
+
+impl FrameKind {
+    /// The frame's name, as in the protocol and the `type` label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Leave => "leave",
+            Self::Send => "send",
+            Self::Typing => "typing",
+            Self::GetChatHistory => "get_chat_history",
+            Self::Ping => "ping",
+            Self::Refresh => "refresh",
+            Self::Joined => "joined",
+            Self::Left => "left",
+            Self::Message => "message",
+            Self::Ack => "ack",
+            Self::Presence => "presence",
+            Self::History => "history",
+            Self::Pong => "pong",
+            Self::Refreshed => "refreshed",
+            Self::Error => "error",
+            Self::Invalid => "invalid",
+            Self::Binary => "binary",
+        }
+    }
+}
+
+struct Counters {
+    received: Vec<Counter>,
+    sent: Vec<Counter>,
+}
+
+static COUNTERS: OnceLock<Counters> = OnceLock::new();
+
+fn counters() -> &'static Counters {
+    COUNTERS.get_or_init(|| Counters {
+        received: KINDS
+            .iter()
+            .map(|kind| metrics::counter!("parley_ws_frames_received_total", "type" => kind.name()))
+            .collect(),
+        sent: KINDS
+            .iter()
+            .map(|kind| metrics::counter!("parley_ws_frames_sent_total", "type" => kind.name()))
+            .collect(),
+    })
+}
+
+/// Counts a frame read from a client.
+pub fn frame_received(kind: FrameKind) {
+    if let Some(counter) = counters().received.get(kind as usize) {
+        counter.increment(1);
+    }
+}
+
+/// Counts frames written to a client.
+pub fn frames_sent(kind: FrameKind, count: u64) {
+    if let Some(counter) = counters().sent.get(kind as usize) {
+        counter.increment(count);
+    }
+}
+
+/// Counts a frame that never reached its socket.
+pub fn queue_dropped(reason: &'static str) {
+    metrics::counter!("parley_ws_send_queue_dropped_total", "reason" => reason).increment(1);
+}
+
+/// Counts an upgrade attempt by outcome.
+pub fn upgrade(result: &'static str) {
+    metrics::counter!("parley_ws_upgrades_total", "result" => result).increment(1);
+}
+
+/// Counts a closed connection by reason.
+pub fn closed(reason: &'static str) {
+    metrics::counter!("parley_ws_closed_total", "reason" => reason).increment(1);
+    if reason == "slow_consumer" {
+        metrics::counter!("parley_ws_slow_consumer_disconnects_total").increment(1);
+    }
+}
+
+/// Unlabelled series are exported from the start, at 0.
+pub fn register() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+    metrics::gauge!("parley_ws_connections").set(0.0);
+    metrics::counter!("parley_ws_slow_consumer_disconnects_total").increment(0);
+    describe_gauge!("parley_ws_connections", "Open WebSocket connections.");
+    describe_counter!(
+        "parley_ws_upgrades_total",
+        "WebSocket upgrade attempts, by result."
+    );
+    describe_counter!(
+        "parley_ws_closed_total",
+        "Closed WebSocket connections, by reason."
+    );
+    describe_counter!(
+        "parley_ws_frames_received_total",
+        "Frames read from clients, by type."
+    );
+    describe_counter!(
+        "parley_ws_frames_sent_total",
+        "Frames written to clients, by type."
+    );
+    describe_counter!(
+        "parley_ws_send_queue_dropped_total",
+        "Frames dropped before reaching a client, by reason."
+    );
+    describe_counter!(
+        "parley_ws_slow_consumer_disconnects_total",
+        "Connections closed with 4008 for not reading fast enough."
+    );
+    describe_counter!(
+        "parley_http_requests_total",
+        "REST and web client requests, by route and status."
+    );
+    describe_histogram!(
+        "parley_http_request_duration_seconds",
+        Unit::Seconds,
+        "REST and web client request latency."
+    );
+}

@@ -1,0 +1,306 @@
+//! The REST API (DESIGN §5): sign-up and sign-in over auth, the caller's
+//! profile over user, rooms and history over chat. Each route is a thin
+//! translation to one gRPC call; errors come back through [`ApiError`].
+
+use axum::{
+    Json, Router,
+    extract::{
+        FromRequest, FromRequestParts, Path, Query, Request, State, rejection::QueryRejection,
+    },
+    http::{StatusCode, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use parley_proto::{
+    auth::v1::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair},
+    chat::v1::{CreateRoomRequest, GetChatHistoryRequest, Room},
+    user::v1::{GetUserRequest, User},
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::{
+    AppState,
+    error::ApiError,
+    frames::{MessageOut, rfc3339_millis},
+};
+
+/// The `/api/v1` routes.
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/rooms", post(create_room))
+        .route("/api/v1/rooms/{room_id}/messages", get(messages))
+}
+
+/// A JSON body whose problems (wrong content type, bad JSON, a missing or
+/// mistyped field) are answered 400 with the REST error body.
+pub(crate) struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+        }
+    }
+}
+
+/// The caller of a route that needs `Authorization: Bearer <token>`,
+/// verified locally before any call is made.
+pub(crate) struct Bearer {
+    user_id: String,
+    token: String,
+}
+
+impl FromRequestParts<AppState> for Bearer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().to_owned())
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| ApiError::from(parley_runtime::token::TokenError::Missing))?;
+        let claims = state.shared.verifier.verify(&token)?;
+        Ok(Self {
+            user_id: claims.sub,
+            token,
+        })
+    }
+}
+
+impl Bearer {
+    /// `message` as a gRPC request carrying the caller's token.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = format!("Bearer {}", self.token).parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisterBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    display_name: Option<String>,
+}
+
+async fn register(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RegisterBody>,
+) -> Result<Response, ApiError> {
+    let response = state
+        .shared
+        .auth
+        .clone()
+        .register(RegisterRequest {
+            username: body.username,
+            password: body.password,
+            email: body.email.unwrap_or_default(),
+            display_name: body.display_name.unwrap_or_default(),
+        })
+        .await?
+        .into_inner();
+    let user = response
+        .user
+        .ok_or_else(|| ApiError::new(Code::Internal, "auth returned no user"))?;
+    Ok((StatusCode::CREATED, Json(user_json(&user))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<LoginBody>,
+) -> Result<Json<Value>, ApiError> {
+    let response = state
+        .shared
+        .auth
+        .clone()
+        .login(LoginRequest {
+            username: body.username,
+            password: body.password,
+        })
+        .await?
+        .into_inner();
+    tokens_json(response.tokens)
+}
+
+#[derive(Debug, Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> Result<Json<Value>, ApiError> {
+    let response = state
+        .shared
+        .auth
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: body.refresh_token,
+        })
+        .await?
+        .into_inner();
+    tokens_json(response.tokens)
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<RefreshBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .shared
+        .auth
+        .clone()
+        .logout(LogoutRequest {
+            refresh_token: body.refresh_token,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, caller: Bearer) -> Result<Json<Value>, ApiError> {
+    let response = state
+        .shared
+        .user
+        .clone()
+        .get_user(caller.request(GetUserRequest {
+            id: caller.user_id.clone(),
+        }))
+        .await?
+        .into_inner();
+    let user = response
+        .user
+        .ok_or_else(|| ApiError::new(Code::NotFound, "no such user"))?;
+    Ok(Json(user_json(&user)))
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateRoomBody {
+    name: String,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+async fn create_room(
+    State(state): State<AppState>,
+    caller: Bearer,
+    JsonBody(body): JsonBody<CreateRoomBody>,
+) -> Result<Response, ApiError> {
+    let response = state
+        .shared
+        .chat
+        .clone()
+        .create_room(caller.request(CreateRoomRequest {
+            name: body.name,
+            password: body.password.unwrap_or_default(),
+        }))
+        .await?
+        .into_inner();
+    let room = response
+        .room
+        .ok_or_else(|| ApiError::new(Code::Internal, "chat returned no room"))?;
+    Ok((StatusCode::CREATED, Json(room_json(&room))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<i64>,
+    before_seq: Option<i64>,
+}
+
+async fn messages(
+    State(state): State<AppState>,
+    caller: Bearer,
+    Path(room_id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let limit = query.limit.unwrap_or(0);
+    if limit < 0 {
+        return Err(ApiError::invalid("limit: must not be negative"));
+    }
+    let mut stream = state
+        .shared
+        .chat
+        .clone()
+        .get_chat_history(caller.request(GetChatHistoryRequest {
+            room_id,
+            limit: i32::try_from(limit).unwrap_or(i32::MAX),
+            before_seq: query.before_seq.unwrap_or(0),
+        }))
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    let mut has_more = false;
+    while let Some(page) = stream.message().await? {
+        messages.extend(page.messages);
+        has_more = page.has_more;
+    }
+    let messages: Vec<MessageOut<'_>> = messages.iter().map(MessageOut::from).collect();
+    Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// `/api/...` paths that match no route.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(Code::NotFound, "no such route")
+}
+
+fn tokens_json(tokens: Option<TokenPair>) -> Result<Json<Value>, ApiError> {
+    let tokens = tokens.ok_or_else(|| ApiError::new(Code::Internal, "auth returned no tokens"))?;
+    Ok(Json(json!({
+        "access_token": tokens.access_token,
+        "refresh_token": tokens.refresh_token,
+        "token_type": tokens.token_type,
+        "expires_in": tokens.expires_in,
+    })))
+}
+
+/// A user as REST shows it: `status` without the protobuf enum prefix.
+fn user_json(user: &User) -> Value {
+    let status = user.status().as_str_name();
+    json!({
+        "id": user.id,
+        "username": user.username,
+        "display_name": user.display_name,
+        "email": user.email,
+        "status": status.strip_prefix("USER_STATUS_").unwrap_or(status),
+        "roles": user.roles,
+        "metadata": user.metadata,
+        "created_at": rfc3339_millis(user.created_at.as_ref()),
+    })
+}
+
+fn room_json(room: &Room) -> Value {
+    json!({
+        "id": room.id,
+        "name": room.name,
+        "short_code": room.short_code,
+        "private": room.private,
+        "created_at": rfc3339_millis(room.created_at.as_ref()),
+    })
+}

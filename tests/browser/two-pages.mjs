@@ -1,0 +1,252 @@
+// Two users chat through Parley's web client in headless Chromium.
+//
+// Usage: node two-pages.mjs <base_url>      e.g. node two-pages.mjs http://127.0.0.1:8080
+// Env:   CHROMIUM    path of the Chromium binary (default /usr/bin/chromium)
+//        SCREENSHOT  if set, a PNG of page A is saved there at the end
+//
+// Exits 0 and prints "ok: two pages chatted in room <id>" on success; on
+// failure prints the step, what was expected, and both pages' console errors,
+// then exits 1.
+import { chromium } from "playwright-core";
+import { existsSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+
+const TIMEOUT = 15_000;
+const OVERALL_TIMEOUT = 180_000;
+
+const baseArg = process.argv[2];
+if (!baseArg || !/^https?:\/\//.test(baseArg)) {
+  console.error("usage: node two-pages.mjs <base_url>   (e.g. http://127.0.0.1:8080)");
+  process.exit(2);
+}
+const base = baseArg.replace(/\/+$/, "");
+const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
+if (!existsSync(executablePath)) {
+  console.error(`FAIL: no Chromium at ${executablePath} (install Debian's package: apt-get install -y chromium, or set CHROMIUM)`);
+  process.exit(1);
+}
+
+const tag = () => randomBytes(4).toString("hex");
+const run = tag();
+const roomId = `pw-${run}-${tag()}`;
+const alice = `alice_${tag()}`;
+const bob = `bob_${tag()}`;
+const password = `pw-${tag()}-${tag()}-secret`; // 27 characters
+const exact = (s) => new RegExp(`^\\s*${s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*$`);
+const tid = (id) => `[data-testid="${id}"]`;
+
+let currentStep = "start";
+let currentExpect = "";
+const pages = []; // {label, page, consoleErrors, pageErrors}
+let browser;
+
+function fail(message) {
+  const err = new Error(message);
+  err.stepFailure = true;
+  throw err;
+}
+
+async function step(name, expectation, fn) {
+  currentStep = name;
+  currentExpect = expectation;
+  await fn();
+  for (const p of pages) {
+    if (p.pageErrors.length) fail(`page ${p.label} threw a JavaScript error: ${p.pageErrors[0]}`);
+  }
+}
+
+function track(label, page) {
+  const entry = { label, page, consoleErrors: [], pageErrors: [] };
+  page.on("console", (msg) => {
+    if (msg.type() === "error") entry.consoleErrors.push(msg.text());
+  });
+  page.on("pageerror", (err) => entry.pageErrors.push(String(err && err.stack ? err.stack : err)));
+  pages.push(entry);
+  return entry;
+}
+
+async function visibleErrors(page) {
+  try {
+    return await page.evaluate(() =>
+      ["auth-error", "sidebar-error", "send-error", "banner", "conn-status"]
+        .map((id) => {
+          const el = document.querySelector(`[data-testid="${id}"]`);
+          return el && !el.hidden && el.textContent.trim() ? `${id}: ${el.textContent.trim()}` : null;
+        })
+        .filter(Boolean)
+    );
+  } catch {
+    return [];
+  }
+}
+
+// Waits for one of two locators; returns which one showed up.
+async function either(ok, bad, what) {
+  await ok.or(bad).filter({ visible: true }).first().waitFor({ state: "visible", timeout: TIMEOUT });
+  if (await bad.first().isVisible()) {
+    fail(`${what}: the page shows an error: ${(await bad.first().textContent()).trim()}`);
+  }
+}
+
+async function signUpAndIn({ page }, username) {
+  await step(`open ${base}/ as ${username}`, "the login form with username and password inputs", async () => {
+    const res = await page.goto(`${base}/`, { waitUntil: "load", timeout: TIMEOUT });
+    if (!res || !res.ok()) fail(`GET / answered ${res ? res.status() : "nothing"}`);
+    await page.locator(tid("username-input")).waitFor({ state: "visible", timeout: TIMEOUT });
+  });
+  await step(`register ${username}`, "a notice that the account was created", async () => {
+    await page.locator(tid("username-input")).fill(username);
+    await page.locator(tid("password-input")).fill(password);
+    await page.locator(tid("register-button")).click();
+    await either(page.locator(tid("auth-notice")), page.locator(tid("auth-error")), "register");
+  });
+  await step(`log in as ${username}`, `the header to show "${username}" and the connection status to become online`, async () => {
+    await page.locator(tid("password-input")).fill(password);
+    await page.locator(tid("login-button")).click();
+    await either(page.locator(tid("current-user"), { hasText: username }), page.locator(tid("auth-error")), "login");
+    await page.locator(`${tid("conn-status")}[data-state="online"]`).waitFor({ timeout: TIMEOUT });
+  });
+  await step(`${username} joins room ${roomId}`, `room ${roomId} listed, shown, and joined (own name in the member list)`, async () => {
+    await page.locator(tid("room-id-input")).fill(roomId);
+    await page.locator(tid("join-button")).click();
+    await page.locator(`${tid("room-item")}[data-room-id="${roomId}"]`).waitFor({ state: "attached", timeout: TIMEOUT });
+    await page.locator(tid("room-title"), { hasText: roomId }).waitFor({ timeout: TIMEOUT });
+    await member(page, username).waitFor({ timeout: TIMEOUT });
+  });
+}
+
+function member(page, name) {
+  return page
+    .locator(tid("member-item"))
+    .filter({ has: page.locator(tid("member-name"), { hasText: exact(name) }) })
+    .first();
+}
+
+function messageItem(page, { sender, content, own, status }) {
+  let sel = tid("message-item");
+  if (own !== undefined) sel += `[data-own="${own}"]`;
+  if (status) sel += `[data-status="${status}"]`;
+  let loc = page.locator(sel).filter({ has: page.locator(tid("message-content"), { hasText: exact(content) }) });
+  if (sender) loc = loc.filter({ has: page.locator(tid("message-sender"), { hasText: exact(sender) }) });
+  return loc.first();
+}
+
+async function sendMessage(page, content) {
+  await page.locator(tid("message-input")).fill(content);
+  await page.locator(tid("send-button")).click();
+}
+
+async function main() {
+  browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      "--disable-quic",
+      "--no-first-run",
+    ],
+  });
+  // Two contexts: two separate users, cookies and sessionStorage apart.
+  // B has a phone-sized screen, so the narrow layout is exercised too.
+  const ctxA = await browser.newContext({ viewport: { width: 1200, height: 760 } });
+  const ctxB = await browser.newContext({ viewport: { width: 390, height: 800 } });
+  const A = track("A", await ctxA.newPage());
+  const B = track("B", await ctxB.newPage());
+  for (const { page } of [A, B]) page.setDefaultTimeout(TIMEOUT);
+
+  await signUpAndIn(A, alice);
+  await signUpAndIn(B, bob);
+
+  const hello = `hello from alice ${tag()}`;
+  await step("A sends a message", `B shows "${hello}" from ${alice}`, async () => {
+    await sendMessage(A.page, hello);
+    await messageItem(B.page, { sender: alice, content: hello, own: false }).waitFor({ timeout: TIMEOUT });
+  });
+  await step("A sees its own message acknowledged", `A shows "${hello}" as its own, no longer pending`, async () => {
+    await messageItem(A.page, { sender: alice, content: hello, own: true, status: "sent" }).waitFor({ timeout: TIMEOUT });
+    const pending = await A.page.locator(`${tid("message-item")}[data-status="pending"]`).count();
+    const failed = await A.page.locator(`${tid("message-item")}[data-status="failed"]`).count();
+    if (pending + failed > 0) fail(`A still has ${pending} pending and ${failed} failed messages`);
+  });
+
+  const reply = `hi alice, bob here ${tag()}`;
+  await step("B replies", `A shows "${reply}" from ${bob}, and B shows it as its own`, async () => {
+    await sendMessage(B.page, reply);
+    await messageItem(A.page, { sender: bob, content: reply, own: false }).waitFor({ timeout: TIMEOUT });
+    await messageItem(B.page, { sender: bob, content: reply, own: true, status: "sent" }).waitFor({ timeout: TIMEOUT });
+  });
+
+  await step("B types", `A shows "${bob} is typing…"`, async () => {
+    await B.page.locator(tid("message-input")).pressSequentially("still typ");
+    await A.page.locator(tid("typing-indicator"), { hasText: bob }).waitFor({ timeout: TIMEOUT });
+  });
+  await step("typing indicator expires", "A's typing indicator empties a few seconds after B stops typing", async () => {
+    await A.page.waitForFunction(
+      (sel) => {
+        const el = document.querySelector(sel);
+        return el && el.textContent.trim() === "";
+      },
+      tid("typing-indicator"),
+      { timeout: TIMEOUT }
+    );
+  });
+
+  await step("member lists", `A's member list shows ${bob} and B's shows ${alice}`, async () => {
+    await member(A.page, bob).waitFor({ timeout: TIMEOUT });
+    await member(B.page, alice).waitFor({ timeout: TIMEOUT });
+  });
+
+  await step("final check", "no JavaScript errors on either page", async () => {});
+
+  if (process.env.SCREENSHOT) {
+    await step("screenshot", `a PNG of page A at ${process.env.SCREENSHOT}`, async () => {
+      await A.page.screenshot({ path: process.env.SCREENSHOT });
+    });
+  }
+  console.log(`ok: two pages chatted in room ${roomId}`);
+}
+
+async function report(err) {
+  console.error(`FAIL: step "${currentStep}"`);
+  if (currentExpect) console.error(`  expected: ${currentExpect}`);
+  const msg = String((err && err.message) || err)
+    .replace(/\x1b\[[0-9;]*m/g, "")
+    .split("\n")
+    .filter((l) => l.trim())
+    .slice(0, 6)
+    .join("\n    ");
+  console.error(`  error: ${msg}`);
+  for (const p of pages) {
+    const shown = await visibleErrors(p.page);
+    console.error(`  page ${p.label} (${p.page.url()}):`);
+    for (const s of shown) console.error(`    shows ${s}`);
+    if (!p.pageErrors.length && !p.consoleErrors.length) console.error("    no console errors");
+    for (const e of p.pageErrors) console.error(`    pageerror: ${e}`);
+    for (const e of p.consoleErrors) console.error(`    console.error: ${e}`);
+  }
+  if (process.env.SCREENSHOT && pages[0]) {
+    await pages[0].page.screenshot({ path: process.env.SCREENSHOT }).catch(() => {});
+  }
+}
+
+const guard = setTimeout(() => {
+  console.error(`FAIL: step "${currentStep}": the whole test took more than ${OVERALL_TIMEOUT / 1000} s`);
+  process.exit(1);
+}, OVERALL_TIMEOUT);
+guard.unref();
+
+let code = 0;
+try {
+  await main();
+} catch (err) {
+  code = 1;
+  await report(err);
+} finally {
+  if (browser) await browser.close().catch(() => {});
+}
+clearTimeout(guard);
+process.exit(code);

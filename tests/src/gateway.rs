@@ -1,0 +1,690 @@
+//! Whole deployments behind WebSocket gateways, and the clients the tests
+//! speak to them with: the distributed topology in-process (auth, user, two
+//! chat replicas sharing Postgres and Redis, gateway A on replica 1 and
+//! gateway B on replica 2) or the all-in-one `parley` binary.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use parley_runtime::{CancellationToken, config::ServiceUrl, test_util::RunningBinary};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{self, Message, client::IntoClientRequest as _, protocol::CloseFrame},
+};
+
+use crate::{
+    DatabaseBackend, TestStack, binary,
+    chat::{ChatReplica, FRAME_TIMEOUT, REDIS_URL, test_args},
+};
+
+/// Which deployment a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// Separate services in-process on Postgres and Redis, two chat
+    /// replicas, two gateways each tied to one replica.
+    Distributed,
+    /// The `parley` binary with its defaults: SQLite, in-process bus.
+    AllInOne,
+}
+
+/// Settings a test may change.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `AUTH_ACCESS_TOKEN_TTL`.
+    pub access_token_ttl: Duration,
+    /// `GATEWAY_MAX_CONNECTIONS_PER_USER`.
+    pub max_connections_per_user: u32,
+    /// `GATEWAY_MAX_FRAME_BYTES`.
+    pub max_frame_bytes: u32,
+    /// `GATEWAY_MAX_ROOMS_PER_CONNECTION`.
+    pub max_rooms_per_connection: u32,
+    /// `GATEWAY_SEND_QUEUE`.
+    pub send_queue: u32,
+    /// `CHAT_SENDS_PER_SECOND`.
+    pub sends_per_second: u32,
+    /// `CHAT_SEND_BURST`.
+    pub send_burst: u32,
+    /// `SHUTDOWN_GRACE`.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: Duration::from_secs(900),
+            max_connections_per_user: 4,
+            max_frame_bytes: 8192,
+            max_rooms_per_connection: 8,
+            send_queue: 256,
+            sends_per_second: 10_000,
+            send_burst: 10_000,
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// A gateway running in this process.
+#[derive(Debug)]
+pub struct GatewayNode {
+    /// HTTP and WebSocket address.
+    pub http: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl GatewayNode {
+    /// Starts a gateway talking to the chat replicas of `chat_url`, and
+    /// waits until it is ready.
+    pub async fn start(stack: &TestStack, chat_url: ServiceUrl, settings: &Settings) -> Self {
+        let localhost: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let listeners = parley_gateway::Listeners {
+            http: tokio::net::TcpListener::bind(localhost)
+                .await
+                .expect("binding port 0"),
+            admin: tokio::net::TcpListener::bind(localhost)
+                .await
+                .expect("binding port 0"),
+        };
+        let http = listeners.http.local_addr().expect("gateway address");
+        let admin = listeners.admin.local_addr().expect("gateway admin address");
+        let config = parley_gateway::Config {
+            gateway: parley_gateway::GatewayArgs {
+                http_addr: http,
+                admin_addr: admin,
+                max_frame_bytes: settings.max_frame_bytes,
+                send_queue: settings.send_queue,
+                max_rooms_per_connection: settings.max_rooms_per_connection,
+                max_connections_per_user: settings.max_connections_per_user,
+                streams_per_replica: 2,
+            },
+            auth_url: stack.auth_url(),
+            user_url: ServiceUrl::from_addr(stack.user_addr),
+            chat_url,
+            shutdown_grace: settings.shutdown_grace,
+        };
+        let shutdown = CancellationToken::new();
+        let gateway = parley_gateway::with_listeners(config, listeners, shutdown.clone())
+            .expect("gateway builds");
+        let task = tokio::spawn(async move { gateway.run().await.map_err(|e| format!("{e:#}")) });
+        wait_until_ready(admin).await;
+        Self {
+            http,
+            admin,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the gateway and checks it drained cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("gateway stops within the grace period")
+            .expect("gateway task does not panic");
+        assert_eq!(result, Ok(()));
+    }
+}
+
+/// Polls `/readyz` until it answers 200: readiness has no event to await
+/// from outside the process.
+pub async fn wait_until_ready(admin: SocketAddr) {
+    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok((200, _)) = try_http_get(admin, "/readyz").await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    ready.unwrap_or_else(|_| panic!("the service at {admin} did not become ready"));
+}
+
+async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let response = try_http(addr, "GET", path, &[], None).await?;
+    Ok((response.status, response.body))
+}
+
+/// A running deployment.
+#[derive(Debug)]
+pub struct Deployment {
+    /// What it is.
+    pub topology: Topology,
+    /// Gateway A's and B's HTTP addresses (one address for the all-in-one).
+    pub gateways: Vec<SocketAddr>,
+    /// The gateways' admin addresses.
+    pub gateway_admins: Vec<SocketAddr>,
+    /// The chat replicas' admin addresses.
+    pub chat_admins: Vec<SocketAddr>,
+    parts: Parts,
+}
+
+#[derive(Debug)]
+enum Parts {
+    Distributed {
+        stack: TestStack,
+        replicas: Vec<ChatReplica>,
+        gateways: Vec<GatewayNode>,
+    },
+    AllInOne(RunningBinary),
+}
+
+impl Deployment {
+    /// Starts `topology` with `settings` and waits until every gateway is
+    /// ready.
+    pub async fn start(topology: Topology, settings: &Settings) -> Self {
+        match topology {
+            Topology::Distributed => Self::distributed(settings).await,
+            Topology::AllInOne => Self::all_in_one(settings, &[]).await,
+        }
+    }
+
+    async fn distributed(settings: &Settings) -> Self {
+        let stack =
+            TestStack::start_with(DatabaseBackend::Postgres, settings.access_token_ttl).await;
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let mut args = test_args(&stack, Some(REDIS_URL));
+            args.sends_per_second = settings.sends_per_second;
+            args.send_burst = settings.send_burst;
+            replicas.push(ChatReplica::start(&stack, args).await);
+        }
+        let mut gateways = Vec::new();
+        for replica in &replicas {
+            gateways.push(
+                GatewayNode::start(&stack, ServiceUrl::from_addr(replica.addr), settings).await,
+            );
+        }
+        Self {
+            topology: Topology::Distributed,
+            gateways: gateways.iter().map(|g| g.http).collect(),
+            gateway_admins: gateways.iter().map(|g| g.admin).collect(),
+            chat_admins: replicas.iter().map(|r| r.admin).collect(),
+            parts: Parts::Distributed {
+                stack,
+                replicas,
+                gateways,
+            },
+        }
+    }
+
+    /// Starts the `parley` binary with `settings` and extra variables.
+    pub async fn all_in_one(settings: &Settings, extra: &[(&str, &str)]) -> Self {
+        let ports = free_ports(8).await;
+        let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
+        let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+        let owned: Vec<(String, String)> = vec![
+            ("AUTH_GRPC_ADDR".into(), addr(0)),
+            ("USER_GRPC_ADDR".into(), addr(1)),
+            ("CHAT_GRPC_ADDR".into(), addr(2)),
+            ("GATEWAY_HTTP_ADDR".into(), addr(3)),
+            ("AUTH_ADMIN_ADDR".into(), addr(4)),
+            ("USER_ADMIN_ADDR".into(), addr(5)),
+            ("CHAT_ADMIN_ADDR".into(), addr(6)),
+            ("GATEWAY_ADMIN_ADDR".into(), addr(7)),
+            ("AUTH_URL".into(), url(0)),
+            ("USER_URL".into(), url(1)),
+            ("CHAT_URL".into(), url(2)),
+            ("USER_ADMIN_USERNAMES".into(), crate::ADMIN.into()),
+            (
+                "AUTH_ACCESS_TOKEN_TTL".into(),
+                format!("{}ms", settings.access_token_ttl.as_millis()),
+            ),
+            (
+                "GATEWAY_MAX_CONNECTIONS_PER_USER".into(),
+                settings.max_connections_per_user.to_string(),
+            ),
+            (
+                "GATEWAY_MAX_FRAME_BYTES".into(),
+                settings.max_frame_bytes.to_string(),
+            ),
+            (
+                "GATEWAY_MAX_ROOMS_PER_CONNECTION".into(),
+                settings.max_rooms_per_connection.to_string(),
+            ),
+            ("GATEWAY_SEND_QUEUE".into(), settings.send_queue.to_string()),
+            ("CHAT_MAX_REPLAY".into(), "20".into()),
+            (
+                "CHAT_SENDS_PER_SECOND".into(),
+                settings.sends_per_second.to_string(),
+            ),
+            ("CHAT_SEND_BURST".into(), settings.send_burst.to_string()),
+            (
+                "SHUTDOWN_GRACE".into(),
+                format!("{}ms", settings.shutdown_grace.as_millis()),
+            ),
+        ];
+        let mut env: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.extend_from_slice(extra);
+        let running = RunningBinary::start(&binary("parley"), &env, 4).await;
+        let gateway: SocketAddr = addr(3).parse().expect("an address");
+        let admin: SocketAddr = addr(7).parse().expect("an address");
+        wait_until_ready(admin).await;
+        Self {
+            topology: Topology::AllInOne,
+            gateways: vec![gateway],
+            gateway_admins: vec![admin],
+            chat_admins: vec![addr(6).parse().expect("an address")],
+            parts: Parts::AllInOne(running),
+        }
+    }
+
+    /// Gateway `index` of two (A = 0, B = 1); the all-in-one has one.
+    pub fn gateway(&self, index: usize) -> SocketAddr {
+        self.gateways[index % self.gateways.len()]
+    }
+
+    /// The process of the all-in-one deployment.
+    pub fn process(&mut self) -> Option<&mut RunningBinary> {
+        match &mut self.parts {
+            Parts::AllInOne(running) => Some(running),
+            Parts::Distributed { .. } => None,
+        }
+    }
+
+    /// Registers `username` over REST and logs in.
+    pub async fn sign_up(&self, username: &str) -> Account {
+        let gateway = self.gateway(0);
+        let registered = http_json(
+            gateway,
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            &json!({ "username": username, "password": crate::PASSWORD }),
+        )
+        .await;
+        assert_eq!(
+            registered.status, 201,
+            "registering {username}: {}",
+            registered.body
+        );
+        let user = registered.json();
+        let tokens = self.log_in(username).await;
+        Account {
+            user_id: user["id"].as_str().expect("a user id").to_owned(),
+            username: username.to_owned(),
+            access_token: tokens["access_token"].as_str().expect("a token").to_owned(),
+            refresh_token: tokens["refresh_token"]
+                .as_str()
+                .expect("a token")
+                .to_owned(),
+        }
+    }
+
+    /// Logs `username` in over REST and returns the token answer.
+    pub async fn log_in(&self, username: &str) -> Value {
+        let response = http_json(
+            self.gateway(0),
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            &json!({ "username": username, "password": crate::PASSWORD }),
+        )
+        .await;
+        assert_eq!(
+            response.status, 200,
+            "logging {username} in: {}",
+            response.body
+        );
+        response.json()
+    }
+
+    /// Opens a WebSocket to gateway `index` as `account`.
+    pub async fn ws(&self, index: usize, account: &Account) -> Ws {
+        Ws::connect(self.gateway(index), &account.access_token).await
+    }
+
+    /// Stops everything, checking every part drains and exits cleanly.
+    pub async fn stop(self) {
+        match self.parts {
+            Parts::Distributed {
+                stack,
+                replicas,
+                gateways,
+            } => {
+                for gateway in gateways {
+                    gateway.stop().await;
+                }
+                for replica in replicas {
+                    replica.stop().await;
+                }
+                stack.stop().await;
+            }
+            Parts::AllInOne(mut running) => {
+                running.terminate().await;
+                let exit = tokio::time::timeout(Duration::from_secs(20), running.child.wait())
+                    .await
+                    .expect("parley exits within the grace period")
+                    .expect("an exit status");
+                assert_eq!(exit.code(), Some(0), "parley's exit status");
+            }
+        }
+    }
+}
+
+/// `count` ports that were free a moment ago.
+pub async fn free_ports(count: usize) -> Vec<u16> {
+    let mut listeners = Vec::new();
+    for _ in 0..count {
+        listeners.push(
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("binding port 0"),
+        );
+    }
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a local address").port())
+        .collect()
+}
+
+/// A signed-up user.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The user's id.
+    pub user_id: String,
+    /// The username.
+    pub username: String,
+    /// An access token.
+    pub access_token: String,
+    /// Its refresh token.
+    pub refresh_token: String,
+}
+
+/// A unique username.
+pub fn username(prefix: &str) -> String {
+    crate::chat::room_id(prefix)
+        .replace('-', "_")
+        .chars()
+        .take(32)
+        .collect()
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header lines, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.body))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Sends a JSON body, with a bearer token when given.
+pub async fn http_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> HttpResponse {
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(value) = &authorization {
+        headers.push(("Authorization", value.as_str()));
+    }
+    http(addr, method, path, &headers, Some(&body.to_string())).await
+}
+
+/// One HTTP/1.1 request.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> HttpResponse {
+    try_http(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
+}
+
+async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = TcpStream::connect(addr).await?;
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(FRAME_TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::other("no answer in time"))??;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    let body = if chunked {
+        unchunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// What a WebSocket read produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A JSON text frame.
+    Frame(Value),
+    /// The server closed with this code (None: no close frame, the
+    /// connection just ended).
+    Closed(Option<u16>),
+}
+
+/// A WebSocket client speaking the protocol of DESIGN §4.
+#[derive(Debug)]
+pub struct Ws {
+    stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    /// Connects to `addr` with `?token=`.
+    pub async fn connect(addr: SocketAddr, token: &str) -> Self {
+        let url = format!("ws://{addr}/ws?token={token}");
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|err| panic!("WebSocket upgrade at {addr}: {err}"));
+        Self { stream }
+    }
+
+    /// Connects with a prepared request, returning the upgrade error as
+    /// is (for the refusal tests).
+    pub async fn try_connect(
+        request: http::Request<()>,
+    ) -> Result<(Self, http::Response<Option<Vec<u8>>>), Box<tungstenite::Error>> {
+        let (stream, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(Box::new)?;
+        Ok((Self { stream }, response))
+    }
+
+    /// A request for `ws://addr/ws` to adjust before connecting.
+    pub fn request(addr: SocketAddr, query: &str) -> http::Request<()> {
+        format!("ws://{addr}/ws{query}")
+            .into_client_request()
+            .expect("a valid WebSocket URL")
+    }
+
+    /// Sends one JSON frame.
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// Sends one raw text frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::text(text))
+            .await
+            .expect("the socket takes a frame");
+    }
+
+    /// Sends one raw WebSocket message.
+    pub async fn send_message(&mut self, message: Message) -> Result<(), tungstenite::Error> {
+        self.stream.send(message).await
+    }
+
+    /// The next frame or the close, failing the test after
+    /// [`FRAME_TIMEOUT`].
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let next = tokio::time::timeout(FRAME_TIMEOUT, self.stream.next())
+                .await
+                .expect("a frame within the timeout");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return Event::Frame(
+                        serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|err| panic!("a server frame is JSON ({err}): {text}")),
+                    );
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Event::Closed(frame.map(|CloseFrame { code, .. }| u16::from(code)));
+                }
+                Some(Ok(Message::Binary(_))) => panic!("the server sent a binary frame"),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Event::Closed(None),
+            }
+        }
+    }
+
+    /// The next frame, failing if the connection closes.
+    pub async fn next(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Frame(frame) => frame,
+            Event::Closed(code) => panic!("the connection closed ({code:?})"),
+        }
+    }
+
+    /// The body of the next `kind` frame, skipping other kinds; an
+    /// unexpected `error` frame fails the test.
+    pub async fn next_kind(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next().await;
+            if let Some(body) = frame.get(kind) {
+                return body.clone();
+            }
+            if let Some(error) = frame.get("error") {
+                panic!("expected a {kind} frame, got an error: {error}");
+            }
+        }
+    }
+
+    /// The close code, skipping frames before it.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Event::Closed(code) = self.next_event().await {
+                return code;
+            }
+        }
+    }
+
+    /// Joins `room_id` after `since_seq` and returns the `joined` body.
+    pub async fn join(&mut self, room_id: &str, since_seq: i64) -> Value {
+        self.send(json!({ "join": { "room_id": room_id, "since_seq": since_seq } }))
+            .await;
+        self.next_kind("joined").await
+    }
+
+    /// Sends `content` to `room_id` with `client_id`.
+    pub async fn say(&mut self, room_id: &str, content: &str, client_id: &str) {
+        self.send(
+            json!({ "send": { "room_id": room_id, "content": content, "client_id": client_id } }),
+        )
+        .await;
+    }
+
+    /// The next `message` body.
+    pub async fn next_message(&mut self) -> Value {
+        self.next_kind("message").await
+    }
+
+    /// Closes from the client's side.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
+
+/// Declares a test that runs against the distributed topology and against
+/// the all-in-one binary.
+#[macro_export]
+macro_rules! on_both_topologies {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn distributed() {
+                    super::$name($crate::gateway::Topology::Distributed).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn all_in_one() {
+                    super::$name($crate::gateway::Topology::AllInOne).await
+                }
+            }
+        )*
+    };
+}
