@@ -167,11 +167,11 @@ pub struct Deployment {
 #[derive(Debug)]
 enum Parts {
     Distributed {
-        stack: TestStack,
+        stack: Box<TestStack>,
         replicas: Vec<ChatReplica>,
         gateways: Vec<GatewayNode>,
     },
-    AllInOne(RunningBinary),
+    AllInOne(Box<RunningBinary>),
 }
 
 impl Deployment {
@@ -206,7 +206,7 @@ impl Deployment {
             gateway_admins: gateways.iter().map(|g| g.admin).collect(),
             chat_admins: replicas.iter().map(|r| r.admin).collect(),
             parts: Parts::Distributed {
-                stack,
+                stack: Box::new(stack),
                 replicas,
                 gateways,
             },
@@ -273,7 +273,7 @@ impl Deployment {
             gateways: vec![gateway],
             gateway_admins: vec![admin],
             chat_admins: vec![addr(6).parse().expect("an address")],
-            parts: Parts::AllInOne(running),
+            parts: Parts::AllInOne(Box::new(running)),
         }
     }
 

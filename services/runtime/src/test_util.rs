@@ -107,6 +107,8 @@ pub struct RunningBinary {
     pub grpc_addrs: Vec<std::net::SocketAddr>,
     /// The HTTP (gateway) addresses it logged, in order.
     pub http_addrs: Vec<std::net::SocketAddr>,
+    /// The admin addresses it logged, in order.
+    pub admin_addrs: Vec<std::net::SocketAddr>,
     /// Its working directory (holding `data/`), removed on drop.
     pub dir: tempfile::TempDir,
 }
@@ -137,6 +139,7 @@ impl RunningBinary {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut grpc_addrs = Vec::new();
         let mut http_addrs = Vec::new();
+        let mut admin_addrs = Vec::new();
         while grpc_addrs.len() + http_addrs.len() < services {
             let line = lines
                 .next_line()
@@ -148,6 +151,9 @@ impl RunningBinary {
             };
             if entry["message"] != "listening" {
                 continue;
+            }
+            if let Some(addr) = entry["admin"].as_str().and_then(|a| a.parse().ok()) {
+                admin_addrs.push(addr);
             }
             if let Some(addr) = entry["grpc"].as_str().and_then(|a| a.parse().ok()) {
                 grpc_addrs.push(addr);
@@ -161,6 +167,7 @@ impl RunningBinary {
             child,
             grpc_addrs,
             http_addrs,
+            admin_addrs,
             dir,
         }
     }

@@ -596,10 +596,10 @@ impl Stream {
                     return;
                 }
             }
-            Some(In::Send(send)) if !send.client_id.is_empty() => {
-                if session.unacked.len() < MAX_UNACKED {
-                    session.unacked.push_back(send.clone());
-                }
+            Some(In::Send(send))
+                if !send.client_id.is_empty() && session.unacked.len() < MAX_UNACKED =>
+            {
+                session.unacked.push_back(send.clone());
             }
             Some(In::Refresh(refresh)) => refresh.token.clone_into(&mut session.token),
             _ => {}
@@ -636,10 +636,10 @@ impl Stream {
         match response.kind {
             Some(Down::SessionResponse(response)) => {
                 if let Some(frame) = response.response {
-                    self.to_session(response.session_id, &frame);
+                    self.deliver_to_session(response.session_id, &frame);
                 }
             }
-            Some(Down::RoomEvent(event)) => self.to_room(&event),
+            Some(Down::RoomEvent(event)) => self.deliver_to_room(&event),
             Some(Down::SessionClosed(closed)) => {
                 if let Some(session) = self.remove(closed.session_id) {
                     tracing::debug!(code = %closed.code, reason = %closed.message, "chat closed a session");
@@ -654,7 +654,7 @@ impl Stream {
         }
     }
 
-    fn to_session(&mut self, id: SessionId, response: &ChatResponse) {
+    fn deliver_to_session(&mut self, id: SessionId, response: &ChatResponse) {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -734,7 +734,7 @@ impl Stream {
         }
     }
 
-    fn to_room(&mut self, event: &RoomEvent) {
+    fn deliver_to_room(&mut self, event: &RoomEvent) {
         let Some(members) = self.rooms.get_mut(event.room_id.as_str()) else {
             return;
         };

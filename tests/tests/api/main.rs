@@ -8,6 +8,7 @@ mod auth;
 mod chat;
 mod chat_cluster;
 mod gateway;
+mod gateway_cluster;
 mod ops;
 mod readme;
 mod rest;
