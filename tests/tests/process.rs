@@ -167,3 +167,48 @@ async fn help_lists_every_variable_without_secrets() {
         "--help printed a secret"
     );
 }
+
+#[tokio::test]
+async fn parley_refuses_a_send_queue_no_longer_than_the_replay() {
+    let output = tokio::process::Command::new(binary("parley"))
+        .env("GATEWAY_SEND_QUEUE", "100")
+        .env("CHAT_MAX_REPLAY", "100")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("GATEWAY_SEND_QUEUE") && stderr.contains("CHAT_MAX_REPLAY"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn gateway_help_lists_every_variable() {
+    let output = tokio::process::Command::new(binary("parley-gateway"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for variable in [
+        "GATEWAY_HTTP_ADDR",
+        "GATEWAY_ADMIN_ADDR",
+        "GATEWAY_MAX_FRAME_BYTES",
+        "GATEWAY_SEND_QUEUE",
+        "GATEWAY_MAX_ROOMS_PER_CONNECTION",
+        "GATEWAY_MAX_CONNECTIONS_PER_USER",
+        "GATEWAY_STREAMS_PER_REPLICA",
+        "AUTH_URL",
+        "USER_URL",
+        "CHAT_URL",
+        "SHUTDOWN_GRACE",
+        "RUST_LOG",
+        "LOG_FORMAT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        assert!(help.contains(variable), "--help misses {variable}");
+    }
+}

@@ -240,7 +240,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
     handle.end();
     if let Some(route) = handle.route() {
         // The stream forgets the session; if it is gone, so is the session.
-        let _ = route.try_send(Command::Close { session: id });
+        let _ = route.send(Command::Close { session: id }).await;
     }
     drop(outbox);
     ::metrics::gauge!("parley_ws_connections").decrement(1.0);

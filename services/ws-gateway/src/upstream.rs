@@ -12,8 +12,9 @@
 //! message once, in order, and never notices the move.
 //!
 //! A room event arrives once per stream however many of its sessions are in
-//! the room; it is encoded to JSON once and the bytes are shared by every
-//! recipient's queue.
+//! the room. A message is encoded to JSON once per gateway: the first stream
+//! to meet `(room, seq)` encodes it into the shared [`EncodedMessages`], and
+//! every other stream, replay and recipient reuses those bytes.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -25,6 +26,7 @@ use std::{
     time::Duration,
 };
 
+use axum::extract::ws::Utf8Bytes;
 use parley_proto::chat::v1::{
     ChatRequest, ChatResponse, CloseSession, GatewayStreamRequest, GatewayStreamResponse, Join,
     OpenSession, RoomEvent, Send, SessionRequest, chat_request::Frame as In,
@@ -58,6 +60,8 @@ const REQUEST_QUEUE: usize = 8192;
 /// Sends with a `client_id` kept per session until acknowledged, to be
 /// sent again (idempotently) after a move.
 const MAX_UNACKED: usize = 256;
+/// Encoded messages kept for other streams and replays to reuse.
+const ENCODED_MESSAGES: usize = 4096;
 
 /// What a stream's task is asked to do.
 #[derive(Debug)]
@@ -118,6 +122,65 @@ struct Inner {
     ready: Condition,
     settings: Settings,
     next_slot: AtomicU64,
+    encoded: Arc<EncodedMessages>,
+}
+
+/// Messages recently encoded to JSON, by room and seq, shared by every
+/// stream of the gateway. Bounded: the oldest entries go first.
+#[derive(Debug)]
+pub(crate) struct EncodedMessages {
+    recent: Mutex<EncodedInner>,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct EncodedInner {
+    frames: HashMap<(Arc<str>, i64), Utf8Bytes>,
+    order: VecDeque<(Arc<str>, i64)>,
+}
+
+impl EncodedMessages {
+    fn new(capacity: usize) -> Self {
+        Self {
+            recent: Mutex::new(EncodedInner::default()),
+            capacity,
+        }
+    }
+
+    /// The JSON of the message frame `response` (at `room`, `seq`),
+    /// encoded now only if no stream has encoded it yet.
+    fn get_or_encode(
+        &self,
+        room: &Arc<str>,
+        seq: i64,
+        response: &ChatResponse,
+    ) -> Option<Utf8Bytes> {
+        let key = (room.clone(), seq);
+        if let Some(text) = self.lock().frames.get(&key) {
+            return Some(text.clone());
+        }
+        // Encoded outside the lock; two streams racing on the same message
+        // both encode it, which is harmless.
+        let text = frames::encode_response(response)?;
+        let mut recent = self.lock();
+        if recent.frames.insert(key.clone(), text.clone()).is_none() {
+            recent.order.push_back(key);
+            while recent.order.len() > self.capacity {
+                if let Some(oldest) = recent.order.pop_front() {
+                    recent.frames.remove(&oldest);
+                }
+            }
+        }
+        Some(text)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EncodedInner> {
+        // Entries are inserted and removed whole: a poisoned cache is
+        // still consistent.
+        self.recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// Open streams and the sessions waiting for one. One lock for both, so a
@@ -149,6 +212,7 @@ impl Upstream {
                 ready,
                 settings,
                 next_slot: AtomicU64::new(1),
+                encoded: Arc::new(EncodedMessages::new(ENCODED_MESSAGES)),
             }),
         };
         tokio::spawn(upstream.clone().follow_replicas(url, stop));
@@ -279,6 +343,7 @@ impl Upstream {
             let load = Arc::new(AtomicUsize::new(0));
             let slot = self.stream_opened(commands, load.clone());
             let stream = Stream {
+                encoded: self.inner.encoded.clone(),
                 requests,
                 sessions: HashMap::new(),
                 rooms: HashMap::new(),
@@ -352,6 +417,9 @@ impl Upstream {
                         stream.commands.clone()
                     }
                     None => {
+                        // Connections that ended while waiting need no
+                        // home.
+                        pool.waiting.retain(|waiting| !waiting.handle.has_ended());
                         pool.waiting.push(orphan);
                         return;
                     }
@@ -417,6 +485,7 @@ impl Recipient {
 /// The task behind one open stream.
 #[derive(Debug)]
 struct Stream {
+    encoded: Arc<EncodedMessages>,
     requests: mpsc::Sender<GatewayStreamRequest>,
     sessions: HashMap<SessionId, Session>,
     /// Room to the sessions on this stream that joined it.
@@ -729,13 +798,25 @@ impl Stream {
             Out::Refreshed(_) => return,
             _ => {}
         }
-        if let Some(text) = frames::encode_response(response) {
+        let text = match frame {
+            Out::Message(message) => self.encoded.get_or_encode(
+                &Arc::from(message.room_id.as_str()),
+                message.seq,
+                response,
+            ),
+            _ => frames::encode_response(response),
+        };
+        if let Some(text) = text {
             session.handle.deliver(kind_of(frame), text);
         }
     }
 
     fn deliver_to_room(&mut self, event: &RoomEvent) {
-        let Some(members) = self.rooms.get_mut(event.room_id.as_str()) else {
+        let Some(room) = self
+            .rooms
+            .get_key_value(event.room_id.as_str())
+            .map(|(room, _)| room.clone())
+        else {
             return;
         };
         let Some(response) = &event.response else {
@@ -744,7 +825,14 @@ impl Stream {
         let Some(frame) = &response.frame else {
             return;
         };
-        let Some(text) = frames::encode_response(response) else {
+        let text = match frame {
+            Out::Message(message) => self.encoded.get_or_encode(&room, message.seq, response),
+            _ => frames::encode_response(response),
+        };
+        let Some(text) = text else {
+            return;
+        };
+        let Some(members) = self.rooms.get_mut(&room) else {
             return;
         };
         let kind = kind_of(frame);
@@ -898,5 +986,64 @@ pub fn kind_of(frame: &Out) -> FrameKind {
         Out::Pong(_) => FrameKind::Pong,
         Out::Refreshed(_) => FrameKind::Refreshed,
         Out::Error(_) => FrameKind::Error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_proto::chat::v1::ChatMessage;
+
+    use super::*;
+
+    fn message(room: &str, seq: i64) -> ChatResponse {
+        ChatResponse {
+            frame: Some(Out::Message(ChatMessage {
+                room_id: room.into(),
+                seq,
+                ..ChatMessage::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_message_is_encoded_once_and_its_bytes_shared() {
+        let encoded = EncodedMessages::new(2);
+        let room: Arc<str> = Arc::from("r");
+        let first = encoded.get_or_encode(&room, 1, &message("r", 1)).unwrap();
+        let again = encoded.get_or_encode(&room, 1, &message("r", 1)).unwrap();
+        assert_eq!(
+            first.as_str().as_ptr(),
+            again.as_str().as_ptr(),
+            "the same buffer"
+        );
+        encoded.get_or_encode(&room, 2, &message("r", 2));
+        encoded.get_or_encode(&room, 3, &message("r", 3));
+        let evicted = encoded.get_or_encode(&room, 1, &message("r", 1)).unwrap();
+        assert_ne!(
+            first.as_str().as_ptr(),
+            evicted.as_str().as_ptr(),
+            "the oldest was dropped"
+        );
+        assert_eq!(first, evicted);
+    }
+
+    #[test]
+    fn cursors_drop_what_a_client_already_has() {
+        let (handle, _outbox) = SessionHandle::new(1, Arc::from("u"), 4);
+        let mut recipient = Recipient {
+            handle,
+            cursor: None,
+            floor: 5,
+        };
+        assert_eq!(
+            recipient.since(),
+            5,
+            "before any message: the join's last_seq"
+        );
+        assert!(recipient.admit(6));
+        assert!(!recipient.admit(6), "a duplicate");
+        assert!(!recipient.admit(4), "an old one");
+        assert!(recipient.admit(7));
+        assert_eq!(recipient.since(), 7);
     }
 }
