@@ -1,21 +1,24 @@
-//! The README's chat grpcurl examples, run as written (with the chat
-//! service's real address) through server reflection.
+//! The README's examples, run as written (with the services' real
+//! addresses): the chat grpcurl session through server reflection, and the
+//! REST session with curl.
 
 use parley_tests::{
     DatabaseBackend, TestStack,
     chat::{ChatReplica, test_args},
+    gateway::{Deployment, Settings, Topology},
 };
 
-/// The commands between the `chat-grpcurl` markers of the README.
-fn readme_chat_script() -> String {
+/// The commands between the `<name>:begin` and `<name>:end` markers of the
+/// README.
+fn readme_script(name: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("the README is readable");
     let begin = readme
-        .find("<!-- chat-grpcurl:begin -->")
-        .expect("the README marks its chat examples");
+        .find(&format!("<!-- {name}:begin -->"))
+        .unwrap_or_else(|| panic!("the README marks its {name} examples"));
     let end = readme[begin..]
-        .find("<!-- chat-grpcurl:end -->")
-        .expect("the chat examples end")
+        .find(&format!("<!-- {name}:end -->"))
+        .expect("the examples end")
         + begin;
     readme[begin..end]
         .split_once("```sh\n")
@@ -29,7 +32,8 @@ async fn the_readme_chat_grpcurl_examples_work() {
     let mut stack = TestStack::start(DatabaseBackend::Sqlite).await;
     let replica = ChatReplica::start(&stack, test_args(&stack, None)).await;
     let (_, token) = stack.signed_up("ada").await;
-    let script = readme_chat_script().replace("localhost:50053", &replica.addr.to_string());
+    let script =
+        readme_script("chat-grpcurl").replace("localhost:50053", &replica.addr.to_string());
     assert!(script.contains("grpcurl"), "{script}");
 
     let output = tokio::process::Command::new("bash")
@@ -56,4 +60,40 @@ async fn the_readme_chat_grpcurl_examples_work() {
     );
     replica.stop().await;
     stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_rest_examples_work() {
+    let deployment = Deployment::start(Topology::AllInOne, &Settings::default()).await;
+    let script =
+        readme_script("rest-curl").replace("localhost:8080", &deployment.gateway(0).to_string());
+    // Every call must succeed, and the last answer is shown.
+    let script = format!(
+        "set -euo pipefail\n{}\necho \"$ROOM\"; echo \"$PAIR\"",
+        script.replace("curl -s ", "curl -sS --fail-with-body ")
+    );
+    let output = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the examples fail (curl and jq are needed):\n{stdout}\n{stderr}"
+    );
+    for expected in [
+        r#""username":"alan""#,
+        r#"{"has_more":false,"messages":[]}"#,
+        r#""private":true"#,
+        r#""token_type":"Bearer""#,
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
+    deployment.stop().await;
 }
