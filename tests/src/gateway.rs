@@ -290,6 +290,18 @@ impl Deployment {
         }
     }
 
+    /// Starts `topology` with two users signed up, alice and bob (unique
+    /// names starting so).
+    pub async fn start_with_pair(
+        topology: Topology,
+        settings: &Settings,
+    ) -> (Self, Account, Account) {
+        let deployment = Self::start(topology, settings).await;
+        let alice = deployment.sign_up(&username("alice")).await;
+        let bob = deployment.sign_up(&username("bob")).await;
+        (deployment, alice, bob)
+    }
+
     /// Registers `username` over REST and logs in.
     pub async fn sign_up(&self, username: &str) -> Account {
         let gateway = self.gateway(0);

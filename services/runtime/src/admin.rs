@@ -56,3 +56,47 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }
+
+/// The admin server of a running service, and the `draining` readiness
+/// condition that turns false when the shutdown starts.
+#[derive(Debug)]
+pub struct Running {
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    drain_flag: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the admin server on `listener` and marks `readiness` not ready
+/// as soon as `shutdown` fires, so probes see the drain before the API
+/// port closes.
+pub fn start(
+    listener: TcpListener,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Running {
+    let not_draining = readiness.condition("draining");
+    not_draining.set(true);
+    let server = tokio::spawn(serve(listener, readiness.clone(), shutdown.clone()));
+    let drain_flag = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            not_draining.set(false);
+        })
+    };
+    Running { server, drain_flag }
+}
+
+impl Running {
+    /// Waits for the admin server to stop (the shutdown must have fired).
+    ///
+    /// # Errors
+    /// Fails when the admin server failed.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.drain_flag.abort();
+        self.server
+            .await
+            .context("admin server task failed")?
+            .context("admin server failed")
+    }
+}

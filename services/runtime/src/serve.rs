@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -146,21 +147,7 @@ async fn run(
         admin = %listeners.admin_addr()?,
         "listening"
     );
-    let not_draining = readiness.condition("draining");
-    not_draining.set(true);
-    let admin = tokio::spawn(crate::admin::serve(
-        listeners.admin,
-        readiness.clone(),
-        shutdown.clone(),
-    ));
-    let drain_flag = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            not_draining.set(false);
-        })
-    };
-
+    let admin = crate::admin::start(listeners.admin, &readiness, &shutdown);
     let served = grpc::serve(
         listeners.grpc,
         services,
@@ -172,10 +159,9 @@ async fn run(
     // The gRPC server also returns when it fails; take the admin port down
     // with it rather than leave a half-alive process.
     shutdown.cancel();
-    drain_flag.abort();
-    let admin_result = admin.await.context("admin server task failed")?;
+    let admin_result = admin.finish().await;
     served?;
-    admin_result.context("admin server failed")?;
+    admin_result?;
     tracing::info!(service, "stopped");
     Ok(())
 }

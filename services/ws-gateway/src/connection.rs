@@ -73,7 +73,7 @@ pub(crate) async fn upgrade(
             .find_map(|value| value.strip_prefix("bearer."))
             .map(str::to_owned)
     });
-    let header_token = bearer(&headers);
+    let header_token = crate::rest::bearer_token(&headers);
     let (token, via_protocol) = match (query_token, header_token, protocol_token) {
         (Some(token), _, _) | (None, Some(token), _) => (token, false),
         (None, None, Some(token)) => (token, true),
@@ -143,15 +143,6 @@ pub(crate) async fn upgrade(
         let _slot = slot;
         serve(socket, state, caller, token).await;
     })
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-        .filter(|token| !token.is_empty())
 }
 
 /// How a connection ended.

@@ -279,20 +279,7 @@ impl Gateway {
             admin = %listeners.admin.local_addr()?,
             "listening"
         );
-        let not_draining = readiness.condition("draining");
-        not_draining.set(true);
-        let admin = tokio::spawn(parley_runtime::admin::serve(
-            listeners.admin,
-            readiness.clone(),
-            shutdown.clone(),
-        ));
-        let drain_flag = {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                not_draining.set(false);
-            })
-        };
+        let admin = parley_runtime::admin::start(listeners.admin, &readiness, &shutdown);
         let served = axum::serve(listeners.http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
@@ -317,10 +304,9 @@ impl Gateway {
             );
         }
         streams_stop.cancel();
-        drain_flag.abort();
-        let admin_result = admin.await.context("admin server task failed")?;
+        let admin_result = admin.finish().await;
         served?;
-        admin_result.context("admin server failed")?;
+        admin_result?;
         tracing::info!(service = SERVICE_NAME, "stopped");
         Ok(())
     }

@@ -41,9 +41,8 @@ async fn still_usable(ws: &mut Ws) {
 }
 
 async fn clients_on_both_gateways_see_one_order(topology: Topology) {
-    let deployment = Deployment::start(topology, &Settings::default()).await;
-    let alice = deployment.sign_up(&username("alice")).await;
-    let bob = deployment.sign_up(&username("bob")).await;
+    let (deployment, alice, bob) =
+        Deployment::start_with_pair(topology, &Settings::default()).await;
     let room = room_id("order");
     let mut on_a = deployment.ws(0, &alice).await;
     let mut on_b = deployment.ws(1, &bob).await;
@@ -107,9 +106,8 @@ async fn clients_on_both_gateways_see_one_order(topology: Topology) {
 }
 
 async fn a_join_with_since_seq_replays_and_lists_members(topology: Topology) {
-    let deployment = Deployment::start(topology, &Settings::default()).await;
-    let alice = deployment.sign_up(&username("alice")).await;
-    let bob = deployment.sign_up(&username("bob")).await;
+    let (deployment, alice, bob) =
+        Deployment::start_with_pair(topology, &Settings::default()).await;
     let room = room_id("replay");
     let mut on_a = deployment.ws(0, &alice).await;
     let joined = on_a.join(&room, 0).await;
@@ -154,9 +152,8 @@ async fn a_join_with_since_seq_replays_and_lists_members(topology: Topology) {
 }
 
 async fn every_frame_gets_its_answer(topology: Topology) {
-    let deployment = Deployment::start(topology, &Settings::default()).await;
-    let alice = deployment.sign_up(&username("alice")).await;
-    let bob = deployment.sign_up(&username("bob")).await;
+    let (deployment, alice, bob) =
+        Deployment::start_with_pair(topology, &Settings::default()).await;
     let room = room_id("frames");
     let mut on_a = deployment.ws(0, &alice).await;
     let mut on_b = deployment.ws(1, &bob).await;
@@ -492,9 +489,7 @@ async fn a_client_that_stops_reading_is_closed_with_4008(topology: Topology) {
         send_queue: 32,
         ..Settings::default()
     };
-    let deployment = Deployment::start(topology, &settings).await;
-    let alice = deployment.sign_up(&username("alice")).await;
-    let bob = deployment.sign_up(&username("bob")).await;
+    let (deployment, alice, bob) = Deployment::start_with_pair(topology, &settings).await;
     let room = room_id("slow");
     let mut sender = deployment.ws(0, &alice).await;
     let mut sleeper = deployment.ws(0, &bob).await;
