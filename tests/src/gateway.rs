@@ -150,6 +150,41 @@ async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
     Ok((response.status, response.body))
 }
 
+/// A chat replica as its own process on a fixed port, so it can be killed
+/// and started again at the same address.
+#[derive(Debug)]
+pub struct ChatProcess {
+    /// The process.
+    pub running: RunningBinary,
+}
+
+impl ChatProcess {
+    /// Starts `parley-chat` on `port` next to `stack`, sharing Redis, with
+    /// `extra` variables, and waits until it is ready.
+    pub async fn start(stack: &TestStack, port: u16, extra: &[(&str, &str)]) -> Self {
+        let addr = format!("127.0.0.1:{port}");
+        let database = stack.database_url("chat").expose().to_owned();
+        let auth = stack.auth_url().to_string();
+        let mut env = vec![
+            ("CHAT_GRPC_ADDR", addr.as_str()),
+            ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
+            ("CHAT_DATABASE_URL", database.as_str()),
+            ("CHAT_REDIS_URL", REDIS_URL),
+            ("CHAT_PRESENCE_TTL", "1500ms"),
+            ("AUTH_URL", auth.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let running = RunningBinary::start(&binary("parley-chat"), &env, 1).await;
+        wait_until_ready(running.admin_addrs[0]).await;
+        Self { running }
+    }
+
+    /// SIGKILLs the process.
+    pub async fn kill(mut self) {
+        self.running.child.kill().await.expect("SIGKILL");
+    }
+}
+
 /// A running deployment.
 #[derive(Debug)]
 pub struct Deployment {

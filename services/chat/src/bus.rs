@@ -46,7 +46,7 @@ pub enum Bus {
 #[derive(Debug, Clone)]
 pub struct RedisBus {
     origin: Origin,
-    outbox: mpsc::Sender<(RoomId, Bytes)>,
+    outbox: mpsc::Sender<Outgoing>,
     subscriptions: mpsc::UnboundedSender<Subscription>,
 }
 
@@ -61,7 +61,7 @@ enum Subscription {
 pub struct RedisBusTasks {
     client: redis::Client,
     origin: Origin,
-    outbox: mpsc::Receiver<(RoomId, Bytes)>,
+    outbox: mpsc::Receiver<Outgoing>,
     subscriptions: mpsc::UnboundedReceiver<Subscription>,
 }
 
@@ -93,14 +93,25 @@ impl Bus {
 
     /// Sends `event` to the other replicas with members in its room.
     pub fn publish(&self, event: &RoomEvent) {
+        self.publish_traced(event, &tracing::Span::none());
+    }
+
+    /// [`publish`](Self::publish), traced as a child of `parent` (when it
+    /// is enabled) until Redis has taken the event.
+    pub fn publish_traced(&self, event: &RoomEvent, parent: &tracing::Span) {
         let Self::Redis(bus) = self else { return };
+        let span = if parent.is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(parent: parent, "redis.publish", otel.kind = "producer", db.system = "redis")
+        };
         let mut payload = BytesMut::with_capacity(16 + event.encoded_len());
         payload.put_slice(&bus.origin);
         // Encoding into a buffer sized for it cannot fail.
         let _ = event.encode(&mut payload);
         if bus
             .outbox
-            .try_send((RoomId::from(event.room_id.as_str()), payload.freeze()))
+            .try_send((RoomId::from(event.room_id.as_str()), payload.freeze(), span))
             .is_err()
         {
             metrics::counter!("parley_chat_bus_dropped_total").increment(1);
@@ -129,6 +140,10 @@ pub fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
     Some((origin, event))
 }
 
+/// An event waiting to be published, with its span (ended once Redis has
+/// taken it).
+type Outgoing = (RoomId, Bytes, tracing::Span);
+
 fn channel(room_id: &str) -> String {
     format!("{CHANNEL_PREFIX}{room_id}")
 }
@@ -155,7 +170,7 @@ fn backoff(failures: u32) -> Duration {
 /// after a reconnect rather than dropped.
 async fn publish(
     client: redis::Client,
-    mut outbox: mpsc::Receiver<(RoomId, Bytes)>,
+    mut outbox: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
     let config = redis::aio::ConnectionManagerConfig::new()
@@ -169,7 +184,7 @@ async fn publish(
             return;
         }
     };
-    let mut batch: Vec<(RoomId, Bytes)> = Vec::with_capacity(PUBLISH_BATCH);
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(PUBLISH_BATCH);
     let mut failures = 0u32;
     loop {
         if batch.is_empty() {
@@ -181,7 +196,7 @@ async fn publish(
             }
         }
         let mut pipeline = redis::pipe();
-        for (room_id, payload) in &batch {
+        for (room_id, payload, _) in &batch {
             pipeline
                 .publish(channel(room_id), payload.as_ref())
                 .ignore();

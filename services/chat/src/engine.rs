@@ -392,8 +392,14 @@ impl Engine {
     }
 
     /// Queues a prepared send for storage; the outcome goes to `reply`.
-    pub fn submit(&self, message: NewMessage, reply: Reply) {
-        if let Err(rejected) = self.inner.writer.submit(Submission { message, reply }) {
+    /// Its storage and publish are traced under `span` (which may be
+    /// disabled).
+    pub fn submit(&self, message: NewMessage, reply: Reply, span: tracing::Span) {
+        if let Err(rejected) = self.inner.writer.submit(Submission {
+            message,
+            reply,
+            span,
+        }) {
             let (submission, error) = *rejected;
             self.inner.limiter.refund(&submission.message.sender_id);
             reply_error(submission, error);

@@ -157,7 +157,8 @@ impl chat_service_server::ChatService for ChatService {
         ) {
             Ok(message) => {
                 let (sender, receiver) = oneshot::channel();
-                self.engine.submit(message, Reply::Unary(sender));
+                self.engine
+                    .submit(message, Reply::Unary(sender), tracing::Span::current());
                 receiver
                     .await
                     .map_err(|_| Status::unavailable("the message writer stopped"))??
@@ -217,7 +218,7 @@ impl chat_service_server::ChatService for ChatService {
         let actor = StreamActor::client(self.engine.clone(), link, &caller);
         let incoming = request
             .into_inner()
-            .map(|frame| frame.map(|frame| Incoming::Frame(0, frame)));
+            .map(|frame| frame.map(|frame| Incoming::Frame(0, frame, Default::default())));
         tokio::spawn(actor.run(incoming));
         Ok(Response::new(OutboundStream::new(receiver, cut, to_client)))
     }
@@ -236,9 +237,11 @@ impl chat_service_server::ChatService for ChatService {
                     GatewayIn::OpenSession(open) => {
                         Incoming::Open(open.session_id, open.access_token)
                     }
-                    GatewayIn::SessionRequest(request) => {
-                        Incoming::Frame(request.session_id, request.request.unwrap_or_default())
-                    }
+                    GatewayIn::SessionRequest(request) => Incoming::Frame(
+                        request.session_id,
+                        request.request.unwrap_or_default(),
+                        request.trace_context,
+                    ),
                     GatewayIn::CloseSession(close) => Incoming::Close(close.session_id),
                 })),
                 Ok(GatewayStreamRequest { kind: None }) => None,

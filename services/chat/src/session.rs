@@ -30,6 +30,9 @@ use crate::{
     writer::Reply,
 };
 
+/// The W3C trace context a gateway sends with a frame; empty otherwise.
+pub type TraceContext = std::collections::HashMap<String, String>;
+
 /// Frames a busy session may queue before further ones are refused.
 const MAX_BACKLOG: usize = 256;
 /// Sessions live this long past their token's expiry, so the gateway,
@@ -41,8 +44,8 @@ const EXPIRY_GRACE_SECONDS: i64 = 5;
 pub enum Incoming {
     /// A gateway client connected.
     Open(SessionId, String),
-    /// A session sent a frame.
-    Frame(SessionId, ChatRequest),
+    /// A session sent a frame, with the trace context it came with.
+    Frame(SessionId, ChatRequest, TraceContext),
     /// A gateway client disconnected.
     Close(SessionId),
 }
@@ -52,7 +55,7 @@ struct Session {
     expires_at: i64,
     rooms: HashSet<RoomId>,
     busy: bool,
-    backlog: VecDeque<ChatRequest>,
+    backlog: VecDeque<(ChatRequest, TraceContext)>,
 }
 
 /// What a finished slow frame changed.
@@ -207,7 +210,7 @@ impl StreamActor {
                     self.clean_up(session);
                 }
             }
-            Incoming::Frame(id, request) => {
+            Incoming::Frame(id, request, trace) => {
                 let Some(session) = self.sessions.get_mut(&id) else {
                     self.link.push(
                         Outbound::Close(
@@ -227,11 +230,11 @@ impl StreamActor {
                                 .into_frame(&client_id, &room_id),
                         );
                     } else {
-                        session.backlog.push_back(request);
+                        session.backlog.push_back((request, trace));
                     }
                     return;
                 }
-                self.handle(id, request);
+                self.handle(id, request, &trace);
             }
         }
     }
@@ -299,9 +302,9 @@ impl StreamActor {
         }
         while let Some(session) = self.sessions.get_mut(&done.session)
             && !session.busy
-            && let Some(request) = session.backlog.pop_front()
+            && let Some((request, trace)) = session.backlog.pop_front()
         {
-            self.handle(done.session, request);
+            self.handle(done.session, request, &trace);
         }
     }
 
@@ -320,7 +323,7 @@ impl StreamActor {
         );
     }
 
-    fn handle(&mut self, id: SessionId, request: ChatRequest) {
+    fn handle(&mut self, id: SessionId, request: ChatRequest, trace: &TraceContext) {
         let Some(session) = self.sessions.get(&id) else {
             return;
         };
@@ -359,8 +362,11 @@ impl StreamActor {
                     return;
                 }
                 let client_id = send.client_id.clone();
+                let span = send_span(&send.room_id, trace);
                 match engine.prepare_send(&user, &send.room_id, send.content, send.client_id) {
-                    Ok(message) => engine.submit(message, Reply::Session { link, session: id }),
+                    Ok(message) => {
+                        engine.submit(message, Reply::Session { link, session: id }, span);
+                    }
                     Err(PrepareError::Invalid(err)) => {
                         link.send_to(id, err.into_frame(&client_id, &send.room_id));
                     }
@@ -568,6 +574,17 @@ async fn replay_again(
         link.send_to(id, message_frame((*message).clone()));
     }
     Ok(())
+}
+
+/// The span of one send, a child of the client's frame when the gateway
+/// sent its trace context; none when traces are not exported.
+fn send_span(room_id: &str, trace: &TraceContext) -> tracing::Span {
+    if !parley_runtime::telemetry::exporting() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!("chat.send", otel.kind = "server", chat.room_id = %room_id);
+    parley_runtime::telemetry::set_parent_from(&span, trace);
+    span
 }
 
 fn not_joined(room_id: &str) -> Error {

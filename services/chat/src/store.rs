@@ -96,6 +96,14 @@ impl ChatStore {
         Self { db }
     }
 
+    /// The engine's name as trace attributes spell it (`db.system`).
+    pub fn system(&self) -> &'static str {
+        match self.db.kind() {
+            parley_runtime::config::DatabaseKind::Postgres => "postgresql",
+            parley_runtime::config::DatabaseKind::Sqlite => "sqlite",
+        }
+    }
+
     /// Stores a room made by `CreateRoom`, with a fresh short code (a new
     /// one is drawn on the rare collision).
     ///

@@ -51,6 +51,9 @@ pub struct Submission {
     pub message: NewMessage,
     /// Who hears back.
     pub reply: Reply,
+    /// The send's span, parent of its storage and publish spans; disabled
+    /// when traces are not exported.
+    pub span: tracing::Span,
 }
 
 /// The writer lanes. Cheap to clone.
@@ -120,7 +123,19 @@ impl Lane {
         let mut batch: Vec<Submission> = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let messages: Vec<&NewMessage> = batch.iter().map(|s| &s.message).collect();
-            match self.store.write_batch(&messages).await {
+            // Each traced send gets a span for the transaction that stores
+            // it, however many others share that transaction.
+            let size = batch.len();
+            let store_spans: Vec<tracing::Span> = batch
+                .iter()
+                .filter(|s| !s.span.is_disabled())
+                .map(|s| {
+                    tracing::info_span!(parent: &s.span, "chat.store", db.system = self.store.system(), db.batch_size = size)
+                })
+                .collect();
+            let written = self.store.write_batch(&messages).await;
+            drop(store_spans);
+            match written {
                 Ok(outcomes) => {
                     let stored_at = Instant::now();
                     for (submission, outcome) in batch.drain(..).zip(outcomes) {
@@ -146,11 +161,14 @@ impl Lane {
         match outcome {
             WriteOutcome::Stored(message) => {
                 metrics::counter!("parley_chat_messages_stored_total").increment(1);
-                self.bus.publish(&RoomEvent {
-                    room_id: message.room_id.clone(),
-                    response: Some(message_frame((*message).clone())),
-                    except_user_id: String::new(),
-                });
+                self.bus.publish_traced(
+                    &RoomEvent {
+                        room_id: message.room_id.clone(),
+                        response: Some(message_frame((*message).clone())),
+                        except_user_id: String::new(),
+                    },
+                    &submission.span,
+                );
                 reply_stored(submission.reply, &message);
                 self.hub.deliver(message, Some(stored_at));
             }

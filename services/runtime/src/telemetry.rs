@@ -8,7 +8,11 @@
 //! layer extracts it ([`extract_context`]) and the client injects it
 //! ([`inject_context`]).
 
-use std::io::IsTerminal;
+use std::{
+    collections::HashMap,
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use anyhow::Context as _;
 use opentelemetry::{
@@ -24,6 +28,42 @@ use tracing_subscriber::{
 };
 
 use crate::config::{CommonConfig, LogFormat};
+
+/// Whether spans leave the process: hot paths create their per-message
+/// spans only then.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT` is set).
+/// Per-message spans (a WebSocket send, its storage and its publish) cost
+/// time on paths that run tens of thousands of times a second, so they are
+/// made only when someone will see them.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Marks traces as exported, for tests that install their own exporter.
+pub fn set_exporting(on: bool) {
+    EXPORTING.store(on, Ordering::Relaxed);
+}
+
+/// The W3C trace context of `span`, to carry inside a message where
+/// there are no per-message headers (a frame on a long-lived stream).
+pub fn context_of(span: &tracing::Span) -> HashMap<String, String> {
+    let mut carrier = HashMap::new();
+    let context = span.context();
+    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut carrier));
+    carrier
+}
+
+/// Sets the parent of `span` from a trace context carried in a message.
+pub fn set_parent_from(span: &tracing::Span, carrier: &HashMap<String, String>) {
+    if carrier.is_empty() {
+        return;
+    }
+    let parent = global::get_text_map_propagator(|propagator| propagator.extract(carrier));
+    // Fails only when the span is disabled; then there is nothing to link.
+    let _ = span.set_parent(parent);
+}
 
 /// Flushes and shuts the trace exporter down when dropped, so the spans of
 /// the last seconds before exit are not lost. Keep it alive in `main`.
@@ -89,6 +129,7 @@ pub fn init(service_name: &'static str, config: &CommonConfig) -> anyhow::Result
         }
         None => None,
     };
+    set_exporting(provider.is_some());
     let otel_layer = provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service_name)));

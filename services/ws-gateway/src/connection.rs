@@ -25,6 +25,7 @@ use parley_runtime::token::{Caller, TokenError};
 use serde::Deserialize;
 use tokio::{sync::mpsc, time::Instant};
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::{
     AppState,
@@ -316,12 +317,23 @@ impl Connection {
             crate::upstream::unavailable(&self.handle, &request);
             return;
         };
+        // A send is where a trace starts: its context rides the frame to
+        // chat, which stores and publishes the message under it.
+        let (span, trace) = match &request.frame {
+            Some(In::Send(send)) if parley_runtime::telemetry::exporting() => {
+                let span = tracing::info_span!("ws.send", otel.kind = "server", chat.room_id = %send.room_id);
+                let trace = parley_runtime::telemetry::context_of(&span);
+                (span, trace)
+            }
+            _ => (tracing::Span::none(), std::collections::HashMap::new()),
+        };
         let command = Command::Frame {
             handle: self.handle.clone(),
             request,
+            trace,
         };
         if let Err(mpsc::error::SendError(Command::Frame { request, .. })) =
-            route.send(command).await
+            route.send(command).instrument(span).await
         {
             crate::upstream::unavailable(&self.handle, &request);
         }

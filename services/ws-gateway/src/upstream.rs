@@ -79,6 +79,8 @@ pub enum Command {
         handle: Arc<SessionHandle>,
         /// The frame.
         request: ChatRequest,
+        /// Its W3C trace context; empty when traces are not exported.
+        trace: HashMap<String, String>,
     },
     /// The connection closed.
     Close {
@@ -564,7 +566,11 @@ impl Stream {
                 );
             }
             Command::Adopt(orphan) => self.adopt(*orphan),
-            Command::Frame { handle, request } => self.forward(&handle, request),
+            Command::Frame {
+                handle,
+                request,
+                trace,
+            } => self.forward(&handle, request, trace),
             Command::Close { session } => {
                 if self.remove(session).is_some() {
                     self.push(Up::CloseSession(CloseSession {
@@ -615,6 +621,7 @@ impl Stream {
                         ..Join::default()
                     })),
                 }),
+                trace_context: HashMap::new(),
             }));
             session.rooms.insert(room.clone());
             session.rejoining.insert(room);
@@ -625,13 +632,19 @@ impl Stream {
                 request: Some(ChatRequest {
                     frame: Some(In::Send(send.clone())),
                 }),
+                trace_context: HashMap::new(),
             }));
             session.unacked.push_back(send);
         }
         self.sessions.insert(id, session);
     }
 
-    fn forward(&mut self, handle: &SessionHandle, request: ChatRequest) {
+    fn forward(
+        &mut self,
+        handle: &SessionHandle,
+        request: ChatRequest,
+        trace_context: HashMap<String, String>,
+    ) {
         let Some(session) = self.sessions.get_mut(&handle.id) else {
             // The session moved on after this frame was routed here.
             unavailable(handle, &request);
@@ -677,6 +690,7 @@ impl Stream {
         if !self.push(Up::SessionRequest(SessionRequest {
             session_id: handle.id,
             request: Some(request),
+            trace_context,
         })) {
             let error = FrameError {
                 code: Code::ResourceExhausted,
@@ -900,7 +914,9 @@ impl Stream {
                 }
                 self.sessions.insert(id, session);
             }
-            Command::Frame { handle, request } => {
+            Command::Frame {
+                handle, request, ..
+            } => {
                 let Some(session) = self.sessions.get_mut(&handle.id) else {
                     unavailable(&handle, &request);
                     return;

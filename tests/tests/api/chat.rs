@@ -825,6 +825,7 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
         GwIn::SessionRequest(SessionRequest {
             session_id,
             request: Some(ChatRequest { frame: Some(frame) }),
+            trace_context: Default::default(),
         })
     };
     let join = |room: &str| {

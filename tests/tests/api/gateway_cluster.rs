@@ -7,45 +7,13 @@ use std::time::Duration;
 use parley_runtime::{config::ServiceUrl, test_util::RunningBinary};
 use parley_tests::{
     DatabaseBackend, TestStack, binary,
-    chat::{REDIS_URL, room_id},
+    chat::room_id,
     gateway::{
-        Account, Deployment, Event, GatewayNode, Settings, Topology, Ws, free_ports, username,
+        Account, ChatProcess, Deployment, Event, GatewayNode, Settings, Topology, Ws, free_ports,
+        username,
     },
 };
 use serde_json::json;
-
-/// A chat replica as its own process on a fixed port, so it can be killed
-/// and started again at the same address.
-struct ChatProcess {
-    running: RunningBinary,
-}
-
-impl ChatProcess {
-    async fn start(stack: &TestStack, port: u16) -> Self {
-        let addr = format!("127.0.0.1:{port}");
-        let database = stack.database_url("chat").expose().to_owned();
-        let auth = stack.auth_url().to_string();
-        let running = RunningBinary::start(
-            &binary("parley-chat"),
-            &[
-                ("CHAT_GRPC_ADDR", addr.as_str()),
-                ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
-                ("CHAT_DATABASE_URL", database.as_str()),
-                ("CHAT_REDIS_URL", REDIS_URL),
-                ("CHAT_PRESENCE_TTL", "1500ms"),
-                ("AUTH_URL", auth.as_str()),
-            ],
-            1,
-        )
-        .await;
-        parley_tests::gateway::wait_until_ready(running.admin_addrs[0]).await;
-        Self { running }
-    }
-
-    async fn kill(mut self) {
-        self.running.child.kill().await.expect("SIGKILL");
-    }
-}
 
 fn url(ports: &[u16]) -> ServiceUrl {
     ports
@@ -89,8 +57,8 @@ async fn seqs(ws: &mut Ws, count: usize) -> Vec<i64> {
 async fn a_killed_chat_replica_loses_no_message_for_connected_clients() {
     let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
     let ports = free_ports(2).await;
-    let chat1 = ChatProcess::start(&stack, ports[0]).await;
-    let chat2 = ChatProcess::start(&stack, ports[1]).await;
+    let chat1 = ChatProcess::start(&stack, ports[0], &[]).await;
+    let chat2 = ChatProcess::start(&stack, ports[1], &[]).await;
     let settings = Settings::default();
     // A talks only to replica 1 and must wait for it to come back; B only
     // to replica 2. C knows both, so its sessions move to replica 2 at once.
@@ -126,7 +94,7 @@ async fn a_killed_chat_replica_loses_no_message_for_connected_clients() {
 
     // Replica 1 comes back at the same address; A's sessions return to it
     // and rejoin after their cursors. Nobody was disconnected.
-    let _chat1 = ChatProcess::start(&stack, ports[0]).await;
+    let _chat1 = ChatProcess::start(&stack, ports[0], &[]).await;
     assert_eq!(seqs(&mut on_a, 20).await, (11..=30).collect::<Vec<_>>());
     assert_eq!(seqs(&mut on_c, 20).await, (11..=30).collect::<Vec<_>>());
 
@@ -151,7 +119,7 @@ async fn a_killed_chat_replica_loses_no_message_for_connected_clients() {
 async fn sessions_move_to_another_replica_when_theirs_dies() {
     let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
     let ports = free_ports(2).await;
-    let chat1 = ChatProcess::start(&stack, ports[0]).await;
+    let chat1 = ChatProcess::start(&stack, ports[0], &[]).await;
     let settings = Settings::default();
     // The gateway knows both addresses; only replica 1 runs yet, so the
     // session lands there.
@@ -161,7 +129,7 @@ async fn sessions_move_to_another_replica_when_theirs_dies() {
     let room = room_id("move");
     let mut watcher = Ws::connect(gateway.http, &alice.access_token).await;
     watcher.join(&room, 0).await;
-    let chat2 = ChatProcess::start(&stack, ports[1]).await;
+    let chat2 = ChatProcess::start(&stack, ports[1], &[]).await;
     let mut talker = Ws::connect(gateway.http, &bob.access_token).await;
     talker.join(&room, 0).await;
     talker.say(&room, "one", "t1").await;
@@ -231,7 +199,7 @@ async fn drains_with_1001(topology: Topology) {
         Topology::Distributed => {
             let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
             let ports = free_ports(1).await;
-            let _chat = ChatProcess::start(&stack, ports[0]).await;
+            let _chat = ChatProcess::start(&stack, ports[0], &[]).await;
             let auth = stack.auth_url().to_string();
             let user = format!("http://{}", stack.user_addr);
             let chat = url(&ports).to_string();

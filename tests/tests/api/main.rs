@@ -12,5 +12,6 @@ mod gateway_cluster;
 mod ops;
 mod readme;
 mod rest;
+mod traces;
 mod user;
 mod web_client;
