@@ -6,16 +6,50 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run test lint fmt tools deploy-tools clean-test-databases
+.PHONY: run test lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
 	$(CARGO) run -p parley
 
-## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process tests).
-test: tools clean-test-databases
+## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process
+## tests, the web client in Chromium) and the checks of the deploy artifacts.
+test: tools clean-test-databases deploy-check
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## The deploy artifacts, checked with the real tools: docker compose config,
+## promtool (config, rules and their unit tests), and the Helm chart (lint,
+## template, kubernetes-validate on several Kubernetes versions).
+deploy-check: deploy-tools
+	$(COMPOSE) -f docker-compose.yml config -q
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
+	@$(MAKE) --no-print-directory helm-check
+
+helm-check:
+	helm/check.sh
+
+DOCKER       ?= docker
+IMAGE_PREFIX ?=
+IMAGE_TAG    ?= dev
+IMAGES       := parley-auth parley-user parley-chat parley-gateway parley
+
+## One image per binary from deploy/Dockerfile (needs a Docker engine).
+images:
+	@for s in $(IMAGES); do \
+	  $(DOCKER) build -f deploy/Dockerfile --build-arg SERVICE=$$s \
+	    --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$$(git rev-parse HEAD) \
+	    -t $(IMAGE_PREFIX)$$s:$(IMAGE_TAG) . || exit 1; \
+	done
+
+## The whole system with Postgres, Redis, Prometheus, Grafana and Jaeger.
+compose-up:
+	$(DOCKER) compose up -d --build
+
+compose-down:
+	$(DOCKER) compose down
 
 ## Tools the tests drive: grpcurl and curl (the README's examples run as tests), jq,
 ## and headless Chromium with playwright-core for the web client's test.

@@ -196,6 +196,10 @@ pub struct Deployment {
     pub gateway_admins: Vec<SocketAddr>,
     /// The chat replicas' admin addresses.
     pub chat_admins: Vec<SocketAddr>,
+    /// auth's admin address.
+    pub auth_admin: SocketAddr,
+    /// user's admin address.
+    pub user_admin: SocketAddr,
     parts: Parts,
 }
 
@@ -240,6 +244,8 @@ impl Deployment {
             gateways: gateways.iter().map(|g| g.http).collect(),
             gateway_admins: gateways.iter().map(|g| g.admin).collect(),
             chat_admins: replicas.iter().map(|r| r.admin).collect(),
+            auth_admin: stack.auth_admin,
+            user_admin: stack.user_admin,
             parts: Parts::Distributed {
                 stack: Box::new(stack),
                 replicas,
@@ -308,6 +314,8 @@ impl Deployment {
             gateways: vec![gateway],
             gateway_admins: vec![admin],
             chat_admins: vec![addr(6).parse().expect("an address")],
+            auth_admin: addr(4).parse().expect("an address"),
+            user_admin: addr(5).parse().expect("an address"),
             parts: Parts::AllInOne(Box::new(running)),
         }
     }
@@ -511,7 +519,11 @@ pub async fn http(
         .unwrap_or_else(|err| panic!("{method} {path}: {err}"))
 }
 
-async fn try_http(
+/// One HTTP/1.1 request, with I/O errors returned.
+///
+/// # Errors
+/// When the connection or the exchange fails.
+pub async fn try_http(
     addr: SocketAddr,
     method: &str,
     path: &str,

@@ -7,8 +7,10 @@
 mod auth;
 mod chat;
 mod chat_cluster;
+mod compose;
 mod gateway;
 mod gateway_cluster;
+mod observability;
 mod ops;
 mod readme;
 mod rest;
