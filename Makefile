@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run test lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run test bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -81,6 +81,17 @@ deploy-tools:
 	@command -v kubernetes-validate >/dev/null || pip install --quiet kubernetes-validate
 	@command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq prometheus)
+
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+## The benchmark suite (BENCHMARKS.md): release builds of every binary and of
+## parley-bench, then the distributed topology on this machine's Postgres
+## and Redis, the all-in-one binary and the ceiling server, each put through
+## scenarios (a)-(d), printed as one table. JSON lines go to
+## target/bench/results.jsonl. About 8 minutes on 2 cores.
+bench:
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench suite $(BENCH_ARGS)
 
 ## Formatting and lints, as CI checks them.
 lint:

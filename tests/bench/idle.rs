@@ -1,0 +1,72 @@
+//! Idle connections: what each costs the servers in memory.
+
+use std::time::Duration;
+
+use futures_util::{StreamExt as _, stream};
+use serde_json::json;
+
+use crate::{IdleArgs, proc_stats::rss_kib};
+
+/// What an idle run measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    pub(crate) connections: usize,
+    pub(crate) rooms: usize,
+    pub(crate) rss_before_kib: u64,
+    pub(crate) rss_after_kib: u64,
+}
+
+impl Report {
+    /// Server memory per idle connection, summed over every process.
+    pub(crate) fn kib_per_connection(&self) -> f64 {
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64
+            / self.connections.max(1) as f64
+    }
+
+    /// The one-line JSON summary.
+    pub(crate) fn json(&self) -> String {
+        json!({
+            "scenario": "connections",
+            "connections": self.connections,
+            "rooms": self.rooms,
+            "rss_before_kib": self.rss_before_kib,
+            "rss_after_kib": self.rss_after_kib,
+            "kib_per_connection": (self.kib_per_connection() * 100.0).round() / 100.0,
+        })
+        .to_string()
+    }
+}
+
+/// Opens the connections, holds them, and reads the servers' memory.
+pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
+    let tokens = match args.target.api {
+        Some(api) => crate::users::sign_up(api, args.target.users(args.connections)).await?,
+        None => Vec::new(),
+    };
+    let rss = || args.pids.iter().map(|pid| rss_kib(*pid)).sum::<u64>();
+    let rss_before_kib = rss();
+    let gateways = &args.target.gateways;
+    let rooms = args.rooms.max(1);
+    let prefix = format!("idle{:x}", std::process::id());
+    let sockets: Vec<_> = stream::iter(0..args.connections)
+        .map(|i| {
+            let gateway = gateways[(i / rooms) % gateways.len()];
+            let token = (!tokens.is_empty()).then(|| tokens[i % tokens.len()].clone());
+            let room = format!("{prefix}-{}", i % rooms);
+            async move { crate::fanout::open_as(gateway, token, &room).await }
+        })
+        .buffered(128)
+        .collect()
+        .await;
+    let sockets = sockets.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    tokio::time::sleep(args.hold).await;
+    let rss_after_kib = rss();
+    drop(sockets);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(Report {
+        connections: args.connections,
+        rooms,
+        rss_before_kib,
+        rss_after_kib,
+    })
+}

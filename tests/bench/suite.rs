@@ -1,0 +1,447 @@
+//! The standard suite of `make bench`: the distributed topology (auth,
+//! user, two chat replicas on this machine's Postgres and Redis, two
+//! gateways, each on one replica), the all-in-one binary (SQLite,
+//! in-process bus) and the ceiling server, each started here as processes
+//! on loopback, each put through scenarios (a)-(d), and one table.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use parley_tests::gateway::{free_ports, wait_until_ready};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::{
+    FanoutArgs, IdleArgs, Target, fanout,
+    proc_stats::{cpu_seconds, rss_kib},
+};
+
+/// The suite's settings.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct SuiteArgs {
+    /// Where the release binaries are; defaults to this binary's folder.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// The Postgres server of the distributed topology; the database
+    /// `parley_bench` is created afresh on it.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    /// The Redis of the distributed topology.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Where the JSON lines of every run are appended.
+    #[arg(long, default_value = "target/bench/results.jsonl")]
+    out: PathBuf,
+    /// Short windows and fewer idle connections, for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Only these topologies: distributed, all-in-one, ceiling.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+/// A topology started for the suite.
+struct Topology {
+    name: &'static str,
+    gateways: Vec<SocketAddr>,
+    api: Option<SocketAddr>,
+    children: Vec<Child>,
+    _dir: Option<TempDir>,
+}
+
+impl Topology {
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
+    fn server_cpu(&self) -> f64 {
+        self.pids().into_iter().map(cpu_seconds).sum()
+    }
+
+    async fn stop(mut self) {
+        for child in &mut self.children {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+        }
+        for child in &mut self.children {
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("parley-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn spawn(
+    bin_dir: &Path,
+    program: &str,
+    dir: &Path,
+    env: &[(&str, String)],
+) -> anyhow::Result<Child> {
+    Command::new(bin_dir.join(program))
+        .current_dir(dir)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .env("SHUTDOWN_GRACE", "2s")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {program} (build with `cargo build --release`)"))
+}
+
+fn addr(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Limits out of the way: the suite measures throughput, not the limits.
+const OPEN_LIMITS: &[(&str, &str)] = &[
+    ("GATEWAY_MAX_CONNECTIONS_PER_USER", "1000000"),
+    ("CHAT_SENDS_PER_SECOND", "1000000"),
+    ("CHAT_SEND_BURST", "1000000"),
+];
+
+fn with_limits(mut env: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    env.extend(OPEN_LIMITS.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    env
+}
+
+async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topology> {
+    let status = Command::new("psql")
+        .arg(format!("{}/postgres", args.postgres))
+        .args([
+            "-q",
+            "-c",
+            "DROP DATABASE IF EXISTS parley_bench WITH (FORCE)",
+            "-c",
+            "CREATE DATABASE parley_bench",
+        ])
+        .status()
+        .await
+        .context("running psql")?;
+    anyhow::ensure!(status.success(), "cannot create the parley_bench database");
+    let database = format!("{}/parley_bench", args.postgres);
+    let dir = TempDir::new("distributed")?;
+    let p = free_ports(12).await;
+    let (auth, user, chat1, chat2, gw_a, gw_b) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+    let mut children = Vec::new();
+    children.push(spawn(
+        bin_dir,
+        "parley-auth",
+        &dir.0,
+        &[
+            ("AUTH_GRPC_ADDR", addr(auth)),
+            ("AUTH_ADMIN_ADDR", addr(p[6])),
+            ("AUTH_DATABASE_URL", database.clone()),
+            ("USER_URL", url(user)),
+        ],
+    )?);
+    children.push(spawn(
+        bin_dir,
+        "parley-user",
+        &dir.0,
+        &[
+            ("USER_GRPC_ADDR", addr(user)),
+            ("USER_ADMIN_ADDR", addr(p[7])),
+            ("USER_DATABASE_URL", database.clone()),
+            ("AUTH_URL", url(auth)),
+        ],
+    )?);
+    for (grpc, admin) in [(chat1, p[8]), (chat2, p[9])] {
+        children.push(spawn(
+            bin_dir,
+            "parley-chat",
+            &dir.0,
+            &with_limits(vec![
+                ("CHAT_GRPC_ADDR", addr(grpc)),
+                ("CHAT_ADMIN_ADDR", addr(admin)),
+                ("CHAT_DATABASE_URL", database.clone()),
+                ("CHAT_REDIS_URL", args.redis.clone()),
+                ("AUTH_URL", url(auth)),
+            ]),
+        )?);
+    }
+    for (http, admin, chat) in [(gw_a, p[10], chat1), (gw_b, p[11], chat2)] {
+        children.push(spawn(
+            bin_dir,
+            "parley-gateway",
+            &dir.0,
+            &with_limits(vec![
+                ("GATEWAY_HTTP_ADDR", addr(http)),
+                ("GATEWAY_ADMIN_ADDR", addr(admin)),
+                ("AUTH_URL", url(auth)),
+                ("USER_URL", url(user)),
+                ("CHAT_URL", url(chat)),
+            ]),
+        )?);
+    }
+    for admin in &p[6..12] {
+        wait_until_ready(([127, 0, 0, 1], *admin).into()).await;
+    }
+    Ok(Topology {
+        name: "distributed",
+        gateways: vec![([127, 0, 0, 1], gw_a).into(), ([127, 0, 0, 1], gw_b).into()],
+        api: Some(([127, 0, 0, 1], gw_a).into()),
+        children,
+        _dir: Some(dir),
+    })
+}
+
+async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
+    let dir = TempDir::new("all-in-one")?;
+    let p = free_ports(8).await;
+    let env = with_limits(vec![
+        ("AUTH_GRPC_ADDR", addr(p[0])),
+        ("USER_GRPC_ADDR", addr(p[1])),
+        ("CHAT_GRPC_ADDR", addr(p[2])),
+        ("GATEWAY_HTTP_ADDR", addr(p[3])),
+        ("AUTH_ADMIN_ADDR", addr(p[4])),
+        ("USER_ADMIN_ADDR", addr(p[5])),
+        ("CHAT_ADMIN_ADDR", addr(p[6])),
+        ("GATEWAY_ADMIN_ADDR", addr(p[7])),
+        ("AUTH_URL", url(p[0])),
+        ("USER_URL", url(p[1])),
+        ("CHAT_URL", url(p[2])),
+    ]);
+    let children = vec![spawn(bin_dir, "parley", &dir.0, &env)?];
+    wait_until_ready(([127, 0, 0, 1], p[7]).into()).await;
+    Ok(Topology {
+        name: "all-in-one",
+        gateways: vec![([127, 0, 0, 1], p[3]).into()],
+        api: Some(([127, 0, 0, 1], p[3]).into()),
+        children,
+        _dir: Some(dir),
+    })
+}
+
+async fn ceiling() -> anyhow::Result<Topology> {
+    let port = free_ports(1).await[0];
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .args(["ceiling", "--listen", &addr(port)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let gateway: SocketAddr = ([127, 0, 0, 1], port).into();
+    let up = tokio::time::timeout(Duration::from_secs(10), async {
+        while tokio::net::TcpStream::connect(gateway).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    anyhow::ensure!(up.is_ok(), "the ceiling server did not start");
+    Ok(Topology {
+        name: "ceiling",
+        gateways: vec![gateway],
+        api: None,
+        children: vec![child],
+        _dir: None,
+    })
+}
+
+/// One row of the table.
+struct Row {
+    topology: &'static str,
+    scenario: &'static str,
+    json: Value,
+}
+
+/// Runs the suite and prints the table.
+pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("the binary's folder")?
+            .to_path_buf(),
+    };
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let (seconds, idle) = if args.quick { (5, 2_000) } else { (20, 10_000) };
+    let window = Duration::from_secs(seconds);
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.out)?;
+    let mut rows = Vec::new();
+    for name in ["ceiling", "distributed", "all-in-one"] {
+        if !wanted(name) {
+            continue;
+        }
+        eprintln!("== {name}");
+        let topology = match name {
+            "ceiling" => ceiling().await?,
+            "distributed" => distributed(args, &bin_dir).await?,
+            _ => all_in_one(&bin_dir).await?,
+        };
+        let target = Target {
+            gateways: topology.gateways.clone(),
+            api: topology.api,
+            users: Some(8),
+        };
+        let fanout_args = |connections, rooms, senders, rate: f64| FanoutArgs {
+            target: target.clone(),
+            connections,
+            rooms,
+            senders,
+            rate,
+            window: 16,
+            warmup: Duration::from_secs(3),
+            duration: window,
+            drain: Duration::from_secs(5),
+        };
+        let scenarios: [(&'static str, FanoutArgs); 3] = [
+            ("a", fanout_args(1000, 100, 100, 2000.0)),
+            ("b", fanout_args(1000, 100, 100, 0.0)),
+            ("c", fanout_args(2000, 1, 5, 100.0)),
+        ];
+        for (scenario, fanout) in scenarios {
+            eprintln!(
+                "   ({scenario}) {} connections, {} rooms, {} senders, rate {}",
+                fanout.connections, fanout.rooms, fanout.senders, fanout.rate
+            );
+            let (server_before, bench_before) =
+                (topology.server_cpu(), cpu_seconds(std::process::id()));
+            let report = fanout::run(&fanout, scenario).await?;
+            let (server_cpu, bench_cpu) = (
+                topology.server_cpu() - server_before,
+                cpu_seconds(std::process::id()) - bench_before,
+            );
+            let mut json: Value = serde_json::from_str(&report.json())?;
+            json["topology"] = topology.name.into();
+            json["server_cpu_s"] = ((server_cpu * 10.0).round() / 10.0).into();
+            json["bench_cpu_s"] = ((bench_cpu * 10.0).round() / 10.0).into();
+            writeln!(out, "{json}")?;
+            println!("{json}");
+            rows.push(Row {
+                topology: topology.name,
+                scenario,
+                json,
+            });
+        }
+        eprintln!("   (d) {idle} idle connections");
+        let idle_args = IdleArgs {
+            target: target.clone(),
+            connections: idle,
+            rooms: idle / 10,
+            hold: Duration::from_secs(5),
+            pids: topology.pids(),
+        };
+        let report = crate::idle::run(&idle_args).await?;
+        let mut json: Value = serde_json::from_str(&report.json())?;
+        json["topology"] = topology.name.into();
+        json["server_rss_kib"] = topology.pids().into_iter().map(rss_kib).sum::<u64>().into();
+        writeln!(out, "{json}")?;
+        println!("{json}");
+        rows.push(Row {
+            topology: topology.name,
+            scenario: "d",
+            json,
+        });
+        topology.stop().await;
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    let ceiling = |scenario: &str| {
+        rows.iter()
+            .find(|r| r.topology == "ceiling" && r.scenario == scenario)
+            .and_then(|r| r.json["delivered_per_s"].as_f64())
+    };
+    println!();
+    println!(
+        "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "topology",
+        "",
+        "sent/s",
+        "delivered/s",
+        "lost",
+        "dup",
+        "order",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "sched p99",
+        "ceiling",
+        "cpu srv/gen"
+    );
+    let ms = |v: &Value| {
+        v.as_f64()
+            .map_or(String::from("-"), |us| format!("{:.2}", us / 1000.0))
+    };
+    for row in rows {
+        let j = &row.json;
+        if row.scenario == "d" {
+            println!(
+                "{:<12} {:<3} {} connections: {} KiB per connection (RSS {} -> {} KiB)",
+                row.topology,
+                row.scenario,
+                j["connections"],
+                j["kib_per_connection"],
+                j["rss_before_kib"],
+                j["rss_after_kib"]
+            );
+            continue;
+        }
+        let fraction = match (j["delivered_per_s"].as_f64(), ceiling(row.scenario)) {
+            (Some(d), Some(c)) if c > 0.0 => format!("{:.0}%", 100.0 * d / c),
+            _ => "-".into(),
+        };
+        let n = |v: &Value| v.as_f64().map_or(String::from("-"), |x| format!("{x:.0}"));
+        println!(
+            "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10}",
+            row.topology,
+            row.scenario,
+            n(&j["sent_per_s"]),
+            n(&j["delivered_per_s"]),
+            n(&j["lost"]),
+            n(&j["duplicates"]),
+            n(&j["reordered"]),
+            ms(&j["latency"]["p50_us"]),
+            ms(&j["latency"]["p99_us"]),
+            ms(&j["latency"]["p999_us"]),
+            ms(&j["latency"]["max_us"]),
+            ms(&j["scheduled_latency"]["p99_us"]),
+            fraction,
+            format!("{}/{}", j["server_cpu_s"], j["bench_cpu_s"])
+        );
+    }
+}
