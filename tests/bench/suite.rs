@@ -354,6 +354,19 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 json,
             });
         }
+        // Memory per connection on a fresh start: the processes above have
+        // grown pools and caches that would hide the connections' cost.
+        topology.stop().await;
+        let topology = match name {
+            "ceiling" => ceiling().await?,
+            "distributed" => distributed(args, &bin_dir).await?,
+            _ => all_in_one(&bin_dir).await?,
+        };
+        let target = Target {
+            gateways: topology.gateways.clone(),
+            api: topology.api,
+            users: Some(8),
+        };
         eprintln!("   (d) {idle} idle connections");
         let idle_args = IdleArgs {
             target: target.clone(),

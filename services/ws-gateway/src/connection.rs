@@ -129,10 +129,10 @@ pub(crate) async fn upgrade(
     let mut upgrade = upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        // Small buffers keep idle connections cheap; a batch of frames is
-        // written to the socket once the write buffer holds 16 KiB, or at
-        // the flush that ends the batch.
-        .read_buffer_size(4096)
+        // A small read buffer keeps idle connections cheap (it grows for a
+        // large frame); a batch of frames is written to the socket once the
+        // write buffer holds 16 KiB, or at the flush that ends the batch.
+        .read_buffer_size(256)
         .write_buffer_size(16 * 1024);
     if via_protocol {
         upgrade = upgrade.protocols([format!("bearer.{token}")]);
@@ -160,8 +160,8 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
     let shared = state.shared.clone();
     let id = shared.next_session();
     let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
-    let (handle, mut outbox) =
-        SessionHandle::new(id, user_id.clone(), shared.limits.send_queue as usize);
+    let handle = SessionHandle::new(id, user_id.clone(), shared.limits.send_queue as usize);
+    let mut batch: Vec<Outgoing> = Vec::new();
     if shared.upstream.open(handle.clone(), token).await.is_err() {
         metrics::closed(CloseReason::TryAgainLater.label());
         close(&mut socket, CloseReason::TryAgainLater).await;
@@ -194,7 +194,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
             }
             () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
             () = &mut expiry => break Ending::Close(CloseReason::TokenExpired),
-            Some(first) = outbox.recv() => {
+            () = handle.next_frames(&mut batch, MAX_BATCH) => {
                 let written = tokio::select! {
                     biased;
                     () = handle.close_requested() => match handle.closing() {
@@ -202,7 +202,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
                         None => Ok(()),
                     },
                     () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
-                    written = write_batch(&mut socket, first, &mut outbox) => written,
+                    written = write_batch(&mut socket, &mut batch) => written,
                 };
                 if written.is_err() {
                     break Ending::Error;
@@ -234,7 +234,6 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
         // The stream forgets the session; if it is gone, so is the session.
         let _ = route.send(Command::Close { session: id }).await;
     }
-    drop(outbox);
     ::metrics::gauge!("parley_ws_connections").decrement(1.0);
     match ending {
         Ending::Client => metrics::closed("client"),
@@ -352,21 +351,11 @@ fn kind_of(frame: &In) -> FrameKind {
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), then
-/// flushes once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Outgoing,
-    outbox: &mut mpsc::Receiver<Outgoing>,
-) -> Result<(), axum::Error> {
-    metrics::frames_sent(first.kind, 1);
-    socket.feed(Message::Text(first.text)).await?;
-    for _ in 1..MAX_BATCH {
-        let Ok(next) = outbox.try_recv() else {
-            break;
-        };
-        metrics::frames_sent(next.kind, 1);
-        socket.feed(Message::Text(next.text)).await?;
+/// Writes a batch of queued frames, then flushes once.
+async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
+    for frame in batch.drain(..) {
+        metrics::frames_sent(frame.kind, 1);
+        socket.feed(Message::Text(frame.text)).await?;
     }
     socket.flush().await
 }

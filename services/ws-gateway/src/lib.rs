@@ -43,6 +43,7 @@ use axum::{
     middleware::Next,
     response::Response,
     routing::get,
+    serve::ListenerExt as _,
 };
 use parley_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
@@ -280,7 +281,13 @@ impl Gateway {
             "listening"
         );
         let admin = parley_runtime::admin::start(listeners.admin, &readiness, &shutdown);
-        let served = axum::serve(listeners.http, router)
+        // Frames are small and latency matters: no Nagle delay on sockets.
+        let http = listeners.http.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(http, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .context("the HTTP server failed");

@@ -2,9 +2,12 @@
 //! share: the connection's bounded outgoing queue, the way to close it,
 //! and where its frames go now.
 
-use std::sync::{
-    Arc, Mutex, OnceLock,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use axum::extract::ws::Utf8Bytes;
@@ -86,7 +89,12 @@ pub struct SessionHandle {
     pub id: SessionId,
     /// The connection's user, to skip their own typing and presence.
     pub user_id: Arc<str>,
-    outbox: mpsc::Sender<Outgoing>,
+    /// Frames waiting for the socket. A plain deque rather than a channel:
+    /// it holds no memory while empty, which most connections are.
+    outbox: Mutex<VecDeque<Outgoing>>,
+    capacity: usize,
+    /// Wakes the connection when frames arrive.
+    ready: Notify,
     closing: OnceLock<CloseReason>,
     wake: Notify,
     /// The command queue of the stream carrying the session now; `None`
@@ -96,46 +104,71 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    /// A handle and the receiving end of its outgoing queue of `capacity`
-    /// frames.
-    pub fn new(
-        id: SessionId,
-        user_id: Arc<str>,
-        capacity: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Outgoing>) {
-        let (outbox, receiver) = mpsc::channel(capacity);
-        let handle = Arc::new(Self {
+    /// A handle whose outgoing queue holds up to `capacity` frames.
+    pub fn new(id: SessionId, user_id: Arc<str>, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
             id,
             user_id,
-            outbox,
+            outbox: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
             closing: OnceLock::new(),
             wake: Notify::new(),
             route: Mutex::new(None),
             ended: AtomicBool::new(false),
-        });
-        (handle, receiver)
+        })
+    }
+
+    /// Queues a frame; false when the queue is full.
+    fn push(&self, kind: FrameKind, text: Utf8Bytes) -> bool {
+        {
+            let mut outbox = self.lock_outbox();
+            if outbox.len() >= self.capacity {
+                return false;
+            }
+            if self.has_ended() {
+                return true;
+            }
+            outbox.push_back(Outgoing { kind, text });
+        }
+        self.ready.notify_one();
+        true
     }
 
     /// Queues a frame that must arrive: a full queue makes the client a
     /// slow consumer.
     pub fn deliver(&self, kind: FrameKind, text: Utf8Bytes) {
-        match self.outbox.try_send(Outgoing { kind, text }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                crate::metrics::queue_dropped("slow_consumer");
-                self.close(CloseReason::SlowConsumer);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        if !self.push(kind, text) {
+            crate::metrics::queue_dropped("slow_consumer");
+            self.close(CloseReason::SlowConsumer);
         }
     }
 
     /// Queues a frame that may be lost (typing, presence): a full queue
     /// drops it.
     pub fn offer(&self, kind: FrameKind, text: Utf8Bytes) {
-        if let Err(mpsc::error::TrySendError::Full(_)) =
-            self.outbox.try_send(Outgoing { kind, text })
-        {
+        if !self.push(kind, text) {
             crate::metrics::queue_dropped(kind.name());
+        }
+    }
+
+    /// Waits for queued frames and moves up to `max` of them into `batch`.
+    /// Cancel-safe: frames are only taken when it returns.
+    pub async fn next_frames(&self, batch: &mut Vec<Outgoing>, max: usize) {
+        loop {
+            {
+                let mut outbox = self.lock_outbox();
+                if !outbox.is_empty() {
+                    let count = outbox.len().min(max);
+                    batch.extend(outbox.drain(..count));
+                    // A burst's memory goes back once it is written.
+                    if outbox.is_empty() && outbox.capacity() > 64 {
+                        outbox.shrink_to_fit();
+                    }
+                    return;
+                }
+            }
+            self.ready.notified().await;
         }
     }
 
@@ -169,14 +202,24 @@ impl SessionHandle {
         *self.lock_route() = route;
     }
 
-    /// Marks the connection gone, so a moving session is not placed again.
+    /// Marks the connection gone, so a moving session is not placed again,
+    /// and drops what it had queued.
     pub fn end(&self) {
         self.ended.store(true, Ordering::Release);
+        let dropped = std::mem::take(&mut *self.lock_outbox());
+        drop(dropped);
     }
 
     /// Whether the connection is gone.
     pub fn has_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+        // Frames are pushed and drained whole: a poisoned queue is intact.
+        self.outbox
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_route(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Command>>> {

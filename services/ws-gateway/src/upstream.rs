@@ -1045,7 +1045,7 @@ mod tests {
 
     #[test]
     fn cursors_drop_what_a_client_already_has() {
-        let (handle, _outbox) = SessionHandle::new(1, Arc::from("u"), 4);
+        let handle = SessionHandle::new(1, Arc::from("u"), 4);
         let mut recipient = Recipient {
             handle,
             cursor: None,
