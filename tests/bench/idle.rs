@@ -14,6 +14,8 @@ pub(crate) struct Report {
     pub(crate) rooms: usize,
     pub(crate) rss_before_kib: u64,
     pub(crate) rss_after_kib: u64,
+    /// Growth of each process (KiB), in the order of the pids given.
+    pub(crate) grown_kib: Vec<u64>,
 }
 
 impl Report {
@@ -43,8 +45,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
         Some(api) => crate::users::sign_up(api, args.target.users(args.connections)).await?,
         None => Vec::new(),
     };
-    let rss = || args.pids.iter().map(|pid| rss_kib(*pid)).sum::<u64>();
-    let rss_before_kib = rss();
+    let before: Vec<u64> = args.pids.iter().map(|pid| rss_kib(*pid)).collect();
     let gateways = &args.target.gateways;
     let rooms = args.rooms.max(1);
     let prefix = format!("idle{:x}", std::process::id());
@@ -60,7 +61,17 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
         .await;
     let sockets = sockets.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     tokio::time::sleep(args.hold).await;
-    let rss_after_kib = rss();
+    let after: Vec<u64> = args.pids.iter().map(|pid| rss_kib(*pid)).collect();
+    // Growth per process: a process that shrank meanwhile (auth handing
+    // back the memory of password hashing) does not offset the others.
+    let grown_kib: Vec<u64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.saturating_sub(*b))
+        .collect();
+    let grown: u64 = grown_kib.iter().sum();
+    let rss_before_kib = before.iter().sum::<u64>();
+    let rss_after_kib = rss_before_kib + grown;
     drop(sockets);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(Report {
@@ -68,5 +79,6 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
         rooms,
         rss_before_kib,
         rss_after_kib,
+        grown_kib,
     })
 }

@@ -45,6 +45,9 @@ pub(crate) struct SuiteArgs {
     /// Only these topologies: distributed, all-in-one, ceiling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only these scenarios: a, b, c, d.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
 }
 
 /// A topology started for the suite.
@@ -53,6 +56,8 @@ struct Topology {
     gateways: Vec<SocketAddr>,
     api: Option<SocketAddr>,
     children: Vec<Child>,
+    /// The role of each child, for the CPU split.
+    roles: Vec<&'static str>,
     _dir: Option<TempDir>,
 }
 
@@ -63,6 +68,19 @@ impl Topology {
 
     fn server_cpu(&self) -> f64 {
         self.pids().into_iter().map(cpu_seconds).sum()
+    }
+
+    /// CPU seconds per role so far (roles repeat for replicas).
+    fn cpu_by_role(&self) -> Vec<(&'static str, f64)> {
+        let mut split: Vec<(&'static str, f64)> = Vec::new();
+        for (child, role) in self.children.iter().zip(&self.roles) {
+            let cpu = child.id().map_or(0.0, cpu_seconds);
+            match split.iter_mut().find(|(r, _)| r == role) {
+                Some((_, total)) => *total += cpu,
+                None => split.push((role, cpu)),
+            }
+        }
+        split
     }
 
     async fn stop(mut self) {
@@ -157,6 +175,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
     let p = free_ports(12).await;
     let (auth, user, chat1, chat2, gw_a, gw_b) = (p[0], p[1], p[2], p[3], p[4], p[5]);
     let mut children = Vec::new();
+    let roles = vec!["auth", "user", "chat", "chat", "gateway", "gateway"];
     children.push(spawn(
         bin_dir,
         "parley-auth",
@@ -215,6 +234,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
         gateways: vec![([127, 0, 0, 1], gw_a).into(), ([127, 0, 0, 1], gw_b).into()],
         api: Some(([127, 0, 0, 1], gw_a).into()),
         children,
+        roles,
         _dir: Some(dir),
     })
 }
@@ -242,6 +262,7 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         gateways: vec![([127, 0, 0, 1], p[3]).into()],
         api: Some(([127, 0, 0, 1], p[3]).into()),
         children,
+        roles: vec!["parley"],
         _dir: Some(dir),
     })
 }
@@ -268,6 +289,7 @@ async fn ceiling() -> anyhow::Result<Topology> {
         gateways: vec![gateway],
         api: None,
         children: vec![child],
+        roles: vec!["ceiling"],
         _dir: None,
     })
 }
@@ -330,13 +352,19 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             ("b", fanout_args(1000, 100, 100, 0.0)),
             ("c", fanout_args(2000, 1, 5, 100.0)),
         ];
+        let run_scenario =
+            |s: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|o| o == s);
         for (scenario, fanout) in scenarios {
+            if !run_scenario(scenario) {
+                continue;
+            }
             eprintln!(
                 "   ({scenario}) {} connections, {} rooms, {} senders, rate {}",
                 fanout.connections, fanout.rooms, fanout.senders, fanout.rate
             );
             let (server_before, bench_before) =
                 (topology.server_cpu(), cpu_seconds(std::process::id()));
+            let roles_before = topology.cpu_by_role();
             let report = fanout::run(&fanout, scenario).await?;
             let (server_cpu, bench_cpu) = (
                 topology.server_cpu() - server_before,
@@ -346,6 +374,10 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             json["topology"] = topology.name.into();
             json["server_cpu_s"] = ((server_cpu * 10.0).round() / 10.0).into();
             json["bench_cpu_s"] = ((bench_cpu * 10.0).round() / 10.0).into();
+            for ((role, after), (_, before)) in topology.cpu_by_role().into_iter().zip(roles_before)
+            {
+                json["cpu_by_role_s"][role] = (((after - before) * 10.0).round() / 10.0).into();
+            }
             writeln!(out, "{json}")?;
             println!("{json}");
             rows.push(Row {
@@ -353,6 +385,10 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 scenario,
                 json,
             });
+        }
+        if !run_scenario("d") {
+            topology.stop().await;
+            continue;
         }
         // Memory per connection on a fresh start: the processes above have
         // grown pools and caches that would hide the connections' cost.
@@ -379,6 +415,11 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         let mut json: Value = serde_json::from_str(&report.json())?;
         json["topology"] = topology.name.into();
         json["server_rss_kib"] = topology.pids().into_iter().map(rss_kib).sum::<u64>().into();
+        for (role, grown) in topology.roles.iter().zip(&report.grown_kib) {
+            let entry = &mut json["kib_per_connection_by_role"][*role];
+            let total = entry.as_f64().unwrap_or(0.0) + *grown as f64 / idle as f64;
+            *entry = ((total * 100.0).round() / 100.0).into();
+        }
         writeln!(out, "{json}")?;
         println!("{json}");
         rows.push(Row {

@@ -162,19 +162,25 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
     let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
     let handle = SessionHandle::new(id, user_id.clone(), shared.limits.send_queue as usize);
     let mut batch: Vec<Outgoing> = Vec::new();
-    if shared.upstream.open(handle.clone(), token).await.is_err() {
+    if Box::pin(shared.upstream.open(handle.clone(), token))
+        .await
+        .is_err()
+    {
         metrics::closed(CloseReason::TryAgainLater.label());
-        close(&mut socket, CloseReason::TryAgainLater).await;
+        Box::pin(close(&mut socket, CloseReason::TryAgainLater)).await;
         return;
     }
     ::metrics::gauge!("parley_ws_connections").increment(1.0);
+    let expires_at = caller.expires_at;
+    // Only the id and the expiry are needed from here on.
+    drop(caller);
     let mut connection = Connection {
         handle: handle.clone(),
         user_id,
-        expires_at: caller.expires_at,
+        expires_at,
         state,
     };
-    let expiry = tokio::time::sleep_until(deadline(caller.expires_at));
+    let expiry = tokio::time::sleep_until(deadline(expires_at));
     tokio::pin!(expiry);
     let offset = shared.drain_spread.mul_f64(random_fraction());
     let drain = shared.drain.clone();
@@ -202,7 +208,9 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
                         None => Ok(()),
                     },
                     () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
-                    written = write_batch(&mut socket, &mut batch) => written,
+                    // Boxed, like the other rare or busy paths below, so an
+                    // idle connection's task stays small.
+                    written = Box::pin(write_batch(&mut socket, &mut batch)) => written,
                 };
                 if written.is_err() {
                     break Ending::Error;
@@ -214,7 +222,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
                     break if is_too_big(&err) { Ending::Close(CloseReason::TooBig) } else { Ending::Error };
                 }
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(expires_at) = connection.on_text(&text).await {
+                    if let Some(expires_at) = Box::pin(connection.on_text(&text)).await {
                         expiry.as_mut().reset(deadline(expires_at));
                     }
                 }
@@ -232,7 +240,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
     handle.end();
     if let Some(route) = handle.route() {
         // The stream forgets the session; if it is gone, so is the session.
-        let _ = route.send(Command::Close { session: id }).await;
+        let _ = Box::pin(route.send(Command::Close { session: id })).await;
     }
     ::metrics::gauge!("parley_ws_connections").decrement(1.0);
     match ending {
@@ -240,7 +248,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
         Ending::Error => metrics::closed("error"),
         Ending::Close(reason) => {
             metrics::closed(reason.label());
-            close(&mut socket, reason).await;
+            Box::pin(close(&mut socket, reason)).await;
         }
     }
 }
@@ -456,5 +464,25 @@ impl Drop for UserSlot {
                 counts.remove(&self.user_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(WebSocket, AppState, Caller, String) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection holds one of these: its size is most of what
+    /// a connection costs the gateway, so it must not creep up unnoticed.
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        let size = future_size(serve);
+        assert!(size <= 2048, "the connection task grew to {size} bytes");
     }
 }
