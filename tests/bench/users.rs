@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail};
 use futures_util::{StreamExt as _, stream};
-use parley_tests::gateway::{http_json, username};
+use parley_tests::gateway::{HttpResponse, try_http, username};
 use serde_json::json;
 
 /// Password of every bench user.
@@ -16,14 +16,7 @@ pub(crate) async fn sign_up(api: SocketAddr, count: usize) -> anyhow::Result<Vec
     let tokens: Vec<anyhow::Result<String>> = stream::iter(0..count)
         .map(|_| async move {
             let name = username("bench");
-            let registered = http_json(
-                api,
-                "POST",
-                "/api/v1/auth/register",
-                None,
-                &json!({"username": name, "password": PASSWORD}),
-            )
-            .await;
+            let registered = post(api, "/api/v1/auth/register", &name).await?;
             if registered.status != 201 {
                 bail!(
                     "registering {name}: {} {}",
@@ -31,14 +24,7 @@ pub(crate) async fn sign_up(api: SocketAddr, count: usize) -> anyhow::Result<Vec
                     registered.body
                 );
             }
-            let login = http_json(
-                api,
-                "POST",
-                "/api/v1/auth/login",
-                None,
-                &json!({"username": name, "password": PASSWORD}),
-            )
-            .await;
+            let login = post(api, "/api/v1/auth/login", &name).await?;
             if login.status != 200 {
                 bail!("logging {name} in: {} {}", login.status, login.body);
             }
@@ -51,4 +37,17 @@ pub(crate) async fn sign_up(api: SocketAddr, count: usize) -> anyhow::Result<Vec
         .collect()
         .await;
     tokens.into_iter().collect()
+}
+
+async fn post(api: SocketAddr, path: &str, name: &str) -> anyhow::Result<HttpResponse> {
+    let body = json!({"username": name, "password": PASSWORD}).to_string();
+    try_http(
+        api,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(&body),
+    )
+    .await
+    .with_context(|| format!("POST {path} at {api}"))
 }
