@@ -30,6 +30,24 @@ pub mod chat {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("parley.chat.v1");
+
+        impl ChatRequest {
+            /// The `client_id` and `room_id` an `error` frame about this
+            /// frame echoes ("" where the frame has none).
+            pub fn echo(&self) -> (String, String) {
+                use chat_request::Frame;
+                match &self.frame {
+                    Some(Frame::Send(send)) => (send.client_id.clone(), send.room_id.clone()),
+                    Some(Frame::Join(join)) => (String::new(), join.room_id.clone()),
+                    Some(Frame::Leave(leave)) => (String::new(), leave.room_id.clone()),
+                    Some(Frame::Typing(typing)) => (String::new(), typing.room_id.clone()),
+                    Some(Frame::GetChatHistory(history)) => {
+                        (String::new(), history.room_id.clone())
+                    }
+                    _ => (String::new(), String::new()),
+                }
+            }
+        }
     }
 }
 

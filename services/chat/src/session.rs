@@ -223,7 +223,7 @@ impl StreamActor {
                 };
                 if session.busy {
                     if session.backlog.len() >= MAX_BACKLOG {
-                        let (client_id, room_id) = echo(&request);
+                        let (client_id, room_id) = request.echo();
                         self.link.send_to(
                             id,
                             Error::ResourceExhausted("too many frames waiting; slow down".into())
@@ -589,16 +589,4 @@ fn send_span(room_id: &str, trace: &TraceContext) -> tracing::Span {
 
 fn not_joined(room_id: &str) -> Error {
     Error::FailedPrecondition(format!("join room {room_id} before using it"))
-}
-
-/// The `client_id` and `room_id` an error about `request` echoes.
-fn echo(request: &ChatRequest) -> (String, String) {
-    match &request.frame {
-        Some(In::Send(send)) => (send.client_id.clone(), send.room_id.clone()),
-        Some(In::Join(join)) => (String::new(), join.room_id.clone()),
-        Some(In::Leave(leave)) => (String::new(), leave.room_id.clone()),
-        Some(In::Typing(typing)) => (String::new(), typing.room_id.clone()),
-        Some(In::GetChatHistory(history)) => (String::new(), history.room_id.clone()),
-        _ => (String::new(), String::new()),
-    }
 }

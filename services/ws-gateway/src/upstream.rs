@@ -686,7 +686,7 @@ impl Stream {
             Some(In::Refresh(refresh)) => refresh.token.clone_into(&mut session.token),
             _ => {}
         }
-        let echo = echo(&request);
+        let echo = request.echo();
         if !self.push(Up::SessionRequest(SessionRequest {
             session_id: handle.id,
             request: Some(request),
@@ -967,7 +967,7 @@ impl Stream {
 
 /// Answers a frame that reached no chat replica.
 pub(crate) fn unavailable(handle: &SessionHandle, request: &ChatRequest) {
-    let (client_id, room_id) = echo(request);
+    let (client_id, room_id) = request.echo();
     let error = FrameError {
         code: Code::Unavailable,
         message: "chat is moving this connection to another replica; retry".into(),
@@ -975,18 +975,6 @@ pub(crate) fn unavailable(handle: &SessionHandle, request: &ChatRequest) {
         room_id,
     };
     handle.deliver(FrameKind::Error, error.to_frame());
-}
-
-/// The `client_id` and `room_id` an error about `request` echoes.
-fn echo(request: &ChatRequest) -> (String, String) {
-    match &request.frame {
-        Some(In::Send(send)) => (send.client_id.clone(), send.room_id.clone()),
-        Some(In::Join(join)) => (String::new(), join.room_id.clone()),
-        Some(In::Leave(leave)) => (String::new(), leave.room_id.clone()),
-        Some(In::Typing(typing)) => (String::new(), typing.room_id.clone()),
-        Some(In::GetChatHistory(history)) => (String::new(), history.room_id.clone()),
-        _ => (String::new(), String::new()),
-    }
 }
 
 /// The counter label of a server frame.
