@@ -48,7 +48,14 @@ pub(crate) struct SuiteArgs {
     /// Only these scenarios: a, b, c, d.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// Runtime worker threads of each Parley process (TOKIO_WORKER_THREADS);
+    /// unset means one per core.
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
+
+/// `--worker-threads`, for every server process the suite starts.
+static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// A topology started for the suite.
 struct Topology {
@@ -123,7 +130,11 @@ fn spawn(
     dir: &Path,
     env: &[(&str, String)],
 ) -> anyhow::Result<Child> {
-    Command::new(bin_dir.join(program))
+    let mut command = Command::new(bin_dir.join(program));
+    if let Some(threads) = WORKER_THREADS.get() {
+        command.env("TOKIO_WORKER_THREADS", threads.to_string());
+    }
+    command
         .current_dir(dir)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
@@ -310,6 +321,9 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             .context("the binary's folder")?
             .to_path_buf(),
     };
+    if let Some(threads) = args.worker_threads {
+        let _ = WORKER_THREADS.set(threads);
+    }
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let (seconds, idle) = if args.quick { (5, 2_000) } else { (20, 10_000) };
     let window = Duration::from_secs(seconds);
