@@ -73,6 +73,16 @@ impl Topology {
         self.children.iter().filter_map(Child::id).collect()
     }
 
+    /// The generator's view of it: users are few, as the suite lifts the
+    /// per-user connection limit.
+    fn target(&self) -> Target {
+        Target {
+            gateways: self.gateways.clone(),
+            api: self.api,
+            users: Some(8),
+        }
+    }
+
     fn server_cpu(&self) -> f64 {
         self.pids().into_iter().map(cpu_seconds).sum()
     }
@@ -305,6 +315,14 @@ async fn ceiling() -> anyhow::Result<Topology> {
     })
 }
 
+async fn start(name: &str, args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topology> {
+    match name {
+        "ceiling" => ceiling().await,
+        "distributed" => distributed(args, bin_dir).await,
+        _ => all_in_one(bin_dir).await,
+    }
+}
+
 /// One row of the table.
 struct Row {
     topology: &'static str,
@@ -340,16 +358,8 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             continue;
         }
         eprintln!("== {name}");
-        let topology = match name {
-            "ceiling" => ceiling().await?,
-            "distributed" => distributed(args, &bin_dir).await?,
-            _ => all_in_one(&bin_dir).await?,
-        };
-        let target = Target {
-            gateways: topology.gateways.clone(),
-            api: topology.api,
-            users: Some(8),
-        };
+        let topology = start(name, args, &bin_dir).await?;
+        let target = topology.target();
         let fanout_args = |connections, rooms, senders, rate: f64| FanoutArgs {
             target: target.clone(),
             connections,
@@ -407,16 +417,8 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         // Memory per connection on a fresh start: the processes above have
         // grown pools and caches that would hide the connections' cost.
         topology.stop().await;
-        let topology = match name {
-            "ceiling" => ceiling().await?,
-            "distributed" => distributed(args, &bin_dir).await?,
-            _ => all_in_one(&bin_dir).await?,
-        };
-        let target = Target {
-            gateways: topology.gateways.clone(),
-            api: topology.api,
-            users: Some(8),
-        };
+        let topology = start(name, args, &bin_dir).await?;
+        let target = topology.target();
         eprintln!("   (d) {idle} idle connections");
         let idle_args = IdleArgs {
             target: target.clone(),

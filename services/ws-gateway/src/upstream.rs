@@ -457,6 +457,27 @@ struct Session {
     unacked: VecDeque<Send>,
 }
 
+impl Session {
+    fn new(handle: Arc<SessionHandle>, token: String) -> Self {
+        Self {
+            handle,
+            token,
+            rooms: HashSet::new(),
+            rejoining: HashSet::new(),
+            unacked: VecDeque::new(),
+        }
+    }
+}
+
+/// A frame for chat from one session.
+fn session_request(session_id: SessionId, frame: In) -> Up {
+    Up::SessionRequest(SessionRequest {
+        session_id,
+        request: Some(ChatRequest { frame: Some(frame) }),
+        trace_context: HashMap::new(),
+    })
+}
+
 /// A session's place in a room.
 #[derive(Debug)]
 struct Recipient {
@@ -554,16 +575,7 @@ impl Stream {
                     handle.close(CloseReason::TryAgainLater);
                     return;
                 }
-                self.sessions.insert(
-                    id,
-                    Session {
-                        handle,
-                        token,
-                        rooms: HashSet::new(),
-                        rejoining: HashSet::new(),
-                        unacked: VecDeque::new(),
-                    },
-                );
+                self.sessions.insert(id, Session::new(handle, token));
             }
             Command::Adopt(orphan) => self.adopt(*orphan),
             Command::Frame {
@@ -595,13 +607,36 @@ impl Stream {
             orphan.handle.close(CloseReason::TryAgainLater);
             return;
         }
-        let mut session = Session {
-            handle: orphan.handle,
-            token: orphan.token,
-            rooms: HashSet::new(),
-            rejoining: HashSet::new(),
-            unacked: VecDeque::new(),
-        };
+        let mut session = self.settle(orphan);
+        for room in &session.rooms {
+            let since = self
+                .rooms
+                .get(room)
+                .and_then(|members| members.get(&id))
+                .map_or(0, Recipient::since);
+            self.push(session_request(
+                id,
+                In::Join(Join {
+                    room_id: room.to_string(),
+                    since_seq: since,
+                    replay: true,
+                    ..Join::default()
+                }),
+            ));
+        }
+        session.rejoining.clone_from(&session.rooms);
+        for send in &session.unacked {
+            self.push(session_request(id, In::Send(send.clone())));
+        }
+        self.sessions.insert(id, session);
+    }
+
+    /// Registers a moved session's rooms on this stream, each with the
+    /// cursor it arrived with, and returns the session.
+    fn settle(&mut self, orphan: Orphan) -> Session {
+        let id = orphan.handle.id;
+        let mut session = Session::new(orphan.handle, orphan.token);
+        session.unacked = orphan.unacked;
         for (room, since) in orphan.rooms {
             self.rooms.entry(room.clone()).or_default().insert(
                 id,
@@ -611,32 +646,9 @@ impl Stream {
                     floor: since,
                 },
             );
-            self.push(Up::SessionRequest(SessionRequest {
-                session_id: id,
-                request: Some(ChatRequest {
-                    frame: Some(In::Join(Join {
-                        room_id: room.to_string(),
-                        since_seq: since,
-                        replay: true,
-                        ..Join::default()
-                    })),
-                }),
-                trace_context: HashMap::new(),
-            }));
-            session.rooms.insert(room.clone());
-            session.rejoining.insert(room);
+            session.rooms.insert(room);
         }
-        for send in orphan.unacked {
-            self.push(Up::SessionRequest(SessionRequest {
-                session_id: id,
-                request: Some(ChatRequest {
-                    frame: Some(In::Send(send.clone())),
-                }),
-                trace_context: HashMap::new(),
-            }));
-            session.unacked.push_back(send);
-        }
-        self.sessions.insert(id, session);
+        session
     }
 
     fn forward(
@@ -881,37 +893,11 @@ impl Stream {
     fn command_after_loss(&mut self, command: Command) {
         match command {
             Command::Open { handle, token } => {
-                self.sessions.insert(
-                    handle.id,
-                    Session {
-                        handle,
-                        token,
-                        rooms: HashSet::new(),
-                        rejoining: HashSet::new(),
-                        unacked: VecDeque::new(),
-                    },
-                );
+                self.sessions.insert(handle.id, Session::new(handle, token));
             }
             Command::Adopt(orphan) => {
                 let id = orphan.handle.id;
-                let mut session = Session {
-                    handle: orphan.handle,
-                    token: orphan.token,
-                    rooms: HashSet::new(),
-                    rejoining: HashSet::new(),
-                    unacked: orphan.unacked,
-                };
-                for (room, since) in orphan.rooms {
-                    self.rooms.entry(room.clone()).or_default().insert(
-                        id,
-                        Recipient {
-                            handle: session.handle.clone(),
-                            cursor: (since > 0).then_some(since),
-                            floor: since,
-                        },
-                    );
-                    session.rooms.insert(room);
-                }
+                let session = self.settle(*orphan);
                 self.sessions.insert(id, session);
             }
             Command::Frame {
