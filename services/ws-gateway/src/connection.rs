@@ -3,8 +3,10 @@
 //! and closes with the code the situation calls for.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    future::Future as _,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -19,11 +21,11 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
-use futures_util::SinkExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
 use parley_proto::chat::v1::{ChatRequest, chat_request::Frame as In};
 use parley_runtime::token::{Caller, TokenError};
 use serde::Deserialize;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::sync::mpsc;
 use tonic::Code;
 use tracing::Instrument as _;
 
@@ -109,10 +111,9 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     }
-    let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
     let Some(slot) = shared
         .per_user
-        .acquire(&user_id, shared.limits.max_connections_per_user)
+        .acquire(&caller.user_id, shared.limits.max_connections_per_user)
     else {
         metrics::upgrade("too_many");
         return ApiError::new(
@@ -124,6 +125,8 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     };
+    // The user's connections share one copy of the id.
+    let user_id = slot.user_id.clone();
     metrics::upgrade("ok");
     let max = shared.limits.max_frame_bytes;
     let mut upgrade = upgrade
@@ -139,11 +142,44 @@ pub(crate) async fn upgrade(
     }
     let in_flight = shared.tracker.token();
     let state = state.clone();
-    upgrade.on_upgrade(move |socket| async move {
-        let _in_flight = in_flight;
-        let _slot = slot;
-        serve(socket, state, caller, token).await;
+    // Only the id and the expiry are needed from here on.
+    let expires_at = caller.expires_at;
+    drop(caller);
+    upgrade.on_upgrade(move |socket| {
+        // The connection gets a task of its own rather than living inside
+        // axum's upgrade task, whose future would also hold the socket and
+        // everything the closure captured for as long as the connection
+        // lasts.
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            let _slot = slot;
+            serve(socket, state, user_id, expires_at, token).await;
+        });
+        std::future::ready(())
     })
+}
+
+/// What a connection's task acts on next, most urgent first.
+enum Event {
+    /// The gateway asked for the connection to close.
+    Close(CloseReason),
+    /// Frames are queued for the socket.
+    Frames(VecDeque<Outgoing>),
+    /// The client sent something, or went away.
+    Received(Option<Result<Message, axum::Error>>),
+}
+
+/// Polls the handle and the socket directly: an idle connection waits
+/// with no future of its own, just a registered waker.
+fn next_event(handle: &SessionHandle, socket: &mut WebSocket, cx: &mut Context<'_>) -> Poll<Event> {
+    handle.register(cx.waker());
+    if let Some(reason) = handle.closing() {
+        return Poll::Ready(Event::Close(reason));
+    }
+    if let Some(batch) = handle.take_frames(MAX_BATCH) {
+        return Poll::Ready(Event::Frames(batch));
+    }
+    socket.poll_next_unpin(cx).map(Event::Received)
 }
 
 /// How a connection ended.
@@ -156,12 +192,21 @@ enum Ending {
     Close(CloseReason),
 }
 
-async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: String) {
+async fn serve(
+    mut socket: WebSocket,
+    state: AppState,
+    user_id: Arc<str>,
+    expires_at: i64,
+    token: String,
+) {
     let shared = state.shared.clone();
     let id = shared.next_session();
-    let user_id: Arc<str> = Arc::from(caller.user_id.as_str());
-    let handle = SessionHandle::new(id, user_id.clone(), shared.limits.send_queue as usize);
-    let mut batch: Vec<Outgoing> = Vec::new();
+    let handle = SessionHandle::new(
+        id,
+        user_id.clone(),
+        shared.limits.send_queue as usize,
+        expires_at,
+    );
     if Box::pin(shared.upstream.open(handle.clone(), token))
         .await
         .is_err()
@@ -171,64 +216,53 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
         return;
     }
     ::metrics::gauge!("parley_ws_connections").increment(1.0);
-    let expires_at = caller.expires_at;
-    // Only the id and the expiry are needed from here on.
-    drop(caller);
-    let mut connection = Connection {
+    // Token expiry and the drain close the connection through the handle,
+    // from one task for all connections: no timers here.
+    shared.live.insert(handle.clone());
+    let connection = Connection {
         handle: handle.clone(),
         user_id,
-        expires_at,
         state,
     };
-    let expiry = tokio::time::sleep_until(deadline(expires_at));
-    tokio::pin!(expiry);
-    let offset = shared.drain_spread.mul_f64(random_fraction());
-    let drain = shared.drain.clone();
-    let drain_close = async move {
-        drain.cancelled().await;
-        tokio::time::sleep(offset).await;
-    };
-    tokio::pin!(drain_close);
 
     let ending = loop {
-        tokio::select! {
-            biased;
-            () = handle.close_requested() => {
-                if let Some(reason) = handle.closing() {
-                    break Ending::Close(reason);
+        match std::future::poll_fn(|cx| next_event(&handle, &mut socket, cx)).await {
+            Event::Close(reason) => break Ending::Close(reason),
+            Event::Frames(batch) => {
+                // Boxed, like the other rare or busy paths below, so an idle
+                // connection's task stays small.
+                let mut write = Box::pin(write_batch(&mut socket, batch));
+                // A client that stops reading stalls the write; its filling
+                // queue then asks for a close, which must not wait for it.
+                let written = std::future::poll_fn(|cx| {
+                    handle.register(cx.waker());
+                    if let Some(reason) = handle.closing() {
+                        return Poll::Ready(Err(reason));
+                    }
+                    write.as_mut().poll(cx).map(Ok)
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ending::Error,
+                    Err(reason) => break Ending::Close(reason),
                 }
             }
-            () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
-            () = &mut expiry => break Ending::Close(CloseReason::TokenExpired),
-            () = handle.next_frames(&mut batch, MAX_BATCH) => {
-                let written = tokio::select! {
-                    biased;
-                    () = handle.close_requested() => match handle.closing() {
-                        Some(reason) => break Ending::Close(reason),
-                        None => Ok(()),
-                    },
-                    () = &mut drain_close => break Ending::Close(CloseReason::GoingAway),
-                    // Boxed, like the other rare or busy paths below, so an
-                    // idle connection's task stays small.
-                    written = Box::pin(write_batch(&mut socket, &mut batch)) => written,
-                };
-                if written.is_err() {
-                    break Ending::Error;
-                }
-            }
-            message = socket.recv() => match message {
+            Event::Received(message) => match message {
                 None | Some(Ok(Message::Close(_))) => break Ending::Client,
                 Some(Err(err)) => {
-                    break if is_too_big(&err) { Ending::Close(CloseReason::TooBig) } else { Ending::Error };
+                    break if is_too_big(&err) {
+                        Ending::Close(CloseReason::TooBig)
+                    } else {
+                        Ending::Error
+                    };
                 }
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(expires_at) = Box::pin(connection.on_text(&text)).await {
-                        expiry.as_mut().reset(deadline(expires_at));
-                    }
-                }
+                Some(Ok(Message::Text(text))) => Box::pin(connection.on_text(&text)).await,
                 Some(Ok(Message::Binary(_))) => {
                     metrics::frame_received(FrameKind::Binary);
-                    let error = FrameError::invalid("binary frames are not accepted; send JSON text frames");
+                    let error = FrameError::invalid(
+                        "binary frames are not accepted; send JSON text frames",
+                    );
                     handle.deliver(FrameKind::Error, error.to_frame());
                 }
                 // Pings are answered by the WebSocket layer.
@@ -238,6 +272,7 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
     };
 
     handle.end();
+    shared.live.remove(id);
     if let Some(route) = handle.route() {
         // The stream forgets the session; if it is gone, so is the session.
         let _ = Box::pin(route.send(Command::Close { session: id })).await;
@@ -256,43 +291,39 @@ async fn serve(mut socket: WebSocket, state: AppState, caller: Caller, token: St
 struct Connection {
     handle: Arc<SessionHandle>,
     user_id: Arc<str>,
-    expires_at: i64,
     state: AppState,
 }
 
 impl Connection {
-    /// Handles one text frame; returns the new token expiry after a
-    /// refresh.
-    async fn on_text(&mut self, text: &Utf8Bytes) -> Option<i64> {
+    /// Handles one text frame.
+    async fn on_text(&self, text: &Utf8Bytes) {
         let request = match frames::parse(text.as_str()) {
             Ok(request) => request,
             Err(error) => {
                 metrics::frame_received(FrameKind::Invalid);
                 self.handle.deliver(FrameKind::Error, error.to_frame());
-                return None;
+                return;
             }
         };
         let Some(frame) = &request.frame else {
-            return None;
+            return;
         };
         metrics::frame_received(kind_of(frame));
         match frame {
             In::Ping(ping) => {
                 self.handle
                     .deliver(FrameKind::Pong, frames::pong(&ping.nonce));
-                None
             }
             In::Refresh(refresh) => {
                 let verified = self.state.shared.verifier.verify(&refresh.token);
                 match verified {
                     Ok(claims) if *claims.sub == *self.user_id => {
-                        self.expires_at = claims.exp;
+                        self.handle.extend(claims.exp);
                         self.handle
                             .deliver(FrameKind::Refreshed, frames::refreshed(claims.exp));
                         // Chat extends its session too, and a move reopens
                         // it with the new token.
                         self.forward(request).await;
-                        Some(self.expires_at)
                     }
                     Ok(_) => {
                         let error = FrameError {
@@ -300,7 +331,6 @@ impl Connection {
                             ..FrameError::invalid("the new token belongs to another user")
                         };
                         self.handle.deliver(FrameKind::Error, error.to_frame());
-                        None
                     }
                     Err(err) => {
                         let error = FrameError {
@@ -308,14 +338,10 @@ impl Connection {
                             ..FrameError::invalid(err.to_string())
                         };
                         self.handle.deliver(FrameKind::Error, error.to_frame());
-                        None
                     }
                 }
             }
-            _ => {
-                self.forward(request).await;
-                None
-            }
+            _ => self.forward(request).await,
         }
     }
 
@@ -360,8 +386,8 @@ fn kind_of(frame: &In) -> FrameKind {
 }
 
 /// Writes a batch of queued frames, then flushes once.
-async fn write_batch(socket: &mut WebSocket, batch: &mut Vec<Outgoing>) -> Result<(), axum::Error> {
-    for frame in batch.drain(..) {
+async fn write_batch(socket: &mut WebSocket, batch: VecDeque<Outgoing>) -> Result<(), axum::Error> {
+    for frame in batch {
         metrics::frames_sent(frame.kind, 1);
         socket.feed(Message::Text(frame.text)).await?;
     }
@@ -400,25 +426,6 @@ fn is_too_big(err: &axum::Error) -> bool {
     text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big")
 }
 
-/// The instant a token expiring at `expires_at` (Unix seconds) runs out.
-fn deadline(expires_at: i64) -> Instant {
-    let now_ms = parley_runtime::storage::now_millis();
-    let left = expires_at
-        .saturating_mul(1000)
-        .saturating_sub(now_ms)
-        .max(0);
-    Instant::now() + Duration::from_millis(left.unsigned_abs())
-}
-
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    // 53 random bits make an evenly spread fraction in [0, 1).
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// WebSocket connections per user on this gateway.
 #[derive(Debug, Default)]
 pub(crate) struct UserConnections {
@@ -434,8 +441,12 @@ pub(crate) struct UserSlot {
 
 impl UserConnections {
     /// Takes one of `user_id`'s `max` places, if one is free.
-    pub(crate) fn acquire(self: &Arc<Self>, user_id: &Arc<str>, max: u32) -> Option<UserSlot> {
+    pub(crate) fn acquire(self: &Arc<Self>, user_id: &str, max: u32) -> Option<UserSlot> {
         let mut counts = self.lock();
+        let user_id: Arc<str> = match counts.get_key_value(user_id) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(user_id),
+        };
         let count = counts.entry(user_id.clone()).or_insert(0);
         if *count >= max {
             return None;
@@ -443,7 +454,7 @@ impl UserConnections {
         *count += 1;
         Some(UserSlot {
             owner: self.clone(),
-            user_id: user_id.clone(),
+            user_id,
         })
     }
 
@@ -473,7 +484,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(WebSocket, AppState, Caller, String) -> Fut,
+        F: FnOnce(WebSocket, AppState, Arc<str>, i64, String) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -483,6 +494,6 @@ mod tests {
     #[test]
     fn an_idle_connection_task_stays_small() {
         let size = future_size(serve);
-        assert!(size <= 2048, "the connection task grew to {size} bytes");
+        assert!(size <= 1152, "the connection task grew to {size} bytes");
     }
 }

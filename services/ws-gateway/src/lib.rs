@@ -61,7 +61,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, GatewayArgs};
 
-use crate::{connection::UserConnections, upstream::Upstream};
+use crate::{connection::UserConnections, session::LiveSessions, upstream::Upstream};
 
 /// The service name in logs, metrics and traces.
 pub const SERVICE_NAME: &str = "gateway";
@@ -117,6 +117,8 @@ pub(crate) struct Shared {
     /// Sockets get their 1001 at a random point within this, so clients do
     /// not all reconnect at once.
     drain_spread: Duration,
+    /// Every open connection, watched for token expiry and the drain.
+    live: Arc<LiveSessions>,
     /// Open connections, awaited during the drain.
     tracker: TaskTracker,
     next_session: AtomicU64,
@@ -201,6 +203,7 @@ pub fn with_listeners(
         per_user: Arc::default(),
         drain: shutdown.clone(),
         drain_spread: config.shutdown_grace.mul_f64(0.75),
+        live: Arc::default(),
         tracker: TaskTracker::new(),
         next_session: AtomicU64::new(1),
     });
@@ -281,6 +284,11 @@ impl Gateway {
             "listening"
         );
         let admin = parley_runtime::admin::start(listeners.admin, &readiness, &shutdown);
+        let supervisor = tokio::spawn(shared.live.clone().supervise(
+            shutdown.clone(),
+            shared.drain_spread,
+            streams_stop.clone(),
+        ));
         // Frames are small and latency matters: no Nagle delay on sockets.
         let http = listeners.http.tap_io(|tcp| {
             if let Err(err) = tcp.set_nodelay(true) {
@@ -311,6 +319,7 @@ impl Gateway {
             );
         }
         streams_stop.cancel();
+        let _ = supervisor.await;
         let admin_result = admin.finish().await;
         served?;
         admin_result?;

@@ -3,15 +3,22 @@
 //! and where its frames go now.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc, Mutex, OnceLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
+    task::Waker,
+    time::Duration,
 };
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc};
+use futures_util::task::AtomicWaker;
+use parley_runtime::CancellationToken;
+use tokio::{
+    sync::mpsc,
+    time::{Instant, MissedTickBehavior},
+};
 
 use crate::{metrics::FrameKind, upstream::Command};
 
@@ -93,30 +100,43 @@ pub struct SessionHandle {
     /// it holds no memory while empty, which most connections are.
     outbox: Mutex<VecDeque<Outgoing>>,
     capacity: usize,
-    /// Wakes the connection when frames arrive.
-    ready: Notify,
+    /// Wakes the connection's task when frames arrive or a close is asked
+    /// for. The task polls the handle directly instead of holding a
+    /// waiting future for each, which keeps an idle connection small.
+    waker: AtomicWaker,
     closing: OnceLock<CloseReason>,
-    wake: Notify,
     /// The command queue of the stream carrying the session now; `None`
     /// while it moves between chat replicas.
     route: Mutex<Option<mpsc::Sender<Command>>>,
     ended: AtomicBool,
+    /// When the access token runs out (Unix seconds); a `refresh` moves it.
+    expires_at: AtomicI64,
 }
 
 impl SessionHandle {
     /// A handle whose outgoing queue holds up to `capacity` frames.
-    pub fn new(id: SessionId, user_id: Arc<str>, capacity: usize) -> Arc<Self> {
+    pub fn new(id: SessionId, user_id: Arc<str>, capacity: usize, expires_at: i64) -> Arc<Self> {
         Arc::new(Self {
             id,
             user_id,
             outbox: Mutex::new(VecDeque::new()),
             capacity,
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             closing: OnceLock::new(),
-            wake: Notify::new(),
             route: Mutex::new(None),
             ended: AtomicBool::new(false),
+            expires_at: AtomicI64::new(expires_at),
         })
+    }
+
+    /// When the session's access token runs out (Unix seconds).
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// Records the expiry of a token the client refreshed to.
+    pub fn extend(&self, expires_at: i64) {
+        self.expires_at.store(expires_at, Ordering::Relaxed);
     }
 
     /// Queues a frame; false when the queue is full.
@@ -131,7 +151,7 @@ impl SessionHandle {
             }
             outbox.push_back(Outgoing { kind, text });
         }
-        self.ready.notify_one();
+        self.waker.wake();
         true
     }
 
@@ -152,44 +172,38 @@ impl SessionHandle {
         }
     }
 
-    /// Waits for queued frames and moves up to `max` of them into `batch`.
-    /// Cancel-safe: frames are only taken when it returns.
-    pub async fn next_frames(&self, batch: &mut Vec<Outgoing>, max: usize) {
-        loop {
-            {
-                let mut outbox = self.lock_outbox();
-                if !outbox.is_empty() {
-                    let count = outbox.len().min(max);
-                    batch.extend(outbox.drain(..count));
-                    // A burst's memory goes back once it is written.
-                    if outbox.is_empty() && outbox.capacity() > 64 {
-                        outbox.shrink_to_fit();
-                    }
-                    return;
-                }
-            }
-            self.ready.notified().await;
+    /// Makes `waker` the one woken by new frames and close requests. Call
+    /// it before checking [`Self::closing`] and [`Self::take_frames`], so
+    /// nothing that arrives in between is missed.
+    pub fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Takes up to `max` queued frames, if there are any.
+    ///
+    /// Usually the whole queue is taken, allocation and all, so an idle
+    /// connection keeps no queue memory once its frames are written.
+    pub fn take_frames(&self, max: usize) -> Option<VecDeque<Outgoing>> {
+        let mut outbox = self.lock_outbox();
+        if outbox.is_empty() {
+            None
+        } else if outbox.len() > max {
+            Some(outbox.drain(..max).collect())
+        } else {
+            Some(std::mem::take(&mut *outbox))
         }
     }
 
     /// Asks the connection to close; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         if self.closing.set(reason).is_ok() {
-            self.wake.notify_one();
+            self.waker.wake();
         }
     }
 
     /// The reason the connection was asked to close, if it was.
     pub fn closing(&self) -> Option<CloseReason> {
         self.closing.get().copied()
-    }
-
-    /// Resolves when a close was asked for (possibly before the call).
-    pub async fn close_requested(&self) {
-        if self.closing().is_some() {
-            return;
-        }
-        self.wake.notified().await;
     }
 
     /// Where to send the session's frames now.
@@ -229,4 +243,87 @@ impl SessionHandle {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Every open connection, so that one task can do what would otherwise take
+/// two timers in each connection: closing sessions whose token ran out, and
+/// spreading the drain's closes. An idle connection is cheaper for it.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    sessions: Mutex<HashMap<SessionId, Arc<SessionHandle>>>,
+}
+
+/// How often expiries and drain deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+impl LiveSessions {
+    /// Starts watching a connection.
+    pub fn insert(&self, handle: Arc<SessionHandle>) {
+        self.lock().insert(handle.id, handle);
+    }
+
+    /// Stops watching a connection that ended.
+    pub fn remove(&self, id: SessionId) {
+        self.lock().remove(&id);
+    }
+
+    /// Watches the sessions until `stop` fires. A session is closed with
+    /// 4001 once its token has expired. Once `drain` fires, each session is
+    /// closed with 1001 at its own random point within `spread`, so
+    /// clients do not all reconnect at once; sessions that open during the
+    /// drain get a point too.
+    pub async fn supervise(
+        self: Arc<Self>,
+        drain: CancellationToken,
+        spread: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drain_started: Option<Instant> = None;
+        let mut drain_deadlines: HashMap<SessionId, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = drain.cancelled(), if drain_started.is_none() => {
+                    drain_started = Some(Instant::now());
+                }
+                _ = ticks.tick() => {}
+            }
+            let now = Instant::now();
+            let now_ms = parley_runtime::storage::now_millis();
+            let sessions = self.lock();
+            for (id, handle) in sessions.iter() {
+                if handle.expires_at().saturating_mul(1000) <= now_ms {
+                    handle.close(CloseReason::TokenExpired);
+                } else if let Some(started) = drain_started {
+                    let deadline = *drain_deadlines
+                        .entry(*id)
+                        .or_insert_with(|| started + spread.mul_f64(random_fraction()));
+                    if deadline <= now {
+                        handle.close(CloseReason::GoingAway);
+                    }
+                }
+            }
+            drain_deadlines.retain(|id, _| sessions.contains_key(id));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<SessionHandle>>> {
+        // Entries are inserted and removed whole: a poisoned map is intact.
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A fraction in [0, 1), evenly spread.
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    // 53 random bits make an evenly spread fraction in [0, 1).
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }

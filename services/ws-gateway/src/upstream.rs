@@ -761,7 +761,11 @@ impl Stream {
                 if session.rejoining.remove(joined.room_id.as_str()) {
                     return;
                 }
-                let room: Arc<str> = Arc::from(joined.room_id.as_str());
+                // Sessions in one room share one copy of its id.
+                let room: Arc<str> = match self.rooms.get_key_value(joined.room_id.as_str()) {
+                    Some((room, _)) => room.clone(),
+                    None => Arc::from(joined.room_id.as_str()),
+                };
                 if session.rooms.insert(room.clone()) {
                     self.rooms.entry(room).or_default().insert(
                         id,
@@ -1019,7 +1023,7 @@ mod tests {
 
     #[test]
     fn cursors_drop_what_a_client_already_has() {
-        let handle = SessionHandle::new(1, Arc::from("u"), 4);
+        let handle = SessionHandle::new(1, Arc::from("u"), 4, i64::MAX);
         let mut recipient = Recipient {
             handle,
             cursor: None,
