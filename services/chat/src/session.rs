@@ -6,7 +6,7 @@
 //! take effect in the order they were sent while other sessions go on.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -18,7 +18,7 @@ use parley_proto::chat::v1::{
     ChatRequest, ChatResponse, History, Left, Pong, Refreshed, chat_request::Frame as In,
     chat_response::Frame as Out,
 };
-use parley_runtime::{storage::timestamp, token::Caller};
+use parley_runtime::{storage::timestamp, token::Caller, vec_set::VecSet};
 use tonic::Status;
 
 use crate::{
@@ -53,7 +53,7 @@ pub enum Incoming {
 struct Session {
     user: User,
     expires_at: i64,
-    rooms: HashSet<RoomId>,
+    rooms: VecSet<RoomId>,
     busy: bool,
     backlog: VecDeque<(ChatRequest, TraceContext)>,
 }
@@ -133,7 +133,7 @@ impl StreamActor {
             Session {
                 user: user_of(caller),
                 expires_at: caller.expires_at,
-                rooms: HashSet::new(),
+                rooms: VecSet::new(),
                 busy: false,
                 backlog: VecDeque::new(),
             },

@@ -32,5 +32,6 @@ pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod token;
+pub mod vec_set;
 
 pub use tokio_util::sync::CancellationToken;

@@ -17,7 +17,7 @@
 //! every other stream, replay and recipient reuses those bytes.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{
         Arc, Mutex,
@@ -39,6 +39,7 @@ use parley_runtime::{
     config::ServiceUrl,
     grpc::MAX_MESSAGE_BYTES,
     health::Condition,
+    vec_set::VecSet,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -450,10 +451,10 @@ fn backoff(failures: u32) -> Duration {
 struct Session {
     handle: Arc<SessionHandle>,
     token: String,
-    rooms: HashSet<Arc<str>>,
+    rooms: VecSet<Arc<str>>,
     /// Rooms rejoined after a move whose `joined` is still to come; it is
     /// not shown to the client, who never left.
-    rejoining: HashSet<Arc<str>>,
+    rejoining: VecSet<Arc<str>>,
     unacked: VecDeque<Send>,
 }
 
@@ -462,8 +463,8 @@ impl Session {
         Self {
             handle,
             token,
-            rooms: HashSet::new(),
-            rejoining: HashSet::new(),
+            rooms: VecSet::new(),
+            rejoining: VecSet::new(),
             unacked: VecDeque::new(),
         }
     }
