@@ -407,10 +407,16 @@ async fn read(
     let mut latency = histogram();
     let mut scheduled_latency = histogram();
     let mut last_seq: Option<i64> = None;
+    // Waited on across frames: a `cancelled()` made per frame would
+    // register with the token's shared lock at every delivery, in every
+    // reader at once.
+    let stop = shared.stop.clone();
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
             frame = source.next() => frame,
-            () = shared.stop.cancelled() => break,
+            () = &mut stopped => break,
         };
         let Some(Ok(frame)) = frame else { break };
         let Message::Text(text) = frame else { continue };

@@ -13,7 +13,10 @@ use std::{
 };
 
 use parley_proto::chat::v1::ChatMessage;
-use parley_runtime::storage::{Database, now_millis, timed, timestamp, unique_violation};
+use parley_runtime::{
+    config::DatabaseKind,
+    storage::{Database, now_millis, timed, timestamp, unique_violation},
+};
 use sqlx::{Row as _, any::AnyRow};
 
 use crate::{
@@ -387,13 +390,199 @@ impl ChatStore {
     }
 
     async fn try_write_batch(&self, batch: &[&NewMessage]) -> Result<Vec<WriteOutcome>, Error> {
-        let mut tx = self.db.pool().begin().await?;
+        // A key repeated within the batch is stored once; its later copies
+        // get the first one's outcome.
+        let mut unique: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut repeats: Vec<(usize, usize)> = Vec::new();
+        let mut first_of_key: HashMap<IdempotencyKey<'_>, usize> = HashMap::new();
+        for (index, &message) in batch.iter().enumerate() {
+            if let Some(key) = key_of(message) {
+                if let Some(&first) = first_of_key.get(&key) {
+                    repeats.push((index, first));
+                    continue;
+                }
+                first_of_key.insert(key, index);
+            }
+            unique.push(index);
+        }
 
-        // Retries: keys stored before, and keys repeated within the batch.
-        let keyed: Vec<&NewMessage> = batch
+        let sent_at = now_millis();
+        let written = match self.db.kind() {
+            DatabaseKind::Postgres => self.write_in_one_statement(batch, &unique, sent_at).await?,
+            DatabaseKind::Sqlite => self.write_in_transaction(batch, &unique, sent_at).await?,
+        };
+
+        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; batch.len()];
+        for (index, outcome) in written {
+            outcomes[index] = Some(outcome);
+        }
+        for (index, first) in repeats {
+            outcomes[index] = match &outcomes[first] {
+                Some(WriteOutcome::Stored(stored) | WriteOutcome::Duplicate(stored)) => {
+                    Some(WriteOutcome::Duplicate(stored.clone()))
+                }
+                other => other.clone(),
+            };
+        }
+        // A message whose room has no row was neither stored nor found.
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or(WriteOutcome::NoRoom))
+            .collect())
+    }
+
+    /// Postgres: the whole batch in one statement, so a message costs one
+    /// round trip and one commit however many rooms the batch spans. The
+    /// batch travels as one JSON parameter, which keeps the statement's
+    /// text constant and so prepared once per connection.
+    ///
+    /// Retries are found first and left out. The rooms are then locked in
+    /// room-id order (`FOR NO KEY UPDATE` under an `ORDER BY` locks in
+    /// that order), so replicas writing overlapping rooms never deadlock,
+    /// and each room's seq is bumped by its count of new messages, which
+    /// are numbered in queue order.
+    async fn write_in_one_statement(
+        &self,
+        batch: &[&NewMessage],
+        unique: &[usize],
+        sent_at: i64,
+    ) -> Result<Vec<(usize, WriteOutcome)>, Error> {
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            ord: usize,
+            message_id: String,
+            room_id: &'a str,
+            sender_id: &'a str,
+            sender_name: &'a str,
+            content: &'a str,
+            client_id: Option<&'a str>,
+        }
+        // Every table is reached through its index (a lateral probe per
+        // key, `= ANY` for rooms): the plan is prepared once, often while
+        // the tables are still small, and must stay right as they grow.
+        // Each room's seq before the batch is looked up in one `jsonb`
+        // object rather than joined, which the planner, blind to the
+        // sizes of CTEs, would do as a nested loop over every pair.
+        const STATEMENT: &str = "\
+            WITH input AS MATERIALIZED ( \
+                SELECT * FROM json_to_recordset($1::json) AS t( \
+                    ord BIGINT, message_id TEXT, room_id TEXT, sender_id TEXT, \
+                    sender_name TEXT, content TEXT, client_id TEXT)), \
+            known AS MATERIALIZED ( \
+                SELECT i.ord, m.seq, m.message_id, m.sender_name, m.content, m.sent_at \
+                FROM input i CROSS JOIN LATERAL ( \
+                    SELECT seq, message_id, sender_name, content, sent_at FROM message \
+                    WHERE room_id = i.room_id AND sender_id = i.sender_id \
+                        AND client_id = i.client_id \
+                    LIMIT 1) m \
+                WHERE i.client_id IS NOT NULL), \
+            fresh AS MATERIALIZED ( \
+                SELECT i.* FROM input i WHERE NOT EXISTS (SELECT 1 FROM known k WHERE k.ord = i.ord)), \
+            locked AS MATERIALIZED ( \
+                SELECT room_id FROM room WHERE room_id = ANY (ARRAY(SELECT room_id FROM fresh)) \
+                ORDER BY room_id FOR NO KEY UPDATE), \
+            bumped AS ( \
+                UPDATE room r SET last_seq = r.last_seq + c.n \
+                FROM (SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id) c \
+                WHERE r.room_id = c.room_id \
+                    AND r.room_id = ANY (ARRAY(SELECT room_id FROM locked)) \
+                RETURNING r.room_id, r.last_seq - c.n AS before), \
+            seqs AS MATERIALIZED (SELECT jsonb_object_agg(room_id, before) AS before FROM bumped), \
+            stored AS ( \
+                INSERT INTO message (message_id, room_id, seq, sender_id, sender_name, content, client_id, sent_at) \
+                SELECT f.message_id, f.room_id, \
+                    (s.before ->> f.room_id)::BIGINT \
+                        + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord), \
+                    f.sender_id, f.sender_name, f.content, f.client_id, $2 \
+                FROM fresh f CROSS JOIN seqs s WHERE s.before ? f.room_id \
+                RETURNING message_id, seq) \
+            SELECT NULL::BIGINT AS ord, seq, TRUE AS stored, message_id, '' AS sender_name, '' AS content, $2 AS sent_at \
+                FROM stored \
+            UNION ALL \
+            SELECT ord, seq, FALSE, message_id, sender_name, content, sent_at FROM known";
+
+        let rows: Vec<Row<'_>> = unique
+            .iter()
+            .map(|&index| {
+                let message = batch[index];
+                Row {
+                    ord: index,
+                    message_id: uuid::Uuid::now_v7().to_string(),
+                    room_id: &message.room_id,
+                    sender_id: &message.sender_id,
+                    sender_name: &message.sender_name,
+                    content: &message.content,
+                    client_id: key_of(message).map(|key| key.2),
+                }
+            })
+            .collect();
+        let input = serde_json::to_string(&rows).map_err(|err| {
+            Error::Internal(anyhow::anyhow!("encoding a batch of messages: {err}"))
+        })?;
+        let results = sqlx::query(STATEMENT)
+            .bind(input)
+            .bind(sent_at)
+            .fetch_all(self.db.pool())
+            .await?;
+
+        // New rows come back by their message id, retries by their place
+        // in the batch.
+        let mut new_ids: HashMap<String, usize> = rows
+            .into_iter()
+            .map(|row| (row.message_id, row.ord))
+            .collect();
+        let unknown_row = || {
+            Error::Internal(anyhow::anyhow!(
+                "the batch statement answered an unknown row"
+            ))
+        };
+        let mut written = Vec::with_capacity(results.len());
+        for row in &results {
+            let message_id: String = row.try_get("message_id")?;
+            let seq: i64 = row.try_get("seq")?;
+            if row.try_get::<bool, _>("stored")? {
+                let index = new_ids.remove(&message_id).ok_or_else(unknown_row)?;
+                let message = ChatMessage {
+                    id: message_id,
+                    seq,
+                    ..new_row(batch[index], sent_at)
+                };
+                written.push((index, WriteOutcome::Stored(Arc::new(message))));
+            } else {
+                let index = usize::try_from(row.try_get::<i64, _>("ord")?)
+                    .ok()
+                    .filter(|&index| index < batch.len())
+                    .ok_or_else(unknown_row)?;
+                let message = ChatMessage {
+                    id: message_id,
+                    seq,
+                    sender_name: row.try_get("sender_name")?,
+                    content: row.try_get("content")?,
+                    sent_at: Some(timestamp(row.try_get("sent_at")?)),
+                    ..new_row(batch[index], sent_at)
+                };
+                written.push((index, WriteOutcome::Duplicate(Arc::new(message))));
+            }
+        }
+        Ok(written)
+    }
+
+    /// SQLite (and any engine without data-modifying `WITH`): a lookup of
+    /// retries, one seq bump per room and multi-row inserts, in one
+    /// transaction. Round trips cost nothing in process.
+    async fn write_in_transaction(
+        &self,
+        batch: &[&NewMessage],
+        unique: &[usize],
+        sent_at: i64,
+    ) -> Result<Vec<(usize, WriteOutcome)>, Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut written = Vec::with_capacity(unique.len());
+
+        let keyed: Vec<usize> = unique
             .iter()
             .copied()
-            .filter(|m| key_of(m).is_some())
+            .filter(|&index| key_of(batch[index]).is_some())
             .collect();
         let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
         for chunk in keyed.chunks(LOOKUP_CHUNK) {
@@ -410,7 +599,8 @@ impl ChatStore {
                 );
             }
             let mut query = sqlx::query(&sql);
-            for message in chunk {
+            for &index in chunk {
+                let message = batch[index];
                 query = query
                     .bind(&*message.room_id)
                     .bind(&*message.sender_id)
@@ -429,31 +619,22 @@ impl ChatStore {
             }
         }
 
-        let mut outcomes: Vec<Option<WriteOutcome>> = vec![None; batch.len()];
-        // Later copies of a key within the batch, by the index of the first.
-        let mut repeats: Vec<(usize, usize)> = Vec::new();
-        let mut first_of_key: HashMap<IdempotencyKey<'_>, usize> = HashMap::new();
         let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (index, &message) in batch.iter().enumerate() {
+        for &index in unique {
+            let message = batch[index];
             if let Some(key) = key_of(message) {
                 let owned = (key.0.to_owned(), key.1.to_owned(), key.2.to_owned());
                 if let Some(stored) = known.get(&owned) {
-                    outcomes[index] = Some(WriteOutcome::Duplicate(stored.clone()));
+                    written.push((index, WriteOutcome::Duplicate(stored.clone())));
                     continue;
                 }
-                if let Some(&first) = first_of_key.get(&key) {
-                    repeats.push((index, first));
-                    continue;
-                }
-                first_of_key.insert(key, index);
             }
             by_room.entry(&message.room_id).or_default().push(index);
         }
 
-        // Take each room's seqs in room-id order, so two replicas writing
-        // overlapping rooms lock them in the same order and never deadlock.
-        let sent_at = now_millis();
-        let mut rows: Vec<(usize, ChatMessage)> = Vec::with_capacity(batch.len());
+        // Each room's seqs in room-id order, like every writer, so writers
+        // of overlapping rooms lock them in the same order.
+        let mut rows: Vec<(usize, ChatMessage)> = Vec::with_capacity(unique.len());
         for (room_id, indices) in &by_room {
             let count = i64::try_from(indices.len()).unwrap_or(i64::MAX);
             let last: Option<i64> = sqlx::query_scalar(
@@ -464,24 +645,15 @@ impl ChatStore {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(last) = last else {
-                for &index in indices {
-                    outcomes[index] = Some(WriteOutcome::NoRoom);
-                }
                 continue;
             };
             for (offset, &index) in (0..).zip(indices) {
-                let message = batch[index];
                 rows.push((
                     index,
                     ChatMessage {
                         id: uuid::Uuid::now_v7().to_string(),
-                        room_id: message.room_id.to_string(),
                         seq: last - count + 1 + offset,
-                        sender_id: message.sender_id.to_string(),
-                        sender_name: message.sender_name.to_string(),
-                        content: message.content.clone(),
-                        client_id: message.client_id.clone(),
-                        sent_at: Some(timestamp(sent_at)),
+                        ..new_row(batch[index], sent_at)
                     },
                 ));
             }
@@ -521,21 +693,25 @@ impl ChatStore {
         }
         tx.commit().await?;
 
-        for (index, message) in rows {
-            outcomes[index] = Some(WriteOutcome::Stored(Arc::new(message)));
-        }
-        for (index, first) in repeats {
-            outcomes[index] = match &outcomes[first] {
-                Some(WriteOutcome::Stored(stored) | WriteOutcome::Duplicate(stored)) => {
-                    Some(WriteOutcome::Duplicate(stored.clone()))
-                }
-                other => other.clone(),
-            };
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| outcome.unwrap_or(WriteOutcome::NoRoom))
-            .collect())
+        written.extend(
+            rows.into_iter()
+                .map(|(index, message)| (index, WriteOutcome::Stored(Arc::new(message)))),
+        );
+        Ok(written)
+    }
+}
+
+/// The stored form of `message`, still without its id and seq.
+fn new_row(message: &NewMessage, sent_at: i64) -> ChatMessage {
+    ChatMessage {
+        id: String::new(),
+        room_id: message.room_id.to_string(),
+        seq: 0,
+        sender_id: message.sender_id.to_string(),
+        sender_name: message.sender_name.to_string(),
+        content: message.content.clone(),
+        client_id: message.client_id.clone(),
+        sent_at: Some(timestamp(sent_at)),
     }
 }
 
@@ -567,5 +743,127 @@ impl ChatStore {
             .map(message_from_row)
             .transpose()?
             .map(Arc::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use parley_runtime::{
+        CancellationToken,
+        health::Readiness,
+        test_util::{Backend, TestDatabase},
+    };
+
+    use super::*;
+
+    fn message(room: &str, sender: &str, content: &str, client_id: &str) -> NewMessage {
+        NewMessage {
+            room_id: Arc::from(room),
+            sender_id: Arc::from(sender),
+            sender_name: Arc::from("ann"),
+            content: content.to_owned(),
+            client_id: client_id.to_owned(),
+        }
+    }
+
+    fn seq_and_content(outcome: &WriteOutcome) -> (&'static str, i64, String) {
+        match outcome {
+            WriteOutcome::Stored(m) => ("stored", m.seq, m.content.clone()),
+            WriteOutcome::Duplicate(m) => ("duplicate", m.seq, m.content.clone()),
+            WriteOutcome::NoRoom => ("no room", 0, String::new()),
+        }
+    }
+
+    /// One batch mixing everything a lane can be handed: two rooms, a
+    /// retry of a stored key, a key repeated within the batch, a send
+    /// without a key and a room that does not exist. Both engines take
+    /// their own path and must agree.
+    async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
+        let database = TestDatabase::new(backend).await;
+        let db = Database::open(
+            &database.url_for("chat"),
+            "chat",
+            &crate::MIGRATOR,
+            &Readiness::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("opening the test database: {err:#}"));
+        let store = ChatStore::new(db);
+        for room in ["lobby", "dev"] {
+            store
+                .room_or_create_public(room, "u1")
+                .await
+                .unwrap_or_else(|err| panic!("creating {room}: {err}"));
+        }
+
+        let first = [message("lobby", "u1", "hello", "k1")];
+        let first: Vec<&NewMessage> = first.iter().collect();
+        let stored = store.write_batch(&first).await.expect("the first batch");
+        assert_eq!(seq_and_content(&stored[0]), ("stored", 1, "hello".into()));
+
+        let batch = [
+            message("lobby", "u1", "retried with other text", "k1"),
+            message("dev", "u1", "dev one", "k2"),
+            message("lobby", "u1", "lobby two", ""),
+            message("dev", "u1", "repeated within the batch", "k2"),
+            message("nowhere", "u1", "lost", "k3"),
+            message("lobby", "u2", "same key, other sender", "k1"),
+            message("dev", "u1", "dev two", "k4"),
+        ];
+        let batch: Vec<&NewMessage> = batch.iter().collect();
+        let outcomes = store.write_batch(&batch).await.expect("the mixed batch");
+        let seen: Vec<_> = outcomes.iter().map(seq_and_content).collect();
+        assert_eq!(
+            seen,
+            [
+                ("duplicate", 1, "hello".into()),
+                ("stored", 1, "dev one".into()),
+                ("stored", 2, "lobby two".into()),
+                ("duplicate", 1, "dev one".into()),
+                ("no room", 0, String::new()),
+                ("stored", 3, "same key, other sender".into()),
+                ("stored", 2, "dev two".into()),
+            ]
+        );
+        let id = |outcome: &WriteOutcome| match outcome {
+            WriteOutcome::Stored(m) | WriteOutcome::Duplicate(m) => m.id.clone(),
+            WriteOutcome::NoRoom => String::new(),
+        };
+        assert_eq!(
+            id(&outcomes[0]),
+            id(&stored[0]),
+            "a retry answers the original id"
+        );
+        assert_eq!(
+            id(&outcomes[3]),
+            id(&outcomes[1]),
+            "a repeat answers the first's id"
+        );
+        let lobby = store.range("lobby", 0, 10).await.expect("lobby's messages");
+        assert_eq!(
+            lobby
+                .iter()
+                .map(|m| (m.seq, m.content.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                (1, "hello"),
+                (2, "lobby two"),
+                (3, "same key, other sender")
+            ]
+        );
+        let rooms = store.last_seqs(&["lobby", "dev"]).await.expect("last seqs");
+        assert!(rooms.contains(&("lobby".to_owned(), 3)), "{rooms:?}");
+        assert!(rooms.contains(&("dev".to_owned(), 2)), "{rooms:?}");
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_on_postgres() {
+        a_mixed_batch_gets_one_outcome_each(Backend::Postgres).await;
+    }
+
+    #[tokio::test]
+    async fn a_mixed_batch_on_sqlite() {
+        a_mixed_batch_gets_one_outcome_each(Backend::Sqlite).await;
     }
 }
