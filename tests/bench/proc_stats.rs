@@ -32,3 +32,19 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     };
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// Seconds the process's threads have spent runnable but waiting for a
+/// CPU (the second field of each `/proc/<pid>/task/*/schedstat`): on a
+/// machine shared by many processes, the share of latency that is queueing
+/// for a core rather than work.
+pub(crate) fn run_queue_wait_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let waited_ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    waited_ns as f64 / 1e9
+}

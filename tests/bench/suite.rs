@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     FanoutArgs, IdleArgs, Target, fanout,
-    proc_stats::{cpu_seconds, rss_kib},
+    proc_stats::{cpu_seconds, rss_kib, run_queue_wait_seconds},
 };
 
 /// The suite's settings.
@@ -85,6 +85,10 @@ impl Topology {
 
     fn server_cpu(&self) -> f64 {
         self.pids().into_iter().map(cpu_seconds).sum()
+    }
+
+    fn server_run_queue_wait(&self) -> f64 {
+        self.pids().into_iter().map(run_queue_wait_seconds).sum()
     }
 
     /// CPU seconds per role so far (roles repeat for replicas).
@@ -389,18 +393,29 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             let (server_before, bench_before) =
                 (topology.server_cpu(), cpu_seconds(std::process::id()));
             let roles_before = topology.cpu_by_role();
+            let waits_before = (
+                topology.server_run_queue_wait(),
+                run_queue_wait_seconds(std::process::id()),
+            );
             let report = fanout::run(&fanout, scenario).await?;
             let (server_cpu, bench_cpu) = (
                 topology.server_cpu() - server_before,
                 cpu_seconds(std::process::id()) - bench_before,
             );
+            let (server_wait, bench_wait) = (
+                topology.server_run_queue_wait() - waits_before.0,
+                run_queue_wait_seconds(std::process::id()) - waits_before.1,
+            );
+            let tenths = |seconds: f64| (seconds * 10.0).round() / 10.0;
             let mut json: Value = serde_json::from_str(&report.json())?;
             json["topology"] = topology.name.into();
-            json["server_cpu_s"] = ((server_cpu * 10.0).round() / 10.0).into();
-            json["bench_cpu_s"] = ((bench_cpu * 10.0).round() / 10.0).into();
+            json["server_cpu_s"] = tenths(server_cpu).into();
+            json["bench_cpu_s"] = tenths(bench_cpu).into();
+            json["server_run_queue_wait_s"] = tenths(server_wait).into();
+            json["bench_run_queue_wait_s"] = tenths(bench_wait).into();
             for ((role, after), (_, before)) in topology.cpu_by_role().into_iter().zip(roles_before)
             {
-                json["cpu_by_role_s"][role] = (((after - before) * 10.0).round() / 10.0).into();
+                json["cpu_by_role_s"][role] = tenths(after - before).into();
             }
             writeln!(out, "{json}")?;
             println!("{json}");
@@ -457,7 +472,7 @@ fn print_table(rows: &[Row]) {
     };
     println!();
     println!(
-        "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10}",
+        "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10} {:>10}",
         "topology",
         "",
         "sent/s",
@@ -471,7 +486,8 @@ fn print_table(rows: &[Row]) {
         "max ms",
         "sched p99",
         "ceiling",
-        "cpu srv/gen"
+        "cpu srv/gen",
+        "rq srv/gen"
     );
     let ms = |v: &Value| {
         v.as_f64()
@@ -497,7 +513,7 @@ fn print_table(rows: &[Row]) {
         };
         let n = |v: &Value| v.as_f64().map_or(String::from("-"), |x| format!("{x:.0}"));
         println!(
-            "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10}",
+            "{:<12} {:<3} {:>9} {:>11} {:>7} {:>5} {:>5} {:>8} {:>8} {:>9} {:>9} {:>10} {:>8} {:>10} {:>10}",
             row.topology,
             row.scenario,
             n(&j["sent_per_s"]),
@@ -511,7 +527,11 @@ fn print_table(rows: &[Row]) {
             ms(&j["latency"]["max_us"]),
             ms(&j["scheduled_latency"]["p99_us"]),
             fraction,
-            format!("{}/{}", j["server_cpu_s"], j["bench_cpu_s"])
+            format!("{}/{}", j["server_cpu_s"], j["bench_cpu_s"]),
+            format!(
+                "{}/{}",
+                j["server_run_queue_wait_s"], j["bench_run_queue_wait_s"]
+            )
         );
     }
 }

@@ -269,10 +269,14 @@ async fn subscribe(
             tokio::select! {
                 message = messages.next() => {
                     let Some(message) = message else { break };
-                    if let Some((from, event)) = decode(message.get_payload_bytes()) {
-                        if from != origin {
-                            hub.on_bus_event(event);
-                        }
+                    let payload = message.get_payload_bytes();
+                    // This replica's own events were delivered here when
+                    // they were stored: skipped before they are decoded.
+                    if payload.starts_with(&origin) {
+                        continue;
+                    }
+                    if let Some((_, event)) = decode(payload) {
+                        hub.on_bus_event(event);
                     } else {
                         tracing::warn!(channel = message.get_channel_name(), "skipping a malformed bus event");
                     }

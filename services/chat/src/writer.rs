@@ -3,10 +3,10 @@
 //! Sends are queued to a few writer lanes, a room always to the same lane,
 //! so a room's messages are stored in the order they were queued (which is
 //! the order each connection sent them). A lane takes everything queued
-//! while its previous transaction ran and stores it in one transaction: one
-//! seq bump per room and one multi-row insert, so throughput grows with
-//! load instead of paying a commit per message. Only after the commit is a
-//! message acknowledged, published and delivered.
+//! while its previous write ran and stores it at once (one statement on
+//! Postgres, one transaction on SQLite; see [`ChatStore::write_batch`]), so
+//! throughput grows with load instead of paying a commit per message. Only
+//! after the commit is a message acknowledged, published and delivered.
 
 use std::{
     hash::{BuildHasher as _, RandomState},
