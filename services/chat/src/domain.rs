@@ -129,6 +129,16 @@ pub fn validate_content(content: &str, max_bytes: usize) -> Result<(), Error> {
             ),
         ));
     }
+    storable("content", content)
+}
+
+/// Refuses text Postgres cannot store: a NUL character. Checked up front,
+/// because a message is stored in a batch with others, and one that the
+/// database refuses would fail the whole batch.
+fn storable(field: &'static str, text: &str) -> Result<(), Error> {
+    if text.contains('\0') {
+        return Err(Error::invalid(field, "must not contain NUL characters"));
+    }
     Ok(())
 }
 
@@ -143,7 +153,7 @@ pub fn validate_client_id(client_id: &str) -> Result<(), Error> {
             format!("must be at most {MAX_CLIENT_ID_BYTES} bytes"),
         ));
     }
-    Ok(())
+    storable("client_id", client_id)
 }
 
 /// Checks and trims a room name: 1 to 100 characters.
@@ -161,6 +171,7 @@ pub fn room_name(name: &str) -> Result<String, Error> {
             format!("must be at most {MAX_ROOM_NAME_CHARS} characters"),
         ));
     }
+    storable("name", name)?;
     Ok(name.to_owned())
 }
 
@@ -260,6 +271,10 @@ mod tests {
         assert!(validate_content(&"é".repeat(2049), 4096).is_err());
         assert!(validate_content("", 4096).is_err());
         assert!(validate_content(" \n\t", 4096).is_err());
+        assert!(validate_content("a\0b", 4096).is_err());
+        assert!(validate_client_id("c-\0").is_err());
+        assert!(validate_client_id("c-17").is_ok());
+        assert!(room_name("lobby\0").is_err());
     }
 
     #[test]
