@@ -181,9 +181,15 @@ async fn drains_with_1001(topology: Topology) {
         Topology::AllInOne => {
             let mut deployment = Deployment::all_in_one(&settings, &[]).await;
             let alice = deployment.sign_up(&username("alice")).await;
+            let room = room_id("drain");
             let mut sockets = Vec::new();
             for _ in 0..3 {
-                sockets.push(deployment.ws(0, &alice).await);
+                let mut ws = deployment.ws(0, &alice).await;
+                // Joined, the session is open on chat. A connection still
+                // opening when the process's own chat stops taking
+                // sessions is told 1013 (try again later) instead.
+                ws.join(&room, 0).await;
+                sockets.push(ws);
             }
             let process = deployment.process().expect("a process");
             process.terminate().await;
