@@ -88,7 +88,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 ## parley-bench, then the distributed topology on this machine's Postgres
 ## and Redis, the all-in-one binary and the ceiling server, each put through
 ## scenarios (a)-(d), printed as one table. JSON lines go to
-## target/bench/results.jsonl. About 8 minutes on 2 cores.
+## target/bench/results.jsonl. About 5 minutes on 2 cores after the build.
 bench:
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench suite $(BENCH_ARGS)
