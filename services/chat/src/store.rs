@@ -774,12 +774,8 @@ mod tests {
         }
     }
 
-    /// One batch mixing everything a lane can be handed: two rooms, a
-    /// retry of a stored key, a key repeated within the batch, a send
-    /// without a key and a room that does not exist. Both engines take
-    /// their own path and must agree.
-    async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
-        let database = TestDatabase::new(backend).await;
+    /// A store on its own pool over `database`, migrated.
+    async fn open_store(database: &TestDatabase) -> ChatStore {
         let db = Database::open(
             &database.url_for("chat"),
             "chat",
@@ -789,7 +785,16 @@ mod tests {
         )
         .await
         .unwrap_or_else(|err| panic!("opening the test database: {err:#}"));
-        let store = ChatStore::new(db);
+        ChatStore::new(db)
+    }
+
+    /// One batch mixing everything a lane can be handed: two rooms, a
+    /// retry of a stored key, a key repeated within the batch, a send
+    /// without a key and a room that does not exist. Both engines take
+    /// their own path and must agree.
+    async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
+        let database = TestDatabase::new(backend).await;
+        let store = open_store(&database).await;
         for room in ["lobby", "dev"] {
             store
                 .room_or_create_public(room, "u1")
@@ -864,19 +869,8 @@ mod tests {
     #[tokio::test]
     async fn overlapping_batches_on_two_pools_never_deadlock() {
         let database = TestDatabase::new(Backend::Postgres).await;
-        let mut stores = Vec::new();
-        for _ in 0..2 {
-            let db = Database::open(
-                &database.url_for("chat"),
-                "chat",
-                &crate::MIGRATOR,
-                &Readiness::new(),
-                CancellationToken::new(),
-            )
-            .await
-            .unwrap_or_else(|err| panic!("opening the test database: {err:#}"));
-            stores.push(ChatStore::new(db));
-        }
+        // Two pools, as two replicas have.
+        let stores = [open_store(&database).await, open_store(&database).await];
         let rooms: Vec<String> = (0..10).map(|i| format!("room-{i}")).collect();
         for room in &rooms {
             stores[0]
