@@ -11,6 +11,7 @@
 //! Profiles belong to the user service: registration creates one there
 //! (with a short-lived service token auth signs itself) before storing the
 //! credential here, and removes it again if that fails.
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod error;

@@ -5,9 +5,13 @@
 //! room. Publishing never waits: events go to an outbox that a task pipelines
 //! to Redis, keeping them (in order) through a reconnect. Subscribing goes
 //! through one subscriber connection per replica, which holds exactly the
-//! rooms that have local members; after every (re)connect the hub is told to
-//! heal, so whatever was published meanwhile is backfilled from storage by
-//! `seq`.
+//! rooms that have local members; after every (re)connect its receiver is
+//! asked to resynchronize, so whatever was published meanwhile is
+//! backfilled from storage by `seq`.
+//!
+//! The bus knows nothing of what receives its events: the subscriber hands
+//! them to a [`Deliveries`] (the hub, in the service; a recorder, in the
+//! subscriber's own tests).
 
 use std::{collections::HashSet, time::Duration};
 
@@ -18,10 +22,10 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::RoomId, hub::Hub};
+use crate::domain::RoomId;
 
 /// Prefix of every room channel.
-pub const CHANNEL_PREFIX: &str = "parley:chat:room:";
+const CHANNEL_PREFIX: &str = "parley:chat:room:";
 /// Events waiting to be published before new ones are dropped (storage
 /// and the gap check still deliver dropped messages).
 const OUTBOX_CAPACITY: usize = 65_536;
@@ -31,11 +35,32 @@ const PUBLISH_BATCH: usize = 512;
 const SUBSCRIBE_BATCH: usize = 500;
 
 /// A replica's id on the bus, so it can skip its own events.
-pub type Origin = [u8; 16];
+pub(crate) type Origin = [u8; 16];
+
+/// What the subscriber hands its events to.
+pub(crate) trait Deliveries: Send + Sync + 'static {
+    /// An event another replica published in a subscribed room.
+    fn on_event(&self, event: RoomEvent);
+
+    /// Events may have been missed in `rooms`: check them against
+    /// storage. Called when a room's subscription starts (closing the
+    /// window since its first local join) and, for every room, after each
+    /// (re)connect.
+    fn resync(&self, rooms: Resync);
+}
+
+/// Which rooms a [`Deliveries::resync`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Resync {
+    /// Every room with local members.
+    All,
+    /// One room, whose subscription just started.
+    Room(RoomId),
+}
 
 /// The bus of one replica. Cheap to clone.
 #[derive(Debug, Clone)]
-pub enum Bus {
+pub(crate) enum Bus {
     /// One process: nothing to send anywhere.
     Local,
     /// Redis pub/sub.
@@ -44,7 +69,7 @@ pub enum Bus {
 
 /// The handle of the Redis bus.
 #[derive(Debug, Clone)]
-pub struct RedisBus {
+pub(crate) struct RedisBus {
     origin: Origin,
     outbox: mpsc::Sender<Outgoing>,
     subscriptions: mpsc::UnboundedSender<Subscription>,
@@ -56,9 +81,10 @@ enum Subscription {
     Remove(RoomId),
 }
 
-/// The tasks behind a [`RedisBus`], started once the hub exists.
+/// The tasks behind a [`RedisBus`]: [`RedisBusTasks::spawn`] starts them
+/// with whatever receives the events.
 #[derive(Debug)]
-pub struct RedisBusTasks {
+pub(crate) struct RedisBusTasks {
     client: redis::Client,
     origin: Origin,
     outbox: mpsc::Receiver<Outgoing>,
@@ -71,7 +97,7 @@ impl Bus {
     ///
     /// # Errors
     /// When the URL is unusable.
-    pub fn redis(url: &str, origin: Origin) -> anyhow::Result<(Self, RedisBusTasks)> {
+    pub(crate) fn redis(url: &str, origin: Origin) -> anyhow::Result<(Self, RedisBusTasks)> {
         let client = redis::Client::open(url)
             .map_err(|err| anyhow::anyhow!("CHAT_REDIS_URL is unusable: {err}"))?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -92,13 +118,13 @@ impl Bus {
     }
 
     /// Sends `event` to the other replicas with members in its room.
-    pub fn publish(&self, event: &RoomEvent) {
+    pub(crate) fn publish(&self, event: &RoomEvent) {
         self.publish_traced(event, &tracing::Span::none());
     }
 
     /// [`publish`](Self::publish), traced as a child of `parent` (when it
     /// is enabled) until Redis has taken the event.
-    pub fn publish_traced(&self, event: &RoomEvent, parent: &tracing::Span) {
+    pub(crate) fn publish_traced(&self, event: &RoomEvent, parent: &tracing::Span) {
         let Self::Redis(bus) = self else { return };
         let span = if parent.is_disabled() {
             tracing::Span::none()
@@ -111,7 +137,7 @@ impl Bus {
         let _ = event.encode(&mut payload);
         if bus
             .outbox
-            .try_send((RoomId::from(event.room_id.as_str()), payload.freeze(), span))
+            .try_send((channel(&event.room_id), payload.freeze(), span))
             .is_err()
         {
             metrics::counter!("parley_chat_bus_dropped_total").increment(1);
@@ -119,14 +145,14 @@ impl Bus {
     }
 
     /// Starts receiving the room's events.
-    pub fn subscribe(&self, room_id: RoomId) {
+    pub(crate) fn subscribe(&self, room_id: RoomId) {
         if let Self::Redis(bus) = self {
             let _ = bus.subscriptions.send(Subscription::Add(room_id));
         }
     }
 
     /// Stops receiving the room's events.
-    pub fn unsubscribe(&self, room_id: RoomId) {
+    pub(crate) fn unsubscribe(&self, room_id: RoomId) {
         if let Self::Redis(bus) = self {
             let _ = bus.subscriptions.send(Subscription::Remove(room_id));
         }
@@ -134,7 +160,7 @@ impl Bus {
 }
 
 /// Splits a bus payload into its origin and event.
-pub fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
+pub(crate) fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
     let origin: Origin = payload.get(..16)?.try_into().ok()?;
     let event = RoomEvent::decode(payload.get(16..)?).ok()?;
     Some((origin, event))
@@ -142,7 +168,7 @@ pub fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
 
 /// An event waiting to be published, with its span (ended once Redis has
 /// taken it).
-type Outgoing = (RoomId, Bytes, tracing::Span);
+type Outgoing = (String, Bytes, tracing::Span);
 
 fn channel(room_id: &str) -> String {
     format!("{CHANNEL_PREFIX}{room_id}")
@@ -150,7 +176,7 @@ fn channel(room_id: &str) -> String {
 
 impl RedisBusTasks {
     /// Starts the publisher and the subscriber, until `shutdown`.
-    pub fn spawn(self, hub: Hub, shutdown: CancellationToken) {
+    pub(crate) fn spawn(self, deliveries: impl Deliveries, shutdown: CancellationToken) {
         let Self {
             client,
             origin,
@@ -158,7 +184,13 @@ impl RedisBusTasks {
             subscriptions,
         } = self;
         tokio::spawn(publish(client.clone(), outbox, shutdown.clone()));
-        tokio::spawn(subscribe(client, origin, subscriptions, hub, shutdown));
+        tokio::spawn(subscribe(
+            client,
+            origin,
+            subscriptions,
+            deliveries,
+            shutdown,
+        ));
     }
 }
 
@@ -196,10 +228,8 @@ async fn publish(
             }
         }
         let mut pipeline = redis::pipe();
-        for (room_id, payload, _) in &batch {
-            pipeline
-                .publish(channel(room_id), payload.as_ref())
-                .ignore();
+        for (channel, payload, _) in &batch {
+            pipeline.publish(channel, payload.as_ref()).ignore();
         }
         match pipeline.query_async::<()>(&mut connection).await {
             Ok(()) => {
@@ -224,12 +254,12 @@ async fn publish(
 }
 
 /// Holds the subscriber connection: (re)connects, subscribes the rooms
-/// with local members, and hands every event to the hub.
+/// with local members, and hands every event to `deliveries`.
 async fn subscribe(
     client: redis::Client,
     origin: Origin,
     mut changes: mpsc::UnboundedReceiver<Subscription>,
-    hub: Hub,
+    deliveries: impl Deliveries,
     shutdown: CancellationToken,
 ) {
     let mut wanted: HashSet<RoomId> = HashSet::new();
@@ -263,7 +293,7 @@ async fn subscribe(
         failures = 0;
         metrics::gauge!("parley_chat_bus_connected").set(1.0);
         // Whatever was published while we were away comes from storage.
-        hub.heal_all();
+        deliveries.resync(Resync::All);
 
         loop {
             tokio::select! {
@@ -276,7 +306,7 @@ async fn subscribe(
                         continue;
                     }
                     if let Some((_, event)) = decode(payload) {
-                        hub.on_bus_event(event);
+                        deliveries.on_event(event);
                     } else {
                         tracing::warn!(channel = message.get_channel_name(), "skipping a malformed bus event");
                     }
@@ -290,7 +320,7 @@ async fn subscribe(
                             if result.is_ok() && added {
                                 // Closes the window between the room's first
                                 // local join and this subscription.
-                                hub.heal(room_id);
+                                deliveries.resync(Resync::Room(room_id));
                             }
                             result
                         }
@@ -331,13 +361,20 @@ async fn connect(
 }
 
 /// Counts the bus as connected (the in-process bus always is).
-pub fn report_local_bus() {
+pub(crate) fn report_local_bus() {
     metrics::gauge!("parley_chat_bus_connected").set(1.0);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// The Redis the test suite runs against.
+    const REDIS_URL: &str = "redis://127.0.0.1:6379";
+    /// Long enough for anything on loopback; a failing test fails here.
+    const WAIT: Duration = Duration::from_secs(10);
 
     #[test]
     fn payloads_carry_their_origin() {
@@ -356,5 +393,138 @@ mod tests {
         assert_eq!(origin, [7; 16]);
         assert_eq!(decoded, event);
         assert!(decode(&[1, 2, 3]).is_none());
+    }
+
+    /// What the subscriber handed over, in order.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Event(String),
+        Resync(Resync),
+    }
+
+    /// Records what the subscriber hands over, in place of a hub.
+    struct Recorder(mpsc::UnboundedSender<Seen>);
+
+    impl Deliveries for Recorder {
+        fn on_event(&self, event: RoomEvent) {
+            let _ = self.0.send(Seen::Event(event.except_user_id));
+        }
+
+        fn resync(&self, rooms: Resync) {
+            let _ = self.0.send(Seen::Resync(rooms));
+        }
+    }
+
+    async fn next(seen: &mut mpsc::UnboundedReceiver<Seen>) -> Seen {
+        tokio::time::timeout(WAIT, seen.recv())
+            .await
+            .expect("the subscriber to hand something over")
+            .expect("the subscriber to be running")
+    }
+
+    /// Publishes an event in `room` as the replica `origin`, tagged with
+    /// `tag` (carried in `except_user_id`, which the recorder keeps).
+    async fn publish_as(
+        connection: &mut redis::aio::MultiplexedConnection,
+        origin: Origin,
+        room: &RoomId,
+        tag: &str,
+    ) {
+        let mut payload = origin.to_vec();
+        RoomEvent {
+            room_id: room.to_string(),
+            response: None,
+            except_user_id: tag.into(),
+        }
+        .encode(&mut payload)
+        .expect("encoding into a Vec");
+        let () = redis::cmd("PUBLISH")
+            .arg(channel(room))
+            .arg(payload)
+            .query_async(connection)
+            .await
+            .expect("PUBLISH");
+    }
+
+    /// The subscriber on its own against a real Redis: it resynchronizes
+    /// on connect and on each new room, hands over other replicas' events
+    /// and skips its own, and after its connection is killed it
+    /// reconnects, resynchronizes everything and is subscribed again.
+    #[tokio::test]
+    async fn the_subscriber_resubscribes_after_a_reconnect_and_skips_its_own_events() {
+        let ours: Origin = *uuid::Uuid::new_v4().as_bytes();
+        let theirs: Origin = *uuid::Uuid::new_v4().as_bytes();
+        let room = RoomId::trusted(&format!("bus-test-{}", uuid::Uuid::new_v4().simple()));
+        let client = redis::Client::open(REDIS_URL).expect("a Redis URL");
+        let mut control = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        let before: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut control)
+            .await
+            .expect("CLIENT ID");
+
+        let (bus, tasks) = Bus::redis(REDIS_URL, ours).expect("a bus");
+        let (recorder, mut seen) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let _stop = shutdown.clone().drop_guard();
+        tasks.spawn(Recorder(recorder), shutdown);
+        assert_eq!(next(&mut seen).await, Seen::Resync(Resync::All));
+
+        bus.subscribe(room.clone());
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Resync(Resync::Room(room.clone()))
+        );
+        publish_as(&mut control, ours, &room, "own").await;
+        publish_as(&mut control, theirs, &room, "first").await;
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Event("first".into()),
+            "its own event is skipped, the other replica's handed over"
+        );
+
+        // Kill the subscriber's connection: the pubsub client opened after
+        // the control connection, subscribed to one channel.
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut control)
+            .await
+            .expect("CLIENT LIST");
+        let ids: Vec<i64> = clients
+            .lines()
+            .filter(|line| line.split(' ').any(|field| field == "sub=1"))
+            .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .filter(|&id| id > before)
+            .collect();
+        assert!(!ids.is_empty(), "the subscriber's connection in {clients}");
+        for id in ids {
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query_async(&mut control)
+                .await
+                .expect("CLIENT KILL");
+        }
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Resync(Resync::All),
+            "a reconnect checks every room"
+        );
+        publish_as(&mut control, theirs, &room, "after").await;
+        assert_eq!(
+            next(&mut seen).await,
+            Seen::Event("after".into()),
+            "the room is subscribed again"
+        );
+
+        bus.unsubscribe(room.clone());
+        bus.subscribe(room.clone());
+        assert_eq!(next(&mut seen).await, Seen::Resync(Resync::Room(room)));
     }
 }

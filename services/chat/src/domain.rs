@@ -1,60 +1,57 @@
 //! Rooms and messages: the rules every entry point (unary RPCs, `Chat`
 //! streams, gateway sessions) checks the same way.
 
-use std::sync::Arc;
+use std::{borrow::Borrow, fmt, ops::Deref, sync::Arc};
 
 use parley_proto::chat::v1::{ChatMessage, Room as RoomProto};
 use parley_runtime::storage::timestamp;
 
 use crate::error::Error;
 
-/// A room id, shared cheaply between sessions, the hub and the bus.
-pub type RoomId = Arc<str>;
-
 /// Longest room id.
-pub const MAX_ROOM_ID_LEN: usize = 64;
+pub(crate) const MAX_ROOM_ID_LEN: usize = 64;
 /// Longest room name, in characters.
-pub const MAX_ROOM_NAME_CHARS: usize = 100;
+pub(crate) const MAX_ROOM_NAME_CHARS: usize = 100;
 /// Longest `client_id`, in bytes.
-pub const MAX_CLIENT_ID_BYTES: usize = 128;
+pub(crate) const MAX_CLIENT_ID_BYTES: usize = 128;
 /// Longest private-room password, in bytes.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
 /// History page size when none is asked for.
-pub const DEFAULT_HISTORY_LIMIT: i64 = 50;
+pub(crate) const DEFAULT_HISTORY_LIMIT: i64 = 50;
 /// Largest history page.
-pub const MAX_HISTORY_LIMIT: i64 = 200;
+pub(crate) const MAX_HISTORY_LIMIT: i64 = 200;
 /// The alphabet of short join codes: no `0`/`O`, `1`/`I`, easy to read out.
-pub const SHORT_CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+pub(crate) const SHORT_CODE_ALPHABET: &[u8; 32] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 /// Length of a short join code.
-pub const SHORT_CODE_LEN: usize = 6;
+pub(crate) const SHORT_CODE_LEN: usize = 6;
 
 /// A stored room.
 #[derive(Debug, Clone)]
-pub struct Room {
+pub(crate) struct Room {
     /// Its id.
-    pub id: String,
+    pub(crate) id: RoomId,
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// Its join code, "" for public rooms created by a join.
-    pub short_code: String,
+    pub(crate) short_code: String,
     /// The Argon2id hash of its password, for private rooms.
-    pub password_hash: Option<String>,
+    pub(crate) password_hash: Option<String>,
     /// Creation time, Unix milliseconds.
-    pub created_at: i64,
+    pub(crate) created_at: i64,
     /// Its newest seq.
-    pub last_seq: i64,
+    pub(crate) last_seq: i64,
 }
 
 impl Room {
     /// Whether joining needs a password.
-    pub fn is_private(&self) -> bool {
+    pub(crate) fn is_private(&self) -> bool {
         self.password_hash.is_some()
     }
 
     /// The room as the API shows it.
-    pub fn to_proto(&self) -> RoomProto {
+    pub(crate) fn to_proto(&self) -> RoomProto {
         RoomProto {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             name: self.name.clone(),
             short_code: self.short_code.clone(),
             private: self.is_private(),
@@ -67,53 +64,195 @@ impl Room {
 /// A message accepted for storage: validated, with its sender from the
 /// token.
 #[derive(Debug, Clone)]
-pub struct NewMessage {
+pub(crate) struct NewMessage {
     /// The room.
-    pub room_id: RoomId,
+    pub(crate) room_id: RoomId,
     /// The sender's user id.
-    pub sender_id: Arc<str>,
+    pub(crate) sender_id: Arc<str>,
     /// The sender's username.
-    pub sender_name: Arc<str>,
+    pub(crate) sender_name: Arc<str>,
     /// The text.
-    pub content: String,
+    pub(crate) content: String,
     /// The idempotency key, "" for none.
-    pub client_id: String,
+    pub(crate) client_id: String,
 }
 
 /// A stored message, shared by every delivery of it.
-pub type StoredMessage = Arc<ChatMessage>;
+pub(crate) type StoredMessage = Arc<ChatMessage>;
 
-/// Checks a room id: 1-64 characters of `[A-Za-z0-9_.-]`.
+/// A valid room id: 1-64 characters of `[A-Za-z0-9_.-]`.
 ///
-/// # Errors
-/// INVALID_ARGUMENT naming `field`.
-pub fn validate_room_id(field: &'static str, room_id: &str) -> Result<(), Error> {
-    if room_id.is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
+/// Built once where a request enters (a gRPC handler or a stream frame) by
+/// [`RoomId::parse`]; everything past the edge takes a `RoomId` and never
+/// checks again. Shared cheaply between sessions, the hub and the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RoomId(Arc<str>);
+
+impl RoomId {
+    /// Checks `room_id`, naming `field` in the error.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming `field`.
+    pub(crate) fn parse(field: &'static str, room_id: &str) -> Result<Self, Error> {
+        if room_id.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if room_id.len() > MAX_ROOM_ID_LEN {
+            return Err(Error::invalid(
+                field,
+                format!("must be at most {MAX_ROOM_ID_LEN} characters"),
+            ));
+        }
+        if !room_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(Error::invalid(
+                field,
+                "may only contain letters, digits, '_', '.' and '-'",
+            ));
+        }
+        Ok(Self(Arc::from(room_id)))
     }
-    if room_id.len() > MAX_ROOM_ID_LEN {
-        return Err(Error::invalid(
-            field,
-            format!("must be at most {MAX_ROOM_ID_LEN} characters"),
-        ));
+
+    /// An id that was checked before it was stored or published: read back
+    /// from storage, or from another replica's event.
+    pub(crate) fn trusted(room_id: &str) -> Self {
+        Self(Arc::from(room_id))
     }
-    if !room_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        return Err(Error::invalid(
-            field,
-            "may only contain letters, digits, '_', '.' and '-'",
-        ));
+
+    /// The id as text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
-    Ok(())
+}
+
+impl Deref for RoomId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for RoomId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A join code as users may type it, trimmed and upper-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShortCode(String);
+
+impl ShortCode {
+    /// Checks and normalizes a typed code.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming `short_code` when it cannot be a code.
+    pub(crate) fn parse(code: &str) -> Result<Self, Error> {
+        let code = code.trim().to_ascii_uppercase();
+        if code.len() != SHORT_CODE_LEN || !code.bytes().all(|b| SHORT_CODE_ALPHABET.contains(&b)) {
+            return Err(Error::invalid(
+                "short_code",
+                format!("must be {SHORT_CODE_LEN} characters of {}", alphabet()),
+            ));
+        }
+        Ok(Self(code))
+    }
+
+    /// The code as text.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ShortCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which room a join names.
+#[derive(Debug, Clone)]
+pub(crate) enum JoinTarget {
+    /// A room id: a public room is created by its first join.
+    Id(RoomId),
+    /// The short code of a room made by `CreateRoom`.
+    Code(ShortCode),
+}
+
+/// A join, checked: the room it names and the password it gives ("" for
+/// none).
+#[derive(Debug, Clone)]
+pub(crate) struct JoinRequest {
+    /// The room.
+    pub(crate) target: JoinTarget,
+    /// The private room's password, or "".
+    pub(crate) password: String,
+}
+
+impl JoinRequest {
+    /// Checks a join that gives a room id or a short code (exactly one)
+    /// and maybe a password.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a long password, a bad id or code, or unless
+    /// exactly one of id and code is given.
+    pub(crate) fn parse(room_id: &str, short_code: &str, password: String) -> Result<Self, Error> {
+        validate_password(&password)?;
+        let target = match (room_id.is_empty(), short_code.is_empty()) {
+            (false, true) => JoinTarget::Id(RoomId::parse("room_id", room_id)?),
+            (true, false) => JoinTarget::Code(ShortCode::parse(short_code)?),
+            _ => {
+                return Err(Error::invalid(
+                    "room_id",
+                    "give exactly one of room_id and short_code",
+                ));
+            }
+        };
+        Ok(Self { target, password })
+    }
+}
+
+/// A page of history asked for, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryQuery {
+    /// The room.
+    pub(crate) room_id: RoomId,
+    /// Messages below this seq; 0 for the newest.
+    pub(crate) before_seq: i64,
+    /// The page size.
+    pub(crate) limit: i64,
+}
+
+impl HistoryQuery {
+    /// Checks a history request: 0 means 50 messages, above 200 is 200.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a negative limit or seq, or a bad room id.
+    pub(crate) fn parse(room_id: &str, before_seq: i64, limit: i32) -> Result<Self, Error> {
+        let limit = history_limit(limit)?;
+        validate_seq("before_seq", before_seq)?;
+        Ok(Self {
+            room_id: RoomId::parse("room_id", room_id)?,
+            before_seq,
+            limit,
+        })
+    }
 }
 
 /// Checks message content: 1 to `max_bytes` bytes, not only whitespace.
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `content`.
-pub fn validate_content(content: &str, max_bytes: usize) -> Result<(), Error> {
+pub(crate) fn validate_content(content: &str, max_bytes: usize) -> Result<(), Error> {
     if content.trim().is_empty() {
         return Err(Error::invalid(
             "content",
@@ -146,7 +285,7 @@ fn storable(field: &'static str, text: &str) -> Result<(), Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `client_id`.
-pub fn validate_client_id(client_id: &str) -> Result<(), Error> {
+pub(crate) fn validate_client_id(client_id: &str) -> Result<(), Error> {
     if client_id.len() > MAX_CLIENT_ID_BYTES {
         return Err(Error::invalid(
             "client_id",
@@ -160,7 +299,7 @@ pub fn validate_client_id(client_id: &str) -> Result<(), Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `name`.
-pub fn room_name(name: &str) -> Result<String, Error> {
+pub(crate) fn room_name(name: &str) -> Result<String, Error> {
     let name = name.trim();
     if name.is_empty() {
         return Err(Error::invalid("name", "must not be empty"));
@@ -179,7 +318,7 @@ pub fn room_name(name: &str) -> Result<String, Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `password`.
-pub fn validate_password(password: &str) -> Result<(), Error> {
+pub(crate) fn validate_password(password: &str) -> Result<(), Error> {
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::invalid(
             "password",
@@ -187,21 +326,6 @@ pub fn validate_password(password: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// A short join code as users may type it: trimmed and upper-cased.
-///
-/// # Errors
-/// INVALID_ARGUMENT naming `short_code` when it cannot be a code.
-pub fn normalize_short_code(code: &str) -> Result<String, Error> {
-    let code = code.trim().to_ascii_uppercase();
-    if code.len() != SHORT_CODE_LEN || !code.bytes().all(|b| SHORT_CODE_ALPHABET.contains(&b)) {
-        return Err(Error::invalid(
-            "short_code",
-            format!("must be {SHORT_CODE_LEN} characters of {}", alphabet()),
-        ));
-    }
-    Ok(code)
 }
 
 fn alphabet() -> &'static str {
@@ -212,7 +336,7 @@ fn alphabet() -> &'static str {
 ///
 /// # Errors
 /// Fails when the system has no randomness.
-pub fn new_short_code() -> Result<String, Error> {
+pub(crate) fn new_short_code() -> Result<String, Error> {
     let mut bytes = [0u8; SHORT_CODE_LEN];
     getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
     Ok(bytes
@@ -222,7 +346,7 @@ pub fn new_short_code() -> Result<String, Error> {
 }
 
 /// A fresh room id for rooms made by `CreateRoom`.
-pub fn new_room_id() -> String {
+pub(crate) fn new_room_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
@@ -230,7 +354,7 @@ pub fn new_room_id() -> String {
 ///
 /// # Errors
 /// INVALID_ARGUMENT for a negative limit.
-pub fn history_limit(limit: i32) -> Result<i64, Error> {
+pub(crate) fn history_limit(limit: i32) -> Result<i64, Error> {
     match limit {
         0 => Ok(DEFAULT_HISTORY_LIMIT),
         limit if limit < 0 => Err(Error::invalid("limit", "must not be negative")),
@@ -242,7 +366,7 @@ pub fn history_limit(limit: i32) -> Result<i64, Error> {
 ///
 /// # Errors
 /// INVALID_ARGUMENT naming `field` for a negative seq.
-pub fn validate_seq(field: &'static str, seq: i64) -> Result<(), Error> {
+pub(crate) fn validate_seq(field: &'static str, seq: i64) -> Result<(), Error> {
     if seq < 0 {
         return Err(Error::invalid(field, "must not be negative"));
     }
@@ -256,12 +380,12 @@ mod tests {
     #[test]
     fn room_ids_follow_the_rules() {
         for good in ["general", "a", "Room_1.b-c", &"x".repeat(64)] {
-            assert!(validate_room_id("room_id", good).is_ok(), "{good}");
+            assert!(RoomId::parse("room_id", good).is_ok(), "{good}");
         }
         for bad in ["", "has space", "émoji", "a/b", &"x".repeat(65)] {
-            assert!(validate_room_id("room_id", bad).is_err(), "{bad}");
+            assert!(RoomId::parse("room_id", bad).is_err(), "{bad}");
         }
-        assert!(validate_room_id("room_id", &new_room_id()).is_ok());
+        assert!(RoomId::parse("room_id", &new_room_id()).is_ok());
     }
 
     #[test]
@@ -281,14 +405,26 @@ mod tests {
     fn short_codes_use_the_alphabet() {
         for _ in 0..100 {
             let code = new_short_code().unwrap();
-            assert_eq!(normalize_short_code(&code).unwrap(), code);
+            assert_eq!(ShortCode::parse(&code).unwrap().as_str(), code);
         }
-        assert_eq!(normalize_short_code(" k7qx2m ").unwrap(), "K7QX2M");
-        assert!(normalize_short_code("K7QX2").is_err());
+        assert_eq!(ShortCode::parse(" k7qx2m ").unwrap().as_str(), "K7QX2M");
+        assert!(ShortCode::parse("K7QX2").is_err());
         assert!(
-            normalize_short_code("K7QX20").is_err(),
+            ShortCode::parse("K7QX20").is_err(),
             "0 is not in the alphabet"
         );
+    }
+
+    #[test]
+    fn joins_name_exactly_one_room() {
+        let by_id = JoinRequest::parse("general", "", String::new()).unwrap();
+        assert!(matches!(by_id.target, JoinTarget::Id(ref id) if id.as_str() == "general"));
+        let by_code = JoinRequest::parse("", " k7qx2m", String::new()).unwrap();
+        assert!(matches!(by_code.target, JoinTarget::Code(ref code) if code.as_str() == "K7QX2M"));
+        assert!(JoinRequest::parse("", "", String::new()).is_err());
+        assert!(JoinRequest::parse("general", "K7QX2M", String::new()).is_err());
+        assert!(JoinRequest::parse("bad id", "", String::new()).is_err());
+        assert!(JoinRequest::parse("general", "", "x".repeat(1025)).is_err());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use parley_runtime::{password::Passwords, token::TokenVerifier};
 use crate::{
     bus::Bus,
     domain::{
-        self, NewMessage, Room, RoomId, StoredMessage, normalize_short_code, validate_client_id,
-        validate_content, validate_password, validate_room_id,
+        self, HistoryQuery, JoinRequest, JoinTarget, NewMessage, Room, RoomId, StoredMessage,
+        validate_client_id, validate_content, validate_password,
     },
     error::Error,
     hub::Hub,
@@ -26,40 +26,38 @@ use crate::{
 
 /// Limits from the configuration.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest content, in bytes.
-    pub max_content_bytes: usize,
+    pub(crate) max_content_bytes: usize,
     /// Most messages replayed on a join.
-    pub max_replay: i64,
+    pub(crate) max_replay: i64,
     /// Rooms one session may have joined.
-    pub max_rooms_per_session: usize,
+    pub(crate) max_rooms_per_session: usize,
     /// Items queued per outgoing stream.
-    pub stream_queue: usize,
+    pub(crate) stream_queue: usize,
 }
 
 /// The user a request acts for, from their token.
 #[derive(Debug, Clone)]
-pub struct User {
+pub(crate) struct User {
     /// The user id.
-    pub id: Arc<str>,
+    pub(crate) id: Arc<str>,
     /// The username.
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
 }
 
-/// What a join asks for.
-#[derive(Debug, Clone, Default)]
-pub struct JoinRequest {
-    /// The room's id, or "".
-    pub room_id: String,
-    /// The room's short code, or "".
-    pub short_code: String,
-    /// The private room's password, or "".
-    pub password: String,
+impl From<&parley_runtime::token::Caller> for User {
+    fn from(caller: &parley_runtime::token::Caller) -> Self {
+        Self {
+            id: Arc::from(caller.user_id.as_str()),
+            name: Arc::from(caller.name.as_str()),
+        }
+    }
 }
 
 /// The shared operations. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub(crate) struct Engine {
     inner: Arc<EngineInner>,
 }
 
@@ -78,30 +76,30 @@ struct EngineInner {
 
 /// The parts an [`Engine`] is made of.
 #[derive(Debug)]
-pub struct Parts {
+pub(crate) struct Parts {
     /// Storage.
-    pub store: ChatStore,
+    pub(crate) store: ChatStore,
     /// The replica's rooms.
-    pub hub: Hub,
+    pub(crate) hub: Hub,
     /// Fan-out to other replicas.
-    pub bus: Bus,
+    pub(crate) bus: Bus,
     /// Who is online.
-    pub presence: Presence,
+    pub(crate) presence: Presence,
     /// Message storage lanes.
-    pub writer: Writer,
+    pub(crate) writer: Writer,
     /// The send rate limit.
-    pub limiter: Arc<SendLimiter>,
+    pub(crate) limiter: Arc<SendLimiter>,
     /// Room password hashing.
-    pub passwords: Passwords,
+    pub(crate) passwords: Passwords,
     /// Access-token verification.
-    pub verifier: TokenVerifier,
+    pub(crate) verifier: TokenVerifier,
     /// Limits.
-    pub limits: Limits,
+    pub(crate) limits: Limits,
 }
 
 impl Engine {
     /// An engine over its parts.
-    pub fn new(parts: Parts) -> Self {
+    pub(crate) fn new(parts: Parts) -> Self {
         let Parts {
             store,
             hub,
@@ -129,17 +127,27 @@ impl Engine {
     }
 
     /// The hub.
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.inner.hub
     }
 
+    /// Who is online.
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.inner.presence
+    }
+
+    /// Storage.
+    pub(crate) fn store(&self) -> &ChatStore {
+        &self.inner.store
+    }
+
     /// The configured limits.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         self.inner.limits
     }
 
     /// The token verifier.
-    pub fn verifier(&self) -> &TokenVerifier {
+    pub(crate) fn verifier(&self) -> &TokenVerifier {
         &self.inner.verifier
     }
 
@@ -148,7 +156,7 @@ impl Engine {
     ///
     /// # Errors
     /// INVALID_ARGUMENT for a bad name or password; database failures.
-    pub async fn create_room(
+    pub(crate) async fn create_room(
         &self,
         user: &User,
         name: &str,
@@ -172,47 +180,26 @@ impl Engine {
     /// records the membership.
     ///
     /// # Errors
-    /// INVALID_ARGUMENT unless exactly one of id and code is given;
     /// NOT_FOUND for an unknown code, or an unknown id given with a
     /// password; PERMISSION_DENIED for a wrong or missing password.
-    pub async fn admit(&self, user: &User, request: &JoinRequest) -> Result<Room, Error> {
-        validate_password(&request.password)?;
-        let room =
-            match (request.room_id.is_empty(), request.short_code.is_empty()) {
-                (false, true) => {
-                    validate_room_id("room_id", &request.room_id)?;
-                    if request.password.is_empty() {
-                        self.inner
-                            .store
-                            .room_or_create_public(&request.room_id, &user.id)
-                            .await?
-                    } else {
-                        self.inner
-                            .store
-                            .room(&request.room_id)
-                            .await?
-                            .ok_or_else(|| not_found_room(&request.room_id))?
-                    }
-                }
-                (true, false) => {
-                    let code = normalize_short_code(&request.short_code)?;
-                    self.inner.store.room_by_code(&code).await?.ok_or_else(|| {
-                        Error::NotFound(format!("no room has the short code {code}"))
-                    })?
-                }
-                _ => {
-                    return Err(Error::invalid(
-                        "room_id",
-                        "give exactly one of room_id and short_code",
-                    ));
-                }
-            };
-        if room.is_private() && !self.inner.store.is_member(&room.id, &user.id).await? {
+    pub(crate) async fn admit(&self, user: &User, request: &JoinRequest) -> Result<Room, Error> {
+        let store = &self.inner.store;
+        let room = match &request.target {
+            JoinTarget::Id(room_id) if request.password.is_empty() => {
+                store.room_or_create_public(room_id, &user.id).await?
+            }
+            JoinTarget::Id(room_id) => store
+                .room(room_id)
+                .await?
+                .ok_or_else(|| Error::RoomNotFound(room_id.to_string()))?,
+            JoinTarget::Code(code) => store
+                .room_by_code(code)
+                .await?
+                .ok_or_else(|| Error::NoSuchShortCode(code.to_string()))?,
+        };
+        if room.is_private() && !store.is_member(&room.id, &user.id).await? {
             if request.password.is_empty() {
-                return Err(Error::PermissionDenied(format!(
-                    "room {} is private: give its password",
-                    room.id
-                )));
+                return Err(Error::PasswordNeeded(room.id.to_string()));
             }
             let matches = self
                 .inner
@@ -220,75 +207,16 @@ impl Engine {
                 .verify(request.password.clone(), room.password_hash.clone())
                 .await?;
             if !matches {
-                return Err(Error::PermissionDenied(format!(
-                    "wrong password for room {}",
-                    room.id
-                )));
+                return Err(Error::WrongPassword(room.id.to_string()));
             }
         }
-        self.inner.store.add_member(&room.id, &user.id).await?;
+        store.add_member(&room.id, &user.id).await?;
         Ok(room)
-    }
-
-    /// Ends a membership.
-    ///
-    /// # Errors
-    /// INVALID_ARGUMENT for a bad room id; database failures.
-    pub async fn end_membership(&self, user: &User, room_id: &str) -> Result<(), Error> {
-        validate_room_id("room_id", room_id)?;
-        self.inner.store.remove_member(room_id, &user.id).await
-    }
-
-    /// Counts a session of `user` into a room it was admitted to and, for
-    /// the user's first session anywhere, announces them.
-    pub async fn enter(&self, room: &Room, user: &User) -> RoomId {
-        let room_id = RoomId::from(room.id.as_str());
-        let first_here = self
-            .inner
-            .hub
-            .enter(&room_id, room.last_seq, &user.id, &user.name);
-        if first_here {
-            let first_anywhere = match &self.inner.presence {
-                Presence::Local => true,
-                Presence::Redis(redis) => redis
-                    .join(&room_id, &user.id, &user.name)
-                    .await
-                    .unwrap_or_else(|err| {
-                        tracing::warn!(error = %err, "presence unavailable; announcing from local knowledge");
-                        true
-                    }),
-            };
-            if first_anywhere {
-                self.announce(&room_id, &user.id, &user.name, PresenceState::Joined);
-            }
-        }
-        room_id
-    }
-
-    /// Counts a session of `user` out of a room and, for the user's last
-    /// session anywhere, announces that they left.
-    pub async fn exit(&self, room_id: &str, user: &User) {
-        if !self.inner.hub.exit(room_id, &user.id) {
-            return;
-        }
-        let last_anywhere = match &self.inner.presence {
-            Presence::Local => true,
-            Presence::Redis(redis) => redis
-                .leave(room_id, &user.id, &user.name)
-                .await
-                .unwrap_or_else(|err| {
-                    tracing::warn!(error = %err, "presence unavailable; announcing from local knowledge");
-                    true
-                }),
-        };
-        if last_anywhere {
-            self.announce(room_id, &user.id, &user.name, PresenceState::Left);
-        }
     }
 
     /// Tells the room's members (on every replica) that a user arrived or
     /// left; never the user themselves.
-    pub fn announce(&self, room_id: &str, user_id: &str, name: &str, state: PresenceState) {
+    pub(crate) fn announce(&self, room_id: &str, user_id: &str, name: &str, state: PresenceState) {
         self.broadcast(RoomEvent {
             room_id: room_id.to_owned(),
             response: Some(ChatResponse {
@@ -304,7 +232,7 @@ impl Engine {
     }
 
     /// Tells the room's other members that `user` is typing.
-    pub fn typing(&self, room_id: &str, user: &User) {
+    pub(crate) fn typing(&self, room_id: &str, user: &User) {
         self.broadcast(RoomEvent {
             room_id: room_id.to_owned(),
             response: Some(ChatResponse {
@@ -324,40 +252,34 @@ impl Engine {
     }
 
     /// The users online in the room, across replicas.
-    pub async fn members(&self, room_id: &str) -> Vec<Member> {
-        match &self.inner.presence {
-            Presence::Local => self.inner.hub.local_members(room_id),
-            Presence::Redis(redis) => match redis.members(room_id).await {
-                Ok(members) => members,
-                Err(err) => {
-                    tracing::warn!(error = %err, "presence unavailable; listing local members");
-                    self.inner.hub.local_members(room_id)
-                }
-            },
-        }
+    pub(crate) async fn members(&self, room_id: &RoomId) -> Vec<Member> {
+        self.inner
+            .presence
+            .members(room_id, || self.inner.hub.local_members(room_id))
+            .await
     }
 
-    /// Validates a send and takes a rate-limit token for it.
+    /// Validates a send to a room the sender is in, and takes a
+    /// rate-limit token for it.
     ///
     /// # Errors
     /// INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED when the user is
     /// over the rate (with the message the user would have stored, when
     /// the send is a retry of a stored one: see [`Self::find_retry`]).
-    pub fn prepare_send(
+    pub(crate) fn prepare_send(
         &self,
         user: &User,
-        room_id: &str,
+        room_id: RoomId,
         content: String,
         client_id: String,
     ) -> Result<NewMessage, PrepareError> {
-        let checked = validate_room_id("room_id", room_id)
-            .and_then(|()| validate_content(&content, self.inner.limits.max_content_bytes))
+        let checked = validate_content(&content, self.inner.limits.max_content_bytes)
             .and_then(|()| validate_client_id(&client_id));
         if let Err(err) = checked {
             return Err(PrepareError::Invalid(err));
         }
         let message = NewMessage {
-            room_id: RoomId::from(room_id),
+            room_id,
             sender_id: user.id.clone(),
             sender_name: user.name.clone(),
             content,
@@ -375,7 +297,7 @@ impl Engine {
     ///
     /// # Errors
     /// RESOURCE_EXHAUSTED when it is not a retry; database failures.
-    pub async fn find_retry(&self, message: &NewMessage) -> Result<StoredMessage, Error> {
+    pub(crate) async fn find_retry(&self, message: &NewMessage) -> Result<StoredMessage, Error> {
         if !message.client_id.is_empty()
             && let Some(stored) = self
                 .inner
@@ -394,7 +316,7 @@ impl Engine {
     /// Queues a prepared send for storage; the outcome goes to `reply`.
     /// Its storage and publish are traced under `span` (which may be
     /// disabled).
-    pub fn submit(&self, message: NewMessage, reply: Reply, span: tracing::Span) {
+    pub(crate) fn submit(&self, message: NewMessage, reply: Reply, span: tracing::Span) {
         if let Err(rejected) = self.inner.writer.submit(Submission {
             message,
             reply,
@@ -411,18 +333,19 @@ impl Engine {
     /// # Errors
     /// NOT_FOUND for an unknown room; PERMISSION_DENIED for a private room
     /// the user is not a member of.
-    pub async fn check_readable(&self, user: &User, room_id: &str) -> Result<Room, Error> {
-        validate_room_id("room_id", room_id)?;
+    pub(crate) async fn check_readable(
+        &self,
+        user: &User,
+        room_id: &RoomId,
+    ) -> Result<Room, Error> {
         let room = self
             .inner
             .store
             .room(room_id)
             .await?
-            .ok_or_else(|| not_found_room(room_id))?;
+            .ok_or_else(|| Error::RoomNotFound(room_id.to_string()))?;
         if room.is_private() && !self.inner.store.is_member(room_id, &user.id).await? {
-            return Err(Error::PermissionDenied(format!(
-                "room {room_id} is private: only members read its history"
-            )));
+            return Err(Error::MembersOnly(room_id.to_string()));
         }
         Ok(room)
     }
@@ -431,52 +354,32 @@ impl Engine {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn is_member(&self, user: &User, room_id: &str) -> Result<bool, Error> {
+    pub(crate) async fn is_member(&self, user: &User, room_id: &RoomId) -> Result<bool, Error> {
         self.inner.store.is_member(room_id, &user.id).await
     }
 
     /// A page of history, oldest first, and whether older messages exist.
     ///
     /// # Errors
-    /// As [`Self::check_readable`]; INVALID_ARGUMENT for a bad limit or seq.
-    pub async fn history(
+    /// As [`Self::check_readable`].
+    pub(crate) async fn history(
         &self,
         user: &User,
-        room_id: &str,
-        before_seq: i64,
-        limit: i32,
+        query: &HistoryQuery,
     ) -> Result<(Vec<parley_proto::chat::v1::ChatMessage>, bool), Error> {
-        let limit = domain::history_limit(limit)?;
-        domain::validate_seq("before_seq", before_seq)?;
-        self.check_readable(user, room_id).await?;
-        self.inner.store.history(room_id, before_seq, limit).await
+        self.check_readable(user, &query.room_id).await?;
+        self.inner
+            .store
+            .history(&query.room_id, query.before_seq, query.limit)
+            .await
     }
 }
 
 /// Why a send was not queued.
 #[derive(Debug)]
-pub enum PrepareError {
+pub(crate) enum PrepareError {
     /// A bad field.
     Invalid(Error),
     /// Over the rate; the message, to check whether it is a retry.
     RateLimited(NewMessage),
-}
-
-fn not_found_room(room_id: &str) -> Error {
-    Error::NotFound(format!("room {room_id} not found"))
-}
-
-impl Engine {
-    /// Stored messages with `after < seq <= up_to`, oldest first.
-    ///
-    /// # Errors
-    /// Database failures.
-    pub async fn replay(
-        &self,
-        room_id: &str,
-        after: i64,
-        up_to: i64,
-    ) -> Result<Vec<StoredMessage>, Error> {
-        self.inner.store.range(room_id, after, up_to).await
-    }
 }

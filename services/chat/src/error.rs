@@ -7,7 +7,7 @@ use tonic::Status;
 
 /// A failed chat operation.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// A request field is invalid.
     #[error("{field}: {message}")]
     InvalidArgument {
@@ -16,16 +16,45 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
-    /// No such room (or short code).
-    #[error("{0}")]
-    NotFound(String),
-    /// A wrong or missing private-room password, or no membership.
-    #[error("{0}")]
-    PermissionDenied(String),
-    /// The request does not fit the session's state, such as sending to a
-    /// room not joined.
-    #[error("{0}")]
-    FailedPrecondition(String),
+    /// No room has this id.
+    #[error("room {0} not found")]
+    RoomNotFound(String),
+    /// No room has this short code.
+    #[error("no room has the short code {0}")]
+    NoSuchShortCode(String),
+    /// A private room joined without a password by a non-member.
+    #[error("room {0} is private: give its password")]
+    PasswordNeeded(String),
+    /// A private room joined with the wrong password.
+    #[error("wrong password for room {0}")]
+    WrongPassword(String),
+    /// A private room's history asked for by a non-member.
+    #[error("room {0} is private: only members read its history")]
+    MembersOnly(String),
+    /// A stream frame about a room its session has not joined.
+    #[error("join room {0} before using it")]
+    NotJoined(String),
+    /// A unary send to a room the caller is not a member of.
+    #[error("join room {0} (JoinRoom) before sending to it")]
+    NotAMember(String),
+    /// A join past the rooms one session may have joined.
+    #[error("at most {0} rooms may be joined at once")]
+    TooManyRooms(usize),
+    /// A session's frames arriving faster than it is served.
+    #[error("too many frames waiting; slow down")]
+    Backlogged,
+    /// A session that was never opened on its stream.
+    #[error("no such session: open it first")]
+    NoSuchSession,
+    /// A stream frame with no kind.
+    #[error("frame: a frame needs exactly one kind")]
+    EmptyFrame,
+    /// An access token expired without a refresh.
+    #[error("access token expired: send a refresh frame before it does")]
+    TokenExpired,
+    /// A refresh with another user's token.
+    #[error("the new token belongs to another user")]
+    OtherUsersToken,
     /// A rate or size limit.
     #[error("{0}")]
     ResourceExhausted(String),
@@ -45,7 +74,7 @@ pub enum Error {
 
 impl Error {
     /// An invalid request field.
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
             field,
             message: message.into(),
@@ -54,13 +83,13 @@ impl Error {
 
     /// The `error` frame of a failed stream frame, echoing the frame's
     /// `client_id` and `room_id` ("" when it had none).
-    pub fn into_frame(self, client_id: &str, room_id: &str) -> ChatResponse {
+    pub(crate) fn into_frame(self, client_id: &str, room_id: &str) -> ChatResponse {
         error_frame(&Status::from(self), client_id, room_id)
     }
 }
 
 /// The `error` frame for `status`.
-pub fn error_frame(status: &Status, client_id: &str, room_id: &str) -> ChatResponse {
+pub(crate) fn error_frame(status: &Status, client_id: &str, room_id: &str) -> ChatResponse {
     ChatResponse {
         frame: Some(Frame::Error(ErrorFrame {
             code: code_name(status.code()).to_owned(),
@@ -75,9 +104,22 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, message),
-            Error::NotFound(message) => Status::not_found(message),
-            Error::PermissionDenied(message) => Status::permission_denied(message),
-            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::RoomNotFound(_) | Error::NoSuchShortCode(_) => {
+                Status::not_found(err.to_string())
+            }
+            Error::PasswordNeeded(_) | Error::WrongPassword(_) | Error::MembersOnly(_) => {
+                Status::permission_denied(err.to_string())
+            }
+            Error::NotJoined(_) | Error::NotAMember(_) | Error::NoSuchSession => {
+                Status::failed_precondition(err.to_string())
+            }
+            Error::TooManyRooms(_) | Error::Backlogged => {
+                Status::resource_exhausted(err.to_string())
+            }
+            Error::EmptyFrame => invalid_argument("frame", "a frame needs exactly one kind"),
+            Error::TokenExpired | Error::OtherUsersToken => {
+                Status::unauthenticated(err.to_string())
+            }
             Error::ResourceExhausted(message) => Status::resource_exhausted(message),
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::Unavailable(message) => Status::unavailable(message),
@@ -103,12 +145,19 @@ mod tests {
     fn each_error_has_its_code() {
         let cases = [
             (Error::invalid("content", "empty"), Code::InvalidArgument),
-            (Error::NotFound("x".into()), Code::NotFound),
-            (Error::PermissionDenied("no".into()), Code::PermissionDenied),
-            (
-                Error::FailedPrecondition("join first".into()),
-                Code::FailedPrecondition,
-            ),
+            (Error::RoomNotFound("x".into()), Code::NotFound),
+            (Error::NoSuchShortCode("ABCDEF".into()), Code::NotFound),
+            (Error::PasswordNeeded("x".into()), Code::PermissionDenied),
+            (Error::WrongPassword("x".into()), Code::PermissionDenied),
+            (Error::MembersOnly("x".into()), Code::PermissionDenied),
+            (Error::NotJoined("x".into()), Code::FailedPrecondition),
+            (Error::NotAMember("x".into()), Code::FailedPrecondition),
+            (Error::NoSuchSession, Code::FailedPrecondition),
+            (Error::TooManyRooms(3), Code::ResourceExhausted),
+            (Error::Backlogged, Code::ResourceExhausted),
+            (Error::EmptyFrame, Code::InvalidArgument),
+            (Error::TokenExpired, Code::Unauthenticated),
+            (Error::OtherUsersToken, Code::Unauthenticated),
             (
                 Error::ResourceExhausted("slow down".into()),
                 Code::ResourceExhausted,

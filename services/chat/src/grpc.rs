@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    engine::{Engine, JoinRequest, PrepareError, User},
+    domain::{HistoryQuery, JoinRequest, RoomId},
+    engine::{Engine, PrepareError, User},
     error::Error,
     link::{Link, Outbound, OutboundStream},
     session::{Incoming, StreamActor},
@@ -27,13 +28,13 @@ const HISTORY_CHUNK: usize = 50;
 
 /// The chat service.
 #[derive(Debug, Clone)]
-pub struct ChatService {
+pub(crate) struct ChatService {
     engine: Engine,
 }
 
 impl ChatService {
     /// Handlers over `engine`.
-    pub fn new(engine: Engine) -> Self {
+    pub(crate) fn new(engine: Engine) -> Self {
         Self { engine }
     }
 
@@ -42,10 +43,7 @@ impl ChatService {
     /// `GatewayStream` authenticates each session instead of the stream.
     fn caller<T>(&self, request: &Request<T>) -> Result<(Caller, User), Status> {
         let caller = self.engine.verifier().verify_metadata(request.metadata())?;
-        let user = User {
-            id: caller.user_id.as_str().into(),
-            name: caller.name.as_str().into(),
-        };
+        let user = User::from(&caller);
         Ok((caller, user))
     }
 }
@@ -97,17 +95,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<JoinRoomResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let request = request.into_inner();
-        let room = self
-            .engine
-            .admit(
-                &user,
-                &JoinRequest {
-                    room_id: request.room_id,
-                    short_code: request.short_code,
-                    password: request.password,
-                },
-            )
-            .await?;
+        let request = JoinRequest::parse(&request.room_id, &request.short_code, request.password)?;
+        let room = self.engine.admit(&user, &request).await?;
         Ok(Response::new(JoinRoomResponse {
             room: Some(room.to_proto()),
         }))
@@ -118,9 +107,11 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<LeaveRoomRequest>,
     ) -> Result<Response<LeaveRoomResponse>, Status> {
         let (_, user) = self.caller(&request)?;
+        let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
         self.engine
-            .end_membership(&user, &request.get_ref().room_id)
-            .await?;
+            .leave(&user, &room_id, None)
+            .await
+            .map_err(|(err, _)| err)?;
         Ok(Response::new(LeaveRoomResponse {}))
     }
 
@@ -129,9 +120,9 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<ListRoomMembersRequest>,
     ) -> Result<Response<ListRoomMembersResponse>, Status> {
         let (_, user) = self.caller(&request)?;
-        let room_id = &request.get_ref().room_id;
-        self.engine.check_readable(&user, room_id).await?;
-        let members = self.engine.members(room_id).await;
+        let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
+        self.engine.check_readable(&user, &room_id).await?;
+        let members = self.engine.members(&room_id).await;
         Ok(Response::new(ListRoomMembersResponse { members }))
     }
 
@@ -141,31 +132,26 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<SendMessageResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let request = request.into_inner();
-        crate::domain::validate_room_id("room_id", &request.room_id)?;
-        if !self.engine.is_member(&user, &request.room_id).await? {
-            return Err(Error::FailedPrecondition(format!(
-                "join room {} (JoinRoom) before sending to it",
-                request.room_id
-            ))
-            .into());
+        let room_id = RoomId::parse("room_id", &request.room_id)?;
+        if !self.engine.is_member(&user, &room_id).await? {
+            return Err(Error::NotAMember(request.room_id).into());
         }
-        let stored = match self.engine.prepare_send(
-            &user,
-            &request.room_id,
-            request.content,
-            request.client_id,
-        ) {
-            Ok(message) => {
-                let (sender, receiver) = oneshot::channel();
-                self.engine
-                    .submit(message, Reply::Unary(sender), tracing::Span::current());
-                receiver
-                    .await
-                    .map_err(|_| Status::unavailable("the message writer stopped"))??
-            }
-            Err(PrepareError::Invalid(err)) => return Err(err.into()),
-            Err(PrepareError::RateLimited(message)) => self.engine.find_retry(&message).await?,
-        };
+        let stored =
+            match self
+                .engine
+                .prepare_send(&user, room_id, request.content, request.client_id)
+            {
+                Ok(message) => {
+                    let (sender, receiver) = oneshot::channel();
+                    self.engine
+                        .submit(message, Reply::Unary(sender), tracing::Span::current());
+                    receiver
+                        .await
+                        .map_err(|_| Status::unavailable("the message writer stopped"))??
+                }
+                Err(PrepareError::Invalid(err)) => return Err(err.into()),
+                Err(PrepareError::RateLimited(message)) => self.engine.find_retry(&message).await?,
+            };
         Ok(Response::new(SendMessageResponse {
             message: Some((*stored).clone()),
         }))
@@ -180,10 +166,8 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<Self::GetChatHistoryStream>, Status> {
         let (_, user) = self.caller(&request)?;
         let request = request.into_inner();
-        let (messages, has_more) = self
-            .engine
-            .history(&user, &request.room_id, request.before_seq, request.limit)
-            .await?;
+        let query = HistoryQuery::parse(&request.room_id, request.before_seq, request.limit)?;
+        let (messages, has_more) = self.engine.history(&user, &query).await?;
         let room_id = request.room_id;
         let mut chunks: Vec<Vec<_>> = messages.chunks(HISTORY_CHUNK).map(<[_]>::to_vec).collect();
         if chunks.is_empty() {

@@ -22,7 +22,7 @@ use parley_proto::chat::v1::{
 use parley_runtime::storage::now_millis;
 
 use crate::{
-    bus::Bus,
+    bus::{Bus, Deliveries, Resync},
     domain::{RoomId, StoredMessage},
     error::Error,
     link::{Importance, Link, SessionId},
@@ -41,7 +41,7 @@ const HEAL_CHUNK: usize = 500;
 
 /// The replica's rooms. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<HubInner>,
 }
 
@@ -98,7 +98,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A message frame.
-pub fn message_frame(message: ChatMessage) -> ChatResponse {
+pub(crate) fn message_frame(message: ChatMessage) -> ChatResponse {
     ChatResponse {
         frame: Some(Frame::Message(message)),
     }
@@ -106,7 +106,7 @@ pub fn message_frame(message: ChatMessage) -> ChatResponse {
 
 impl Hub {
     /// An empty hub over `store` and `bus`.
-    pub fn new(store: ChatStore, bus: Bus) -> Self {
+    pub(crate) fn new(store: ChatStore, bus: Bus) -> Self {
         Self {
             inner: Arc::new(HubInner {
                 rooms: Mutex::default(),
@@ -124,7 +124,7 @@ impl Hub {
     /// state (and its bus subscription) if this is its first local session.
     /// `last_seq` is the room's newest seq as just read from storage.
     /// Returns whether this is the user's first local session in the room.
-    pub fn enter(
+    pub(crate) fn enter(
         &self,
         room_id: &RoomId,
         last_seq: i64,
@@ -180,7 +180,7 @@ impl Hub {
 
     /// Counts a session of `user_id` out of the room. Returns whether it
     /// was the user's last local session there.
-    pub fn exit(&self, room_id: &str, user_id: &str) -> bool {
+    pub(crate) fn exit(&self, room_id: &str, user_id: &str) -> bool {
         let Some(cell) = self.cell(room_id) else {
             return false;
         };
@@ -209,19 +209,28 @@ impl Hub {
     /// `joined` frame, then the messages after `since` when it is set (at
     /// most `max_replay`, the newest), and from then on every live message,
     /// with nothing lost or repeated at the seam. The session must have
-    /// [`enter`](Self::enter)ed the room. Returns the `joined.last_seq`.
+    /// [`enter`](Self::enter)ed the room.
+    ///
+    /// A session that receives the room already (`attached`, a second join
+    /// of the same room) is answered the same way without being counted
+    /// twice; its live messages keep flowing meanwhile, so its replay may
+    /// overlap them, and the client drops what it has by `seq`.
     ///
     /// # Errors
     /// Database failures while reading the replay.
-    pub async fn attach(
+    pub(crate) async fn attach(
         &self,
         link: &Link,
         session: SessionId,
         room_id: &RoomId,
-        since: Option<i64>,
-        max_replay: i64,
+        replay: Replay,
         members: Vec<Member>,
-    ) -> Result<i64, Error> {
+        attached: bool,
+    ) -> Result<(), Error> {
+        let Replay {
+            since,
+            max: max_replay,
+        } = replay;
         let cell = self
             .cell(room_id)
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} was not entered")))?;
@@ -233,14 +242,16 @@ impl Hub {
                 let mut state = lock(&cell);
                 let delivered = state.delivered_seq;
                 if since.is_none() || replayed_to >= delivered {
-                    state
-                        .links
-                        .entry(link.id())
-                        .or_insert_with(|| LinkEntry {
-                            link: link.clone(),
-                            sessions: 0,
-                        })
-                        .sessions += 1;
+                    if !attached {
+                        state
+                            .links
+                            .entry(link.id())
+                            .or_insert_with(|| LinkEntry {
+                                link: link.clone(),
+                                sessions: 0,
+                            })
+                            .sessions += 1;
+                    }
                     link.send_to(
                         session,
                         ChatResponse {
@@ -257,7 +268,7 @@ impl Hub {
                             link.send_to(session, message_frame((*message).clone()));
                         }
                     }
-                    return Ok(delivered);
+                    return Ok(());
                 }
                 delivered
             };
@@ -279,7 +290,7 @@ impl Hub {
     }
 
     /// Stops delivering the room to one session of `link`.
-    pub fn detach(&self, link: &Link, room_id: &str) {
+    pub(crate) fn detach(&self, link: &Link, room_id: &str) {
         let Some(cell) = self.cell(room_id) else {
             return;
         };
@@ -314,7 +325,7 @@ impl Hub {
 
     /// Delivers a stored message, in seq order. `stored_at` is when this
     /// replica stored it (None when it came over the bus).
-    pub fn deliver(&self, message: StoredMessage, stored_at: Option<Instant>) {
+    pub(crate) fn deliver(&self, message: StoredMessage, stored_at: Option<Instant>) {
         let Some(cell) = self.cell(&message.room_id) else {
             return;
         };
@@ -352,7 +363,7 @@ impl Hub {
 
     /// Delivers typing or presence: no order, no storage, dropped for
     /// links that cannot take it now.
-    pub fn deliver_ephemeral(&self, event: RoomEvent) {
+    pub(crate) fn deliver_ephemeral(&self, event: RoomEvent) {
         let Some(cell) = self.cell(&event.room_id) else {
             return;
         };
@@ -360,17 +371,6 @@ impl Hub {
         let state = lock(&cell);
         for entry in state.links.values() {
             entry.link.send_room_event(&event, Importance::Droppable);
-        }
-    }
-
-    /// An event from another replica.
-    pub fn on_bus_event(&self, event: RoomEvent) {
-        match event.response {
-            Some(ChatResponse {
-                frame: Some(Frame::Message(message)),
-            }) => self.deliver(Arc::new(message), None),
-            Some(_) => self.deliver_ephemeral(event),
-            None => {}
         }
     }
 
@@ -429,16 +429,9 @@ impl Hub {
         }
     }
 
-    /// Checks one room against storage and fills any hole, e.g. after its
-    /// bus subscription started.
-    pub fn heal(&self, room_id: RoomId) {
-        let hub = self.clone();
-        tokio::spawn(async move { hub.heal_rooms(vec![room_id]).await });
-    }
-
-    /// Checks every room against storage: after a bus reconnect, and
-    /// periodically to catch a publish Redis lost.
-    pub fn heal_all(&self) {
+    /// Checks every room against storage: periodically, to catch a
+    /// publish Redis lost.
+    pub(crate) fn heal_all(&self) {
         let rooms: Vec<RoomId> = lock(&self.inner.rooms).keys().cloned().collect();
         if rooms.is_empty() {
             return;
@@ -449,7 +442,7 @@ impl Hub {
 
     async fn heal_rooms(&self, rooms: Vec<RoomId>) {
         for chunk in rooms.chunks(HEAL_CHUNK) {
-            let ids: Vec<&str> = chunk.iter().map(|r| &**r).collect();
+            let ids: Vec<&str> = chunk.iter().map(RoomId::as_str).collect();
             let last_seqs = match self.inner.store.last_seqs(&ids).await {
                 Ok(last_seqs) => last_seqs,
                 Err(err) => {
@@ -471,7 +464,7 @@ impl Hub {
     }
 
     /// The users with local sessions in the room, each once.
-    pub fn local_members(&self, room_id: &str) -> Vec<Member> {
+    pub(crate) fn local_members(&self, room_id: &str) -> Vec<Member> {
         let Some(cell) = self.cell(room_id) else {
             return Vec::new();
         };
@@ -483,7 +476,7 @@ impl Hub {
     }
 
     /// Every room's local users, for presence heartbeats.
-    pub fn local_presence(&self) -> Vec<(String, Vec<(String, String)>)> {
+    pub(crate) fn local_presence(&self) -> Vec<(String, Vec<(String, String)>)> {
         let cells: Vec<_> = lock(&self.inner.rooms).values().cloned().collect();
         cells
             .iter()
@@ -502,11 +495,37 @@ impl Hub {
             })
             .collect()
     }
+}
 
-    /// The newest seq delivered in the room here, if it has local sessions.
-    pub fn delivered_seq(&self, room_id: &str) -> Option<i64> {
-        self.cell(room_id).map(|cell| lock(&cell).delivered_seq)
+impl Deliveries for Hub {
+    fn on_event(&self, event: RoomEvent) {
+        match event.response {
+            Some(ChatResponse {
+                frame: Some(Frame::Message(message)),
+            }) => self.deliver(Arc::new(message), None),
+            Some(_) => self.deliver_ephemeral(event),
+            None => {}
+        }
     }
+
+    fn resync(&self, rooms: Resync) {
+        match rooms {
+            Resync::All => self.heal_all(),
+            Resync::Room(room_id) => {
+                let hub = self.clone();
+                tokio::spawn(async move { hub.heal_rooms(vec![room_id]).await });
+            }
+        }
+    }
+}
+
+/// What a join asks to be replayed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replay {
+    /// Replay the messages after this seq; `None` for no replay.
+    pub(crate) since: Option<i64>,
+    /// The most messages replayed (the newest are kept).
+    pub(crate) max: i64,
 }
 
 /// Queues one message to every link of the room, as one shared event.

@@ -2,39 +2,52 @@
 //! typing, with fan-out across replicas through Redis.
 //!
 //! # Layout
-//! - [`config`]: `CHAT_*` settings.
-//! - [`domain`]: rooms and messages, and their validation.
-//! - [`store`]: rooms, memberships and messages in Postgres or SQLite.
-//! - [`writer`]: batched message storage, which assigns each room's `seq`.
-//! - [`hub`]: the replica's rooms, delivering each strictly by `seq` and
+//! - `config`: `CHAT_*` settings.
+//! - `domain`: rooms and messages, and the checked inputs (`RoomId`,
+//!   `JoinRequest`, `HistoryQuery`) every entry point builds once.
+//! - `store`: rooms, memberships and messages in Postgres or SQLite;
+//!   `store/batch.rs` is the batch writer's statement, which takes seqs.
+//! - `writer`: the writer lanes that batch sends for storage.
+//! - `hub`: the replica's rooms, delivering each strictly by `seq` and
 //!   filling holes from storage.
-//! - [`bus`]: fan-out between replicas (Redis pub/sub, or in-process).
-//! - [`presence`]: who is online, across replicas.
-//! - [`link`]: the bounded queue of each outgoing stream.
-//! - [`session`]: the actor behind each `Chat` and gateway stream.
-//! - [`engine`]: the operations all entry points share.
-//! - [`grpc`]: the `parley.chat.v1.ChatService` handlers.
-//! - [`limiter`]: the per-user send rate.
-//! - [`error`]: failures and their gRPC statuses.
+//! - `bus`: fan-out between replicas (Redis pub/sub, or in-process); it
+//!   hands what it receives to the hub through the `Deliveries` trait.
+//! - `presence`: who is online, across replicas.
+//! - `membership`: joining and leaving a room, in one place: `Engine::join`
+//!   returns a `Membership`, whose `leave` (or drop) undoes it.
+//! - `link`: the bounded queue of each outgoing stream.
+//! - `session`: the actor behind each `Chat` and gateway stream, with one
+//!   handler per frame (`session/join.rs`, `leave.rs`, `send.rs`,
+//!   `history.rs`).
+//! - `engine`: the operations all entry points share.
+//! - `grpc`: the `parley.chat.v1.ChatService` handlers.
+//! - `limiter`: the per-user send rate.
+//! - `error`: failures and their gRPC statuses.
 //!
 //! A send travels: session -> writer lane (stored, seq taken) -> ack to the
 //! sender, publish to the room's channel, local hub -> every link with
 //! members in the room. Other replicas receive it from the bus and deliver
 //! it through their hubs the same way.
+//!
+//! A join travels: session -> `Engine::join` (admitted and stored, counted
+//! into the hub and presence, attached: `joined`, replay, live) -> a
+//! `Membership` the session keeps until it leaves or closes.
+#![warn(missing_docs)]
 
-pub mod bus;
-pub mod config;
-pub mod domain;
-pub mod engine;
-pub mod error;
-pub mod grpc;
-pub mod hub;
-pub mod limiter;
-pub mod link;
-pub mod presence;
-pub mod session;
-pub mod store;
-pub mod writer;
+mod bus;
+mod config;
+mod domain;
+mod engine;
+mod error;
+mod grpc;
+mod hub;
+mod limiter;
+mod link;
+mod membership;
+mod presence;
+mod session;
+mod store;
+mod writer;
 
 use std::{sync::Arc, time::Duration};
 
@@ -143,6 +156,7 @@ pub async fn with_listeners(
     };
     let hub = Hub::new(store.clone(), bus.clone());
     if let Some(tasks) = bus_tasks {
+        // The subscriber hands other replicas' events to the hub.
         tasks.spawn(hub.clone(), shutdown.clone());
     }
     let limiter = Arc::new(SendLimiter::new(

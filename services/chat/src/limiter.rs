@@ -16,7 +16,7 @@ const PRUNE_ABOVE: usize = 10_000;
 
 /// Token buckets by user id.
 #[derive(Debug)]
-pub struct SendLimiter {
+pub(crate) struct SendLimiter {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -30,7 +30,7 @@ struct Bucket {
 
 impl SendLimiter {
     /// `rate` tokens per second, at most `burst` saved up.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         Self {
             rate: f64::from(rate),
             burst: f64::from(burst),
@@ -39,7 +39,7 @@ impl SendLimiter {
     }
 
     /// Takes a token for `user_id` if one is left.
-    pub fn try_take(&self, user_id: &str) -> bool {
+    pub(crate) fn try_take(&self, user_id: &str) -> bool {
         self.try_take_at(user_id, Instant::now())
     }
 
@@ -67,7 +67,7 @@ impl SendLimiter {
     }
 
     /// Gives back a token taken for a send that cost nothing after all.
-    pub fn refund(&self, user_id: &str) {
+    pub(crate) fn refund(&self, user_id: &str) {
         let mut buckets = self
             .buckets
             .lock()
@@ -78,7 +78,7 @@ impl SendLimiter {
     }
 
     /// How long until `user_id` has a token again, for error messages.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         Duration::from_secs_f64(1.0 / self.rate)
     }
 }

@@ -21,11 +21,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::Status;
 
 /// Identifies a client session within its link.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// What a link carries to its stream.
 #[derive(Debug)]
-pub enum Outbound {
+pub(crate) enum Outbound {
     /// A room event, built once per replica and shared by every link.
     Room(Arc<RoomEvent>),
     /// A frame for one session.
@@ -36,7 +36,7 @@ pub enum Outbound {
 
 /// Whether a dropped item is worth cutting the link over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Importance {
+pub(crate) enum Importance {
     /// Messages, acks, answers: never dropped silently; a full queue cuts
     /// the link.
     Essential,
@@ -46,7 +46,7 @@ pub enum Importance {
 
 /// The sending half of a stream. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Link {
+pub(crate) struct Link {
     inner: Arc<LinkInner>,
 }
 
@@ -67,7 +67,7 @@ static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 impl Link {
     /// A link with a queue of `capacity` items, and the stream that drains
     /// it. `user_id` is set for single-session links.
-    pub fn new(
+    pub(crate) fn new(
         capacity: usize,
         user_id: Option<Arc<str>>,
         kind: &'static str,
@@ -87,18 +87,19 @@ impl Link {
     }
 
     /// Unique within the process.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.inner.id
     }
 
     /// Whether the stream is gone (reader dropped or link cut).
-    pub fn is_closed(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
         self.inner.queue.is_closed() || self.inner.cut.is_cancelled()
     }
 
     /// Resolves when the stream's reader has gone away or the link was
     /// cut.
-    pub async fn closed(&self) {
+    pub(crate) async fn closed(&self) {
         tokio::select! {
             () = self.inner.queue.closed() => {}
             () = self.inner.cut.cancelled() => {}
@@ -106,13 +107,13 @@ impl Link {
     }
 
     /// Whether this link's single user is `user_id`.
-    pub fn belongs_to(&self, user_id: &str) -> bool {
+    pub(crate) fn belongs_to(&self, user_id: &str) -> bool {
         self.inner.user_id.as_deref() == Some(user_id)
     }
 
     /// Queues `item` without waiting. Returns whether it was queued; an
     /// essential item that does not fit cuts the link.
-    pub fn push(&self, item: Outbound, importance: Importance) -> bool {
+    pub(crate) fn push(&self, item: Outbound, importance: Importance) -> bool {
         match self.inner.queue.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -130,13 +131,13 @@ impl Link {
     }
 
     /// Queues a frame for one session: essential.
-    pub fn send_to(&self, session: SessionId, response: ChatResponse) -> bool {
+    pub(crate) fn send_to(&self, session: SessionId, response: ChatResponse) -> bool {
         self.push(Outbound::Session(session, response), Importance::Essential)
     }
 
     /// Queues a room event, unless it is addressed away from this link's
     /// single user.
-    pub fn send_room_event(&self, event: &Arc<RoomEvent>, importance: Importance) -> bool {
+    pub(crate) fn send_room_event(&self, event: &Arc<RoomEvent>, importance: Importance) -> bool {
         if !event.except_user_id.is_empty() && self.belongs_to(&event.except_user_id) {
             return false;
         }
@@ -158,7 +159,7 @@ impl Link {
 }
 
 /// The status a cut stream ends with.
-pub fn slow_consumer_status() -> Status {
+pub(crate) fn slow_consumer_status() -> Status {
     Status::resource_exhausted(
         "slow consumer: the stream's queue is full; reconnect and rejoin with since_seq",
     )
@@ -168,7 +169,7 @@ pub fn slow_consumer_status() -> Status {
 /// `convert` (which returns `None` to skip an item, or an error to end the
 /// stream). A cut link ends the stream with RESOURCE_EXHAUSTED at once,
 /// dropping whatever was queued.
-pub struct OutboundStream<T> {
+pub(crate) struct OutboundStream<T> {
     receiver: mpsc::Receiver<Outbound>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     convert: fn(Outbound) -> Option<Result<T, Status>>,
@@ -185,7 +186,7 @@ impl<T> std::fmt::Debug for OutboundStream<T> {
 
 impl<T> OutboundStream<T> {
     /// The stream of `receiver`, ended early by `cut`.
-    pub fn new(
+    pub(crate) fn new(
         receiver: mpsc::Receiver<Outbound>,
         cut: CancellationToken,
         convert: fn(Outbound) -> Option<Result<T, Status>>,

@@ -71,16 +71,65 @@ return gone
 
 /// Presence across replicas. Cheap to clone.
 #[derive(Debug, Clone)]
-pub enum Presence {
+pub(crate) enum Presence {
     /// One process: the hub's local counts are everything.
     Local,
     /// Shared in Redis.
     Redis(RedisPresence),
 }
 
+impl Presence {
+    /// Records that `user_id` is online in the room on this replica, which
+    /// had no session of theirs there before; answers whether it is their
+    /// first session anywhere (so their arrival is announced). Without
+    /// Redis, or when Redis fails, this replica's knowledge answers: yes.
+    pub(crate) async fn arrive(&self, room_id: &str, user_id: &str, name: &str) -> bool {
+        match self {
+            Self::Local => true,
+            Self::Redis(redis) => redis.join(room_id, user_id, name).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "presence unavailable; announcing from local knowledge");
+                true
+            }),
+        }
+    }
+
+    /// Records that `user_id` left the room on this replica, where they
+    /// have no session left; answers whether it was their last session
+    /// anywhere (so their departure is announced). Without Redis, or when
+    /// Redis fails: yes.
+    pub(crate) async fn depart(&self, room_id: &str, user_id: &str, name: &str) -> bool {
+        match self {
+            Self::Local => true,
+            Self::Redis(redis) => redis.leave(room_id, user_id, name).await.unwrap_or_else(|err| {
+                tracing::warn!(error = %err, "presence unavailable; announcing from local knowledge");
+                true
+            }),
+        }
+    }
+
+    /// The users online in the room across replicas; `local` (this
+    /// replica's own) without Redis or when Redis fails.
+    pub(crate) async fn members(
+        &self,
+        room_id: &str,
+        local: impl FnOnce() -> Vec<Member>,
+    ) -> Vec<Member> {
+        match self {
+            Self::Local => local(),
+            Self::Redis(redis) => match redis.members(room_id).await {
+                Ok(members) => members,
+                Err(err) => {
+                    tracing::warn!(error = %err, "presence unavailable; listing local members");
+                    local()
+                }
+            },
+        }
+    }
+}
+
 /// Presence kept in Redis.
 #[derive(Clone)]
-pub struct RedisPresence {
+pub(crate) struct RedisPresence {
     connection: redis::aio::ConnectionManager,
     replica: String,
     ttl: Duration,
@@ -128,7 +177,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When the URL is unusable.
-    pub fn new(url: &str, replica: String, ttl: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(url: &str, replica: String, ttl: Duration) -> anyhow::Result<Self> {
         let client = redis::Client::open(url)
             .map_err(|err| anyhow::anyhow!("CHAT_REDIS_URL is unusable: {err}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -152,7 +201,12 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn join(&self, room_id: &str, user_id: &str, name: &str) -> redis::RedisResult<bool> {
+    pub(crate) async fn join(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        name: &str,
+    ) -> redis::RedisResult<bool> {
         let now = now_millis();
         let mut connection = self.connection.clone();
         let first: i64 = self
@@ -173,7 +227,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn leave(
+    pub(crate) async fn leave(
         &self,
         room_id: &str,
         user_id: &str,
@@ -195,7 +249,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn members(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
+    pub(crate) async fn members(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
         let mut connection = self.connection.clone();
         let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(key(room_id))
@@ -210,7 +264,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn heartbeat(
+    pub(crate) async fn heartbeat(
         &self,
         rooms: &[(String, Vec<(String, String)>)],
     ) -> redis::RedisResult<()> {
@@ -242,7 +296,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn sweep(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
+    pub(crate) async fn sweep(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
         let mut connection = self.connection.clone();
         let gone: Vec<String> = self
             .sweep
@@ -257,7 +311,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub async fn remove_all(
+    pub(crate) async fn remove_all(
         &self,
         rooms: &[(String, Vec<(String, String)>)],
     ) -> redis::RedisResult<()> {
@@ -276,13 +330,13 @@ impl RedisPresence {
     }
 
     /// How often heartbeats and sweeps run.
-    pub fn heartbeat_every(&self) -> Duration {
+    pub(crate) fn heartbeat_every(&self) -> Duration {
         self.ttl / 3
     }
 }
 
 /// Members by user id, each once, ordered by name then id.
-pub fn dedupe(members: impl Iterator<Item = Member>) -> Vec<Member> {
+pub(crate) fn dedupe(members: impl Iterator<Item = Member>) -> Vec<Member> {
     let mut by_user: BTreeMap<String, Member> = BTreeMap::new();
     for member in members {
         by_user.entry(member.user_id.clone()).or_insert(member);

@@ -32,7 +32,7 @@ const MAX_BATCH: usize = 512;
 
 /// Where the outcome of a send goes.
 #[derive(Debug)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// A unary `SendMessage` waiting for the stored message.
     Unary(oneshot::Sender<Result<StoredMessage, Error>>),
     /// A session: an `ack` or an `error` frame on its link.
@@ -46,26 +46,26 @@ pub enum Reply {
 
 /// One send waiting to be stored.
 #[derive(Debug)]
-pub struct Submission {
+pub(crate) struct Submission {
     /// The message.
-    pub message: NewMessage,
+    pub(crate) message: NewMessage,
     /// Who hears back.
-    pub reply: Reply,
+    pub(crate) reply: Reply,
     /// The send's span, parent of its storage and publish spans; disabled
     /// when traces are not exported.
-    pub span: tracing::Span,
+    pub(crate) span: tracing::Span,
 }
 
 /// The writer lanes. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     lanes: Arc<[mpsc::Sender<Submission>]>,
     hasher: RandomState,
 }
 
 impl Writer {
     /// Starts `lanes` lanes, each queueing up to `capacity` sends.
-    pub fn spawn(
+    pub(crate) fn spawn(
         store: ChatStore,
         hub: Hub,
         bus: Bus,
@@ -97,7 +97,7 @@ impl Writer {
     /// # Errors
     /// UNAVAILABLE when the lane is full (storage cannot keep up) or gone;
     /// the submission is handed back.
-    pub fn submit(&self, submission: Submission) -> Result<(), Box<(Submission, Error)>> {
+    pub(crate) fn submit(&self, submission: Submission) -> Result<(), Box<(Submission, Error)>> {
         let index = usize::try_from(
             self.hasher.hash_one(&*submission.message.room_id) % self.lanes.len() as u64,
         )
@@ -178,11 +178,8 @@ impl Lane {
             }
             WriteOutcome::NoRoom => {
                 self.limiter.refund(&submission.message.sender_id);
-                let room = submission.message.room_id.clone();
-                reply_error(
-                    submission,
-                    Error::NotFound(format!("room {room} not found")),
-                );
+                let room = submission.message.room_id.to_string();
+                reply_error(submission, Error::RoomNotFound(room));
             }
         }
     }
@@ -209,7 +206,7 @@ fn reply_stored(reply: Reply, message: &StoredMessage) {
 }
 
 /// Answers a send that was not stored.
-pub fn reply_error(submission: Submission, error: Error) {
+pub(crate) fn reply_error(submission: Submission, error: Error) {
     match submission.reply {
         Reply::Unary(sender) => {
             let _ = sender.send(Err(error));

@@ -16,6 +16,7 @@
 //! - [`serve`]: binding and running a service until it has drained.
 //! - [`shutdown`]: SIGTERM and SIGINT as a cancellation token.
 //! - [`process`]: what every `main` does around a service.
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod client;

@@ -40,14 +40,31 @@ impl<T: PartialEq> VecSet<T> {
         T: Borrow<Q>,
         Q: PartialEq + ?Sized,
     {
-        let Some(at) = self.0.iter().position(|item| item.borrow() == value) else {
-            return false;
-        };
-        self.0.swap_remove(at);
+        self.take(value).is_some()
+    }
+
+    /// Removes the item equal to `value` and returns it. An emptied set
+    /// gives its memory back.
+    pub fn take<Q>(&mut self, value: &Q) -> Option<T>
+    where
+        T: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        let at = self.0.iter().position(|item| item.borrow() == value)?;
+        let item = self.0.swap_remove(at);
         if self.0.is_empty() {
             self.0 = Vec::new();
         }
-        true
+        Some(item)
+    }
+
+    /// The item equal to `value`, if there is one.
+    pub fn get<Q>(&self, value: &Q) -> Option<&T>
+    where
+        T: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.0.iter().find(|item| (*item).borrow() == value)
     }
 
     /// Whether `value` is in the set.
@@ -120,8 +137,13 @@ mod tests {
         assert_eq!(rooms.len(), 2);
         assert!(rooms.contains("dev"));
         assert!(!rooms.contains("ops"));
+        assert_eq!(rooms.get("dev").map(|room| &**room), Some("dev"));
+        assert!(rooms.get("ops").is_none());
         assert!(rooms.remove("lobby"));
         assert!(!rooms.remove("lobby"));
+        assert_eq!(rooms.take("dev").as_deref(), Some("dev"));
+        assert!(rooms.take("dev").is_none());
+        assert!(rooms.insert(Arc::from("dev")));
         assert_eq!(
             rooms.iter().map(|room| &**room).collect::<Vec<_>>(),
             ["dev"]

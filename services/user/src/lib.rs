@@ -11,6 +11,7 @@
 //! Every call needs an access token, verified locally with auth's public
 //! keys; the service is not ready until it holds them and its database is
 //! migrated.
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod domain;

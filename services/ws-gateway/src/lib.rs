@@ -16,6 +16,7 @@
 //! - [`rest`]: the REST API; [`error`]: its error mapping.
 //! - [`web`]: the embedded web client.
 //! - [`metrics`]: the `parley_ws_*` and `parley_http_*` series.
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod connection;

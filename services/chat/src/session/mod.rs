@@ -1,0 +1,397 @@
+//! The actor behind one server stream: a `Chat` stream (one session) or a
+//! gateway stream (many sessions). One task owns all of the stream's
+//! session state, so there are no locks; frames that need storage or Redis
+//! (join, leave, history) run as futures beside it, and a session's later
+//! frames wait in its backlog until they finish, so each session's frames
+//! take effect in the order they were sent while other sessions go on.
+//!
+//! Each frame kind has its handler: [`join`], [`leave`], [`send`] and
+//! [`history`] in their own modules, ping, typing and refresh here. A
+//! handler answers at once, or returns the future of a slow frame, whose
+//! [`Effect`] the actor applies to the session when it finishes.
+
+mod history;
+mod join;
+mod leave;
+mod send;
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    time::Duration,
+};
+
+use futures_util::{
+    FutureExt as _, Stream, StreamExt as _, future::BoxFuture, stream::FuturesUnordered,
+};
+use parley_proto::chat::v1::{
+    ChatRequest, ChatResponse, Pong, Refreshed, Typing, chat_request::Frame as In,
+    chat_response::Frame as Out,
+};
+use parley_runtime::{storage::timestamp, token::Caller, vec_set::VecSet};
+use tonic::Status;
+
+use crate::{
+    engine::{Engine, User},
+    error::Error,
+    link::{Importance, Link, Outbound, SessionId},
+    membership::Membership,
+};
+
+/// The W3C trace context a gateway sends with a frame; empty otherwise.
+pub(crate) type TraceContext = std::collections::HashMap<String, String>;
+
+/// Frames a busy session may queue before further ones are refused.
+const MAX_BACKLOG: usize = 256;
+/// Sessions live this long past their token's expiry, so the gateway,
+/// which closes the client with 4001 at expiry, acts first.
+const EXPIRY_GRACE_SECONDS: i64 = 5;
+
+/// What arrives on a stream, whichever RPC it is.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// A gateway client connected.
+    Open(SessionId, String),
+    /// A session sent a frame, with the trace context it came with.
+    Frame(SessionId, ChatRequest, TraceContext),
+    /// A gateway client disconnected.
+    Close(SessionId),
+}
+
+/// One client session. Dropping it leaves every room it joined here
+/// (see [`Membership`]), without ending the stored memberships.
+#[derive(Debug)]
+struct Session {
+    user: User,
+    expires_at: i64,
+    rooms: VecSet<Membership>,
+    busy: bool,
+    backlog: VecDeque<(ChatRequest, TraceContext)>,
+}
+
+/// What a finished slow frame changed.
+#[derive(Debug)]
+enum Effect {
+    None,
+    /// The session joined a room (or kept one a failed leave handed back).
+    Joined(Membership),
+}
+
+/// A slow frame that finished. If its session closed meanwhile, dropping
+/// the effect undoes it.
+struct Done {
+    session: SessionId,
+    effect: Effect,
+}
+
+/// A slow frame's work, run beside the actor.
+type Op = BoxFuture<'static, Effect>;
+
+/// What a frame handler works with: the stream and one of its sessions.
+struct Context<'a> {
+    engine: &'a Engine,
+    link: &'a Link,
+    id: SessionId,
+    session: &'a mut Session,
+}
+
+impl Context<'_> {
+    /// Queues a frame for the session.
+    fn reply(&self, out: Out) {
+        self.link.send_to(self.id, frame(out));
+    }
+
+    /// Answers the session with an `error` frame echoing `client_id` and
+    /// `room_id`.
+    fn fail(&self, err: Error, client_id: &str, room_id: &str) {
+        self.link
+            .send_to(self.id, err.into_frame(client_id, room_id));
+    }
+
+    /// What a slow frame's future takes along.
+    fn owned(&self) -> (Engine, Link, SessionId, User) {
+        (
+            self.engine.clone(),
+            self.link.clone(),
+            self.id,
+            self.session.user.clone(),
+        )
+    }
+}
+
+/// One stream's sessions.
+pub(crate) struct StreamActor {
+    engine: Engine,
+    link: Link,
+    /// `Chat` streams end with their only session; gateway streams do not.
+    single_session: bool,
+    sessions: HashMap<SessionId, Session>,
+    expiries: BTreeSet<(i64, SessionId)>,
+    ops: FuturesUnordered<BoxFuture<'static, Done>>,
+}
+
+impl std::fmt::Debug for StreamActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamActor")
+            .field("link", &self.link.id())
+            .field("sessions", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn frame(out: Out) -> ChatResponse {
+    ChatResponse { frame: Some(out) }
+}
+
+impl StreamActor {
+    /// An actor for a gateway stream.
+    pub(crate) fn gateway(engine: Engine, link: Link) -> Self {
+        Self {
+            engine,
+            link,
+            single_session: false,
+            sessions: HashMap::new(),
+            expiries: BTreeSet::new(),
+            ops: FuturesUnordered::new(),
+        }
+    }
+
+    /// An actor for a `Chat` stream of `caller`, as session 0.
+    pub(crate) fn client(engine: Engine, link: Link, caller: &Caller) -> Self {
+        let mut actor = Self {
+            single_session: true,
+            ..Self::gateway(engine, link)
+        };
+        actor.add_session(0, caller);
+        actor
+    }
+
+    fn add_session(&mut self, id: SessionId, caller: &Caller) {
+        self.expiries.insert((caller.expires_at, id));
+        self.sessions.insert(
+            id,
+            Session {
+                user: User::from(caller),
+                expires_at: caller.expires_at,
+                rooms: VecSet::new(),
+                busy: false,
+                backlog: VecDeque::new(),
+            },
+        );
+    }
+
+    /// Serves the stream until the client goes away, then cleans up every
+    /// session.
+    pub(crate) async fn run(
+        mut self,
+        incoming: impl Stream<Item = Result<Incoming, Status>> + Send,
+    ) {
+        metrics::gauge!("parley_chat_active_streams").increment(1.0);
+        let mut incoming = std::pin::pin!(incoming);
+        loop {
+            let next_expiry = self.expiries.first().map(|(at, _)| *at);
+            let expiry = async {
+                match next_expiry {
+                    Some(at) => {
+                        let wait = (at + EXPIRY_GRACE_SECONDS
+                            - parley_runtime::storage::now_millis() / 1000)
+                            .max(0);
+                        tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.link.closed() => break,
+                Some(done) = self.ops.next(), if !self.ops.is_empty() => self.finish(done),
+                item = incoming.next() => match item {
+                    Some(Ok(item)) => self.receive(item),
+                    Some(Err(status)) => {
+                        tracing::debug!(code = ?status.code(), "chat stream ended by the client");
+                        break;
+                    }
+                    None => break,
+                },
+                () = expiry => self.expire(),
+            }
+            if self.single_session && self.sessions.is_empty() {
+                break;
+            }
+        }
+        // Let started joins and leaves finish, so what they changed is
+        // undone with the sessions below.
+        while let Some(done) = self.ops.next().await {
+            self.finish(done);
+        }
+        self.sessions.clear();
+        metrics::gauge!("parley_chat_active_streams").decrement(1.0);
+    }
+
+    fn receive(&mut self, item: Incoming) {
+        match item {
+            Incoming::Open(id, token) => match self.engine.verifier().verify(&token) {
+                Ok(claims) => {
+                    self.remove_session(id);
+                    self.add_session(id, &claims.into());
+                }
+                Err(err) => self.close_session(id, Error::from(err)),
+            },
+            Incoming::Close(id) => self.remove_session(id),
+            Incoming::Frame(id, request, trace) => {
+                let Some(session) = self.sessions.get_mut(&id) else {
+                    self.close_session(id, Error::NoSuchSession);
+                    return;
+                };
+                if session.busy {
+                    if session.backlog.len() >= MAX_BACKLOG {
+                        let (client_id, room_id) = request.echo();
+                        self.link
+                            .send_to(id, Error::Backlogged.into_frame(&client_id, &room_id));
+                    } else {
+                        session.backlog.push_back((request, trace));
+                    }
+                    return;
+                }
+                self.handle(id, request, &trace);
+            }
+        }
+    }
+
+    /// Forgets a session; dropping it leaves its rooms here.
+    fn remove_session(&mut self, id: SessionId) {
+        if let Some(session) = self.sessions.remove(&id) {
+            self.expiries.remove(&(session.expires_at, id));
+        }
+    }
+
+    /// Tells the client chat ended its session.
+    fn close_session(&self, id: SessionId, why: Error) {
+        self.link.push(
+            Outbound::Close(id, Status::from(why)),
+            Importance::Essential,
+        );
+    }
+
+    fn expire(&mut self) {
+        let now = parley_runtime::storage::now_millis() / 1000;
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at + EXPIRY_GRACE_SECONDS > now {
+                break;
+            }
+            self.expiries.pop_first();
+            if self.sessions.remove(&id).is_some() {
+                self.close_session(id, Error::TokenExpired);
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        let Some(session) = self.sessions.get_mut(&done.session) else {
+            // The session closed while its frame ran: dropping the effect
+            // undoes a join.
+            return;
+        };
+        session.busy = false;
+        match done.effect {
+            // A second membership of a room already joined (a join by
+            // short code of a room joined by id) is dropped, and so
+            // counted out again.
+            Effect::Joined(membership) => {
+                session.rooms.insert(membership);
+            }
+            Effect::None => {}
+        }
+        while let Some(session) = self.sessions.get_mut(&done.session)
+            && !session.busy
+            && let Some((request, trace)) = session.backlog.pop_front()
+        {
+            self.handle(done.session, request, &trace);
+        }
+    }
+
+    fn start(&mut self, id: SessionId, op: Op) {
+        if let Some(session) = self.sessions.get_mut(&id) {
+            session.busy = true;
+        }
+        self.ops.push(
+            op.map(move |effect| Done {
+                session: id,
+                effect,
+            })
+            .boxed(),
+        );
+    }
+
+    /// Handles one frame of a session that is not busy.
+    fn handle(&mut self, id: SessionId, request: ChatRequest, trace: &TraceContext) {
+        let Some(frame_in) = request.frame else {
+            self.link.send_to(id, Error::EmptyFrame.into_frame("", ""));
+            return;
+        };
+        if let In::Refresh(refresh) = &frame_in {
+            self.refresh(id, &refresh.token);
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let mut cx = Context {
+            engine: &self.engine,
+            link: &self.link,
+            id,
+            session,
+        };
+        let op = match frame_in {
+            In::Ping(ping) => {
+                cx.reply(Out::Pong(Pong { nonce: ping.nonce }));
+                None
+            }
+            In::Typing(typing) => {
+                self::typing(&cx, &typing);
+                None
+            }
+            In::Send(request) => send::handle(&cx, request, trace),
+            In::GetChatHistory(request) => history::handle(&cx, &request),
+            In::Leave(request) => leave::handle(&mut cx, request),
+            In::Join(request) => join::handle(&cx, request),
+            In::Refresh(_) => None,
+        };
+        if let Some(op) = op {
+            self.start(id, op);
+        }
+    }
+
+    /// `refresh`: the session lives on under a new token of the same user.
+    fn refresh(&mut self, id: SessionId, token: &str) {
+        let verified = self.engine.verifier().verify(token);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let reply = match verified {
+            Ok(claims) if claims.sub == *session.user.id => {
+                self.expiries.remove(&(session.expires_at, id));
+                session.expires_at = claims.exp;
+                self.expiries.insert((claims.exp, id));
+                frame(Out::Refreshed(Refreshed {
+                    expires_at: Some(timestamp(claims.exp.saturating_mul(1000))),
+                }))
+            }
+            Ok(_) => Error::OtherUsersToken.into_frame("", ""),
+            Err(err) => Error::from(err).into_frame("", ""),
+        };
+        self.link.send_to(id, reply);
+    }
+}
+
+/// `typing`: tells the room's other members, if the session is in it.
+fn typing(cx: &Context<'_>, typing: &Typing) {
+    if cx.session.rooms.contains(typing.room_id.as_str()) {
+        cx.engine.typing(&typing.room_id, &cx.session.user);
+    } else {
+        cx.fail(
+            Error::NotJoined(typing.room_id.clone()),
+            "",
+            &typing.room_id,
+        );
+    }
+}
