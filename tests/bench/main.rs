@@ -1,9 +1,9 @@
 //! `parley-bench`: Parley's load generator.
 //!
 //! It registers a few users over the REST API, then speaks the WebSocket
-//! protocol of DESIGN §4 like real clients: many connections spread over
-//! several gateways, rooms with members on every gateway, senders at an
-//! open-loop rate or with a bounded in-flight window. Every content carries
+//! protocol of the README ("WebSocket protocol") like real clients: many
+//! connections spread over several gateways, rooms with members on every
+//! gateway, senders at an open-loop rate or with a bounded in-flight window. Every content carries
 //! its scheduled and actual send times, so every receiver records the
 //! end-to-end latency and the latency from the schedule (coordinated
 //! omission). Each run ends with a one-line JSON summary.

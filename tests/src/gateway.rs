@@ -595,7 +595,7 @@ pub enum Event {
     Closed(Option<u16>),
 }
 
-/// A WebSocket client speaking the protocol of DESIGN §4.
+/// A WebSocket client speaking the protocol of the README ("WebSocket protocol").
 #[derive(Debug)]
 pub struct Ws {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,

@@ -3,10 +3,11 @@
 //!
 //! A join is admitted ([`Engine::admit`]: the room found or created, a
 //! private room's password checked, the membership stored), counted into
-//! the hub and presence ([`Hub::enter`](crate::hub::Hub::enter), which also subscribes the room on
-//! the bus when it is the replica's first session there), and attached
-//! ([`Hub::attach`](crate::hub::Hub::attach): `joined`, the replay, then live events, with nothing
-//! lost or repeated at the seam). What it returns, a [`Membership`], is the
+//! the hub and presence ([`Hub::enter`](crate::hub::Hub::enter), which
+//! also subscribes the room on the bus when it is the replica's first
+//! session there), and attached ([`Hub::attach`](crate::hub::Hub::attach):
+//! `joined`, the replay, then live events, with nothing lost or repeated
+//! at the seam). What it returns, a [`Membership`], is the
 //! session's place in the room: it lasts until [`Membership::leave`] is
 //! awaited or the membership is dropped (the session closed, its stream
 //! ended, a join raced its session's close), and either way the session is

@@ -1,5 +1,5 @@
 //! The process-wide Prometheus registry and the metric names dashboards rely
-//! on (DESIGN §7).
+//! on (README: "Metrics").
 //!
 //! The exporter is installed once per process, however many services run in
 //! it, and every admin port renders the same registry. Every histogram gets

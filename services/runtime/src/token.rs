@@ -33,7 +33,7 @@ pub const USER_ROLE: &str = "user";
 /// Clock skew tolerated between the signer and a verifier.
 pub const LEEWAY_SECONDS: u64 = 5;
 
-/// The claims of a Parley access token (DESIGN §3).
+/// The claims of a Parley access token (README: "Behaviour", access tokens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
     /// The user's id.

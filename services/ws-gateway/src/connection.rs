@@ -25,10 +25,8 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use parley_proto::chat::v1::{ChatRequest, chat_request::Frame as In};
 use parley_runtime::token::{Caller, TokenError};
 use serde::Deserialize;
-use tokio::sync::mpsc;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::Code;
-use tracing::Instrument as _;
 
 use crate::{
     AppState,
@@ -36,7 +34,6 @@ use crate::{
     frames::{self, FrameError},
     metrics::{self, FrameKind},
     session::{CloseReason, Outgoing, SessionHandle},
-    upstream::Command,
 };
 
 /// Most queued frames written before one flush.
@@ -284,10 +281,7 @@ fn serve(
 
         handle.end();
         shared.live.remove(id);
-        if let Some(route) = handle.route() {
-            // The stream forgets the session; if it is gone, so is the session.
-            let _ = Box::pin(route.send(Command::Close { session: id })).await;
-        }
+        Box::pin(handle.close_upstream()).await;
         ::metrics::gauge!("parley_ws_connections").decrement(1.0);
         match ending {
             Ending::Client => metrics::closed("client"),
@@ -323,7 +317,7 @@ impl Connection {
         let Some(frame) = &request.frame else {
             return;
         };
-        metrics::frame_received(kind_of(frame));
+        metrics::frame_received(FrameKind::of_request(frame));
         match frame {
             In::Ping(ping) => {
                 self.handle
@@ -361,42 +355,7 @@ impl Connection {
     }
 
     async fn forward(&self, request: ChatRequest) {
-        let Some(route) = self.handle.route() else {
-            crate::upstream::unavailable(&self.handle, &request);
-            return;
-        };
-        // A send is where a trace starts: its context rides the frame to
-        // chat, which stores and publishes the message under it.
-        let (span, trace) = match &request.frame {
-            Some(In::Send(send)) if parley_runtime::telemetry::exporting() => {
-                let span = tracing::info_span!("ws.send", otel.kind = "server", chat.room_id = %send.room_id);
-                let trace = parley_runtime::telemetry::context_of(&span);
-                (span, trace)
-            }
-            _ => (tracing::Span::none(), std::collections::HashMap::new()),
-        };
-        let command = Command::Frame {
-            handle: self.handle.clone(),
-            request,
-            trace,
-        };
-        if let Err(mpsc::error::SendError(Command::Frame { request, .. })) =
-            route.send(command).instrument(span).await
-        {
-            crate::upstream::unavailable(&self.handle, &request);
-        }
-    }
-}
-
-fn kind_of(frame: &In) -> FrameKind {
-    match frame {
-        In::Join(_) => FrameKind::Join,
-        In::Leave(_) => FrameKind::Leave,
-        In::Send(_) => FrameKind::Send,
-        In::Typing(_) => FrameKind::Typing,
-        In::GetChatHistory(_) => FrameKind::GetChatHistory,
-        In::Ping(_) => FrameKind::Ping,
-        In::Refresh(_) => FrameKind::Refresh,
+        self.handle.forward(request).await;
     }
 }
 

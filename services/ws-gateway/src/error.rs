@@ -1,5 +1,5 @@
 //! REST errors: one mapping from gRPC codes to HTTP statuses and the
-//! `{"error":{"code","message"}}` body (DESIGN §5).
+//! `{"error":{"code","message"}}` body (README: "REST API").
 
 use axum::{
     Json,
@@ -12,14 +12,14 @@ use tonic::{Code, Status};
 
 /// A failed REST call, answered with the status of its gRPC code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     code: Code,
     message: String,
 }
 
 impl ApiError {
     /// An error with `code` and a message for people.
-    pub fn new(code: Code, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: Code, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -27,18 +27,18 @@ impl ApiError {
     }
 
     /// INVALID_ARGUMENT (400).
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
     }
 
     /// The HTTP status of the code.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         http_status(self.code)
     }
 }
 
 /// The HTTP status that stands for a gRPC code.
-pub fn http_status(code: Code) -> StatusCode {
+pub(crate) fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Ok => StatusCode::OK,
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {

@@ -1,5 +1,5 @@
-//! The WebSocket protocol's JSON frames (DESIGN §4) and their protobuf
-//! twins on the chat streams.
+//! The WebSocket protocol's JSON frames (README: "WebSocket protocol") and
+//! their protobuf twins on the chat streams.
 //!
 //! A client frame is one JSON object with exactly one key naming the frame;
 //! it becomes a `ChatRequest`. Server frames are `ChatResponse`s written
@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::Utf8Bytes;
 use parley_proto::chat::v1::{
     ChatMessage, ChatRequest, ChatResponse, GetChatHistoryRequest, Join, Leave, Ping,
-    PresenceState, Refresh, Send, Typing, chat_request::Frame as In, chat_response::Frame as Out,
+    PresenceState, Refresh, Send as SendFrame, Typing, chat_request::Frame as In,
+    chat_response::Frame as Out,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -22,7 +23,7 @@ const CLIENT_FRAMES: &str = "join, leave, send, typing, get_chat_history, ping, 
 
 /// A client frame that cannot be used, answered with an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FrameError {
+pub(crate) struct FrameError {
     /// The gRPC status code.
     pub code: Code,
     /// What was wrong, naming the field.
@@ -35,7 +36,7 @@ pub struct FrameError {
 
 impl FrameError {
     /// INVALID_ARGUMENT with nothing to echo.
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self {
             code: Code::InvalidArgument,
             message: message.into(),
@@ -45,14 +46,14 @@ impl FrameError {
     }
 
     /// The same error, echoing what the failed frame named.
-    pub fn echoing(mut self, client_id: &str, room_id: &str) -> Self {
+    pub(crate) fn echoing(mut self, client_id: &str, room_id: &str) -> Self {
         client_id.clone_into(&mut self.client_id);
         room_id.clone_into(&mut self.room_id);
         self
     }
 
     /// The `error` frame.
-    pub fn to_frame(&self) -> Utf8Bytes {
+    pub(crate) fn to_frame(&self) -> Utf8Bytes {
         encode(&ServerFrame::Error(ErrorOut {
             code: parley_runtime::grpc::status::code_name(self.code),
             message: &self.message,
@@ -110,7 +111,7 @@ struct RefreshIn {
 /// # Errors
 /// INVALID_ARGUMENT for text that is not one JSON object with exactly one
 /// known key, or a field of the wrong type (named in the message).
-pub fn parse(text: &str) -> Result<ChatRequest, FrameError> {
+pub(crate) fn parse(text: &str) -> Result<ChatRequest, FrameError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|err| FrameError::invalid(format!("the frame is not valid JSON: {err}")))?;
     let Value::Object(map) = value else {
@@ -149,7 +150,7 @@ pub fn parse(text: &str) -> Result<ChatRequest, FrameError> {
             })
         }),
         "send" => body_of::<SendIn>(&name, &body).map(|send| {
-            In::Send(Send {
+            In::Send(SendFrame {
                 room_id: send.room_id,
                 content: send.content,
                 client_id: send.client_id,
@@ -203,17 +204,8 @@ fn body_of<T: for<'de> Deserialize<'de>>(name: &str, body: &Value) -> Result<T, 
     })
 }
 
-/// The room and seq of a message frame, which recipients use to drop
-/// duplicates.
-pub fn message_position(response: &ChatResponse) -> Option<(&str, i64)> {
-    match &response.frame {
-        Some(Out::Message(message)) => Some((message.room_id.as_str(), message.seq)),
-        _ => None,
-    }
-}
-
 /// Writes a server frame as JSON text, ready to share between sockets.
-pub fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
+pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
     let frame = match response.frame.as_ref()? {
         Out::Joined(joined) => ServerFrame::Joined(JoinedOut {
             room_id: &joined.room_id,
@@ -271,12 +263,12 @@ pub fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
 }
 
 /// A `pong` frame.
-pub fn pong(nonce: &str) -> Utf8Bytes {
+pub(crate) fn pong(nonce: &str) -> Utf8Bytes {
     encode(&ServerFrame::Pong(PongOut { nonce }))
 }
 
 /// A `refreshed` frame for a token expiring at `expires_at` (Unix seconds).
-pub fn refreshed(expires_at: i64) -> Utf8Bytes {
+pub(crate) fn refreshed(expires_at: i64) -> Utf8Bytes {
     encode(&ServerFrame::Refreshed(RefreshedOut {
         expires_at: rfc3339_millis(Some(&prost_types::Timestamp {
             seconds: expires_at,
@@ -293,7 +285,7 @@ fn encode(frame: &ServerFrame<'_>) -> Utf8Bytes {
 }
 
 /// RFC 3339 UTC with milliseconds, as every time in the protocol is.
-pub fn rfc3339_millis(timestamp: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn rfc3339_millis(timestamp: Option<&prost_types::Timestamp>) -> String {
     let Some(timestamp) = timestamp else {
         return String::new();
     };
@@ -338,7 +330,7 @@ struct RoomOut<'a> {
 
 /// A message as clients see it, in `message` frames and history.
 #[derive(Debug, Serialize)]
-pub struct MessageOut<'a> {
+pub(crate) struct MessageOut<'a> {
     id: &'a str,
     room_id: &'a str,
     seq: i64,

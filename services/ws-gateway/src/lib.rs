@@ -8,25 +8,32 @@
 //! `since_seq`.
 //!
 //! # Layout
-//! - [`config`]: `GATEWAY_*` settings.
-//! - [`connection`]: the upgrade and the task behind each WebSocket.
-//! - [`session`]: what a connection shares with the stream carrying it.
-//! - [`upstream`]: the streams to chat, and moving sessions between them.
-//! - [`frames`]: the JSON protocol and its protobuf twins.
-//! - [`rest`]: the REST API; [`error`]: its error mapping.
-//! - [`web`]: the embedded web client.
-//! - [`metrics`]: the `parley_ws_*` and `parley_http_*` series.
+//! - `config`: `GATEWAY_*` settings.
+//! - `connection`: the upgrade and the task behind each WebSocket.
+//! - `session`: what a connection shares with the stream carrying it (the
+//!   `SessionHandle`, whose `forward` and `close_upstream` are the only way
+//!   a connection reaches chat).
+//! - `upstream`: the pool of streams to chat: replica following, reconnects
+//!   and placement (`upstream/mod.rs`); each stream's session state machine,
+//!   with rooms, cursors, unacknowledged sends and moves
+//!   (`upstream/stream.rs`); the encoded-message cache
+//!   (`upstream/encoded.rs`).
+//! - `frames`: the JSON protocol and its protobuf twins.
+//! - `rest`: the REST API; `error`: its error mapping.
+//! - `web`: the embedded web client.
+//! - `metrics`: the `parley_ws_*` and `parley_http_*` series, and the kind
+//!   of every frame.
 #![warn(missing_docs)]
 
-pub mod config;
-pub mod connection;
-pub mod error;
-pub mod frames;
-pub mod metrics;
-pub mod rest;
-pub mod session;
-pub mod upstream;
-pub mod web;
+mod config;
+mod connection;
+mod error;
+mod frames;
+mod metrics;
+mod rest;
+mod session;
+mod upstream;
+mod web;
 
 use std::{
     net::SocketAddr,

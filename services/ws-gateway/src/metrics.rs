@@ -1,14 +1,15 @@
-//! The gateway's metrics (DESIGN §7). Per-frame counters are resolved once
+//! The gateway's metrics (README: "Metrics"). Per-frame counters are resolved once
 //! and kept, so counting a frame is one atomic add on the hot path.
 
 use std::sync::OnceLock;
 
 use metrics::Counter;
+use parley_proto::chat::v1::{chat_request::Frame as In, chat_response::Frame as Out};
 
 /// Every kind of frame the gateway counts, in and out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum FrameKind {
+pub(crate) enum FrameKind {
     /// `join`
     Join,
     /// `leave`
@@ -69,8 +70,37 @@ const KINDS: [FrameKind; 18] = [
 ];
 
 impl FrameKind {
+    /// The kind of a client frame.
+    pub(crate) fn of_request(frame: &In) -> Self {
+        match frame {
+            In::Join(_) => Self::Join,
+            In::Leave(_) => Self::Leave,
+            In::Send(_) => Self::Send,
+            In::Typing(_) => Self::Typing,
+            In::GetChatHistory(_) => Self::GetChatHistory,
+            In::Ping(_) => Self::Ping,
+            In::Refresh(_) => Self::Refresh,
+        }
+    }
+
+    /// The kind of a server frame.
+    pub(crate) fn of_response(frame: &Out) -> Self {
+        match frame {
+            Out::Joined(_) => Self::Joined,
+            Out::Left(_) => Self::Left,
+            Out::Message(_) => Self::Message,
+            Out::Ack(_) => Self::Ack,
+            Out::Typing(_) => Self::Typing,
+            Out::Presence(_) => Self::Presence,
+            Out::History(_) => Self::History,
+            Out::Pong(_) => Self::Pong,
+            Out::Refreshed(_) => Self::Refreshed,
+            Out::Error(_) => Self::Error,
+        }
+    }
+
     /// The frame's name, as in the protocol and the `type` label.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Join => "join",
             Self::Leave => "leave",
@@ -115,31 +145,31 @@ fn counters() -> &'static Counters {
 }
 
 /// Counts a frame read from a client.
-pub fn frame_received(kind: FrameKind) {
+pub(crate) fn frame_received(kind: FrameKind) {
     if let Some(counter) = counters().received.get(kind as usize) {
         counter.increment(1);
     }
 }
 
 /// Counts frames written to a client.
-pub fn frames_sent(kind: FrameKind, count: u64) {
+pub(crate) fn frames_sent(kind: FrameKind, count: u64) {
     if let Some(counter) = counters().sent.get(kind as usize) {
         counter.increment(count);
     }
 }
 
 /// Counts a frame that never reached its socket.
-pub fn queue_dropped(reason: &'static str) {
+pub(crate) fn queue_dropped(reason: &'static str) {
     metrics::counter!("parley_ws_send_queue_dropped_total", "reason" => reason).increment(1);
 }
 
 /// Counts an upgrade attempt by outcome.
-pub fn upgrade(result: &'static str) {
+pub(crate) fn upgrade(result: &'static str) {
     metrics::counter!("parley_ws_upgrades_total", "result" => result).increment(1);
 }
 
 /// Counts a closed connection by reason.
-pub fn closed(reason: &'static str) {
+pub(crate) fn closed(reason: &'static str) {
     metrics::counter!("parley_ws_closed_total", "reason" => reason).increment(1);
     if reason == "slow_consumer" {
         metrics::counter!("parley_ws_slow_consumer_disconnects_total").increment(1);
@@ -147,7 +177,7 @@ pub fn closed(reason: &'static str) {
 }
 
 /// Unlabelled series are exported from the start, at 0.
-pub fn register() {
+pub(crate) fn register() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
     metrics::gauge!("parley_ws_connections").set(0.0);

@@ -1,5 +1,5 @@
-//! The REST API (DESIGN §5): sign-up and sign-in over auth, the caller's
-//! profile over user, rooms and history over chat. Each route is a thin
+//! The REST API (README: "REST API"): sign-up and sign-in over auth, the
+//! caller's profile over user, rooms and history over chat. Each route is a thin
 //! translation to one gRPC call; errors come back through [`ApiError`].
 
 use axum::{

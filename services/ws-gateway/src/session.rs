@@ -15,19 +15,16 @@ use std::{
 use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use parley_runtime::CancellationToken;
-use tokio::{
-    sync::mpsc,
-    time::{Instant, MissedTickBehavior},
-};
+use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{metrics::FrameKind, upstream::Command};
+use crate::{metrics::FrameKind, upstream::Route};
 
 /// Identifies a session on its chat stream; unique within the gateway.
-pub type SessionId = u64;
+pub(crate) type SessionId = u64;
 
 /// Why the gateway closes a WebSocket, with the close code clients act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// 1001: the gateway is draining.
     GoingAway,
     /// 1009: a frame or message over `GATEWAY_MAX_FRAME_BYTES`.
@@ -44,7 +41,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// The WebSocket close code.
-    pub fn code(self) -> u16 {
+    pub(crate) fn code(self) -> u16 {
         match self {
             Self::GoingAway => 1001,
             Self::TooBig => 1009,
@@ -56,7 +53,7 @@ impl CloseReason {
     }
 
     /// The close frame's reason text.
-    pub fn text(self) -> &'static str {
+    pub(crate) fn text(self) -> &'static str {
         match self {
             Self::GoingAway => "server going away",
             Self::TooBig => "message too big",
@@ -68,7 +65,7 @@ impl CloseReason {
     }
 
     /// The `reason` label of `parley_ws_closed_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::GoingAway => "drain",
             Self::TooBig => "too_big",
@@ -82,7 +79,7 @@ impl CloseReason {
 
 /// One frame on its way to a socket.
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub(crate) struct Outgoing {
     /// The frame's name, for `parley_ws_frames_sent_total`.
     pub kind: FrameKind,
     /// The JSON text, shared by every recipient of the same frame.
@@ -91,7 +88,7 @@ pub struct Outgoing {
 
 /// The half of a connection that chat streams hold.
 #[derive(Debug)]
-pub struct SessionHandle {
+pub(crate) struct SessionHandle {
     /// The session's id.
     pub id: SessionId,
     /// The connection's user, to skip their own typing and presence.
@@ -107,7 +104,7 @@ pub struct SessionHandle {
     closing: OnceLock<CloseReason>,
     /// The command queue of the stream carrying the session now; `None`
     /// while it moves between chat replicas.
-    route: Mutex<Option<mpsc::Sender<Command>>>,
+    route: Mutex<Option<Route>>,
     ended: AtomicBool,
     /// When the access token runs out (Unix seconds); a `refresh` moves it.
     expires_at: AtomicI64,
@@ -115,7 +112,12 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     /// A handle whose outgoing queue holds up to `capacity` frames.
-    pub fn new(id: SessionId, user_id: Arc<str>, capacity: usize, expires_at: i64) -> Arc<Self> {
+    pub(crate) fn new(
+        id: SessionId,
+        user_id: Arc<str>,
+        capacity: usize,
+        expires_at: i64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             user_id,
@@ -130,12 +132,12 @@ impl SessionHandle {
     }
 
     /// When the session's access token runs out (Unix seconds).
-    pub fn expires_at(&self) -> i64 {
+    pub(crate) fn expires_at(&self) -> i64 {
         self.expires_at.load(Ordering::Relaxed)
     }
 
     /// Records the expiry of a token the client refreshed to.
-    pub fn extend(&self, expires_at: i64) {
+    pub(crate) fn extend(&self, expires_at: i64) {
         self.expires_at.store(expires_at, Ordering::Relaxed);
     }
 
@@ -157,7 +159,7 @@ impl SessionHandle {
 
     /// Queues a frame that must arrive: a full queue makes the client a
     /// slow consumer.
-    pub fn deliver(&self, kind: FrameKind, text: Utf8Bytes) {
+    pub(crate) fn deliver(&self, kind: FrameKind, text: Utf8Bytes) {
         if !self.push(kind, text) {
             crate::metrics::queue_dropped("slow_consumer");
             self.close(CloseReason::SlowConsumer);
@@ -166,7 +168,7 @@ impl SessionHandle {
 
     /// Queues a frame that may be lost (typing, presence): a full queue
     /// drops it.
-    pub fn offer(&self, kind: FrameKind, text: Utf8Bytes) {
+    pub(crate) fn offer(&self, kind: FrameKind, text: Utf8Bytes) {
         if !self.push(kind, text) {
             crate::metrics::queue_dropped(kind.name());
         }
@@ -175,7 +177,7 @@ impl SessionHandle {
     /// Makes `waker` the one woken by new frames and close requests. Call
     /// it before checking [`Self::closing`] and [`Self::take_frames`], so
     /// nothing that arrives in between is missed.
-    pub fn register(&self, waker: &Waker) {
+    pub(crate) fn register(&self, waker: &Waker) {
         self.waker.register(waker);
     }
 
@@ -183,7 +185,7 @@ impl SessionHandle {
     ///
     /// Usually the whole queue is taken, allocation and all, so an idle
     /// connection keeps no queue memory once its frames are written.
-    pub fn take_frames(&self, max: usize) -> Option<VecDeque<Outgoing>> {
+    pub(crate) fn take_frames(&self, max: usize) -> Option<VecDeque<Outgoing>> {
         let mut outbox = self.lock_outbox();
         if outbox.is_empty() {
             None
@@ -195,37 +197,37 @@ impl SessionHandle {
     }
 
     /// Asks the connection to close; the first reason wins.
-    pub fn close(&self, reason: CloseReason) {
+    pub(crate) fn close(&self, reason: CloseReason) {
         if self.closing.set(reason).is_ok() {
             self.waker.wake();
         }
     }
 
     /// The reason the connection was asked to close, if it was.
-    pub fn closing(&self) -> Option<CloseReason> {
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
         self.closing.get().copied()
     }
 
     /// Where to send the session's frames now.
-    pub fn route(&self) -> Option<mpsc::Sender<Command>> {
+    pub(crate) fn route(&self) -> Option<Route> {
         self.lock_route().clone()
     }
 
     /// Records where the session lives now.
-    pub fn set_route(&self, route: Option<mpsc::Sender<Command>>) {
+    pub(crate) fn set_route(&self, route: Option<Route>) {
         *self.lock_route() = route;
     }
 
     /// Marks the connection gone, so a moving session is not placed again,
     /// and drops what it had queued.
-    pub fn end(&self) {
+    pub(crate) fn end(&self) {
         self.ended.store(true, Ordering::Release);
         let dropped = std::mem::take(&mut *self.lock_outbox());
         drop(dropped);
     }
 
     /// Whether the connection is gone.
-    pub fn has_ended(&self) -> bool {
+    pub(crate) fn has_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
     }
 
@@ -236,7 +238,7 @@ impl SessionHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn lock_route(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Command>>> {
+    fn lock_route(&self) -> std::sync::MutexGuard<'_, Option<Route>> {
         // The value is replaced whole, so a poisoned lock still holds a
         // consistent one.
         self.route
@@ -249,7 +251,7 @@ impl SessionHandle {
 /// two timers in each connection: closing sessions whose token ran out, and
 /// spreading the drain's closes. An idle connection is cheaper for it.
 #[derive(Debug, Default)]
-pub struct LiveSessions {
+pub(crate) struct LiveSessions {
     sessions: Mutex<HashMap<SessionId, Arc<SessionHandle>>>,
 }
 
@@ -258,12 +260,12 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 
 impl LiveSessions {
     /// Starts watching a connection.
-    pub fn insert(&self, handle: Arc<SessionHandle>) {
+    pub(crate) fn insert(&self, handle: Arc<SessionHandle>) {
         self.lock().insert(handle.id, handle);
     }
 
     /// Stops watching a connection that ended.
-    pub fn remove(&self, id: SessionId) {
+    pub(crate) fn remove(&self, id: SessionId) {
         self.lock().remove(&id);
     }
 
@@ -272,7 +274,7 @@ impl LiveSessions {
     /// closed with 1001 at its own random point within `spread`, so
     /// clients do not all reconnect at once; sessions that open during the
     /// drain get a point too.
-    pub async fn supervise(
+    pub(crate) async fn supervise(
         self: Arc<Self>,
         drain: CancellationToken,
         spread: Duration,

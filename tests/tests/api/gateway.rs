@@ -1,7 +1,7 @@
-//! The WebSocket protocol of DESIGN §4, end to end through the gateways:
-//! every frame, its errors and limits, against the distributed topology
-//! (clients on gateway A and gateway B meet through Redis) and against the
-//! all-in-one binary.
+//! The WebSocket protocol of the README ("WebSocket protocol"), end to end
+//! through the gateways: every frame, its errors and limits, against the
+//! distributed topology (clients on gateway A and gateway B meet through
+//! Redis) and against the all-in-one binary.
 
 use std::{collections::HashMap, time::Duration};
 

@@ -1,4 +1,4 @@
-//! The REST API of DESIGN §5: every route, its answer and its errors, with
+//! The REST API of the README ("REST API"): every route, its answer and its errors, with
 //! the HTTP status of each gRPC code.
 
 use parley_tests::{

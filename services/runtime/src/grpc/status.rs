@@ -52,6 +52,31 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// The code named as [`code_name`] spells it, as it arrives in-band (a
+/// closed gateway session, an `error` frame); `None` for any other text.
+pub fn code_from_name(name: &str) -> Option<Code> {
+    const CODES: [Code; 17] = [
+        Code::Ok,
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ];
+    CODES.into_iter().find(|&code| code_name(code) == name)
+}
+
 /// INVALID_ARGUMENT naming `field`, with the standard `google.rpc.BadRequest`
 /// detail so clients can point at the field programmatically.
 pub fn invalid_argument(field: &str, description: impl Into<String>) -> Status {
@@ -94,6 +119,15 @@ pub fn internal_error(err: &anyhow::Error) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_read_back() {
+        for code in [Code::Ok, Code::Unauthenticated, Code::ResourceExhausted] {
+            assert_eq!(code_from_name(code_name(code)), Some(code));
+        }
+        assert_eq!(code_from_name("Unauthenticated"), None);
+        assert_eq!(code_from_name(""), None);
+    }
 
     #[test]
     fn invalid_argument_carries_the_field() {
