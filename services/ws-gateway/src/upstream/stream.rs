@@ -614,7 +614,7 @@ mod tests {
             });
         }
 
-        fn to_session(&mut self, id: SessionId, frame: Out) {
+        fn chat_to_session(&mut self, id: SessionId, frame: Out) {
             self.stream.dispatch(GatewayStreamResponse {
                 kind: Some(Down::SessionResponse(SessionResponse {
                     session_id: id,
@@ -623,7 +623,7 @@ mod tests {
             });
         }
 
-        fn to_room(&mut self, room: &str, frame: Out) {
+        fn chat_to_room(&mut self, room: &str, frame: Out) {
             self.stream.dispatch(GatewayStreamResponse {
                 kind: Some(Down::RoomEvent(RoomEvent {
                     room_id: room.into(),
@@ -634,7 +634,7 @@ mod tests {
         }
 
         fn joined(&mut self, id: SessionId, room: &str, last_seq: i64) {
-            self.to_session(
+            self.chat_to_session(
                 id,
                 Out::Joined(Joined {
                     room_id: room.into(),
@@ -726,10 +726,10 @@ mod tests {
         rig.joined(1, "r", 5);
         assert_eq!(received(&ann)[0].0, "joined");
         for seq in [6, 6, 4, 7] {
-            rig.to_room("r", message("r", seq));
+            rig.chat_to_room("r", message("r", seq));
         }
         assert_eq!(seqs(&ann), [6, 7], "duplicates and old messages dropped");
-        rig.to_room("elsewhere", message("elsewhere", 1));
+        rig.chat_to_room("elsewhere", message("elsewhere", 1));
         assert!(received(&ann).is_empty(), "a room not joined");
     }
 
@@ -738,10 +738,10 @@ mod tests {
         let mut rig = rig(8);
         let ann = rig.open(1);
         rig.joined(1, "r", 3);
-        rig.to_room("r", message("r", 4));
+        rig.chat_to_room("r", message("r", 4));
         rig.frame(&ann, In::Send(send("c1")));
         rig.frame(&ann, In::Send(send("c2")));
-        rig.to_session(
+        rig.chat_to_session(
             1,
             Out::Ack(Ack {
                 client_id: "c1".into(),
@@ -782,9 +782,9 @@ mod tests {
         );
 
         other.joined(1, "r", 6);
-        other.to_session(1, message("r", 4));
-        other.to_session(1, message("r", 5));
-        other.to_room("r", message("r", 6));
+        other.chat_to_session(1, message("r", 4));
+        other.chat_to_session(1, message("r", 5));
+        other.chat_to_room("r", message("r", 6));
         let frames = received(&ann);
         assert!(
             frames.iter().all(|(kind, _)| kind != "joined"),
@@ -804,20 +804,20 @@ mod tests {
         let bob = rig.open(2);
         rig.joined(1, "r", 0);
         rig.joined(2, "r", 0);
-        rig.to_session(
+        rig.chat_to_session(
             1,
             Out::Left(Left {
                 room_id: "r".into(),
             }),
         );
         assert_eq!(rig.rooms(), ["r"], "bob is still there");
-        rig.to_room("r", message("r", 1));
+        rig.chat_to_room("r", message("r", 1));
         assert_eq!(seqs(&bob), [1]);
         assert!(
             received(&ann).iter().all(|(kind, _)| kind != "message"),
             "ann left"
         );
-        rig.to_session(
+        rig.chat_to_session(
             2,
             Out::Left(Left {
                 room_id: "r".into(),
@@ -844,7 +844,7 @@ mod tests {
             other.stream.command(Command::Adopt(Box::new(orphan)));
         }
         assert_eq!(other.rooms(), ["r"]);
-        other.to_session(
+        other.chat_to_session(
             1,
             Out::Error(ErrorOut {
                 code: "PERMISSION_DENIED".into(),
@@ -858,7 +858,7 @@ mod tests {
             received(&ann).last().map(|(kind, _)| kind.as_str()),
             Some("error")
         );
-        other.to_room("r", message("r", 3));
+        other.chat_to_room("r", message("r", 3));
         assert!(received(&ann).is_empty());
     }
 
