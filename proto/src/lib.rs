@@ -44,6 +44,12 @@ pub mod chat {
                     Some(Frame::GetChatHistory(history)) => {
                         (String::new(), history.room_id.clone())
                     }
+                    Some(Frame::Edit(edit)) => (edit.client_id.clone(), edit.room_id.clone()),
+                    Some(Frame::Delete(delete)) => {
+                        (delete.client_id.clone(), delete.room_id.clone())
+                    }
+                    Some(Frame::React(react)) => (react.client_id.clone(), react.room_id.clone()),
+                    Some(Frame::Read(read)) => (String::new(), read.room_id.clone()),
                     _ => (String::new(), String::new()),
                 }
             }

@@ -101,6 +101,7 @@ pub(crate) async fn run(args: &GrpcArgs) -> anyhow::Result<Report> {
                     room_id: room.clone(),
                     content: format!("grpc {n}"),
                     client_id: format!("g{n}"),
+                    reply_to: 0,
                 },
                 &token,
             );

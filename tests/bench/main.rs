@@ -18,6 +18,7 @@ mod fanout;
 mod grpc;
 mod idle;
 mod proc_stats;
+mod rooms;
 mod suite;
 mod users;
 
@@ -43,6 +44,8 @@ enum Command {
     Connections(IdleArgs),
     /// Unary gRPC throughput and latency: SendMessage and GetUser.
     Grpc(grpc::GrpcArgs),
+    /// The room list of a member of many busy rooms: ListMyRooms latency.
+    Rooms(rooms::RoomsArgs),
     /// Serve the ceiling server until interrupted.
     Ceiling {
         /// Listen address.
@@ -158,6 +161,11 @@ fn main() -> ExitCode {
             }
             Command::Grpc(args) => {
                 let report = grpc::run(&args).await?;
+                println!("{}", report.json());
+                Ok(())
+            }
+            Command::Rooms(args) => {
+                let report = rooms::run(&args).await?;
                 println!("{}", report.json());
                 Ok(())
             }

@@ -136,6 +136,38 @@ async function sendMessage(page, content) {
   await page.locator(tid("send-button")).click();
 }
 
+// On a narrow screen the room list is behind the "Rooms" button.
+async function showSidebar(page) {
+  if (!(await page.locator(tid("join-button")).isVisible())) {
+    await page.locator(tid("sidebar-toggle")).click();
+    await page.locator(tid("join-button")).waitFor({ state: "visible", timeout: TIMEOUT });
+  }
+}
+
+async function openRoom(page, id) {
+  await showSidebar(page);
+  await page.locator(`${tid("room-item")}[data-room-id="${id}"] button`).click();
+  await page.locator(tid("room-title"), { hasText: id }).waitFor({ timeout: TIMEOUT });
+}
+
+function badge(page, id) {
+  return page.locator(`${tid("room-item")}[data-room-id="${id}"] ${tid("unread-badge")}`);
+}
+
+function reaction(page, item, emoji) {
+  return item.locator(`${tid("reaction-chip")}[data-emoji="${emoji}"]`);
+}
+
+async function waitForAttr(locator, name, value) {
+  await locator.waitFor({ timeout: TIMEOUT });
+  const deadline = Date.now() + TIMEOUT;
+  while (Date.now() < deadline) {
+    if ((await locator.getAttribute(name)) === value) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  fail(`${name} stayed ${await locator.getAttribute(name)}, expected ${value}`);
+}
+
 async function main() {
   browser = await chromium.launch({
     executablePath,
@@ -200,6 +232,85 @@ async function main() {
     await member(B.page, alice).waitFor({ timeout: TIMEOUT });
   });
 
+  const answer = `quoting you, alice ${tag()}`;
+  await step("B replies to A's message", `A shows "${answer}" with a quote of "${hello}"`, async () => {
+    const item = messageItem(B.page, { sender: alice, content: hello });
+    await item.locator(tid("action-reply")).click();
+    await B.page.locator(tid("compose-context"), { hasText: hello }).waitFor({ timeout: TIMEOUT });
+    await sendMessage(B.page, answer);
+    const shown = messageItem(A.page, { sender: bob, content: answer });
+    await shown.locator(tid("message-reply-quote"), { hasText: hello }).waitFor({ timeout: TIMEOUT });
+  });
+
+  const edited = `hello again, edited ${tag()}`;
+  await step("A edits its message", `B shows "${edited}" marked edited, and B's quote follows`, async () => {
+    const item = messageItem(A.page, { sender: alice, content: hello, own: true });
+    await item.locator(tid("action-edit")).click();
+    await A.page.locator(`${tid("compose-context")}[data-mode="edit"]`).waitFor({ timeout: TIMEOUT });
+    await sendMessage(A.page, edited);
+    const shown = messageItem(B.page, { sender: alice, content: edited });
+    await shown.locator(tid("message-edited")).waitFor({ timeout: TIMEOUT });
+    await B.page.locator(tid("message-reply-quote"), { hasText: edited }).waitFor({ timeout: TIMEOUT });
+  });
+
+  await step("B and A react", "a 👍 on A's message, counted 1 then 2, highlighted for whoever reacted", async () => {
+    const onB = messageItem(B.page, { sender: alice, content: edited });
+    await onB.locator(tid("action-react")).click();
+    await onB.locator(`${tid("react-option")}[data-emoji="👍"]`).click();
+    const onA = messageItem(A.page, { sender: alice, content: edited });
+    await waitForAttr(reaction(A.page, onA, "👍"), "data-count", "1");
+    await waitForAttr(reaction(A.page, onA, "👍"), "data-mine", "false");
+    await waitForAttr(reaction(B.page, onB, "👍"), "data-mine", "true");
+    await reaction(A.page, onA, "👍").click();
+    await waitForAttr(reaction(B.page, onB, "👍"), "data-count", "2");
+    await waitForAttr(reaction(A.page, onA, "👍"), "data-mine", "true");
+  });
+
+  await step("A deletes its message", "both pages show the message as deleted", async () => {
+    const item = messageItem(A.page, { sender: alice, content: edited, own: true });
+    const del = item.locator(tid("action-delete"));
+    await del.click();
+    await del.click(); // the second click confirms
+    for (const { page } of [A, B]) {
+      await page.locator(tid("message-deleted")).first().waitFor({ timeout: TIMEOUT });
+      if ((await messageItem(page, { sender: alice, content: edited }).count()) > 0) {
+        fail(`page still shows the deleted text "${edited}"`);
+      }
+    }
+  });
+
+  const otherRoom = `pw-${run}-${tag()}`;
+  const unreadOne = `while you were away ${tag()}`;
+  await step("an unread badge", `B, in ${otherRoom}, gets a badge on ${roomId} when A writes there; opening it clears the badge`, async () => {
+    await showSidebar(B.page);
+    await B.page.locator(tid("room-id-input")).fill(otherRoom);
+    await B.page.locator(tid("join-button")).click();
+    await B.page.locator(tid("room-title"), { hasText: otherRoom }).waitFor({ timeout: TIMEOUT });
+    await sendMessage(A.page, unreadOne);
+    await messageItem(A.page, { content: unreadOne, own: true, status: "sent" }).waitFor({ timeout: TIMEOUT });
+    await showSidebar(B.page);
+    await badge(B.page, roomId).filter({ hasText: exact("1") }).waitFor({ timeout: TIMEOUT });
+    await openRoom(B.page, roomId);
+    await messageItem(B.page, { sender: alice, content: unreadOne }).waitFor({ timeout: TIMEOUT });
+    await badge(B.page, roomId).waitFor({ state: "detached", timeout: TIMEOUT });
+  });
+
+  const unreadTwo = `one more ${tag()}`;
+  await step("the read marker is kept", `after a reload B's list still counts 1 unread in ${roomId}, and reading clears it`, async () => {
+    await openRoom(B.page, otherRoom);
+    await sendMessage(A.page, unreadTwo);
+    await showSidebar(B.page);
+    await badge(B.page, roomId).filter({ hasText: exact("1") }).waitFor({ timeout: TIMEOUT });
+    await B.page.reload({ waitUntil: "load" });
+    await B.page.locator(`${tid("conn-status")}[data-state="online"]`).waitFor({ timeout: TIMEOUT });
+    await showSidebar(B.page);
+    await badge(B.page, roomId).filter({ hasText: exact("1") }).waitFor({ timeout: TIMEOUT });
+    await openRoom(B.page, roomId);
+    await messageItem(B.page, { sender: alice, content: unreadTwo }).waitFor({ timeout: TIMEOUT });
+    await B.page.locator(tid("unread-divider")).waitFor({ timeout: TIMEOUT });
+    await badge(B.page, roomId).waitFor({ state: "detached", timeout: TIMEOUT });
+  });
+
   await step("final check", "no JavaScript errors on either page", async () => {});
 
   if (process.env.SCREENSHOT) {
@@ -224,6 +335,14 @@ async function report(err) {
     const shown = await visibleErrors(p.page);
     console.error(`  page ${p.label} (${p.page.url()}):`);
     for (const s of shown) console.error(`    shows ${s}`);
+    const rooms = await p.page
+      .evaluate(() =>
+        [...document.querySelectorAll('[data-testid="room-item"]')].map(
+          (li) => `${li.dataset.roomId}${li.classList.contains("active") ? " (open)" : ""}: ${li.textContent.trim()}`
+        )
+      )
+      .catch(() => []);
+    for (const r of rooms) console.error(`    room ${r}`);
     if (!p.pageErrors.length && !p.consoleErrors.length) console.error("    no console errors");
     for (const e of p.pageErrors) console.error(`    pageerror: ${e}`);
     for (const e of p.consoleErrors) console.error(`    console.error: ${e}`);

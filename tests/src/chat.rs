@@ -259,6 +259,7 @@ impl ChatStream {
             room_id: room_id.into(),
             content: content.into(),
             client_id: client_id.into(),
+            reply_to: 0,
         }))
         .await;
     }

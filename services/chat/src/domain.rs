@@ -75,6 +75,8 @@ pub(crate) struct NewMessage {
     pub(crate) content: String,
     /// The idempotency key, "" for none.
     pub(crate) client_id: String,
+    /// The seq of the message it replies to, 0 for none.
+    pub(crate) reply_to: i64,
 }
 
 /// A stored message, shared by every delivery of it.

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use parley_proto::chat::v1::{
-    ChatResponse, Member, Presence as PresenceFrame, PresenceState, RoomEvent, TypingNotice,
-    chat_response::Frame,
+    ChatResponse, Member, Presence as PresenceFrame, PresenceState, ReadNotice, RoomEvent,
+    RoomSummary, TypingNotice, chat_response::Frame,
 };
 use parley_runtime::{password::Passwords, token::TokenVerifier};
 
@@ -21,7 +21,8 @@ use crate::{
     limiter::SendLimiter,
     presence::Presence,
     store::ChatStore,
-    writer::{Reply, Submission, Writer, reply_error},
+    timeline::{Change, NewEvent, check_change},
+    writer::{Reply, Submission, Write, Writer, reply_error},
 };
 
 /// Limits from the configuration.
@@ -44,6 +45,8 @@ pub(crate) struct User {
     pub(crate) id: Arc<str>,
     /// The username.
     pub(crate) name: Arc<str>,
+    /// Whether they hold the global `admin` role.
+    pub(crate) admin: bool,
 }
 
 impl From<&parley_runtime::token::Caller> for User {
@@ -51,6 +54,7 @@ impl From<&parley_runtime::token::Caller> for User {
         Self {
             id: Arc::from(caller.user_id.as_str()),
             name: Arc::from(caller.name.as_str()),
+            admin: caller.is_admin(),
         }
     }
 }
@@ -182,7 +186,11 @@ impl Engine {
     /// # Errors
     /// NOT_FOUND for an unknown code, or an unknown id given with a
     /// password; PERMISSION_DENIED for a wrong or missing password.
-    pub(crate) async fn admit(&self, user: &User, request: &JoinRequest) -> Result<Room, Error> {
+    pub(crate) async fn admit(
+        &self,
+        user: &User,
+        request: &JoinRequest,
+    ) -> Result<(Room, i64), Error> {
         let store = &self.inner.store;
         let room = match &request.target {
             JoinTarget::Id(room_id) if request.password.is_empty() => {
@@ -210,8 +218,8 @@ impl Engine {
                 return Err(Error::WrongPassword(room.id.to_string()));
             }
         }
-        store.add_member(&room.id, &user.id).await?;
-        Ok(room)
+        let read_seq = store.add_member(&room.id, &user.id).await?;
+        Ok((room, read_seq))
     }
 
     /// Tells the room's members (on every replica) that a user arrived or
@@ -248,7 +256,7 @@ impl Engine {
 
     fn broadcast(&self, event: RoomEvent) {
         self.inner.bus.publish(&event);
-        self.inner.hub.deliver_ephemeral(event);
+        self.inner.hub.deliver_ephemeral(Arc::new(event));
     }
 
     /// The users online in the room, across replicas.
@@ -272,9 +280,17 @@ impl Engine {
         room_id: RoomId,
         content: String,
         client_id: String,
+        reply_to: i64,
     ) -> Result<NewMessage, PrepareError> {
         let checked = validate_content(&content, self.inner.limits.max_content_bytes)
-            .and_then(|()| validate_client_id(&client_id));
+            .and_then(|()| validate_client_id(&client_id))
+            .and_then(|()| {
+                if reply_to < 0 {
+                    Err(not_a_message_to_reply_to())
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(err) = checked {
             return Err(PrepareError::Invalid(err));
         }
@@ -284,6 +300,7 @@ impl Engine {
             sender_name: user.name.clone(),
             content,
             client_id,
+            reply_to,
         };
         if self.inner.limiter.try_take(&user.id) {
             Ok(message)
@@ -307,25 +324,138 @@ impl Engine {
         {
             return Ok(stored);
         }
-        Err(Error::ResourceExhausted(format!(
-            "sending too fast: at most {:.0} messages per second",
-            1.0 / self.inner.limiter.retry_after().as_secs_f64()
-        )))
+        Err(self.too_fast())
     }
 
-    /// Queues a prepared send for storage; the outcome goes to `reply`.
+    /// Checks that a message's `reply_to` names a message of its room.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT when it does not; database failures.
+    pub(crate) async fn check_reply(&self, message: &NewMessage) -> Result<(), Error> {
+        if message.reply_to == 0
+            || self
+                .inner
+                .store
+                .is_message(&message.room_id, message.reply_to)
+                .await?
+        {
+            Ok(())
+        } else {
+            Err(not_a_message_to_reply_to())
+        }
+    }
+
+    /// Validates an edit, deletion or reaction change, and takes a
+    /// rate-limit token for it: they count against the same rate as
+    /// sends.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED over the rate.
+    pub(crate) fn prepare_event(
+        &self,
+        user: &User,
+        room_id: RoomId,
+        target_seq: i64,
+        change: Change,
+        client_id: String,
+    ) -> Result<NewEvent, Error> {
+        check_change(
+            target_seq,
+            &change,
+            &client_id,
+            self.inner.limits.max_content_bytes,
+        )?;
+        if !self.inner.limiter.try_take(&user.id) {
+            return Err(self.too_fast());
+        }
+        Ok(NewEvent {
+            room_id,
+            target_seq,
+            actor_id: user.id.clone(),
+            actor_name: user.name.clone(),
+            actor_admin: user.admin,
+            client_id,
+            change,
+        })
+    }
+
+    /// Gives back the rate token of a write that was refused before it
+    /// was queued.
+    pub(crate) fn give_back(&self, user_id: &str) {
+        self.inner.limiter.refund(user_id);
+    }
+
+    fn too_fast(&self) -> Error {
+        Error::ResourceExhausted(format!(
+            "sending too fast: at most {:.0} messages per second",
+            1.0 / self.inner.limiter.retry_after().as_secs_f64()
+        ))
+    }
+
+    /// Queues a prepared write for storage; the outcome goes to `reply`.
     /// Its storage and publish are traced under `span` (which may be
     /// disabled).
-    pub(crate) fn submit(&self, message: NewMessage, reply: Reply, span: tracing::Span) {
-        if let Err(rejected) = self.inner.writer.submit(Submission {
-            message,
-            reply,
-            span,
-        }) {
+    pub(crate) fn submit(&self, write: Write, reply: Reply, span: tracing::Span) {
+        if let Err(rejected) = self.inner.writer.submit(Submission { write, reply, span }) {
             let (submission, error) = *rejected;
-            self.inner.limiter.refund(&submission.message.sender_id);
+            let actor = match &submission.write {
+                Write::Message(message) => &message.sender_id,
+                Write::Event(event) => &event.actor_id,
+            };
+            self.inner.limiter.refund(actor);
             reply_error(submission, error);
         }
+    }
+
+    /// Moves `user`'s read marker in the room forward to `seq` (at most the
+    /// room's newest seq) and, when it moved, tells the room's other
+    /// members, droppably. Answers the marker now.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a negative seq; NOT_FOUND for an unknown room;
+    /// FAILED_PRECONDITION for a non-member; database failures.
+    pub(crate) async fn mark_read(
+        &self,
+        user: &User,
+        room_id: &RoomId,
+        seq: i64,
+    ) -> Result<i64, Error> {
+        domain::validate_seq("seq", seq)?;
+        let room = self
+            .inner
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(|| Error::RoomNotFound(room_id.to_string()))?;
+        let (read_seq, moved) = self
+            .inner
+            .store
+            .mark_read(room_id, &user.id, seq.min(room.last_seq))
+            .await?
+            .ok_or_else(|| Error::NotAMemberOf(room_id.to_string()))?;
+        if moved {
+            self.broadcast(RoomEvent {
+                room_id: room_id.to_string(),
+                response: Some(ChatResponse {
+                    frame: Some(Frame::Read(ReadNotice {
+                        room_id: room_id.to_string(),
+                        user_id: user.id.to_string(),
+                        name: user.name.to_string(),
+                        seq: read_seq,
+                    })),
+                }),
+                except_user_id: user.id.to_string(),
+            });
+        }
+        Ok(read_seq)
+    }
+
+    /// The caller's rooms, latest activity first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) async fn my_rooms(&self, user: &User) -> Result<Vec<RoomSummary>, Error> {
+        self.inner.store.my_rooms(&user.id).await
     }
 
     /// Checks that `user` may read the room's history.
@@ -373,6 +503,10 @@ impl Engine {
             .history(&query.room_id, query.before_seq, query.limit)
             .await
     }
+}
+
+fn not_a_message_to_reply_to() -> Error {
+    Error::invalid("reply_to", "must be the seq of a message of this room")
 }
 
 /// Why a send was not queued.

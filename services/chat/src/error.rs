@@ -43,6 +43,23 @@ pub(crate) enum Error {
     /// A session's frames arriving faster than it is served.
     #[error("too many frames waiting; slow down")]
     Backlogged,
+    /// No message at a seq.
+    #[error("no message {seq} in room {room}")]
+    NoSuchMessage {
+        /// The room.
+        room: String,
+        /// The seq asked for.
+        seq: i64,
+    },
+    /// A change to another user's message that the caller may not make.
+    #[error("message {0} is not yours")]
+    NotYourMessage(i64),
+    /// A change to a deleted message.
+    #[error("message {0} was deleted")]
+    MessageDeleted(i64),
+    /// A unary call about a room the caller is not a member of.
+    #[error("join room {0} (JoinRoom) first")]
+    NotAMemberOf(String),
     /// A session that was never opened on its stream.
     #[error("no such session: open it first")]
     NoSuchSession,
@@ -104,15 +121,18 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, message),
-            Error::RoomNotFound(_) | Error::NoSuchShortCode(_) => {
+            Error::RoomNotFound(_) | Error::NoSuchShortCode(_) | Error::NoSuchMessage { .. } => {
                 Status::not_found(err.to_string())
             }
-            Error::PasswordNeeded(_) | Error::WrongPassword(_) | Error::MembersOnly(_) => {
-                Status::permission_denied(err.to_string())
-            }
-            Error::NotJoined(_) | Error::NotAMember(_) | Error::NoSuchSession => {
-                Status::failed_precondition(err.to_string())
-            }
+            Error::PasswordNeeded(_)
+            | Error::WrongPassword(_)
+            | Error::MembersOnly(_)
+            | Error::NotYourMessage(_) => Status::permission_denied(err.to_string()),
+            Error::NotJoined(_)
+            | Error::NotAMember(_)
+            | Error::NotAMemberOf(_)
+            | Error::MessageDeleted(_)
+            | Error::NoSuchSession => Status::failed_precondition(err.to_string()),
             Error::TooManyRooms(_) | Error::Backlogged => {
                 Status::resource_exhausted(err.to_string())
             }
@@ -153,6 +173,16 @@ mod tests {
             (Error::NotJoined("x".into()), Code::FailedPrecondition),
             (Error::NotAMember("x".into()), Code::FailedPrecondition),
             (Error::NoSuchSession, Code::FailedPrecondition),
+            (
+                Error::NoSuchMessage {
+                    room: "r".into(),
+                    seq: 4,
+                },
+                Code::NotFound,
+            ),
+            (Error::NotYourMessage(4), Code::PermissionDenied),
+            (Error::MessageDeleted(4), Code::FailedPrecondition),
+            (Error::NotAMemberOf("r".into()), Code::FailedPrecondition),
             (Error::TooManyRooms(3), Code::ResourceExhausted),
             (Error::Backlogged, Code::ResourceExhausted),
             (Error::EmptyFrame, Code::InvalidArgument),

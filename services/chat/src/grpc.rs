@@ -3,12 +3,14 @@
 
 use futures_util::StreamExt as _;
 use parley_proto::chat::v1::{
-    ChatRequest, ChatResponse, CreateRoomRequest, CreateRoomResponse, GatewayStreamRequest,
+    ChatRequest, ChatResponse, CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest,
+    DeleteMessageResponse, EditMessageRequest, EditMessageResponse, GatewayStreamRequest,
     GatewayStreamResponse, GetChatHistoryRequest, GetChatHistoryResponse, JoinRoomRequest,
-    JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse, ListRoomMembersRequest,
-    ListRoomMembersResponse, SendMessageRequest, SendMessageResponse, SessionClosed,
-    SessionResponse, chat_service_server, gateway_stream_request::Kind as GatewayIn,
-    gateway_stream_response::Kind as GatewayOut,
+    JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse, ListMyRoomsRequest, ListMyRoomsResponse,
+    ListRoomMembersRequest, ListRoomMembersResponse, MarkReadRequest, MarkReadResponse,
+    ReactToMessageRequest, ReactToMessageResponse, SendMessageRequest, SendMessageResponse,
+    SessionClosed, SessionResponse, chat_response::Frame, chat_service_server,
+    gateway_stream_request::Kind as GatewayIn, gateway_stream_response::Kind as GatewayOut,
 };
 use parley_runtime::{grpc::status::code_name, token::Caller};
 use tokio::sync::oneshot;
@@ -20,7 +22,8 @@ use crate::{
     error::Error,
     link::{Link, Outbound, OutboundStream},
     session::{Incoming, StreamActor},
-    writer::Reply,
+    timeline::{Change, StoredEvent},
+    writer::{Reply, Stored, Write},
 };
 
 /// Messages per `GetChatHistoryResponse`.
@@ -45,6 +48,37 @@ impl ChatService {
         let caller = self.engine.verifier().verify_metadata(request.metadata())?;
         let user = User::from(&caller);
         Ok((caller, user))
+    }
+}
+
+impl ChatService {
+    /// Queues a write and waits until it is stored.
+    async fn write(&self, write: Write) -> Result<Stored, Status> {
+        let (sender, receiver) = oneshot::channel();
+        self.engine
+            .submit(write, Reply::Unary(sender), tracing::Span::current());
+        Ok(receiver
+            .await
+            .map_err(|_| Status::unavailable("the message writer stopped"))??)
+    }
+
+    /// An edit, deletion or reaction change by a member of the room.
+    async fn change(
+        &self,
+        user: &User,
+        room_id: &str,
+        seq: i64,
+        change: Change,
+        client_id: String,
+    ) -> Result<Stored, Status> {
+        let room_id = RoomId::parse("room_id", room_id)?;
+        if !self.engine.is_member(user, &room_id).await? {
+            return Err(Error::NotAMemberOf(room_id.to_string()).into());
+        }
+        let event = self
+            .engine
+            .prepare_event(user, room_id, seq, change, client_id)?;
+        self.write(Write::Event(event)).await
     }
 }
 
@@ -96,7 +130,7 @@ impl chat_service_server::ChatService for ChatService {
         let (_, user) = self.caller(&request)?;
         let request = request.into_inner();
         let request = JoinRequest::parse(&request.room_id, &request.short_code, request.password)?;
-        let room = self.engine.admit(&user, &request).await?;
+        let (room, _) = self.engine.admit(&user, &request).await?;
         Ok(Response::new(JoinRoomResponse {
             room: Some(room.to_proto()),
         }))
@@ -136,25 +170,131 @@ impl chat_service_server::ChatService for ChatService {
         if !self.engine.is_member(&user, &room_id).await? {
             return Err(Error::NotAMember(request.room_id).into());
         }
-        let stored =
-            match self
-                .engine
-                .prepare_send(&user, room_id, request.content, request.client_id)
-            {
-                Ok(message) => {
-                    let (sender, receiver) = oneshot::channel();
-                    self.engine
-                        .submit(message, Reply::Unary(sender), tracing::Span::current());
-                    receiver
-                        .await
-                        .map_err(|_| Status::unavailable("the message writer stopped"))??
+        let prepared = self.engine.prepare_send(
+            &user,
+            room_id,
+            request.content,
+            request.client_id,
+            request.reply_to,
+        );
+        let message = match prepared {
+            Ok(message) => {
+                if let Err(err) = self.engine.check_reply(&message).await {
+                    self.engine.give_back(&user.id);
+                    return Err(err.into());
                 }
-                Err(PrepareError::Invalid(err)) => return Err(err.into()),
-                Err(PrepareError::RateLimited(message)) => self.engine.find_retry(&message).await?,
-            };
+                let stored = self.write(Write::Message(message)).await?;
+                stored
+                    .event
+                    .as_ref()
+                    .and_then(StoredEvent::as_message)
+                    .cloned()
+                    .unwrap_or_default()
+            }
+            Err(PrepareError::Invalid(err)) => return Err(err.into()),
+            Err(PrepareError::RateLimited(message)) => {
+                (*self.engine.find_retry(&message).await?).clone()
+            }
+        };
         Ok(Response::new(SendMessageResponse {
-            message: Some((*stored).clone()),
+            message: Some(message),
         }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<EditMessageRequest>,
+    ) -> Result<Response<EditMessageResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let request = request.into_inner();
+        let change = Change::Edit {
+            content: request.content,
+        };
+        let stored = self
+            .change(
+                &user,
+                &request.room_id,
+                request.seq,
+                change,
+                request.client_id,
+            )
+            .await?;
+        let event = match stored.event.as_ref().and_then(StoredEvent::frame) {
+            Some(Frame::MessageEdited(edited)) => Some(edited.clone()),
+            _ => None,
+        };
+        Ok(Response::new(EditMessageResponse { event }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<DeleteMessageRequest>,
+    ) -> Result<Response<DeleteMessageResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let request = request.into_inner();
+        let stored = self
+            .change(
+                &user,
+                &request.room_id,
+                request.seq,
+                Change::Delete,
+                request.client_id,
+            )
+            .await?;
+        let event = match stored.event.as_ref().and_then(StoredEvent::frame) {
+            Some(Frame::MessageDeleted(deleted)) => Some(deleted.clone()),
+            _ => None,
+        };
+        Ok(Response::new(DeleteMessageResponse { event }))
+    }
+
+    async fn react_to_message(
+        &self,
+        request: Request<ReactToMessageRequest>,
+    ) -> Result<Response<ReactToMessageResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let request = request.into_inner();
+        let change = Change::React {
+            emoji: request.emoji,
+            remove: request.remove,
+        };
+        let stored = self
+            .change(
+                &user,
+                &request.room_id,
+                request.seq,
+                change,
+                request.client_id,
+            )
+            .await?;
+        let event = match stored.event.as_ref().and_then(StoredEvent::frame) {
+            Some(Frame::Reaction(reaction)) => Some(reaction.clone()),
+            _ => None,
+        };
+        Ok(Response::new(ReactToMessageResponse {
+            event,
+            seq: stored.seq,
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<MarkReadRequest>,
+    ) -> Result<Response<MarkReadResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let request = request.into_inner();
+        let room_id = RoomId::parse("room_id", &request.room_id)?;
+        let read_seq = self.engine.mark_read(&user, &room_id, request.seq).await?;
+        Ok(Response::new(MarkReadResponse { read_seq }))
+    }
+
+    async fn list_my_rooms(
+        &self,
+        request: Request<ListMyRoomsRequest>,
+    ) -> Result<Response<ListMyRoomsResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let rooms = self.engine.my_rooms(&user).await?;
+        Ok(Response::new(ListMyRoomsResponse { rooms }))
     }
 
     type GetChatHistoryStream =

@@ -16,17 +16,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use parley_proto::chat::v1::{
-    ChatMessage, ChatResponse, Joined, Member, RoomEvent, chat_response::Frame,
-};
+use parley_proto::chat::v1::{ChatResponse, Joined, Member, RoomEvent, chat_response::Frame};
 use parley_runtime::storage::now_millis;
 
 use crate::{
     bus::{Bus, Deliveries, Resync},
-    domain::{RoomId, StoredMessage},
+    domain::RoomId,
     error::Error,
     link::{Importance, Link, SessionId},
     store::ChatStore,
+    timeline::{BusEvent, StoredEvent},
 };
 
 /// How long an out-of-order message waits for the missing ones to arrive
@@ -58,7 +57,7 @@ struct RoomState {
     /// Every message up to this seq has been handed to the links.
     delivered_seq: i64,
     /// Messages past a hole, by seq.
-    pending: BTreeMap<i64, StoredMessage>,
+    pending: BTreeMap<i64, StoredEvent>,
     /// The newest seq known to exist: the hole to fill reaches up to it.
     known_seq: i64,
     /// Whether a backfill task is filling a hole.
@@ -95,13 +94,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A message frame.
-pub(crate) fn message_frame(message: ChatMessage) -> ChatResponse {
-    ChatResponse {
-        frame: Some(Frame::Message(message)),
-    }
 }
 
 impl Hub {
@@ -224,7 +216,7 @@ impl Hub {
         session: SessionId,
         room_id: &RoomId,
         replay: Replay,
-        members: Vec<Member>,
+        joined: Joined,
         attached: bool,
     ) -> Result<(), Error> {
         let Replay {
@@ -234,7 +226,7 @@ impl Hub {
         let cell = self
             .cell(room_id)
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} was not entered")))?;
-        let mut replay: VecDeque<StoredMessage> = VecDeque::new();
+        let mut replay: VecDeque<StoredEvent> = VecDeque::new();
         let mut replayed_to = since.unwrap_or(0);
         let mut truncated = false;
         loop {
@@ -258,14 +250,14 @@ impl Hub {
                             frame: Some(Frame::Joined(Joined {
                                 room_id: room_id.to_string(),
                                 last_seq: delivered,
-                                members,
                                 replay_truncated: truncated,
+                                ..joined
                             })),
                         },
                     );
-                    for message in replay {
-                        if message.seq <= delivered {
-                            link.send_to(session, message_frame((*message).clone()));
+                    for event in replay {
+                        if event.seq() <= delivered {
+                            link.send_to(session, event.to_response());
                         }
                     }
                     return Ok(());
@@ -323,24 +315,24 @@ impl Hub {
         }
     }
 
-    /// Delivers a stored message, in seq order. `stored_at` is when this
-    /// replica stored it (None when it came over the bus).
-    pub(crate) fn deliver(&self, message: StoredMessage, stored_at: Option<Instant>) {
-        let Some(cell) = self.cell(&message.room_id) else {
+    /// Delivers a stored timeline event, in seq order. `stored_at` is when
+    /// this replica stored it (None when it came over the bus).
+    pub(crate) fn deliver(&self, event: StoredEvent, stored_at: Option<Instant>) {
+        let Some(cell) = self.cell(event.room_id()) else {
             return;
         };
         let mut state = lock(&cell);
-        self.deliver_locked(&mut state, message, stored_at, false);
+        self.deliver_locked(&mut state, event, stored_at, false);
     }
 
     fn deliver_locked(
         &self,
         state: &mut RoomState,
-        message: StoredMessage,
+        message: StoredEvent,
         stored_at: Option<Instant>,
         backfilled: bool,
     ) {
-        let seq = message.seq;
+        let seq = message.seq();
         if seq <= state.delivered_seq {
             return;
         }
@@ -363,11 +355,10 @@ impl Hub {
 
     /// Delivers typing or presence: no order, no storage, dropped for
     /// links that cannot take it now.
-    pub(crate) fn deliver_ephemeral(&self, event: RoomEvent) {
+    pub(crate) fn deliver_ephemeral(&self, event: Arc<RoomEvent>) {
         let Some(cell) = self.cell(&event.room_id) else {
             return;
         };
-        let event = Arc::new(event);
         let state = lock(&cell);
         for entry in state.links.values() {
             entry.link.send_room_event(&event, Importance::Droppable);
@@ -499,12 +490,9 @@ impl Hub {
 
 impl Deliveries for Hub {
     fn on_event(&self, event: RoomEvent) {
-        match event.response {
-            Some(ChatResponse {
-                frame: Some(Frame::Message(message)),
-            }) => self.deliver(Arc::new(message), None),
-            Some(_) => self.deliver_ephemeral(event),
-            None => {}
+        match StoredEvent::from_bus(event) {
+            BusEvent::Timeline(timeline) => self.deliver(timeline, None),
+            BusEvent::Ephemeral(other) => self.deliver_ephemeral(other),
         }
     }
 
@@ -528,22 +516,21 @@ pub(crate) struct Replay {
     pub(crate) max: i64,
 }
 
-/// Queues one message to every link of the room, as one shared event.
+/// Queues one timeline event to every link of the room, as one shared
+/// event.
 fn fan_out(
     state: &mut RoomState,
-    message: &StoredMessage,
+    event: &StoredEvent,
     stored_at: Option<Instant>,
     backfilled: bool,
 ) {
-    state.delivered_seq = message.seq;
-    let event = Arc::new(RoomEvent {
-        room_id: message.room_id.clone(),
-        response: Some(message_frame((**message).clone())),
-        except_user_id: String::new(),
-    });
+    state.delivered_seq = event.seq();
     let mut deliveries = 0u64;
     for entry in state.links.values() {
-        if entry.link.send_room_event(&event, Importance::Essential) {
+        if entry
+            .link
+            .send_room_event(event.room_event(), Importance::Essential)
+        {
             deliveries += u64::from(entry.sessions);
         }
     }
@@ -551,15 +538,10 @@ fn fan_out(
     if backfilled {
         metrics::counter!("parley_chat_backfilled_messages_total").increment(1);
     }
-    let elapsed = match stored_at {
-        Some(stored_at) => stored_at.elapsed().as_secs_f64(),
-        None => {
-            let sent_at = message
-                .sent_at
-                .as_ref()
-                .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000));
-            (now_millis() - sent_at).max(0) as f64 / 1000.0
-        }
+    let elapsed = match (stored_at, event.at_ms()) {
+        (Some(stored_at), _) => stored_at.elapsed().as_secs_f64(),
+        (None, Some(at_ms)) => (now_millis() - at_ms).max(0) as f64 / 1000.0,
+        (None, None) => return,
     };
     metrics::histogram!("parley_chat_fanout_seconds").record(elapsed);
 }

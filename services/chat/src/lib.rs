@@ -47,6 +47,7 @@ mod membership;
 mod presence;
 mod session;
 mod store;
+mod timeline;
 mod writer;
 
 use std::{sync::Arc, time::Duration};
@@ -221,6 +222,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 fn register_metrics() {
     for counter in [
         "parley_chat_messages_stored_total",
+        "parley_chat_events_stored_total",
         "parley_chat_deliveries_total",
         "parley_chat_bus_reconnects_total",
         "parley_chat_backfilled_messages_total",

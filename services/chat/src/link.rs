@@ -23,8 +23,11 @@ use tonic::Status;
 /// Identifies a client session within its link.
 pub(crate) type SessionId = u64;
 
-/// What a link carries to its stream.
+/// What a link carries to its stream. A session frame is kept inline
+/// rather than boxed: acks go this way, one per message, and a box would
+/// cost each an allocation; the queue is per stream, not per session.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outbound {
     /// A room event, built once per replica and shared by every link.
     Room(Arc<RoomEvent>),

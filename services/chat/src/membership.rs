@@ -18,7 +18,7 @@
 
 use std::borrow::Borrow;
 
-use parley_proto::chat::v1::PresenceState;
+use parley_proto::chat::v1::{Joined, PresenceState};
 
 use crate::{
     domain::{JoinRequest, Room, RoomId},
@@ -70,13 +70,17 @@ impl Engine {
         since: Option<i64>,
         already_joined: bool,
     ) -> Result<Option<Membership>, Error> {
-        let room = self.admit(user, request).await?;
+        let (room, read_seq) = self.admit(user, request).await?;
         let membership = if already_joined {
             None
         } else {
             Some(self.enter(&room, user, to.link).await)
         };
-        let members = self.members(&room.id).await;
+        let joined = Joined {
+            members: self.members(&room.id).await,
+            read_seq,
+            ..Joined::default()
+        };
         let replay = Replay {
             since,
             max: self.limits().max_replay,
@@ -88,7 +92,7 @@ impl Engine {
                 to.session,
                 &room.id,
                 replay,
-                members,
+                joined,
                 already_joined,
             )
             .await;

@@ -22,6 +22,9 @@
   const STORE_TOKENS = "parley.tokens";
   const STORE_ROOMS = "parley.rooms";
   const STORE_CURRENT = "parley.current";
+  const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
+  const READ_EVERY_MS = 750; // read markers are sent at most this often per room
+  const CONFIRM_MS = 3000; // a delete button waits this long for its second click
 
   // ---------------------------------------------------------------------------
   // DOM helpers
@@ -99,6 +102,9 @@
     input: $("message-input"),
     send: $("send-button"),
     sendError: $("send-error"),
+    composeContext: $("compose-context"),
+    composeContextText: $("compose-context-text"),
+    composeContextCancel: $("compose-context-cancel"),
   };
 
   // ---------------------------------------------------------------------------
@@ -125,6 +131,8 @@
     pendingLeaves: new Set(), // leaves to send when the socket is back
     lastTypingSent: 0,
     clientCounter: 0,
+    // What the composer does next: null (send), {mode: "reply"|"edit", roomId, seq}.
+    composing: null,
   };
 
   function newRoom(id, extra) {
@@ -149,6 +157,11 @@
         typing: new Map(), // user_id -> {name, timer}
         pending: new Map(), // client_id -> {content, node, sentGen, failed}
         unread: 0,
+        readSeq: 0, // the server's read marker for this user
+        readSent: 0, // the highest read marker sent
+        readTimer: 0,
+        seenSeq: 0, // the newest seq shown while the room was open
+        dividerSeq: -1, // the read marker when the room was opened: "new" starts after it
         list: ol,
         scrollTop: 0,
         stickBottom: true,
@@ -442,14 +455,42 @@
     ui.chatView.hidden = false;
     show(ui.authError, "");
     show(ui.authNotice, "");
+    // Read before the rooms are added: adding one saves the list, and with
+    // it the (not yet chosen) current room.
+    const cur = sessionStorage.getItem(STORE_CURRENT);
     for (const r of loadRooms()) {
       if (!state.rooms.has(r.id)) {
         addRoom(newRoom(r.id, { name: r.name || "", shortCode: r.short_code || "", isPrivate: !!r.private }));
       }
     }
-    const cur = sessionStorage.getItem(STORE_CURRENT);
+    await loadMyRooms();
     selectRoom(cur && state.rooms.has(cur) ? cur : state.rooms.keys().next().value || null);
     connect();
+  }
+
+  // Every room the user is a member of, with its unread count, from the
+  // server: a new tab or device lists the same rooms.
+  async function loadMyRooms() {
+    let list;
+    try {
+      list = await api("GET", "/rooms");
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) throw e;
+      banner("Could not load your rooms: " + e.message);
+      return;
+    }
+    for (const r of (list && list.rooms) || []) {
+      let room = state.rooms.get(r.id);
+      if (!room) {
+        room = newRoom(r.id, { name: r.name || "", isPrivate: !!r.private });
+        addRoom(room);
+      } else if (r.name && !room.name) {
+        room.name = r.name;
+      }
+      room.readSeq = Math.max(room.readSeq, Number(r.read_seq) || 0);
+      room.unread = Number(r.unread) || 0;
+      renderRoomItem(room);
+    }
   }
 
   function sessionEnded(message) {
@@ -723,6 +764,14 @@
         return;
       case "error":
         return onErrorFrame(body);
+      case "message_edited":
+        return onEdited(body);
+      case "message_deleted":
+        return onDeleted(body);
+      case "reaction":
+        return onReaction(body);
+      case "read":
+        return; // other members' markers are not shown
       default:
         return; // frames added later are ignored
     }
@@ -743,6 +792,8 @@
     room.joining = false;
     room.joined = true;
     room.everJoined = true;
+    const readSeq = Number(j.read_seq) || 0;
+    if (readSeq > room.readSeq) room.readSeq = readSeq;
     room.members = new Map();
     for (const m of j.members || []) room.members.set(m.user_id, m.name);
     clearTyping(room);
@@ -791,10 +842,111 @@
       room.typing.delete(m.sender_id);
       if (room.id === state.current) renderTyping();
     }
-    if (fresh && room.id !== state.current && !own) {
-      room.unread++;
-      renderRoomItem(room);
+    if (fresh && !own && seqOf(m) > room.readSeq) {
+      if (room.id !== state.current || document.hidden) {
+        room.unread++;
+        renderRoomItem(room);
+      }
     }
+    if (room.id === state.current) markRead(room);
+  }
+
+  // A timeline event changes a message already shown (or about to be,
+  // from history, which then carries the change).
+  function seqOf(x) {
+    return Number(x.seq) || 0;
+  }
+
+  function noteEvent(room, e) {
+    const seq = seqOf(e);
+    if (seq > room.maxSeq) room.maxSeq = seq;
+  }
+
+  function changeMessage(room, seq, change) {
+    const entry = room.bySeq.get(seq);
+    if (!entry) return;
+    change(entry.msg);
+    const fresh = messageNode(entry.msg, "sent");
+    entry.node.replaceWith(fresh);
+    entry.node = fresh;
+    // Replies quoting it show its new text.
+    for (const other of room.bySeq.values()) {
+      if (Number(other.msg.reply_to) === seq) {
+        const node = messageNode(other.msg, "sent");
+        other.node.replaceWith(node);
+        other.node = node;
+      }
+    }
+  }
+
+  function onEdited(e) {
+    const room = state.rooms.get(e.room_id);
+    if (!room) return;
+    noteEvent(room, e);
+    changeMessage(room, Number(e.target_seq), (m) => {
+      m.content = e.content;
+      m.edited_at = e.edited_at;
+    });
+  }
+
+  function onDeleted(e) {
+    const room = state.rooms.get(e.room_id);
+    if (!room) return;
+    noteEvent(room, e);
+    changeMessage(room, Number(e.target_seq), (m) => {
+      m.deleted = true;
+      m.content = "";
+      m.reactions = [];
+    });
+    if (state.composing && state.composing.roomId === room.id && state.composing.seq === Number(e.target_seq)) {
+      setComposing(null);
+    }
+  }
+
+  function onReaction(e) {
+    const room = state.rooms.get(e.room_id);
+    if (!room) return;
+    noteEvent(room, e);
+    changeMessage(room, Number(e.target_seq), (m) => {
+      const list = Array.isArray(m.reactions) ? m.reactions : (m.reactions = []);
+      let r = list.find((x) => x.emoji === e.emoji);
+      const added = e.state !== "removed";
+      if (!r) {
+        if (!added) return;
+        r = { emoji: e.emoji, count: 0, user_ids: [] };
+        list.push(r);
+      }
+      const ids = Array.isArray(r.user_ids) ? r.user_ids : (r.user_ids = []);
+      const known = ids.includes(e.user_id);
+      // Applied once even when a replay repeats what history already had.
+      if (added && !known) {
+        r.count = Number(r.count) + 1;
+        if (ids.length < 20) ids.push(e.user_id);
+      } else if (!added && (known || Number(r.count) > ids.length)) {
+        r.count = Math.max(0, Number(r.count) - 1);
+        r.user_ids = ids.filter((id) => id !== e.user_id);
+      }
+      m.reactions = list.filter((x) => Number(x.count) > 0);
+    });
+  }
+
+  // Moves the read marker to the newest event shown, at most every READ_EVERY_MS.
+  function markRead(room) {
+    if (!room.joined || document.hidden || room.id !== state.current) return;
+    room.unread = 0;
+    renderRoomItem(room);
+    // What was on screen now is what was read, even if the marker goes
+    // out a moment later, after the user has moved on.
+    room.seenSeq = Math.max(room.seenSeq || 0, room.maxSeq);
+    if (room.seenSeq <= room.readSent || room.readTimer) return;
+    room.readTimer = setTimeout(() => {
+      room.readTimer = 0;
+      const seq = room.seenSeq;
+      if (seq > room.readSent && room.joined && sendFrame({ read: { room_id: room.id, seq } })) {
+        room.readSent = seq;
+        if (seq > room.readSeq) room.readSeq = seq;
+      }
+    }, READ_EVERY_MS);
   }
 
   function onAck(a) {
@@ -815,6 +967,7 @@
             content: p.content,
             client_id: a.client_id,
             sent_at: new Date().toISOString(),
+            reply_to: p.replyTo || 0,
           },
           true
         );
@@ -866,6 +1019,8 @@
     room.hasMore = !!h.has_more;
     for (const m of h.messages || []) insertMessage(room, m, false, true);
     if (current) {
+      placeDivider(room);
+      markRead(room);
       renderHistoryBar();
       if (initial) scrollToBottom();
       else sc.scrollTop = sc.scrollHeight - fromBottom; // keep the view still
@@ -1107,9 +1262,13 @@
     }
     state.current = id && state.rooms.has(id) ? id : null;
     const room = currentRoom();
+    if (state.composing && (!room || state.composing.roomId !== room.id)) setComposing(null);
     if (room) {
+      room.dividerSeq = room.readSeq;
+      placeDivider(room);
       room.unread = 0;
       renderRoomItem(room);
+      markRead(room);
     }
     for (const r of state.rooms.values()) {
       if (r.itemNode) r.itemNode.classList.toggle("active", r.id === state.current);
@@ -1164,7 +1323,10 @@
     const stick = current && !fromHistory && nearBottom();
     const node = messageNode(m, "sent");
     const idx = bisect(room.seqs, seq);
-    const next = idx < room.seqs.length ? room.bySeq.get(room.seqs[idx]).node : null;
+    let next = idx < room.seqs.length ? room.bySeq.get(room.seqs[idx]).node : null;
+    if (next && next.previousSibling && next.previousSibling.classList.contains("unread-divider") && seq <= room.dividerSeq) {
+      next = next.previousSibling;
+    }
     room.seqs.splice(idx, 0, seq);
     room.bySeq.set(seq, { msg: m, node, provisional: !!provisional });
     room.list.insertBefore(node, next);
@@ -1175,6 +1337,21 @@
       if (!fromHistory && (stick || own)) scrollToBottom();
     }
     return true;
+  }
+
+  // A "new" line before the first message after the read marker the room
+  // was opened with.
+  function placeDivider(room) {
+    const old = room.list.querySelector(".unread-divider");
+    if (old) old.remove();
+    const idx = bisect(room.seqs, room.dividerSeq + 1);
+    if (room.dividerSeq < 0 || idx >= room.seqs.length) return;
+    const first = room.bySeq.get(room.seqs[idx]);
+    if (!first || (state.me && first.msg.sender_id === state.me.id && idx === room.seqs.length - 1)) return;
+    room.list.insertBefore(
+      el("li", { className: "unread-divider", "data-testid": "unread-divider", "aria-label": "New messages" }, [el("span", { text: "New" })]),
+      first.node
+    );
   }
 
   function resetMessages(room) {
@@ -1196,10 +1373,27 @@
   function messageNode(m, status) {
     const own = !!(state.me && m.sender_id === state.me.id);
     const t = formatTime(m.sent_at);
-    return el(
+    const room = state.rooms.get(m.room_id);
+    const seq = Number(m.seq);
+    const children = [
+      el("div", { className: "meta" }, [
+        el("span", { className: "sender", "data-testid": "message-sender", text: m.sender_name || "unknown" }),
+        el("time", { className: "time", "data-testid": "message-time", datetime: m.sent_at, title: t.full, text: t.short }),
+        m.edited_at && !m.deleted ? el("span", { className: "mark", "data-testid": "message-edited", title: formatTime(m.edited_at).full, text: "edited" }) : null,
+      ]),
+    ];
+    const replyTo = Number(m.reply_to) || 0;
+    if (replyTo > 0) children.push(replyQuote(room, replyTo));
+    if (m.deleted) {
+      children.push(el("div", { className: "content deleted", "data-testid": "message-deleted", text: "Message deleted" }));
+    } else {
+      children.push(el("div", { className: "content", "data-testid": "message-content", text: m.content }));
+      children.push(reactionRow(room, m));
+    }
+    const li = el(
       "li",
       {
-        className: "msg" + (own ? " own" : ""),
+        className: "msg" + (own ? " own" : "") + (m.deleted ? " is-deleted" : ""),
         "data-testid": "message-item",
         "data-seq": m.seq,
         "data-client-id": m.client_id || "",
@@ -1207,14 +1401,141 @@
         "data-status": status,
         "data-sender-id": m.sender_id,
       },
-      [
-        el("div", { className: "meta" }, [
-          el("span", { className: "sender", "data-testid": "message-sender", text: m.sender_name || "unknown" }),
-          el("time", { className: "time", "data-testid": "message-time", datetime: m.sent_at, title: t.full, text: t.short }),
-        ]),
-        el("div", { className: "content", "data-testid": "message-content", text: m.content }),
-      ]
+      children
     );
+    if (!m.deleted && seq > 0) li.append(messageActions(room, m, own));
+    return li;
+  }
+
+  function replyQuote(room, seq) {
+    const target = room && room.bySeq.get(seq);
+    let text = "an earlier message";
+    if (target) {
+      const tm = target.msg;
+      text = (tm.sender_name || "unknown") + ": " + (tm.deleted ? "message deleted" : tm.content);
+    }
+    const quote = el("button", { type: "button", className: "reply-quote", "data-testid": "message-reply-quote", title: "Show the message", text });
+    quote.addEventListener("click", () => {
+      const t = room && room.bySeq.get(seq);
+      if (t) {
+        t.node.scrollIntoView({ block: "center", behavior: "smooth" });
+        t.node.classList.add("flash");
+        setTimeout(() => t.node.classList.remove("flash"), 1200);
+      }
+    });
+    return quote;
+  }
+
+  function reactionRow(room, m) {
+    const row = el("div", { className: "reactions", "data-testid": "message-reactions" });
+    for (const r of Array.isArray(m.reactions) ? m.reactions : []) {
+      const mine = !!(state.me && Array.isArray(r.user_ids) && r.user_ids.includes(state.me.id));
+      const chip = el(
+        "button",
+        {
+          type: "button",
+          className: "reaction" + (mine ? " mine" : ""),
+          "data-testid": "reaction-chip",
+          "data-emoji": r.emoji,
+          "data-count": r.count,
+          "data-mine": mine ? "true" : "false",
+          "aria-pressed": mine ? "true" : "false",
+          title: mine ? "Take your reaction back" : "React with " + r.emoji,
+        },
+        [el("span", { className: "emoji", text: r.emoji }), el("span", { className: "n", text: String(r.count) })]
+      );
+      chip.addEventListener("click", () => sendReaction(room, m, r.emoji, mine));
+      row.append(chip);
+    }
+    return row;
+  }
+
+  function messageActions(room, m, own) {
+    const bar = el("div", { className: "actions-bar" });
+    const action = (label, testid, fn) => {
+      const b = el("button", { type: "button", className: "act", "data-testid": testid, text: label });
+      b.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        fn(b);
+      });
+      bar.append(b);
+      return b;
+    };
+    action("Reply", "action-reply", () => setComposing({ mode: "reply", roomId: room.id, seq: Number(m.seq) }));
+    action("React", "action-react", (b) => togglePicker(bar, room, m, b));
+    if (own) {
+      action("Edit", "action-edit", () => {
+        setComposing({ mode: "edit", roomId: room.id, seq: Number(m.seq) });
+        ui.input.value = m.content;
+        autoGrow();
+        ui.input.focus();
+      });
+      action("Delete", "action-delete", (b) => {
+        if (b.dataset.confirm !== "true") {
+          b.dataset.confirm = "true";
+          b.textContent = "Delete?";
+          setTimeout(() => {
+            b.dataset.confirm = "";
+            b.textContent = "Delete";
+          }, CONFIRM_MS);
+          return;
+        }
+        sendFrame({ delete: { room_id: room.id, seq: Number(m.seq), client_id: newClientId() } });
+      });
+    }
+    return bar;
+  }
+
+  function togglePicker(bar, room, m, button) {
+    const open = bar.querySelector(".picker");
+    if (open) {
+      open.remove();
+      button.setAttribute("aria-expanded", "false");
+      return;
+    }
+    const picker = el("div", { className: "picker", "data-testid": "react-picker", role: "group", "aria-label": "Reactions" });
+    for (const emoji of REACTIONS) {
+      const b = el("button", { type: "button", className: "pick", "data-testid": "react-option", "data-emoji": emoji, text: emoji });
+      b.addEventListener("click", (ev) => {
+        ev.stopPropagation();
+        picker.remove();
+        const mine = (m.reactions || []).some((r) => r.emoji === emoji && state.me && (r.user_ids || []).includes(state.me.id));
+        sendReaction(room, m, emoji, mine);
+      });
+      picker.append(b);
+    }
+    button.setAttribute("aria-expanded", "true");
+    bar.append(picker);
+  }
+
+  function sendReaction(room, m, emoji, remove) {
+    if (!room || !room.joined) {
+      showSendError("Not connected; try again in a moment.");
+      return;
+    }
+    sendFrame({ react: { room_id: room.id, seq: Number(m.seq), emoji, remove: !!remove, client_id: newClientId() } });
+  }
+
+  // Shows what the composer will do next: reply to or edit a message.
+  function setComposing(c) {
+    const was = state.composing;
+    state.composing = c;
+    if (!c) {
+      ui.composeContext.hidden = true;
+      if (was && was.mode === "edit") {
+        ui.input.value = "";
+        autoGrow();
+      }
+      return;
+    }
+    const room = state.rooms.get(c.roomId);
+    const target = room && room.bySeq.get(c.seq);
+    const who = target ? target.msg.sender_name || "unknown" : "a message";
+    ui.composeContextText.textContent =
+      c.mode === "edit" ? "Editing your message" : "Replying to " + who + (target ? ": " + target.msg.content : "");
+    ui.composeContext.dataset.mode = c.mode;
+    ui.composeContext.hidden = false;
+    ui.input.focus();
   }
 
   function pendingNode(clientId, content) {
@@ -1263,8 +1584,21 @@
       return;
     }
     show(ui.sendError, "");
+    const composing = state.composing && state.composing.roomId === room.id ? state.composing : null;
+    if (composing && composing.mode === "edit") {
+      if (sendFrame({ edit: { room_id: room.id, seq: composing.seq, content, client_id: newClientId() } })) {
+        ui.input.value = "";
+        autoGrow();
+        setComposing(null);
+      } else {
+        showSendError("Not connected; try again in a moment.");
+      }
+      return;
+    }
+    const replyTo = composing && composing.mode === "reply" ? composing.seq : 0;
+    setComposing(null);
     const clientId = newClientId();
-    const p = { content, node: pendingNode(clientId, content), sentGen: -1, failed: false, roomId: room.id, clientId };
+    const p = { content, replyTo, node: pendingNode(clientId, content), sentGen: -1, failed: false, roomId: room.id, clientId };
     p.node.addEventListener("click", () => retryPending(room, clientId));
     room.pending.set(clientId, p);
     ui.pendingList.append(p.node);
@@ -1279,7 +1613,9 @@
 
   function trySend(room, p) {
     if (!room.joined) return; // flushed when the join answer comes
-    if (sendFrame({ send: { room_id: room.id, content: p.content, client_id: p.clientId } })) {
+    const send = { room_id: room.id, content: p.content, client_id: p.clientId };
+    if (p.replyTo) send.reply_to = p.replyTo;
+    if (sendFrame({ send })) {
       p.sentGen = state.connGen;
     }
   }
@@ -1392,7 +1728,7 @@
     );
     if (room.unread > 0) {
       btn.append(
-        el("span", { className: "badge", "aria-label": room.unread + " unread", text: room.unread > 99 ? "99+" : String(room.unread) })
+        el("span", { className: "badge", "data-testid": "unread-badge", "aria-label": room.unread + " unread", text: room.unread > 99 ? "99+" : String(room.unread) })
       );
     }
     btn.title = room.name ? room.name + " (" + room.id + ")" : room.id;
@@ -1549,7 +1885,14 @@
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
       ev.preventDefault();
       ui.compose.requestSubmit();
+    } else if (ev.key === "Escape" && state.composing) {
+      setComposing(null);
     }
+  });
+  ui.composeContextCancel.addEventListener("click", () => setComposing(null));
+  document.addEventListener("visibilitychange", () => {
+    const room = currentRoom();
+    if (room && !document.hidden) markRead(room);
   });
   ui.scroller.addEventListener("scroll", () => {
     if (ui.scroller.scrollTop < 40) loadOlder();

@@ -10,16 +10,17 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use parley_proto::chat::v1::{
-    ChatMessage, ChatRequest, ChatResponse, GetChatHistoryRequest, Join, Leave, Ping,
-    PresenceState, Refresh, Send as SendFrame, Typing, chat_request::Frame as In,
-    chat_response::Frame as Out,
+    ChatMessage, ChatRequest, ChatResponse, Delete, Edit, GetChatHistoryRequest, Join, Leave, Ping,
+    PresenceState, React, ReactionState, Read, Refresh, Send as SendFrame, Typing,
+    chat_request::Frame as In, chat_response::Frame as Out,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tonic::Code;
 
 /// Frame names a client may send, for the error about an unknown one.
-const CLIENT_FRAMES: &str = "join, leave, send, typing, get_chat_history, ping, refresh";
+const CLIENT_FRAMES: &str =
+    "join, leave, send, edit, delete, react, read, typing, get_chat_history, ping, refresh";
 
 /// A client frame that cannot be used, answered with an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,41 @@ struct SendIn {
     room_id: String,
     content: String,
     client_id: String,
+    reply_to: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EditIn {
+    room_id: String,
+    seq: i64,
+    content: String,
+    client_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeleteIn {
+    room_id: String,
+    seq: i64,
+    client_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ReactIn {
+    room_id: String,
+    seq: i64,
+    emoji: String,
+    remove: bool,
+    client_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ReadIn {
+    room_id: String,
+    seq: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -154,6 +190,37 @@ pub(crate) fn parse(text: &str) -> Result<ChatRequest, FrameError> {
                 room_id: send.room_id,
                 content: send.content,
                 client_id: send.client_id,
+                reply_to: send.reply_to,
+            })
+        }),
+        "edit" => body_of::<EditIn>(&name, &body).map(|edit| {
+            In::Edit(Edit {
+                room_id: edit.room_id,
+                seq: edit.seq,
+                content: edit.content,
+                client_id: edit.client_id,
+            })
+        }),
+        "delete" => body_of::<DeleteIn>(&name, &body).map(|delete| {
+            In::Delete(Delete {
+                room_id: delete.room_id,
+                seq: delete.seq,
+                client_id: delete.client_id,
+            })
+        }),
+        "react" => body_of::<ReactIn>(&name, &body).map(|react| {
+            In::React(React {
+                room_id: react.room_id,
+                seq: react.seq,
+                emoji: react.emoji,
+                remove: react.remove,
+                client_id: react.client_id,
+            })
+        }),
+        "read" => body_of::<ReadIn>(&name, &body).map(|read| {
+            In::Read(Read {
+                room_id: read.room_id,
+                seq: read.seq,
             })
         }),
         "typing" => body_of::<RoomIn>(&name, &body).map(|typing| {
@@ -219,6 +286,7 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
                 })
                 .collect(),
             replay_truncated: joined.replay_truncated,
+            read_seq: joined.read_seq,
         }),
         Out::Left(left) => ServerFrame::Left(RoomOut {
             room_id: &left.room_id,
@@ -257,6 +325,39 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
             message: &error.message,
             client_id: &error.client_id,
             room_id: &error.room_id,
+        }),
+        Out::MessageEdited(edited) => ServerFrame::MessageEdited(EditedOut {
+            room_id: &edited.room_id,
+            seq: edited.seq,
+            target_seq: edited.target_seq,
+            content: &edited.content,
+            editor_id: &edited.editor_id,
+            edited_at: rfc3339_millis(edited.edited_at.as_ref()),
+        }),
+        Out::MessageDeleted(deleted) => ServerFrame::MessageDeleted(DeletedOut {
+            room_id: &deleted.room_id,
+            seq: deleted.seq,
+            target_seq: deleted.target_seq,
+            deleted_by: &deleted.deleted_by,
+            deleted_at: rfc3339_millis(deleted.deleted_at.as_ref()),
+        }),
+        Out::Reaction(reaction) => ServerFrame::Reaction(ReactionOut {
+            room_id: &reaction.room_id,
+            seq: reaction.seq,
+            target_seq: reaction.target_seq,
+            user_id: &reaction.user_id,
+            name: &reaction.name,
+            emoji: &reaction.emoji,
+            state: match reaction.state() {
+                ReactionState::Removed => "removed",
+                _ => "added",
+            },
+        }),
+        Out::Read(read) => ServerFrame::Read(ReadOut {
+            room_id: &read.room_id,
+            user_id: &read.user_id,
+            name: &read.name,
+            seq: read.seq,
         }),
     };
     Some(encode(&frame))
@@ -307,6 +408,48 @@ enum ServerFrame<'a> {
     Pong(PongOut<'a>),
     Refreshed(RefreshedOut),
     Error(ErrorOut<'a>),
+    MessageEdited(EditedOut<'a>),
+    MessageDeleted(DeletedOut<'a>),
+    Reaction(ReactionOut<'a>),
+    Read(ReadOut<'a>),
+}
+
+#[derive(Serialize)]
+struct EditedOut<'a> {
+    room_id: &'a str,
+    seq: i64,
+    target_seq: i64,
+    content: &'a str,
+    editor_id: &'a str,
+    edited_at: String,
+}
+
+#[derive(Serialize)]
+struct DeletedOut<'a> {
+    room_id: &'a str,
+    seq: i64,
+    target_seq: i64,
+    deleted_by: &'a str,
+    deleted_at: String,
+}
+
+#[derive(Serialize)]
+struct ReactionOut<'a> {
+    room_id: &'a str,
+    seq: i64,
+    target_seq: i64,
+    user_id: &'a str,
+    name: &'a str,
+    emoji: &'a str,
+    state: &'static str,
+}
+
+#[derive(Serialize)]
+struct ReadOut<'a> {
+    room_id: &'a str,
+    user_id: &'a str,
+    name: &'a str,
+    seq: i64,
 }
 
 #[derive(Serialize)]
@@ -315,6 +458,7 @@ struct JoinedOut<'a> {
     last_seq: i64,
     members: Vec<MemberOut<'a>>,
     replay_truncated: bool,
+    read_seq: i64,
 }
 
 #[derive(Serialize)]
@@ -339,6 +483,18 @@ pub(crate) struct MessageOut<'a> {
     content: &'a str,
     client_id: &'a str,
     sent_at: String,
+    reply_to: i64,
+    edited_at: String,
+    deleted: bool,
+    reactions: Vec<ReactionCountOut<'a>>,
+}
+
+/// The reactions with one emoji, as messages carry them.
+#[derive(Debug, Serialize)]
+struct ReactionCountOut<'a> {
+    emoji: &'a str,
+    count: i64,
+    user_ids: &'a [String],
 }
 
 impl<'a> From<&'a ChatMessage> for MessageOut<'a> {
@@ -352,6 +508,18 @@ impl<'a> From<&'a ChatMessage> for MessageOut<'a> {
             content: &message.content,
             client_id: &message.client_id,
             sent_at: rfc3339_millis(message.sent_at.as_ref()),
+            reply_to: message.reply_to,
+            edited_at: rfc3339_millis(message.edited_at.as_ref()),
+            deleted: message.deleted,
+            reactions: message
+                .reactions
+                .iter()
+                .map(|r| ReactionCountOut {
+                    emoji: &r.emoji,
+                    count: r.count,
+                    user_ids: &r.user_ids,
+                })
+                .collect(),
         }
     }
 }
@@ -465,6 +633,8 @@ mod tests {
                 seconds: 1_700_000_000,
                 nanos: 5_000_000,
             }),
+            reply_to: 2,
+            ..ChatMessage::default()
         };
         let text = encode_response(&ChatResponse {
             frame: Some(Out::Message(message)),
@@ -474,5 +644,47 @@ mod tests {
         assert_eq!(value["message"]["sent_at"], "2023-11-14T22:13:20.005Z");
         assert_eq!(value["message"]["client_id"], "");
         assert_eq!(value["message"]["seq"], 3);
+        assert_eq!(value["message"]["reply_to"], 2);
+        assert_eq!(value["message"]["edited_at"], "");
+        assert_eq!(value["message"]["deleted"], false);
+        assert_eq!(value["message"]["reactions"], Value::Array(Vec::new()));
+    }
+
+    #[test]
+    fn conversation_frames_parse() {
+        assert_eq!(
+            kind(r#"{"react":{"room_id":"r","seq":4,"emoji":"👍","client_id":"c"}}"#),
+            In::React(React {
+                room_id: "r".into(),
+                seq: 4,
+                emoji: "👍".into(),
+                remove: false,
+                client_id: "c".into(),
+            })
+        );
+        assert_eq!(
+            kind(r#"{"send":{"room_id":"r","content":"x","reply_to":41}}"#),
+            In::Send(SendFrame {
+                room_id: "r".into(),
+                content: "x".into(),
+                client_id: String::new(),
+                reply_to: 41,
+            })
+        );
+        assert!(matches!(
+            kind(r#"{"read":{"room_id":"r","seq":9}}"#),
+            In::Read(Read { seq: 9, .. })
+        ));
+        assert!(matches!(
+            kind(r#"{"delete":{"room_id":"r","seq":9}}"#),
+            In::Delete(_)
+        ));
+        assert!(matches!(
+            kind(r#"{"edit":{"room_id":"r","seq":9,"content":"y"}}"#),
+            In::Edit(_)
+        ));
+        let err = parse(r#"{"react":{"room_id":"r","seq":"four","client_id":"c"}}"#).unwrap_err();
+        assert!(err.message.contains("react.seq"), "{}", err.message);
+        assert_eq!(err.client_id, "c");
     }
 }

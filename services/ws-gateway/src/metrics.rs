@@ -46,9 +46,23 @@ pub(crate) enum FrameKind {
     Invalid,
     /// A binary frame.
     Binary,
+    /// `edit`
+    Edit,
+    /// `delete`
+    Delete,
+    /// `react`
+    React,
+    /// `read` (both directions)
+    Read,
+    /// `message_edited`
+    MessageEdited,
+    /// `message_deleted`
+    MessageDeleted,
+    /// `reaction`
+    Reaction,
 }
 
-const KINDS: [FrameKind; 18] = [
+const KINDS: [FrameKind; 25] = [
     FrameKind::Join,
     FrameKind::Leave,
     FrameKind::Send,
@@ -67,6 +81,13 @@ const KINDS: [FrameKind; 18] = [
     FrameKind::Error,
     FrameKind::Invalid,
     FrameKind::Binary,
+    FrameKind::Edit,
+    FrameKind::Delete,
+    FrameKind::React,
+    FrameKind::Read,
+    FrameKind::MessageEdited,
+    FrameKind::MessageDeleted,
+    FrameKind::Reaction,
 ];
 
 impl FrameKind {
@@ -80,6 +101,10 @@ impl FrameKind {
             In::GetChatHistory(_) => Self::GetChatHistory,
             In::Ping(_) => Self::Ping,
             In::Refresh(_) => Self::Refresh,
+            In::Edit(_) => Self::Edit,
+            In::Delete(_) => Self::Delete,
+            In::React(_) => Self::React,
+            In::Read(_) => Self::Read,
         }
     }
 
@@ -96,6 +121,10 @@ impl FrameKind {
             Out::Pong(_) => Self::Pong,
             Out::Refreshed(_) => Self::Refreshed,
             Out::Error(_) => Self::Error,
+            Out::MessageEdited(_) => Self::MessageEdited,
+            Out::MessageDeleted(_) => Self::MessageDeleted,
+            Out::Reaction(_) => Self::Reaction,
+            Out::Read(_) => Self::Read,
         }
     }
 
@@ -120,6 +149,13 @@ impl FrameKind {
             Self::Error => "error",
             Self::Invalid => "invalid",
             Self::Binary => "binary",
+            Self::Edit => "edit",
+            Self::Delete => "delete",
+            Self::React => "react",
+            Self::Read => "read",
+            Self::MessageEdited => "message_edited",
+            Self::MessageDeleted => "message_deleted",
+            Self::Reaction => "reaction",
         }
     }
 }

@@ -13,7 +13,7 @@ use axum::{
 };
 use parley_proto::{
     auth::v1::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair},
-    chat::v1::{CreateRoomRequest, GetChatHistoryRequest, Room},
+    chat::v1::{CreateRoomRequest, GetChatHistoryRequest, ListMyRoomsRequest, Room},
     user::v1::{GetUserRequest, User},
 };
 use serde::{Deserialize, de::DeserializeOwned};
@@ -34,7 +34,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
-        .route("/api/v1/rooms", post(create_room))
+        .route("/api/v1/rooms", post(create_room).get(my_rooms))
         .route("/api/v1/rooms/{room_id}/messages", get(messages))
 }
 
@@ -266,6 +266,36 @@ async fn messages(
     }
     let messages: Vec<MessageOut<'_>> = messages.iter().map(MessageOut::from).collect();
     Ok(Json(json!({ "messages": messages, "has_more": has_more })))
+}
+
+/// `GET /api/v1/rooms`: the caller's rooms, latest activity first, with
+/// their read markers, unread counts and newest messages.
+async fn my_rooms(State(state): State<AppState>, caller: Bearer) -> Result<Json<Value>, ApiError> {
+    let rooms = state
+        .shared
+        .chat
+        .clone()
+        .list_my_rooms(caller.request(ListMyRoomsRequest {}))
+        .await?
+        .into_inner()
+        .rooms;
+    let rooms: Vec<Value> = rooms
+        .iter()
+        .map(|room| {
+            json!({
+                "id": room.id,
+                "name": room.name,
+                "private": room.private,
+                "direct": room.direct,
+                "role": room.role,
+                "last_seq": room.last_seq,
+                "read_seq": room.read_seq,
+                "unread": room.unread,
+                "last_message": room.last_message.as_ref().map(MessageOut::from),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rooms": rooms })))
 }
 
 /// `/api/...` paths that match no route.

@@ -5,9 +5,10 @@
 use std::collections::HashSet;
 
 use parley_proto::chat::v1::{
-    ChatMessage, CreateRoomRequest, GetChatHistoryRequest, JoinRoomRequest, LeaveRoomRequest,
-    ListRoomMembersRequest, PresenceState, SendMessageRequest, chat_request::Frame as In,
-    chat_response::Frame as Out,
+    ChatMessage, CreateRoomRequest, DeleteMessageRequest, EditMessageRequest,
+    GetChatHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListMyRoomsRequest,
+    ListRoomMembersRequest, MarkReadRequest, PresenceState, ReactToMessageRequest, ReactionState,
+    SendMessageRequest, chat_request::Frame as In, chat_response::Frame as Out,
 };
 use parley_tests::{
     DatabaseBackend, authed,
@@ -28,6 +29,7 @@ on_both_backends!(
     unary_send_and_history_page_through_a_room,
     a_slow_consumer_is_cut_without_delaying_others,
     gateway_streams_carry_many_sessions,
+    unary_edits_deletions_reactions_and_the_room_list,
 );
 
 fn seqs(messages: &[ChatMessage]) -> Vec<i64> {
@@ -176,6 +178,7 @@ async fn a_retried_client_id_is_stored_and_delivered_once(backend: DatabaseBacke
                 room_id: room.clone(),
                 content: "again".into(),
                 client_id: "c-1".into(),
+                reply_to: 0,
             },
             &alice_token,
         ))
@@ -615,6 +618,7 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
                 room_id: room.clone(),
                 content: "over".into(),
                 client_id: String::new(),
+                reply_to: 0,
             },
             &token,
         ))
@@ -653,6 +657,7 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
                 room_id: room.clone(),
                 content: "hi".into(),
                 client_id: String::new(),
+                reply_to: 0,
             },
             &token,
         ))
@@ -681,6 +686,7 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
                     room_id: room.clone(),
                     content: format!("n{i}"),
                     client_id: String::new(),
+                    reply_to: 0,
                 },
                 &token,
             ))
@@ -928,5 +934,228 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
     assert_eq!(presence.user_id, bob.id);
     let _ = alice;
     drop(requests);
+    cluster.stop().await;
+}
+
+/// The conversation RPCs for bots and grpcurl: each change a timeline
+/// event that a member on the other replica receives, each error as
+/// documented, and the room list with its unread counts.
+async fn unary_edits_deletions_reactions_and_the_room_list(backend: DatabaseBackend) {
+    let mut cluster = ChatCluster::start(backend).await;
+    let (alice, alice_token) = cluster.stack.signed_up("alice").await;
+    let (_, bob_token) = cluster.stack.signed_up("bob").await;
+    let room = room_id("unary-events");
+    let mut chat = cluster.client(0);
+    for token in [&alice_token, &bob_token] {
+        chat.join_room(authed(
+            JoinRoomRequest {
+                room_id: room.clone(),
+                ..JoinRoomRequest::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut watcher = cluster.connect(1, &bob_token).await;
+    watcher.join(&room, 0).await;
+    let send = |content: &str, reply_to: i64| SendMessageRequest {
+        room_id: room.clone(),
+        content: content.into(),
+        client_id: String::new(),
+        reply_to,
+    };
+    let first = chat
+        .send_message(authed(send("first", 0), &alice_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    let reply = chat
+        .send_message(authed(send("a reply", first.seq), &bob_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+        .unwrap();
+    assert_eq!(reply.reply_to, first.seq);
+    let refused = chat
+        .send_message(authed(send("to nothing", 77), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    let edit = |seq: i64, content: &str, client_id: &str| EditMessageRequest {
+        room_id: room.clone(),
+        seq,
+        content: content.into(),
+        client_id: client_id.into(),
+    };
+    let edited = chat
+        .edit_message(authed(edit(first.seq, "first, edited", "e1"), &alice_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert_eq!((edited.target_seq, edited.seq), (first.seq, 3));
+    let again = chat
+        .edit_message(authed(edit(first.seq, "other", "e1"), &alice_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert_eq!(again.seq, 3, "a retry answers the first event");
+    let not_yours = chat
+        .edit_message(authed(edit(first.seq, "mine", ""), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(not_yours.code(), Code::PermissionDenied);
+    let missing = chat
+        .edit_message(authed(edit(99, "x", ""), &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let react = |emoji: &str, remove: bool| ReactToMessageRequest {
+        room_id: room.clone(),
+        seq: reply.seq,
+        emoji: emoji.into(),
+        remove,
+        client_id: String::new(),
+    };
+    let added = chat
+        .react_to_message(authed(react("👍", false), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(added.event.unwrap().state(), ReactionState::Added);
+    let nothing = chat
+        .react_to_message(authed(react("👍", false), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nothing.event.is_none(), "a repeated add makes no event");
+    assert_eq!(nothing.seq, reply.seq);
+    let too_long = chat
+        .react_to_message(authed(react(&"x".repeat(65), false), &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.code(), Code::InvalidArgument);
+
+    let deleted = chat
+        .delete_message(authed(
+            DeleteMessageRequest {
+                room_id: room.clone(),
+                seq: reply.seq,
+                client_id: String::new(),
+            },
+            &bob_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert_eq!(deleted.seq, 5);
+    let twice = chat
+        .delete_message(authed(
+            DeleteMessageRequest {
+                room_id: room.clone(),
+                seq: reply.seq,
+                client_id: String::new(),
+            },
+            &bob_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+
+    // The member on the other replica saw every event, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event = watcher
+            .next_matching(|frame| match frame {
+                Out::Message(m) => Some(("message", m.seq)),
+                Out::MessageEdited(e) => Some(("edited", e.seq)),
+                Out::Reaction(r) => Some(("reaction", r.seq)),
+                Out::MessageDeleted(d) => Some(("deleted", d.seq)),
+                _ => None,
+            })
+            .await;
+        seen.push(event);
+    }
+    assert_eq!(
+        seen,
+        [
+            ("message", 1),
+            ("message", 2),
+            ("edited", 3),
+            ("reaction", 4),
+            ("deleted", 5)
+        ]
+    );
+
+    // Alice has read nothing: bob's reply was deleted, so nothing is
+    // unread; bob has alice's message unread until he marks it.
+    let lister = chat.clone();
+    let rooms = |token: &str| {
+        let mut chat = lister.clone();
+        let request = authed(ListMyRoomsRequest {}, token);
+        async move {
+            chat.list_my_rooms(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .rooms
+        }
+    };
+    let listed = rooms(&alice_token).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].unread, listed[0].last_seq), (0, 5));
+    assert_eq!(
+        listed[0].last_message.as_ref().map(|m| m.deleted),
+        Some(true),
+        "the newest message, in its current state"
+    );
+    assert_eq!(rooms(&bob_token).await[0].unread, 1);
+    let marked = chat
+        .mark_read(authed(
+            MarkReadRequest {
+                room_id: room.clone(),
+                seq: 100,
+            },
+            &bob_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(marked.read_seq, 5, "no further than the room's newest seq");
+    assert_eq!(rooms(&bob_token).await[0].unread, 0);
+    let (_, carol_token) = cluster.stack.signed_up("carol").await;
+    let outsider = chat
+        .mark_read(authed(
+            MarkReadRequest {
+                room_id: room.clone(),
+                seq: 1,
+            },
+            &carol_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(outsider.code(), Code::FailedPrecondition);
+    let outsider_edit = chat
+        .edit_message(authed(edit(first.seq, "x", ""), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(outsider_edit.code(), Code::FailedPrecondition);
+    assert!(rooms(&carol_token).await.is_empty());
+    let (messages, _) = history(&cluster, &alice_token, &room, 0, 10).await;
+    assert_eq!(messages[0].content, "first, edited");
+    assert_eq!(messages[0].sender_id, alice.id);
+    assert!(messages[1].deleted && messages[1].content.is_empty());
+    watcher.close();
     cluster.stop().await;
 }

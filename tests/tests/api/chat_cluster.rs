@@ -4,7 +4,10 @@
 
 use std::{process::Stdio, time::Duration};
 
-use parley_proto::chat::v1::{ListRoomMembersRequest, PresenceState, chat_response::Frame as Out};
+use parley_proto::chat::v1::{
+    ListRoomMembersRequest, PresenceState, React, chat_request::Frame as In,
+    chat_response::Frame as Out,
+};
 use parley_runtime::test_util::RunningBinary;
 use parley_tests::{
     DatabaseBackend, TestStack, authed, binary,
@@ -99,12 +102,26 @@ async fn killing_the_redis_subscribers_mid_traffic_loses_nothing() {
     let mut sender = ChatStream::open(two.client.clone(), &bob_token).await;
     sender.join(&room, 0).await;
 
+    // Every third write is a reaction to the message before it: timeline
+    // events other than messages ride the same path and the same repair.
     const COUNT: i64 = 300;
     let sending = tokio::spawn({
         let room = room.clone();
         async move {
             for i in 1..=COUNT {
-                sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
+                if i % 3 == 0 {
+                    sender
+                        .send_frame(In::React(React {
+                            room_id: room.clone(),
+                            seq: i - 1,
+                            emoji: format!("e{i}"),
+                            remove: false,
+                            client_id: format!("k{i}"),
+                        }))
+                        .await;
+                } else {
+                    sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
+                }
                 // Wait for the ack, so the sends spread over the kills.
                 sender
                     .next_matching(|frame| matches!(frame, Out::Ack(_)).then_some(()))
@@ -116,17 +133,24 @@ async fn killing_the_redis_subscribers_mid_traffic_loses_nothing() {
     let mut killed = 0;
     let mut received = Vec::new();
     while received.len() < COUNT as usize {
-        let message = listener.next_message().await;
-        if message.seq % 60 == 0 {
+        let seq = listener
+            .next_matching(|frame| match frame {
+                Out::Message(message) => Some(message.seq),
+                Out::Reaction(reaction) => Some(reaction.seq),
+                Out::Error(error) => panic!("unexpected error frame: {error:?}"),
+                _ => None,
+            })
+            .await;
+        if seq % 60 == 0 {
             killed += redis.kill_pubsub_clients().await;
         }
-        received.push(message.seq);
+        received.push(seq);
     }
     assert!(killed >= 2, "the subscribers were killed ({killed})");
     assert_eq!(
         received,
         (1..=COUNT).collect::<Vec<_>>(),
-        "every message, once, in order"
+        "every message and reaction, once, in order"
     );
     sending.await.unwrap();
 

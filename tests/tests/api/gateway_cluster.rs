@@ -35,15 +35,18 @@ async fn sign_up(stack: &mut TestStack, name: &str) -> Account {
     }
 }
 
-/// Reads messages until `count` have arrived, failing on an error or a
-/// close; returns their seqs.
+/// Reads timeline events (messages, edits, deletions, reactions) until
+/// `count` have arrived, failing on an error or a close; returns their
+/// seqs.
 async fn seqs(ws: &mut Ws, count: usize) -> Vec<i64> {
     let mut seqs = Vec::new();
     while seqs.len() < count {
         match ws.next_event().await {
             Event::Frame(frame) => {
-                if let Some(message) = frame.get("message") {
-                    seqs.push(message["seq"].as_i64().unwrap());
+                for kind in ["message", "message_edited", "message_deleted", "reaction"] {
+                    if let Some(event) = frame.get(kind) {
+                        seqs.push(event["seq"].as_i64().unwrap());
+                    }
                 }
                 assert!(frame.get("error").is_none(), "unexpected {frame}");
             }
@@ -85,10 +88,24 @@ async fn a_killed_chat_replica_loses_no_message_for_connected_clients() {
     assert_eq!(seqs(&mut on_a, 10).await, (1..=10).collect::<Vec<_>>());
     assert_eq!(seqs(&mut on_c, 10).await, (1..=10).collect::<Vec<_>>());
 
+    // While replica 1 is down, messages, edits and reactions all flow.
     chat1.kill().await;
     for i in 11..=30 {
-        on_b.say(&room, &format!("during {i}"), &format!("b{i}"))
-            .await;
+        let target = i % 10 + 1;
+        match i % 3 {
+            0 => {
+                on_b.send(json!({"react": {"room_id": room, "seq": target, "emoji": format!("e{i}"), "client_id": format!("r{i}")}}))
+                    .await;
+            }
+            1 => {
+                on_b.send(json!({"edit": {"room_id": room, "seq": target, "content": format!("edited {i}"), "client_id": format!("e{i}")}}))
+                    .await;
+            }
+            _ => {
+                on_b.say(&room, &format!("during {i}"), &format!("b{i}"))
+                    .await;
+            }
+        }
     }
     assert_eq!(seqs(&mut on_b, 30).await, (1..=30).collect::<Vec<_>>());
 

@@ -8,6 +8,7 @@ mod auth;
 mod chat;
 mod chat_cluster;
 mod compose;
+mod conversations;
 mod gateway;
 mod gateway_cluster;
 mod observability;

@@ -5,14 +5,17 @@
 //! frames wait in its backlog until they finish, so each session's frames
 //! take effect in the order they were sent while other sessions go on.
 //!
-//! Each frame kind has its handler: [`join`], [`leave`], [`send`] and
-//! [`history`] in their own modules, ping, typing and refresh here. A
+//! Each frame kind has its handler: [`join`], [`leave`], [`send`],
+//! [`change`] (edit, delete, react), [`read`] and [`history`] in their own
+//! modules, ping, typing and refresh here. A
 //! handler answers at once, or returns the future of a slow frame, whose
 //! [`Effect`] the actor applies to the session when it finishes.
 
+mod change;
 mod history;
 mod join;
 mod leave;
+mod read;
 mod send;
 
 use std::{
@@ -354,6 +357,19 @@ impl StreamActor {
             In::GetChatHistory(request) => history::handle(&cx, &request),
             In::Leave(request) => leave::handle(&mut cx, request),
             In::Join(request) => join::handle(&cx, request),
+            In::Edit(request) => {
+                change::handle(&cx, request.into(), trace);
+                None
+            }
+            In::Delete(request) => {
+                change::handle(&cx, request.into(), trace);
+                None
+            }
+            In::React(request) => {
+                change::handle(&cx, request.into(), trace);
+                None
+            }
+            In::Read(request) => read::handle(&cx, request),
             In::Refresh(_) => None,
         };
         if let Some(op) = op {

@@ -5,7 +5,12 @@ use futures_util::FutureExt as _;
 use parley_proto::chat::v1::{Ack, Send as SendFrame, chat_response::Frame as Out};
 
 use super::{Context, Effect, Op, TraceContext, frame};
-use crate::{domain::RoomId, engine::PrepareError, error::Error, writer::Reply};
+use crate::{
+    domain::RoomId,
+    engine::PrepareError,
+    error::Error,
+    writer::{Reply, Write},
+};
 
 pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) -> Option<Op> {
     let room_id = match cx.session.rooms.get(send.room_id.as_str()) {
@@ -21,17 +26,45 @@ pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) ->
     };
     let span = send_span(&room_id, trace);
     let client_id = send.client_id.clone();
-    match cx
-        .engine
-        .prepare_send(&cx.session.user, room_id, send.content, send.client_id)
-    {
-        Ok(message) => {
+    let prepared = cx.engine.prepare_send(
+        &cx.session.user,
+        room_id,
+        send.content,
+        send.client_id,
+        send.reply_to,
+    );
+    match prepared {
+        Ok(message) if message.reply_to == 0 => {
             let reply = Reply::Session {
                 link: cx.link.clone(),
                 session: cx.id,
             };
-            cx.engine.submit(message, reply, span);
+            cx.engine.submit(Write::Message(message), reply, span);
             None
+        }
+        Ok(message) => {
+            // A reply: its target is checked first, while the session's
+            // later frames wait.
+            let (engine, link, id, _) = cx.owned();
+            Some(
+                async move {
+                    match engine.check_reply(&message).await {
+                        Ok(()) => {
+                            let reply = Reply::Session {
+                                link: link.clone(),
+                                session: id,
+                            };
+                            engine.submit(Write::Message(message), reply, span);
+                        }
+                        Err(err) => {
+                            engine.give_back(&message.sender_id);
+                            link.send_to(id, err.into_frame(&message.client_id, &message.room_id));
+                        }
+                    }
+                    Effect::None
+                }
+                .boxed(),
+            )
         }
         Err(PrepareError::Invalid(err)) => {
             cx.fail(err, &client_id, &send.room_id);
@@ -61,7 +94,7 @@ pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) ->
 
 /// The span of one send, a child of the client's frame when the gateway
 /// sent its trace context; none when traces are not exported.
-fn send_span(room_id: &str, trace: &TraceContext) -> tracing::Span {
+pub(super) fn send_span(room_id: &str, trace: &TraceContext) -> tracing::Span {
     if !parley_runtime::telemetry::exporting() {
         return tracing::Span::none();
     }

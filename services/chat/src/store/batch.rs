@@ -11,7 +11,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    sync::Arc,
 };
 
 use parley_proto::chat::v1::ChatMessage;
@@ -21,12 +20,13 @@ use parley_runtime::{
 };
 
 use super::{ChatStore, LOOKUP_CHUNK, MESSAGE_COLUMNS, MessageRow, placeholders};
-use crate::{
-    domain::{NewMessage, StoredMessage},
-    error::Error,
-};
+use crate::{domain::NewMessage, error::Error, timeline::StoredEvent};
 
-/// Rows per multi-row `INSERT`: 8 parameters each stays far below the
+/// The columns a new message is inserted with.
+const INSERT_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
+     client_id, sent_at, reply_to, ordinal";
+
+/// Rows per multi-row `INSERT`: 10 parameters each stays far below the
 /// parameter limits of both engines.
 const INSERT_CHUNK: usize = 500;
 /// Attempts of a batch that collided with a concurrent retry on another
@@ -36,10 +36,10 @@ const WRITE_ATTEMPTS: usize = 3;
 /// What became of one message of a batch.
 #[derive(Debug, Clone)]
 pub(crate) enum WriteOutcome {
-    /// Stored now, with this seq.
-    Stored(StoredMessage),
+    /// Stored now, with this seq: the `message` event members receive.
+    Stored(StoredEvent),
     /// A retry: the message stored earlier with the same `client_id`.
-    Duplicate(StoredMessage),
+    Duplicate(StoredEvent),
     /// The room does not exist.
     NoRoom,
 }
@@ -55,6 +55,7 @@ struct BatchRow {
     sender_name: String,
     content: String,
     sent_at: i64,
+    reply_to: i64,
 }
 
 type IdempotencyKey<'a> = (&'a str, &'a str, &'a str);
@@ -163,6 +164,7 @@ impl ChatStore {
             sender_name: &'a str,
             content: &'a str,
             client_id: Option<&'a str>,
+            reply_to: i64,
         }
         // Every table is reached through its index (a lateral probe per
         // key, `= ANY` for rooms): the plan is prepared once, often while
@@ -174,11 +176,11 @@ impl ChatStore {
             WITH input AS MATERIALIZED ( \
                 SELECT * FROM json_to_recordset($1::json) AS t( \
                     ord BIGINT, message_id TEXT, room_id TEXT, sender_id TEXT, \
-                    sender_name TEXT, content TEXT, client_id TEXT)), \
+                    sender_name TEXT, content TEXT, client_id TEXT, reply_to BIGINT)), \
             known AS MATERIALIZED ( \
-                SELECT i.ord, m.seq, m.message_id, m.sender_name, m.content, m.sent_at \
+                SELECT i.ord, m.seq, m.message_id, m.sender_name, m.content, m.sent_at, m.reply_to \
                 FROM input i CROSS JOIN LATERAL ( \
-                    SELECT seq, message_id, sender_name, content, sent_at FROM message \
+                    SELECT seq, message_id, sender_name, content, sent_at, reply_to FROM message \
                     WHERE room_id = i.room_id AND sender_id = i.sender_id \
                         AND client_id = i.client_id \
                     LIMIT 1) m \
@@ -189,24 +191,32 @@ impl ChatStore {
                 SELECT room_id FROM room WHERE room_id = ANY (ARRAY(SELECT room_id FROM fresh)) \
                 ORDER BY room_id FOR NO KEY UPDATE), \
             bumped AS ( \
-                UPDATE room r SET last_seq = r.last_seq + c.n \
+                UPDATE room r SET last_seq = r.last_seq + c.n, \
+                    message_count = r.message_count + c.n, last_event_at = $2 \
                 FROM (SELECT room_id, count(*) AS n FROM fresh GROUP BY room_id) c \
                 WHERE r.room_id = c.room_id \
                     AND r.room_id = ANY (ARRAY(SELECT room_id FROM locked)) \
-                RETURNING r.room_id, r.last_seq - c.n AS before), \
-            seqs AS MATERIALIZED (SELECT jsonb_object_agg(room_id, before) AS before FROM bumped), \
+                RETURNING r.room_id, r.last_seq - c.n AS before, \
+                    r.message_count - c.n AS counted), \
+            seqs AS MATERIALIZED ( \
+                SELECT jsonb_object_agg(room_id, before) AS before, \
+                    jsonb_object_agg(room_id, counted) AS counted FROM bumped), \
             stored AS ( \
-                INSERT INTO message (message_id, room_id, seq, sender_id, sender_name, content, client_id, sent_at) \
+                INSERT INTO message (message_id, room_id, seq, sender_id, sender_name, content, \
+                    client_id, sent_at, reply_to, ordinal) \
                 SELECT f.message_id, f.room_id, \
                     (s.before ->> f.room_id)::BIGINT \
                         + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord), \
-                    f.sender_id, f.sender_name, f.content, f.client_id, $2 \
+                    f.sender_id, f.sender_name, f.content, f.client_id, $2, f.reply_to, \
+                    (s.counted ->> f.room_id)::BIGINT \
+                        + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord) \
                 FROM fresh f CROSS JOIN seqs s WHERE s.before ? f.room_id \
                 RETURNING message_id, seq) \
-            SELECT NULL::BIGINT AS ord, seq, TRUE AS stored, message_id, '' AS sender_name, '' AS content, $2 AS sent_at \
+            SELECT NULL::BIGINT AS ord, seq, TRUE AS stored, message_id, '' AS sender_name, \
+                '' AS content, $2 AS sent_at, 0::BIGINT AS reply_to \
                 FROM stored \
             UNION ALL \
-            SELECT ord, seq, FALSE, message_id, sender_name, content, sent_at FROM known";
+            SELECT ord, seq, FALSE, message_id, sender_name, content, sent_at, reply_to FROM known";
 
         let rows: Vec<Row<'_>> = unique
             .iter()
@@ -220,6 +230,7 @@ impl ChatStore {
                     sender_name: &message.sender_name,
                     content: &message.content,
                     client_id: key_of(message).map(|key| key.2),
+                    reply_to: message.reply_to,
                 }
             })
             .collect();
@@ -252,7 +263,7 @@ impl ChatStore {
                     seq: row.seq,
                     ..new_row(batch[index], sent_at)
                 };
-                written.push((index, WriteOutcome::Stored(Arc::new(message))));
+                written.push((index, WriteOutcome::Stored(StoredEvent::message(message))));
             } else {
                 let index = row
                     .ord
@@ -265,9 +276,13 @@ impl ChatStore {
                     sender_name: row.sender_name,
                     content: row.content,
                     sent_at: Some(timestamp(row.sent_at)),
+                    reply_to: row.reply_to,
                     ..new_row(batch[index], sent_at)
                 };
-                written.push((index, WriteOutcome::Duplicate(Arc::new(message))));
+                written.push((
+                    index,
+                    WriteOutcome::Duplicate(StoredEvent::message(message)),
+                ));
             }
         }
         Ok(written)
@@ -290,7 +305,7 @@ impl ChatStore {
             .copied()
             .filter(|&index| key_of(batch[index]).is_some())
             .collect();
-        let mut known: HashMap<(String, String, String), StoredMessage> = HashMap::new();
+        let mut known: HashMap<(String, String, String), StoredEvent> = HashMap::new();
         for chunk in keyed.chunks(LOOKUP_CHUNK) {
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM message WHERE {}",
@@ -312,14 +327,14 @@ impl ChatStore {
                     .bind(&message.client_id);
             }
             for row in query.fetch_all(&mut *tx).await? {
-                let stored = ChatMessage::from(row);
+                let stored = row.current();
                 known.insert(
                     (
                         stored.room_id.clone(),
                         stored.sender_id.clone(),
                         stored.client_id.clone(),
                     ),
-                    Arc::new(stored),
+                    StoredEvent::message(stored),
                 );
             }
         }
@@ -339,50 +354,45 @@ impl ChatStore {
 
         // Each room's seqs in room-id order, like every writer, so writers
         // of overlapping rooms lock them in the same order.
-        let mut rows: Vec<(usize, ChatMessage)> = Vec::with_capacity(unique.len());
+        // Each new message with its ordinal.
+        let mut rows: Vec<(usize, ChatMessage, i64)> = Vec::with_capacity(unique.len());
         for (room_id, indices) in &by_room {
             let count = i64::try_from(indices.len()).unwrap_or(i64::MAX);
-            let last: Option<i64> = sqlx::query_scalar(
-                "UPDATE room SET last_seq = last_seq + $1 WHERE room_id = $2 RETURNING last_seq",
+            let last: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE room SET last_seq = last_seq + $1, message_count = message_count + $1, \
+                 last_event_at = $3 WHERE room_id = $2 RETURNING last_seq, message_count",
             )
             .bind(count)
             .bind(*room_id)
+            .bind(sent_at)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(last) = last else {
+            let Some((last, counted)) = last else {
                 continue;
             };
             for (offset, &index) in (0..).zip(indices) {
-                rows.push((
-                    index,
-                    ChatMessage {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        seq: last - count + 1 + offset,
-                        ..new_row(batch[index], sent_at)
-                    },
-                ));
+                let message = ChatMessage {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    seq: last - count + 1 + offset,
+                    ..new_row(batch[index], sent_at)
+                };
+                rows.push((index, message, counted - count + 1 + offset));
             }
         }
 
         for chunk in rows.chunks(INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO message ({MESSAGE_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 8, ", ", |sql, n| {
-                    let _ = write!(
-                        sql,
-                        "(${n}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        n + 1,
-                        n + 2,
-                        n + 3,
-                        n + 4,
-                        n + 5,
-                        n + 6,
-                        n + 7
-                    );
+                "INSERT INTO message ({INSERT_COLUMNS}) VALUES {}",
+                placeholders(chunk.len(), 10, ", ", |sql, n| {
+                    sql.push('(');
+                    for i in n..n + 10 {
+                        let _ = write!(sql, "{}${i}", if i > n { ", " } else { "" });
+                    }
+                    sql.push(')');
                 })
             );
             let mut query = sqlx::query(&sql);
-            for (_, message) in chunk {
+            for (_, message, ordinal) in chunk {
                 query = query
                     .bind(&message.id)
                     .bind(&message.room_id)
@@ -391,16 +401,17 @@ impl ChatStore {
                     .bind(&message.sender_name)
                     .bind(&message.content)
                     .bind((!message.client_id.is_empty()).then_some(message.client_id.as_str()))
-                    .bind(sent_at);
+                    .bind(sent_at)
+                    .bind(message.reply_to)
+                    .bind(*ordinal);
             }
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
 
-        written.extend(
-            rows.into_iter()
-                .map(|(index, message)| (index, WriteOutcome::Stored(Arc::new(message)))),
-        );
+        written.extend(rows.into_iter().map(|(index, message, _)| {
+            (index, WriteOutcome::Stored(StoredEvent::message(message)))
+        }));
         Ok(written)
     }
 }
@@ -416,5 +427,7 @@ fn new_row(message: &NewMessage, sent_at: i64) -> ChatMessage {
         content: message.content.clone(),
         client_id: message.client_id.clone(),
         sent_at: Some(timestamp(sent_at)),
+        reply_to: message.reply_to,
+        ..ChatMessage::default()
     }
 }

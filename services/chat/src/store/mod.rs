@@ -1,28 +1,35 @@
-//! Rooms, memberships and messages. Portable SQL, run on Postgres and
-//! SQLite alike. The batch writer's statement, which stores messages and
-//! takes their seqs, lives in [`batch`].
+//! Rooms, memberships, messages and the other timeline events. Portable
+//! SQL, run on Postgres and SQLite alike. The batch writer's statement,
+//! which stores messages and takes their seqs, lives in [`batch`]; the
+//! transaction of each edit, deletion or reaction in [`events`]; the
+//! room list in [`rooms`].
 
 mod batch;
+mod events;
+mod rooms;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
-use parley_proto::chat::v1::ChatMessage;
+use parley_proto::chat::v1::{ChatMessage, ReactionCount};
 use parley_runtime::{
     config::DatabaseKind,
     storage::{Database, now_millis, timed, timestamp, unique_violation},
 };
 
-pub(crate) use self::batch::WriteOutcome;
+pub(crate) use self::{batch::WriteOutcome, events::EventOutcome};
 use crate::{
     domain::{Room, RoomId, ShortCode, StoredMessage},
     error::Error,
+    timeline::{EventRow, REACTION_USERS_LISTED, StoredEvent},
 };
 
 const ROOM_COLUMNS: &str = "room_id, name, short_code, password_hash, created_at, last_seq";
-const MESSAGE_COLUMNS: &str =
-    "message_id, room_id, seq, sender_id, sender_name, content, client_id, sent_at";
+const MESSAGE_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
+     client_id, sent_at, reply_to, edited_at, original_content, deleted_at";
+const EVENT_COLUMNS: &str =
+    "room_id, seq, kind, target_seq, actor_id, actor_name, detail, created_at";
 /// Room ids or idempotency keys looked up per query.
 const LOOKUP_CHUNK: usize = 200;
 
@@ -65,21 +72,91 @@ struct MessageRow {
     content: String,
     client_id: Option<String>,
     sent_at: i64,
+    reply_to: i64,
+    edited_at: Option<i64>,
+    original_content: Option<String>,
+    deleted_at: Option<i64>,
 }
 
-impl From<MessageRow> for ChatMessage {
-    fn from(row: MessageRow) -> Self {
-        Self {
-            id: row.message_id,
-            room_id: row.room_id,
-            seq: row.seq,
-            sender_id: row.sender_id,
-            sender_name: row.sender_name,
-            content: row.content,
-            client_id: row.client_id.unwrap_or_default(),
-            sent_at: Some(timestamp(row.sent_at)),
+impl MessageRow {
+    /// The message as it is now: edited text, deleted (without text).
+    /// Reactions are added by the caller that reads them.
+    fn current(self) -> ChatMessage {
+        let deleted = self.deleted_at.is_some();
+        ChatMessage {
+            id: self.message_id,
+            room_id: self.room_id,
+            seq: self.seq,
+            sender_id: self.sender_id,
+            sender_name: self.sender_name,
+            content: if deleted { String::new() } else { self.content },
+            client_id: self.client_id.unwrap_or_default(),
+            sent_at: Some(timestamp(self.sent_at)),
+            reply_to: self.reply_to,
+            edited_at: self.edited_at.map(timestamp),
+            deleted,
+            reactions: Vec::new(),
         }
     }
+
+    /// The message as it was sent, for replays and gap repair, which send
+    /// its later events after it; a deleted message's text stays gone.
+    fn sent_form(self) -> ChatMessage {
+        let deleted = self.deleted_at.is_some();
+        let content = match (deleted, self.original_content) {
+            (true, _) => String::new(),
+            (false, Some(original)) => original,
+            (false, None) => self.content,
+        };
+        ChatMessage {
+            id: self.message_id,
+            room_id: self.room_id,
+            seq: self.seq,
+            sender_id: self.sender_id,
+            sender_name: self.sender_name,
+            content,
+            client_id: self.client_id.unwrap_or_default(),
+            sent_at: Some(timestamp(self.sent_at)),
+            reply_to: self.reply_to,
+            edited_at: None,
+            deleted,
+            reactions: Vec::new(),
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventDbRow {
+    room_id: String,
+    seq: i64,
+    kind: String,
+    target_seq: i64,
+    actor_id: String,
+    actor_name: String,
+    detail: String,
+    created_at: i64,
+}
+
+impl From<EventDbRow> for EventRow {
+    fn from(row: EventDbRow) -> Self {
+        Self {
+            room_id: row.room_id,
+            seq: row.seq,
+            kind: row.kind,
+            target_seq: row.target_seq,
+            actor_id: row.actor_id,
+            actor_name: row.actor_name,
+            detail: row.detail,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ReactionRow {
+    target_seq: i64,
+    emoji: String,
+    user_id: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -260,24 +337,78 @@ impl ChatStore {
         Ok(row.is_some())
     }
 
-    /// Makes `user_id` a member of `room_id` (again).
+    /// Makes `user_id` a member of `room_id` (again); answers their read
+    /// marker there (0 for a new member).
     ///
     /// # Errors
     /// Database failures.
-    pub(crate) async fn add_member(&self, room_id: &str, user_id: &str) -> Result<(), Error> {
-        timed(
+    pub(crate) async fn add_member(&self, room_id: &str, user_id: &str) -> Result<i64, Error> {
+        let read_seq: i64 = timed(
             "add_member",
-            sqlx::query(
+            sqlx::query_scalar(
                 "INSERT INTO room_member (room_id, user_id, joined_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (room_id, user_id) DO NOTHING",
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET read_seq = room_member.read_seq \
+                 RETURNING read_seq",
             )
             .bind(room_id)
             .bind(user_id)
             .bind(now_millis())
-            .execute(self.db.pool()),
+            .fetch_one(self.db.pool()),
         )
         .await?;
-        Ok(())
+        Ok(read_seq)
+    }
+
+    /// Moves `user_id`'s read marker in the room forward to `seq`; answers
+    /// the marker now and whether it moved, or `None` for a non-member.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) async fn mark_read(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        seq: i64,
+    ) -> Result<Option<(i64, bool)>, Error> {
+        let moved: Option<i64> = timed(
+            "mark_read",
+            sqlx::query_scalar(
+                "UPDATE room_member SET read_seq = $3 \
+                 WHERE room_id = $1 AND user_id = $2 AND read_seq < $3 RETURNING read_seq",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .bind(seq)
+            .fetch_optional(self.db.pool()),
+        )
+        .await?;
+        if let Some(read_seq) = moved {
+            return Ok(Some((read_seq, true)));
+        }
+        let current: Option<i64> = sqlx::query_scalar(
+            "SELECT read_seq FROM room_member WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(current.map(|read_seq| (read_seq, false)))
+    }
+
+    /// Whether the room has a message (not another event) at `seq`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) async fn is_message(&self, room_id: &str, seq: i64) -> Result<bool, Error> {
+        let row = timed(
+            "get_message",
+            sqlx::query("SELECT 1 AS one FROM message WHERE room_id = $1 AND seq = $2")
+                .bind(room_id)
+                .bind(seq)
+                .fetch_optional(self.db.pool()),
+        )
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Ends a membership.
@@ -329,14 +460,23 @@ impl ChatStore {
         let mut messages: Vec<ChatMessage> = rows
             .into_iter()
             .take(usize::try_from(limit).unwrap_or(usize::MAX))
-            .map(ChatMessage::from)
+            .map(MessageRow::current)
             .collect();
         messages.reverse();
+        if let (Some(first), Some(last)) = (messages.first(), messages.last()) {
+            let mut reactions = self.reactions(room_id, first.seq, last.seq).await?;
+            for message in &mut messages {
+                if let Some(counts) = reactions.remove(&message.seq) {
+                    message.reactions = counts;
+                }
+            }
+        }
         Ok((messages, has_more))
     }
 
-    /// The messages with `after < seq <= up_to`, oldest first: replays and
-    /// gap backfills.
+    /// The timeline events with `after < seq <= up_to`, oldest first, for
+    /// replays and gap repair: every message as it was sent, and every
+    /// edit, deletion and reaction change after it.
     ///
     /// # Errors
     /// Database failures.
@@ -345,12 +485,12 @@ impl ChatStore {
         room_id: &str,
         after: i64,
         up_to: i64,
-    ) -> Result<Vec<StoredMessage>, Error> {
+    ) -> Result<Vec<StoredEvent>, Error> {
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM message WHERE room_id = $1 AND seq > $2 AND seq <= $3 \
              ORDER BY seq"
         );
-        let rows = timed(
+        let messages = timed(
             "range",
             sqlx::query_as::<_, MessageRow>(&sql)
                 .bind(room_id)
@@ -359,10 +499,78 @@ impl ChatStore {
                 .fetch_all(self.db.pool()),
         )
         .await?;
-        Ok(rows
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM room_event WHERE room_id = $1 AND seq > $2 AND seq <= $3 \
+             ORDER BY seq"
+        );
+        let events = timed(
+            "range_events",
+            sqlx::query_as::<_, EventDbRow>(&sql)
+                .bind(room_id)
+                .bind(after)
+                .bind(up_to)
+                .fetch_all(self.db.pool()),
+        )
+        .await?;
+        let mut merged: Vec<StoredEvent> = messages
             .into_iter()
-            .map(|row| Arc::new(ChatMessage::from(row)))
-            .collect())
+            .map(|row| StoredEvent::message(row.sent_form()))
+            .chain(
+                events
+                    .into_iter()
+                    .filter_map(|row| EventRow::from(row).into_event()),
+            )
+            .collect();
+        merged.sort_by_key(StoredEvent::seq);
+        Ok(merged)
+    }
+
+    /// The reactions to the messages with `from <= seq <= to`, by message:
+    /// emoji in the order each was first used, users in the order they
+    /// reacted.
+    ///
+    /// # Errors
+    /// Database failures.
+    async fn reactions(
+        &self,
+        room_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<HashMap<i64, Vec<ReactionCount>>, Error> {
+        let rows = timed(
+            "reactions",
+            sqlx::query_as::<_, ReactionRow>(
+                "SELECT target_seq, emoji, user_id FROM reaction \
+                 WHERE room_id = $1 AND target_seq >= $2 AND target_seq <= $3 \
+                 ORDER BY target_seq, seq",
+            )
+            .bind(room_id)
+            .bind(from)
+            .bind(to)
+            .fetch_all(self.db.pool()),
+        )
+        .await?;
+        let mut by_message: HashMap<i64, Vec<ReactionCount>> = HashMap::new();
+        for row in rows {
+            let counts = by_message.entry(row.target_seq).or_default();
+            let at = match counts.iter().position(|count| count.emoji == row.emoji) {
+                Some(at) => at,
+                None => {
+                    counts.push(ReactionCount {
+                        emoji: row.emoji,
+                        count: 0,
+                        user_ids: Vec::new(),
+                    });
+                    counts.len() - 1
+                }
+            };
+            let count = &mut counts[at];
+            count.count += 1;
+            if count.user_ids.len() < REACTION_USERS_LISTED {
+                count.user_ids.push(row.user_id);
+            }
+        }
+        Ok(by_message)
     }
 
     /// The newest seq of each of `room_ids` that exists.
@@ -410,6 +618,6 @@ impl ChatStore {
                 .fetch_optional(self.db.pool()),
         )
         .await?;
-        Ok(row.map(|row| Arc::new(ChatMessage::from(row))))
+        Ok(row.map(|row| Arc::new(row.current())))
     }
 }

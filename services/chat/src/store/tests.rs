@@ -9,8 +9,22 @@ use parley_runtime::{
 
 use std::sync::Arc;
 
-use super::{ChatStore, WriteOutcome};
-use crate::domain::{NewMessage, RoomId};
+use parley_proto::chat::v1::chat_response::Frame;
+
+use super::{ChatStore, EventOutcome, WriteOutcome};
+use crate::{
+    domain::{NewMessage, RoomId},
+    error::Error,
+    timeline::{Change, NewEvent, StoredEvent},
+};
+
+/// The text of a stored message event.
+fn content(event: &StoredEvent) -> String {
+    event
+        .as_message()
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
+}
 
 fn message(room: &str, sender: &str, content: &str, client_id: &str) -> NewMessage {
     NewMessage {
@@ -19,13 +33,14 @@ fn message(room: &str, sender: &str, content: &str, client_id: &str) -> NewMessa
         sender_name: Arc::from("ann"),
         content: content.to_owned(),
         client_id: client_id.to_owned(),
+        reply_to: 0,
     }
 }
 
 fn seq_and_content(outcome: &WriteOutcome) -> (&'static str, i64, String) {
     match outcome {
-        WriteOutcome::Stored(m) => ("stored", m.seq, m.content.clone()),
-        WriteOutcome::Duplicate(m) => ("duplicate", m.seq, m.content.clone()),
+        WriteOutcome::Stored(m) => ("stored", m.seq(), content(m)),
+        WriteOutcome::Duplicate(m) => ("duplicate", m.seq(), content(m)),
         WriteOutcome::NoRoom => ("no room", 0, String::new()),
     }
 }
@@ -88,7 +103,9 @@ async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
         ]
     );
     let id = |outcome: &WriteOutcome| match outcome {
-        WriteOutcome::Stored(m) | WriteOutcome::Duplicate(m) => m.id.clone(),
+        WriteOutcome::Stored(m) | WriteOutcome::Duplicate(m) => {
+            m.as_message().map(|m| m.id.clone()).unwrap_or_default()
+        }
         WriteOutcome::NoRoom => String::new(),
     };
     assert_eq!(
@@ -105,12 +122,12 @@ async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
     assert_eq!(
         lobby
             .iter()
-            .map(|m| (m.seq, m.content.as_str()))
+            .map(|m| (m.seq(), content(m)))
             .collect::<Vec<_>>(),
         [
-            (1, "hello"),
-            (2, "lobby two"),
-            (3, "same key, other sender")
+            (1, "hello".to_owned()),
+            (2, "lobby two".to_owned()),
+            (3, "same key, other sender".to_owned())
         ]
     );
     let rooms = store.last_seqs(&["lobby", "dev"]).await.expect("last seqs");
@@ -165,7 +182,7 @@ async fn overlapping_batches_on_two_pools_never_deadlock() {
             .range(room, 0, 1_000)
             .await
             .expect("the room's messages");
-        let seqs: Vec<i64> = stored.iter().map(|m| m.seq).collect();
+        let seqs: Vec<i64> = stored.iter().map(StoredEvent::seq).collect();
         let expected: Vec<i64> = (1..=2 * BATCHES as i64).collect();
         assert_eq!(seqs, expected, "{room}");
     }
@@ -179,4 +196,224 @@ async fn a_mixed_batch_on_postgres() {
 #[tokio::test]
 async fn a_mixed_batch_on_sqlite() {
     a_mixed_batch_gets_one_outcome_each(Backend::Sqlite).await;
+}
+
+fn change(room: &str, actor: &str, seq: i64, change: Change, client_id: &str) -> NewEvent {
+    NewEvent {
+        room_id: RoomId::trusted(room),
+        target_seq: seq,
+        actor_id: Arc::from(actor),
+        actor_name: Arc::from(actor),
+        actor_admin: false,
+        client_id: client_id.to_owned(),
+        change,
+    }
+}
+
+fn edit(text: &str) -> Change {
+    Change::Edit {
+        content: text.to_owned(),
+    }
+}
+
+fn react(emoji: &str, remove: bool) -> Change {
+    Change::React {
+        emoji: emoji.to_owned(),
+        remove,
+    }
+}
+
+/// What an event write made: its seq, "unchanged" with the target's seq,
+/// or the error's code.
+fn made(outcome: Result<EventOutcome, Error>) -> (String, i64) {
+    match outcome {
+        Ok(EventOutcome::Stored { event, .. }) => ("stored".into(), event.seq()),
+        Ok(EventOutcome::Duplicate { event, .. }) => ("duplicate".into(), event.seq()),
+        Ok(EventOutcome::Unchanged { target_seq, .. }) => ("unchanged".into(), target_seq),
+        Err(err) => (format!("{:?}", tonic::Status::from(err).code()), 0),
+    }
+}
+
+/// Edits, deletions and reactions take seqs between messages, change the
+/// messages' current state, and come back from a replay after the
+/// messages as they were sent; unread counts follow sends, reads and
+/// deletions.
+async fn timeline_events_on(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let store = open_store(&database).await;
+    store
+        .room_or_create_public("lobby", "u1")
+        .await
+        .expect("a room");
+    for user in ["u1", "u2"] {
+        store.add_member("lobby", user).await.expect("a member");
+    }
+    let first = [message("lobby", "u1", "hello", "")];
+    store
+        .write_batch(&first.iter().collect::<Vec<_>>())
+        .await
+        .expect("the first message");
+    let reply = NewMessage {
+        reply_to: 1,
+        ..message("lobby", "u2", "hi back", "")
+    };
+    store.write_batch(&[&reply]).await.expect("a reply");
+
+    let write = |event: NewEvent| {
+        let store = store.clone();
+        async move { made(store.write_event(&event).await) }
+    };
+    assert_eq!(
+        write(change("lobby", "u2", 1, edit("mine now"), "")).await,
+        ("PermissionDenied".into(), 0)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 1, edit("hello!"), "e1")).await,
+        ("stored".into(), 3)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 1, edit("other text"), "e1")).await,
+        ("duplicate".into(), 3),
+        "a retry answers the first event"
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 2, react("👍", false), "")).await,
+        ("stored".into(), 4)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 2, react("👍", false), "")).await,
+        ("unchanged".into(), 2),
+        "a repeated add changes nothing"
+    );
+    assert_eq!(
+        write(change("lobby", "u2", 2, react("👍", false), "")).await,
+        ("stored".into(), 5)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 2, react("👍", true), "")).await,
+        ("stored".into(), 6)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 2, react("🎉", true), "")).await,
+        ("unchanged".into(), 2),
+        "removing nothing changes nothing"
+    );
+    assert_eq!(
+        write(change("lobby", "u2", 1, Change::Delete, "")).await,
+        ("PermissionDenied".into(), 0)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 1, Change::Delete, "d1")).await,
+        ("stored".into(), 7)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 1, edit("back"), "")).await,
+        ("FailedPrecondition".into(), 0)
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 99, react("👍", false), "")).await,
+        ("NotFound".into(), 0)
+    );
+    assert_eq!(
+        write(change("nowhere", "u1", 1, Change::Delete, "")).await,
+        ("NotFound".into(), 0)
+    );
+
+    let (history, _) = store.history("lobby", 0, 10).await.expect("history");
+    assert_eq!(history.len(), 2, "history holds messages only");
+    assert!(history[0].deleted && history[0].content.is_empty());
+    assert!(
+        history[0].edited_at.is_some(),
+        "it was edited before it was deleted"
+    );
+    assert_eq!(
+        (history[1].reply_to, history[1].content.as_str()),
+        (1, "hi back")
+    );
+    let reactions: Vec<_> = history[1]
+        .reactions
+        .iter()
+        .map(|r| (r.emoji.as_str(), r.count, r.user_ids.clone()))
+        .collect();
+    assert_eq!(reactions, [("👍", 1, vec!["u2".to_owned()])]);
+
+    let replay = store.range("lobby", 0, 100).await.expect("a replay");
+    let seqs: Vec<i64> = replay.iter().map(StoredEvent::seq).collect();
+    assert_eq!(seqs, (1..=7).collect::<Vec<_>>(), "every event, gap-free");
+    let first = replay[0].as_message().expect("a message");
+    assert!(
+        first.deleted && first.content.is_empty(),
+        "a deleted message's text stays gone"
+    );
+    assert_eq!(content(&replay[1]), "hi back");
+    assert!(matches!(replay[2].frame(), Some(Frame::MessageEdited(e)) if e.content == "hello!"));
+
+    // u1 has u2's reply unread; u2 has nothing: u1's message was deleted.
+    let unread = |user: &'static str| {
+        let store = store.clone();
+        async move {
+            let rooms = store.my_rooms(user).await.expect("my rooms");
+            (rooms[0].unread, rooms[0].last_seq, rooms[0].read_seq)
+        }
+    };
+    assert_eq!(unread("u1").await, (1, 7, 0));
+    assert_eq!(unread("u2").await, (0, 7, 0));
+    assert_eq!(
+        store.mark_read("lobby", "u1", 2).await.expect("read"),
+        Some((2, true))
+    );
+    assert_eq!(
+        store.mark_read("lobby", "u1", 1).await.expect("read"),
+        Some((2, false))
+    );
+    assert_eq!(unread("u1").await, (0, 7, 2));
+    let more = [
+        message("lobby", "u2", "one", ""),
+        message("lobby", "u2", "two", ""),
+        message("lobby", "u1", "mine", ""),
+    ];
+    store
+        .write_batch(&more.iter().collect::<Vec<_>>())
+        .await
+        .expect("more");
+    assert_eq!(unread("u1").await, (2, 10, 2));
+    let rooms = store.my_rooms("u1").await.expect("my rooms");
+    assert_eq!(
+        rooms[0].last_message.as_ref().map(|m| m.content.as_str()),
+        Some("mine")
+    );
+    assert!(store.my_rooms("nobody").await.expect("no rooms").is_empty());
+
+    // At most 20 distinct emoji on one message; a used one still counts.
+    for i in 0..19 {
+        let outcome = write(change("lobby", "u1", 8, react(&format!("e{i}"), false), "")).await;
+        assert_eq!(outcome.0, "stored");
+    }
+    assert_eq!(
+        write(change("lobby", "u2", 8, react("e0", false), ""))
+            .await
+            .0,
+        "stored"
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 8, react("e19", false), ""))
+            .await
+            .0,
+        "stored",
+        "the twentieth"
+    );
+    assert_eq!(
+        write(change("lobby", "u1", 8, react("e20", false), "")).await,
+        ("InvalidArgument".into(), 0)
+    );
+}
+
+#[tokio::test]
+async fn timeline_events_on_postgres() {
+    timeline_events_on(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn timeline_events_on_sqlite() {
+    timeline_events_on(Backend::Sqlite).await;
 }

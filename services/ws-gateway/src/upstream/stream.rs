@@ -23,9 +23,8 @@ use std::{
 
 use parley_proto::chat::v1::{
     ChatRequest, ChatResponse, CloseSession, GatewayStreamRequest, GatewayStreamResponse, Join,
-    OpenSession, RoomEvent, Send as SendFrame, SessionRequest, chat_request::Frame as In,
-    chat_response::Frame as Out, gateway_stream_request::Kind as Up,
-    gateway_stream_response::Kind as Down,
+    OpenSession, RoomEvent, SessionRequest, chat_request::Frame as In, chat_response::Frame as Out,
+    gateway_stream_request::Kind as Up, gateway_stream_response::Kind as Down,
 };
 use parley_runtime::{grpc::status::code_from_name, vec_set::VecSet};
 use tokio::sync::mpsc;
@@ -38,9 +37,41 @@ use crate::{
     session::{CloseReason, SessionHandle, SessionId},
 };
 
-/// Sends with a `client_id` kept per session until acknowledged, to be
-/// sent again (idempotently) after a move.
+/// Writes (sends, edits, deletions, reactions) with a `client_id` kept per
+/// session until acknowledged, to be sent again (idempotently) after a
+/// move.
 const MAX_UNACKED: usize = 256;
+
+/// The `client_id` of a frame that writes to a room's timeline, when it
+/// has one: such a frame may be sent again after a move.
+fn write_key(frame: &In) -> Option<&str> {
+    let client_id = match frame {
+        In::Send(send) => &send.client_id,
+        In::Edit(edit) => &edit.client_id,
+        In::Delete(delete) => &delete.client_id,
+        In::React(react) => &react.client_id,
+        _ => return None,
+    };
+    (!client_id.is_empty()).then_some(client_id.as_str())
+}
+
+/// The room and seq of a timeline event; `None` for other frames.
+fn timeline_position(frame: &Out) -> Option<(&str, i64)> {
+    match frame {
+        Out::Message(message) => Some((&message.room_id, message.seq)),
+        Out::MessageEdited(edited) => Some((&edited.room_id, edited.seq)),
+        Out::MessageDeleted(deleted) => Some((&deleted.room_id, deleted.seq)),
+        Out::Reaction(reaction) => Some((&reaction.room_id, reaction.seq)),
+        _ => None,
+    }
+}
+
+/// Whether a timeline frame's encoding may be shared through the cache: a
+/// message replayed after its deletion differs from the live one (its
+/// text is gone), so it is encoded on its own.
+fn shareable(frame: &Out) -> bool {
+    !matches!(frame, Out::Message(message) if message.deleted)
+}
 
 /// A session between two streams, with what it needs to resume.
 #[derive(Debug)]
@@ -49,7 +80,7 @@ pub(super) struct Orphan {
     token: String,
     /// Each joined room and the seq to rejoin it after.
     rooms: Vec<(Arc<str>, i64)>,
-    unacked: VecDeque<SendFrame>,
+    unacked: VecDeque<In>,
 }
 
 /// One session on a stream.
@@ -61,7 +92,7 @@ struct Session {
     /// Rooms rejoined after a move whose `joined` is still to come; it is
     /// not shown to the client, who never left.
     rejoining: VecSet<Arc<str>>,
-    unacked: VecDeque<SendFrame>,
+    unacked: VecDeque<In>,
 }
 
 impl Session {
@@ -75,17 +106,20 @@ impl Session {
         }
     }
 
-    /// Keeps a send with a `client_id` until chat acknowledges it.
-    fn remember(&mut self, send: &SendFrame) {
-        if !send.client_id.is_empty() && self.unacked.len() < MAX_UNACKED {
-            self.unacked.push_back(send.clone());
+    /// Keeps a write with a `client_id` until chat acknowledges it.
+    fn remember(&mut self, frame: &In) {
+        if write_key(frame).is_some() && self.unacked.len() < MAX_UNACKED {
+            self.unacked.push_back(frame.clone());
         }
     }
 
-    /// Forgets the send answered by an `ack` or `error` for `client_id`.
+    /// Forgets the write answered by an `ack` or `error` for `client_id`.
     fn answered(&mut self, client_id: &str) {
         if !client_id.is_empty()
-            && let Some(at) = self.unacked.iter().position(|s| s.client_id == client_id)
+            && let Some(at) = self
+                .unacked
+                .iter()
+                .position(|frame| write_key(frame) == Some(client_id))
         {
             self.unacked.remove(at);
         }
@@ -224,8 +258,8 @@ impl Stream {
             ));
         }
         session.rejoining.clone_from(&session.rooms);
-        for send in &session.unacked {
-            self.push(session_request(id, In::Send(send.clone())));
+        for write in &session.unacked {
+            self.push(session_request(id, write.clone()));
         }
         self.sessions.insert(id, session);
     }
@@ -289,7 +323,9 @@ impl Stream {
                     return;
                 }
             }
-            Some(In::Send(send)) => session.remember(send),
+            Some(frame @ (In::Send(_) | In::Edit(_) | In::Delete(_) | In::React(_))) => {
+                session.remember(frame);
+            }
             Some(In::Refresh(refresh)) => refresh.token.clone_into(&mut session.token),
             _ => {}
         }
@@ -391,12 +427,13 @@ impl Stream {
                 }
             }
             Out::Left(left) => self.leave_room(id, &left.room_id),
-            Out::Message(message) => {
-                let fresh = self
-                    .rooms
-                    .get_mut(message.room_id.as_str())
-                    .and_then(|members| members.get_mut(&id))
-                    .is_none_or(|recipient| recipient.admit(message.seq));
+            frame if timeline_position(frame).is_some() => {
+                let fresh = timeline_position(frame).is_none_or(|(room, seq)| {
+                    self.rooms
+                        .get_mut(room)
+                        .and_then(|members| members.get_mut(&id))
+                        .is_none_or(|recipient| recipient.admit(seq))
+                });
                 if !fresh {
                     return;
                 }
@@ -414,12 +451,10 @@ impl Stream {
             Out::Refreshed(_) => return,
             _ => {}
         }
-        let text = match frame {
-            Out::Message(message) => self.encoded.get_or_encode(
-                &Arc::from(message.room_id.as_str()),
-                message.seq,
-                response,
-            ),
+        let text = match timeline_position(frame) {
+            Some((room, seq)) if shareable(frame) => {
+                self.encoded.get_or_encode(&Arc::from(room), seq, response)
+            }
             _ => frames::encode_response(response),
         };
         if let (Some(text), Some(session)) = (text, self.sessions.get(&id)) {
@@ -441,8 +476,9 @@ impl Stream {
         else {
             return;
         };
-        let text = match frame {
-            Out::Message(message) => self.encoded.get_or_encode(&room, message.seq, response),
+        let position = timeline_position(frame);
+        let text = match position {
+            Some((_, seq)) if shareable(frame) => self.encoded.get_or_encode(&room, seq, response),
             _ => frames::encode_response(response),
         };
         let Some(text) = text else {
@@ -452,15 +488,15 @@ impl Stream {
             return;
         };
         let kind = FrameKind::of_response(frame);
-        match frame {
-            Out::Message(message) => {
+        match (position, frame) {
+            (Some((_, seq)), _) => {
                 for recipient in members.values_mut() {
-                    if recipient.admit(message.seq) {
+                    if recipient.admit(seq) {
                         recipient.handle.deliver(kind, text.clone());
                     }
                 }
             }
-            Out::Typing(_) | Out::Presence(_) => {
+            (None, Out::Typing(_) | Out::Presence(_) | Out::Read(_)) => {
                 for recipient in members.values() {
                     if *recipient.handle.user_id != *event.except_user_id {
                         recipient.handle.offer(kind, text.clone());
@@ -498,7 +534,7 @@ impl Stream {
                     return;
                 };
                 match request.frame {
-                    Some(In::Send(send)) if !send.client_id.is_empty() => session.remember(&send),
+                    Some(frame) if write_key(&frame).is_some() => session.remember(&frame),
                     Some(In::Refresh(refresh)) => session.token = refresh.token,
                     frame => unavailable(&handle, &ChatRequest { frame }),
                 }
@@ -563,8 +599,8 @@ pub(super) fn unavailable(handle: &SessionHandle, request: &ChatRequest) {
 #[cfg(test)]
 mod tests {
     use parley_proto::chat::v1::{
-        Ack, ChatMessage, Error as ErrorOut, GatewayStreamResponse, Joined, Leave, Left,
-        SessionClosed, SessionResponse, chat_request::Frame as In,
+        Ack, ChatMessage, Error as ErrorOut, GatewayStreamResponse, Joined, Leave, Left, React,
+        Reaction, Send as SendFrame, SessionClosed, SessionResponse, chat_request::Frame as In,
     };
     use serde_json::Value;
 
@@ -664,6 +700,7 @@ mod tests {
             room_id: "r".into(),
             content: "hi".into(),
             client_id: client_id.into(),
+            reply_to: 0,
         }
     }
 
@@ -741,6 +778,16 @@ mod tests {
         rig.chat_to_room("r", message("r", 4));
         rig.frame(&ann, In::Send(send("c1")));
         rig.frame(&ann, In::Send(send("c2")));
+        rig.frame(
+            &ann,
+            In::React(React {
+                room_id: "r".into(),
+                seq: 4,
+                emoji: "👍".into(),
+                remove: false,
+                client_id: "r1".into(),
+            }),
+        );
         rig.chat_to_session(
             1,
             Out::Ack(Ack {
@@ -777,14 +824,25 @@ mod tests {
             "{frames:?}"
         );
         assert!(
-            matches!(&frames[1..], [In::Send(send)] if send.client_id == "c2"),
-            "only the unacknowledged send again: {frames:?}"
+            matches!(
+                &frames[1..],
+                [In::Send(send), In::React(react)] if send.client_id == "c2" && react.client_id == "r1"
+            ),
+            "only the unacknowledged writes again: {frames:?}"
         );
 
-        other.joined(1, "r", 6);
+        other.joined(1, "r", 7);
         other.chat_to_session(1, message("r", 4));
         other.chat_to_session(1, message("r", 5));
         other.chat_to_room("r", message("r", 6));
+        let reaction = Out::Reaction(Reaction {
+            room_id: "r".into(),
+            seq: 7,
+            target_seq: 4,
+            ..Reaction::default()
+        });
+        other.chat_to_session(1, reaction.clone());
+        other.chat_to_room("r", reaction);
         let frames = received(&ann);
         assert!(
             frames.iter().all(|(kind, _)| kind != "joined"),
@@ -794,7 +852,11 @@ mod tests {
             .iter()
             .filter_map(|(_, json)| json["seq"].as_i64())
             .collect();
-        assert_eq!(seqs, [5, 6], "the replay resumes after the cursor");
+        assert_eq!(
+            seqs,
+            [5, 6, 7],
+            "the replay resumes after the cursor, every timeline event once"
+        );
     }
 
     #[test]

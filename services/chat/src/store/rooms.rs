@@ -1,0 +1,111 @@
+//! A user's room list, read in three queries whatever the number of rooms
+//! or messages: no count runs over a room's history.
+//!
+//! A room's unread messages for a member are its messages after the
+//! member's read marker, less their own and the deleted ones. The first
+//! term is the room's `message_count` less the `ordinal` of the newest
+//! message at the marker, both kept up to date as messages are stored;
+//! the two others are counted through indexes that hold only the member's
+//! own messages and the deleted ones.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use parley_proto::chat::v1::{ChatMessage, RoomSummary};
+use parley_runtime::storage::timed;
+
+use super::{ChatStore, LOOKUP_CHUNK, MESSAGE_COLUMNS, MessageRow, placeholders};
+use crate::error::Error;
+
+#[derive(sqlx::FromRow)]
+struct MyRoomRow {
+    room_id: String,
+    name: String,
+    private: i64,
+    last_seq: i64,
+    read_seq: i64,
+    message_count: i64,
+    read_ordinal: Option<i64>,
+    own_after: i64,
+    deleted_after: i64,
+    newest_message: Option<i64>,
+}
+
+impl ChatStore {
+    /// The rooms `user_id` is a member of, latest activity first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) async fn my_rooms(&self, user_id: &str) -> Result<Vec<RoomSummary>, Error> {
+        let rows = timed(
+            "my_rooms",
+            sqlx::query_as::<_, MyRoomRow>(
+                "SELECT r.room_id, r.name, \
+                    CAST(CASE WHEN r.password_hash IS NULL THEN 0 ELSE 1 END AS BIGINT) AS private, \
+                    r.last_seq, m.read_seq, r.message_count, \
+                    (SELECT x.ordinal FROM message x \
+                        WHERE x.room_id = r.room_id AND x.seq <= m.read_seq \
+                        ORDER BY x.seq DESC LIMIT 1) AS read_ordinal, \
+                    (SELECT count(*) FROM message x \
+                        WHERE x.room_id = r.room_id AND x.sender_id = m.user_id \
+                            AND x.seq > m.read_seq) AS own_after, \
+                    (SELECT count(*) FROM message x \
+                        WHERE x.room_id = r.room_id AND x.deleted_at IS NOT NULL \
+                            AND x.seq > m.read_seq AND x.sender_id <> m.user_id) AS deleted_after, \
+                    (SELECT max(x.seq) FROM message x WHERE x.room_id = r.room_id) \
+                        AS newest_message \
+                 FROM room_member m JOIN room r ON r.room_id = m.room_id \
+                 WHERE m.user_id = $1 \
+                 ORDER BY r.last_event_at DESC, r.room_id",
+            )
+            .bind(user_id)
+            .fetch_all(self.db.pool()),
+        )
+        .await?;
+
+        let newest: Vec<(&str, i64)> = rows
+            .iter()
+            .filter_map(|row| Some((row.room_id.as_str(), row.newest_message?)))
+            .collect();
+        let mut last_messages = self.messages_at(&newest).await?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let before_marker = row.read_ordinal.unwrap_or(0);
+                let unread = row.message_count - before_marker - row.own_after - row.deleted_after;
+                RoomSummary {
+                    id: row.room_id.clone(),
+                    name: row.name.clone(),
+                    private: row.private != 0,
+                    direct: false,
+                    role: String::new(),
+                    last_seq: row.last_seq,
+                    read_seq: row.read_seq,
+                    unread: unread.max(0),
+                    last_message: last_messages.remove(&row.room_id),
+                }
+            })
+            .collect())
+    }
+
+    /// The messages at each `(room, seq)`, in their current state, by room.
+    async fn messages_at(&self, at: &[(&str, i64)]) -> Result<HashMap<String, ChatMessage>, Error> {
+        let mut found = HashMap::with_capacity(at.len());
+        for chunk in at.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM message WHERE {}",
+                placeholders(chunk.len(), 2, " OR ", |sql, n| {
+                    let _ = write!(sql, "(room_id = ${n} AND seq = ${})", n + 1);
+                })
+            );
+            let mut query = sqlx::query_as::<_, MessageRow>(&sql);
+            for (room_id, seq) in chunk {
+                query = query.bind(*room_id).bind(*seq);
+            }
+            for row in timed("last_messages", query.fetch_all(self.db.pool())).await? {
+                let message = row.current();
+                found.insert(message.room_id.clone(), message);
+            }
+        }
+        Ok(found)
+    }
+}
