@@ -30,22 +30,22 @@ use tonic::transport::Channel;
 pub(crate) struct RoomsArgs {
     /// Where to register the users and read the REST list.
     #[arg(long)]
-    api: SocketAddr,
+    pub(crate) api: SocketAddr,
     /// The chat service (host:port).
     #[arg(long)]
-    chat: SocketAddr,
+    pub(crate) chat: SocketAddr,
     /// Rooms the reader is a member of.
     #[arg(long, default_value_t = 500)]
-    rooms: usize,
+    pub(crate) rooms: usize,
     /// Messages the writer sends, spread evenly over the rooms.
     #[arg(long, default_value_t = 100_000)]
-    messages: usize,
+    pub(crate) messages: usize,
     /// Sends in flight while the rooms fill.
     #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Reads of the list, each way.
     #[arg(long, default_value_t = 200)]
-    calls: usize,
+    pub(crate) calls: usize,
 }
 
 /// What a room-list run measured.

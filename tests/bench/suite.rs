@@ -2,7 +2,8 @@
 //! user, two chat replicas on this machine's Postgres and Redis, two
 //! gateways, each on one replica), the all-in-one binary (SQLite,
 //! in-process bus) and the ceiling server, each started here as processes
-//! on loopback, each put through scenarios (a)-(d), and one table.
+//! on loopback, each put through scenarios (a)-(d), the room list (e) for
+//! the two Parley topologies, and one table.
 
 use std::{
     io::Write as _,
@@ -45,7 +46,7 @@ pub(crate) struct SuiteArgs {
     /// Only these topologies: distributed, all-in-one, ceiling.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only these scenarios: a, b, c, d.
+    /// Only these scenarios: a, b, c, d, e.
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Runtime worker threads of each Parley process (TOKIO_WORKER_THREADS);
@@ -62,6 +63,8 @@ struct Topology {
     name: &'static str,
     gateways: Vec<SocketAddr>,
     api: Option<SocketAddr>,
+    /// A chat service's gRPC address, for the room list.
+    chat: Option<SocketAddr>,
     children: Vec<Child>,
     /// The role of each child, for the CPU split.
     roles: Vec<&'static str>,
@@ -258,6 +261,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
         name: "distributed",
         gateways: vec![([127, 0, 0, 1], gw_a).into(), ([127, 0, 0, 1], gw_b).into()],
         api: Some(([127, 0, 0, 1], gw_a).into()),
+        chat: Some(([127, 0, 0, 1], chat1).into()),
         children,
         roles,
         _dir: Some(dir),
@@ -286,6 +290,7 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         name: "all-in-one",
         gateways: vec![([127, 0, 0, 1], p[3]).into()],
         api: Some(([127, 0, 0, 1], p[3]).into()),
+        chat: Some(([127, 0, 0, 1], p[2]).into()),
         children,
         roles: vec!["parley"],
         _dir: Some(dir),
@@ -313,6 +318,7 @@ async fn ceiling() -> anyhow::Result<Topology> {
         name: "ceiling",
         gateways: vec![gateway],
         api: None,
+        chat: None,
         children: vec![child],
         roles: vec!["ceiling"],
         _dir: None,
@@ -425,6 +431,27 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 json,
             });
         }
+        if let (true, Some(api), Some(chat)) = (run_scenario("e"), topology.api, topology.chat) {
+            let rooms_args = crate::rooms::RoomsArgs {
+                api,
+                chat,
+                rooms: 500,
+                messages: if args.quick { 20_000 } else { 100_000 },
+                concurrency: 64,
+                calls: 200,
+            };
+            eprintln!("   (e) the room list of a member of 500 rooms");
+            let report = crate::rooms::run(&rooms_args).await?;
+            let mut json: Value = serde_json::from_str(&report.json())?;
+            json["topology"] = topology.name.into();
+            writeln!(out, "{json}")?;
+            println!("{json}");
+            rows.push(Row {
+                topology: topology.name,
+                scenario: "e",
+                json,
+            });
+        }
         if !run_scenario("d") {
             topology.stop().await;
             continue;
@@ -495,6 +522,20 @@ fn print_table(rows: &[Row]) {
     };
     for row in rows {
         let j = &row.json;
+        if row.scenario == "e" {
+            println!(
+                "{:<12} {:<3} {} rooms, {} messages: ListMyRooms p50 {} ms, p99 {} ms; GET /api/v1/rooms p50 {} ms, p99 {} ms",
+                row.topology,
+                row.scenario,
+                j["rooms"],
+                j["messages"],
+                ms(&j["list_my_rooms_p50_us"]),
+                ms(&j["list_my_rooms_p99_us"]),
+                ms(&j["rest_rooms_p50_us"]),
+                ms(&j["rest_rooms_p99_us"])
+            );
+            continue;
+        }
         if row.scenario == "d" {
             println!(
                 "{:<12} {:<3} {} connections: {} KiB per connection (RSS {} -> {} KiB)",
