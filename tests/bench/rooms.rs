@@ -2,9 +2,10 @@
 //! `GET /api/v1/rooms` for a member of many rooms with many messages, some
 //! read and some not.
 //!
-//! A reader and a writer join every room; the writer fills the rooms
-//! through `SendMessage`; the reader sends a few of its own, deletes one of
-//! the writer's and marks each room read halfway. Then the list is read
+//! A reader and a writer join every room; the reader sends two messages to
+//! each (sending marks a room read up to one's own message), the writer
+//! fills the rooms through `SendMessage`, the reader marks each room read
+//! halfway and the writer deletes one unread message. Then the list is read
 //! again and again, and its unread counts are checked against what was
 //! sent.
 
@@ -107,8 +108,24 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
         joined.into_iter().collect::<anyhow::Result<()>>()?;
     }
 
-    // The writer fills every room; then in each room the reader writes
-    // twice, deletes the writer's first message and reads up to half.
+    for room in &rooms {
+        let mut chat = chat.clone();
+        for n in 0..2 {
+            chat.send_message(authed(
+                SendMessageRequest {
+                    room_id: room.clone(),
+                    content: format!("the reader's {n}"),
+                    client_id: format!("r{n}"),
+                    reply_to: 0,
+                },
+                &reader,
+            ))
+            .await?;
+        }
+    }
+    // The writer fills every room; then in each room the reader reads up
+    // to half of the writer's messages and the writer deletes the first
+    // one after that.
     let per_room = (args.messages / args.rooms.max(1)).max(2);
     let started = Instant::now();
     let sends = rooms
@@ -141,22 +158,11 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
     let half = i64::try_from(per_room / 2).unwrap_or(i64::MAX);
     for room in &rooms {
         let mut chat = chat.clone();
-        for n in 0..2 {
-            chat.send_message(authed(
-                SendMessageRequest {
-                    room_id: room.clone(),
-                    content: format!("the reader's {n}"),
-                    client_id: format!("r{n}"),
-                    reply_to: 0,
-                },
-                &reader,
-            ))
-            .await?;
-        }
+        // The reader's two messages took seqs 1 and 2.
         chat.mark_read(authed(
             MarkReadRequest {
                 room_id: room.clone(),
-                seq: half,
+                seq: 2 + half,
             },
             &reader,
         ))
@@ -164,7 +170,7 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
         chat.delete_message(authed(
             DeleteMessageRequest {
                 room_id: room.clone(),
-                seq: half + 1,
+                seq: 2 + half + 1,
                 client_id: "d".into(),
             },
             &writer,
@@ -172,7 +178,7 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
         .await?;
     }
     // Unread per room: the writer's messages after the marker, less the
-    // deleted one; the reader's own never count.
+    // deleted one.
     let expected_per_room = i64::try_from(per_room).unwrap_or(i64::MAX) - half - 1;
 
     let mut grpc = histogram();

@@ -28,13 +28,19 @@ UPDATE room SET message_count = last_seq,
         (SELECT max(m.sent_at) FROM message m WHERE m.room_id = room.room_id),
         created_at);
 
--- Each member's read marker. Unread messages are the room's messages after
--- the marker (message_count minus the ordinal at the marker), less the
--- member's own and the deleted ones after it, which these two indexes
--- count without reading the rest.
+-- Each member's read marker. Sending a message moves the sender's marker to
+-- it (what you answer, you have read), so a member never has messages of
+-- their own after the marker, and their unread messages are the room's
+-- messages after it (message_count minus the ordinal at the marker) less
+-- the deleted ones, which the partial index counts without reading the
+-- rest. No index may start with (room_id, sender_id): the batch statement's
+-- retry lookup must keep using message_client_key.
 ALTER TABLE room_member ADD COLUMN read_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE room_member SET read_seq = COALESCE(
+    (SELECT max(m.seq) FROM message m
+        WHERE m.room_id = room_member.room_id AND m.sender_id = room_member.user_id),
+    0);
 CREATE INDEX room_member_user ON room_member (user_id);
-CREATE INDEX message_sender_seq ON message (room_id, sender_id, seq);
 CREATE INDEX message_deleted_seq ON message (room_id, seq) WHERE deleted_at IS NOT NULL;
 
 -- Timeline events other than messages, each with the seq it took: what a

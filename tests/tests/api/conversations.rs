@@ -483,11 +483,11 @@ async fn read_markers_and_the_room_list(topology: Topology) {
         ben.join(room, 0).await;
     }
     send(&mut ann, &quiet, "anyone?", "", 0).await;
+    let mine = send(&mut ann, &busy, "mine", "", 0).await;
     let mut ben_says = Vec::new();
     for i in 0..3 {
         ben_says.push(send(&mut ben, &busy, &format!("b{i}"), "", 0).await);
     }
-    send(&mut ann, &busy, "mine", "", 0).await;
 
     let rooms = my_rooms(&deployment, &alice).await;
     let names: Vec<&str> = rooms.iter().map(|r| r["id"].as_str().unwrap()).collect();
@@ -496,10 +496,13 @@ async fn read_markers_and_the_room_list(topology: Topology) {
         [busy.as_str(), quiet.as_str()],
         "latest activity first"
     );
-    assert_eq!(rooms[0]["unread"], 3, "bob's three, not her own");
-    assert_eq!(rooms[0]["last_message"]["content"], "mine");
+    assert_eq!(rooms[0]["unread"], 3, "bob's three after hers");
+    assert_eq!(rooms[0]["last_message"]["content"], "b2");
     assert_eq!(rooms[0]["last_seq"], 4);
-    assert_eq!(rooms[0]["read_seq"], 0);
+    assert_eq!(
+        rooms[0]["read_seq"], mine,
+        "sending marks the room read up to it"
+    );
     assert_eq!(rooms[1]["unread"], 0);
     for field in ["name", "private", "direct", "role"] {
         assert!(rooms[0].get(field).is_some(), "{field} in {}", rooms[0]);

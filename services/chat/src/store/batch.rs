@@ -6,7 +6,8 @@
 //! inserts the messages: the row lock orders concurrent writers of one room
 //! across every replica, and a message is never visible without its seq or
 //! a seq without its message. Rooms are locked in room-id order by every
-//! writer, so writers of overlapping rooms never deadlock.
+//! writer, so writers of overlapping rooms never deadlock. The same
+//! transaction moves each sender's read marker to their newest message.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -211,7 +212,12 @@ impl ChatStore {
                     (s.counted ->> f.room_id)::BIGINT \
                         + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord) \
                 FROM fresh f CROSS JOIN seqs s WHERE s.before ? f.room_id \
-                RETURNING message_id, seq) \
+                RETURNING message_id, seq, room_id, sender_id), \
+            marked AS ( \
+                UPDATE room_member m SET read_seq = w.seq \
+                FROM (SELECT room_id, sender_id, max(seq) AS seq FROM stored \
+                    GROUP BY room_id, sender_id) w \
+                WHERE m.room_id = w.room_id AND m.user_id = w.sender_id AND m.read_seq < w.seq) \
             SELECT NULL::BIGINT AS ord, seq, TRUE AS stored, message_id, '' AS sender_name, \
                 '' AS content, $2 AS sent_at, 0::BIGINT AS reply_to \
                 FROM stored \
@@ -406,6 +412,25 @@ impl ChatStore {
                     .bind(*ordinal);
             }
             query.execute(&mut *tx).await?;
+        }
+        // Each sender's read marker moves to their newest message.
+        let mut newest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+        for (_, message, _) in &rows {
+            let seq = newest
+                .entry((&message.room_id, &message.sender_id))
+                .or_default();
+            *seq = (*seq).max(message.seq);
+        }
+        for ((room_id, sender_id), seq) in newest {
+            sqlx::query(
+                "UPDATE room_member SET read_seq = $3 \
+                 WHERE room_id = $1 AND user_id = $2 AND read_seq < $3",
+            )
+            .bind(room_id)
+            .bind(sender_id)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
 

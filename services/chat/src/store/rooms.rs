@@ -1,12 +1,13 @@
 //! A user's room list, read in three queries whatever the number of rooms
 //! or messages: no count runs over a room's history.
 //!
-//! A room's unread messages for a member are its messages after the
-//! member's read marker, less their own and the deleted ones. The first
-//! term is the room's `message_count` less the `ordinal` of the newest
-//! message at the marker, both kept up to date as messages are stored;
-//! the two others are counted through indexes that hold only the member's
-//! own messages and the deleted ones.
+//! A room's unread messages for a member are its messages by others after
+//! the member's read marker, less the deleted ones. Sending moves the
+//! sender's marker to their message, so none of their own is ever after
+//! it: the count is the room's `message_count` less the `ordinal` of the
+//! newest message at the marker, both kept up to date as messages are
+//! stored, less the deleted messages after it, counted through an index
+//! that holds only deleted messages.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -25,7 +26,6 @@ struct MyRoomRow {
     read_seq: i64,
     message_count: i64,
     read_ordinal: Option<i64>,
-    own_after: i64,
     deleted_after: i64,
     newest_message: Option<i64>,
 }
@@ -45,9 +45,6 @@ impl ChatStore {
                     (SELECT x.ordinal FROM message x \
                         WHERE x.room_id = r.room_id AND x.seq <= m.read_seq \
                         ORDER BY x.seq DESC LIMIT 1) AS read_ordinal, \
-                    (SELECT count(*) FROM message x \
-                        WHERE x.room_id = r.room_id AND x.sender_id = m.user_id \
-                            AND x.seq > m.read_seq) AS own_after, \
                     (SELECT count(*) FROM message x \
                         WHERE x.room_id = r.room_id AND x.deleted_at IS NOT NULL \
                             AND x.seq > m.read_seq AND x.sender_id <> m.user_id) AS deleted_after, \
@@ -71,7 +68,7 @@ impl ChatStore {
             .iter()
             .map(|row| {
                 let before_marker = row.read_ordinal.unwrap_or(0);
-                let unread = row.message_count - before_marker - row.own_after - row.deleted_after;
+                let unread = row.message_count - before_marker - row.deleted_after;
                 RoomSummary {
                     id: row.room_id.clone(),
                     name: row.name.clone(),

@@ -348,7 +348,8 @@ async fn timeline_events_on(backend: Backend) {
     assert_eq!(content(&replay[1]), "hi back");
     assert!(matches!(replay[2].frame(), Some(Frame::MessageEdited(e)) if e.content == "hello!"));
 
-    // u1 has u2's reply unread; u2 has nothing: u1's message was deleted.
+    // Sending moved each sender's marker to their message: u1 has u2's
+    // reply unread; u2 has nothing, having sent the newest message.
     let unread = |user: &'static str| {
         let store = store.clone();
         async move {
@@ -356,8 +357,8 @@ async fn timeline_events_on(backend: Backend) {
             (rooms[0].unread, rooms[0].last_seq, rooms[0].read_seq)
         }
     };
-    assert_eq!(unread("u1").await, (1, 7, 0));
-    assert_eq!(unread("u2").await, (0, 7, 0));
+    assert_eq!(unread("u1").await, (1, 7, 1));
+    assert_eq!(unread("u2").await, (0, 7, 2));
     assert_eq!(
         store.mark_read("lobby", "u1", 2).await.expect("read"),
         Some((2, true))
@@ -370,13 +371,22 @@ async fn timeline_events_on(backend: Backend) {
     let more = [
         message("lobby", "u2", "one", ""),
         message("lobby", "u2", "two", ""),
-        message("lobby", "u1", "mine", ""),
     ];
     store
         .write_batch(&more.iter().collect::<Vec<_>>())
         .await
         .expect("more");
-    assert_eq!(unread("u1").await, (2, 10, 2));
+    assert_eq!(unread("u1").await, (2, 9, 2));
+    let mine = [message("lobby", "u1", "mine", "")];
+    store
+        .write_batch(&mine.iter().collect::<Vec<_>>())
+        .await
+        .expect("mine");
+    assert_eq!(
+        unread("u1").await,
+        (0, 10, 10),
+        "what you answer, you have read"
+    );
     let rooms = store.my_rooms("u1").await.expect("my rooms");
     assert_eq!(
         rooms[0].last_message.as_ref().map(|m| m.content.as_str()),
