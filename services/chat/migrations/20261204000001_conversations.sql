@@ -32,16 +32,27 @@ UPDATE room SET message_count = last_seq,
 -- it (what you answer, you have read), so a member never has messages of
 -- their own after the marker, and their unread messages are the room's
 -- messages after it (message_count minus the ordinal at the marker) less
--- the deleted ones, which the partial index counts without reading the
--- rest. No index may start with (room_id, sender_id): the batch statement's
--- retry lookup must keep using message_client_key.
+-- the deleted ones, counted in `message_deletion`.
+--
+-- No new index on `message`: every index there is paid by every message
+-- stored, and measured, an index on (room_id, sender_id, seq) or a partial
+-- one on deleted messages each cut the batch writer's throughput to a
+-- quarter (BENCHMARKS.md).
 ALTER TABLE room_member ADD COLUMN read_seq BIGINT NOT NULL DEFAULT 0;
 UPDATE room_member SET read_seq = COALESCE(
     (SELECT max(m.seq) FROM message m
         WHERE m.room_id = room_member.room_id AND m.sender_id = room_member.user_id),
     0);
 CREATE INDEX room_member_user ON room_member (user_id);
-CREATE INDEX message_deleted_seq ON message (room_id, seq) WHERE deleted_at IS NOT NULL;
+
+-- One row per deleted message, written with its deletion.
+CREATE TABLE message_deletion (
+    room_id   TEXT   NOT NULL,
+    seq       BIGINT NOT NULL,
+    sender_id TEXT   NOT NULL,
+    PRIMARY KEY (room_id, seq),
+    FOREIGN KEY (room_id, seq) REFERENCES message (room_id, seq) ON DELETE CASCADE
+);
 
 -- Timeline events other than messages, each with the seq it took: what a
 -- replay sends after the messages. `kind` is `edit`, `delete`,

@@ -200,6 +200,14 @@ impl ChatStore {
                 .bind(&*event.actor_id)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query(
+                    "INSERT INTO message_deletion (room_id, seq, sender_id) VALUES ($1, $2, $3)",
+                )
+                .bind(room_id)
+                .bind(event.target_seq)
+                .bind(&target.sender_id)
+                .execute(&mut *tx)
+                .await?;
                 String::new()
             }
             Change::React {

@@ -6,8 +6,8 @@
 //! sender's marker to their message, so none of their own is ever after
 //! it: the count is the room's `message_count` less the `ordinal` of the
 //! newest message at the marker, both kept up to date as messages are
-//! stored, less the deleted messages after it, counted through an index
-//! that holds only deleted messages.
+//! stored, less the deleted messages after it, counted in
+//! `message_deletion`, which holds a row per deleted message only.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -45,9 +45,9 @@ impl ChatStore {
                     (SELECT x.ordinal FROM message x \
                         WHERE x.room_id = r.room_id AND x.seq <= m.read_seq \
                         ORDER BY x.seq DESC LIMIT 1) AS read_ordinal, \
-                    (SELECT count(*) FROM message x \
-                        WHERE x.room_id = r.room_id AND x.deleted_at IS NOT NULL \
-                            AND x.seq > m.read_seq AND x.sender_id <> m.user_id) AS deleted_after, \
+                    (SELECT count(*) FROM message_deletion x \
+                        WHERE x.room_id = r.room_id AND x.seq > m.read_seq \
+                            AND x.sender_id <> m.user_id) AS deleted_after, \
                     (SELECT max(x.seq) FROM message x WHERE x.room_id = r.room_id) \
                         AS newest_message \
                  FROM room_member m JOIN room r ON r.room_id = m.room_id \
