@@ -35,9 +35,8 @@ UPDATE room SET message_count = last_seq,
 -- the deleted ones, counted in `message_deletion`.
 --
 -- No new index on `message`: every index there is paid by every message
--- stored, and measured, an index on (room_id, sender_id, seq) or a partial
--- one on deleted messages each cut the batch writer's throughput to a
--- quarter (BENCHMARKS.md).
+-- stored, and measured, a partial index on deleted messages cut the batch
+-- writer's throughput to a third (BENCHMARKS.md).
 ALTER TABLE room_member ADD COLUMN read_seq BIGINT NOT NULL DEFAULT 0;
 UPDATE room_member SET read_seq = COALESCE(
     (SELECT max(m.seq) FROM message m
