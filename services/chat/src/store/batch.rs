@@ -20,16 +20,19 @@ use parley_runtime::{
     storage::{now_millis, timed, timestamp, unique_violation},
 };
 
-use super::{ChatStore, LOOKUP_CHUNK, MESSAGE_COLUMNS, MessageRow, placeholders};
+use super::{ChatStore, MESSAGE_COLUMNS, MessageRow, placeholders};
 use crate::{domain::NewMessage, error::Error, timeline::StoredEvent};
 
 /// The columns a new message is inserted with.
 const INSERT_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
      client_id, sent_at, reply_to, ordinal";
 
-/// Rows per multi-row `INSERT`: 10 parameters each stays far below the
-/// parameter limits of both engines.
-const INSERT_CHUNK: usize = 500;
+/// Rows per statement on SQLite, for the multi-row `INSERT` and the
+/// lookups. Kept small because binding costs grow with the square of a
+/// statement's parameters there (the driver looks each `$N` up by name
+/// among all of them): at 500 rows of 10 it took most of the process's
+/// CPU, while in-process round trips cost next to nothing.
+const SQLITE_CHUNK: usize = 32;
 /// Attempts of a batch that collided with a concurrent retry on another
 /// replica (a unique violation on the idempotency key).
 const WRITE_ATTEMPTS: usize = 3;
@@ -312,7 +315,7 @@ impl ChatStore {
             .filter(|&index| key_of(batch[index]).is_some())
             .collect();
         let mut known: HashMap<(String, String, String), StoredEvent> = HashMap::new();
-        for chunk in keyed.chunks(LOOKUP_CHUNK) {
+        for chunk in keyed.chunks(SQLITE_CHUNK) {
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM message WHERE {}",
                 placeholders(chunk.len(), 3, " OR ", |sql, n| {
@@ -386,7 +389,7 @@ impl ChatStore {
             }
         }
 
-        for chunk in rows.chunks(INSERT_CHUNK) {
+        for chunk in rows.chunks(SQLITE_CHUNK) {
             let sql = format!(
                 "INSERT INTO message ({INSERT_COLUMNS}) VALUES {}",
                 placeholders(chunk.len(), 10, ", ", |sql, n| {
@@ -424,7 +427,7 @@ impl ChatStore {
         // One statement for them all: each statement costs a trip to
         // SQLite's worker thread, which would double a batch's.
         let newest: Vec<((&str, &str), i64)> = newest.into_iter().collect();
-        for chunk in newest.chunks(LOOKUP_CHUNK) {
+        for chunk in newest.chunks(SQLITE_CHUNK) {
             let sql = format!(
                 "UPDATE room_member SET read_seq = v.column3 FROM (VALUES {}) AS v \
                  WHERE room_member.room_id = v.column1 AND room_member.user_id = v.column2 \
