@@ -398,11 +398,7 @@ impl Engine {
     pub(crate) fn submit(&self, write: Write, reply: Reply, span: tracing::Span) {
         if let Err(rejected) = self.inner.writer.submit(Submission { write, reply, span }) {
             let (submission, error) = *rejected;
-            let actor = match &submission.write {
-                Write::Message(message) => &message.sender_id,
-                Write::Event(event) => &event.actor_id,
-            };
-            self.inner.limiter.refund(actor);
+            self.inner.limiter.refund(submission.write.actor());
             reply_error(submission, error);
         }
     }

@@ -229,7 +229,7 @@ pub(crate) fn validate_emoji(emoji: &str) -> Result<(), Error> {
 }
 
 /// A stored event row, as [`crate::store`] reads it back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct EventRow {
     pub(crate) room_id: String,
     pub(crate) seq: i64,

@@ -80,7 +80,8 @@ impl Write {
         }
     }
 
-    fn actor(&self) -> &str {
+    /// Who writes: the sender or the actor, whose rate token it holds.
+    pub(crate) fn actor(&self) -> &str {
         match self {
             Self::Message(message) => &message.sender_id,
             Self::Event(event) => &event.actor_id,

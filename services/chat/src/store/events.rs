@@ -9,7 +9,7 @@
 
 use parley_runtime::storage::{now_millis, timed, unique_violation};
 
-use super::{ChatStore, EVENT_COLUMNS, EventDbRow};
+use super::{ChatStore, EVENT_COLUMNS};
 use crate::{
     error::Error,
     timeline::{Change, EventRow, MAX_EMOJI_PER_MESSAGE, NewEvent, StoredEvent, kind_of},
@@ -87,7 +87,7 @@ impl ChatStore {
                 "SELECT {EVENT_COLUMNS} FROM room_event \
                  WHERE room_id = $1 AND actor_id = $2 AND client_id = $3"
             );
-            let earlier = sqlx::query_as::<_, EventDbRow>(&sql)
+            let earlier = sqlx::query_as::<_, EventRow>(&sql)
                 .bind(room_id)
                 .bind(&*event.actor_id)
                 .bind(client_id)
@@ -101,7 +101,7 @@ impl ChatStore {
                 .bind(row.target_seq)
                 .fetch_optional(&mut *tx)
                 .await?;
-                if let Some(stored) = EventRow::from(row).into_event() {
+                if let Some(stored) = row.into_event() {
                     return Ok(EventOutcome::Duplicate {
                         event: stored,
                         message_id: message_id.unwrap_or_default(),

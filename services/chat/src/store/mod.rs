@@ -126,33 +126,6 @@ impl MessageRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct EventDbRow {
-    room_id: String,
-    seq: i64,
-    kind: String,
-    target_seq: i64,
-    actor_id: String,
-    actor_name: String,
-    detail: String,
-    created_at: i64,
-}
-
-impl From<EventDbRow> for EventRow {
-    fn from(row: EventDbRow) -> Self {
-        Self {
-            room_id: row.room_id,
-            seq: row.seq,
-            kind: row.kind,
-            target_seq: row.target_seq,
-            actor_id: row.actor_id,
-            actor_name: row.actor_name,
-            detail: row.detail,
-            created_at: row.created_at,
-        }
-    }
-}
-
-#[derive(sqlx::FromRow)]
 struct ReactionRow {
     target_seq: i64,
     emoji: String,
@@ -505,7 +478,7 @@ impl ChatStore {
         );
         let events = timed(
             "range_events",
-            sqlx::query_as::<_, EventDbRow>(&sql)
+            sqlx::query_as::<_, EventRow>(&sql)
                 .bind(room_id)
                 .bind(after)
                 .bind(up_to)
@@ -515,11 +488,7 @@ impl ChatStore {
         let mut merged: Vec<StoredEvent> = messages
             .into_iter()
             .map(|row| StoredEvent::message(row.sent_form()))
-            .chain(
-                events
-                    .into_iter()
-                    .filter_map(|row| EventRow::from(row).into_event()),
-            )
+            .chain(events.into_iter().filter_map(EventRow::into_event))
             .collect();
         merged.sort_by_key(StoredEvent::seq);
         Ok(merged)
