@@ -158,14 +158,10 @@ function reaction(page, item, emoji) {
   return item.locator(`${tid("reaction-chip")}[data-emoji="${emoji}"]`);
 }
 
+// Waits for the element to carry the attribute value; Playwright watches
+// the page, so nothing polls here.
 async function waitForAttr(locator, name, value) {
-  await locator.waitFor({ timeout: TIMEOUT });
-  const deadline = Date.now() + TIMEOUT;
-  while (Date.now() < deadline) {
-    if ((await locator.getAttribute(name)) === value) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  fail(`${name} stayed ${await locator.getAttribute(name)}, expected ${value}`);
+  await locator.and(locator.page().locator(`[${name}="${value}"]`)).waitFor({ timeout: TIMEOUT });
 }
 
 async function main() {
