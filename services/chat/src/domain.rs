@@ -36,16 +36,20 @@ pub(crate) struct Room {
     pub(crate) short_code: String,
     /// The Argon2id hash of its password, for private rooms.
     pub(crate) password_hash: Option<String>,
+    /// Who created it: its owner.
+    pub(crate) created_by: String,
     /// Creation time, Unix milliseconds.
     pub(crate) created_at: i64,
     /// Its newest seq.
     pub(crate) last_seq: i64,
+    /// Whether it is the direct room of two users.
+    pub(crate) direct: bool,
 }
 
 impl Room {
-    /// Whether joining needs a password.
+    /// Whether it is closed to the public: a password or direct room.
     pub(crate) fn is_private(&self) -> bool {
-        self.password_hash.is_some()
+        self.password_hash.is_some() || self.direct
     }
 
     /// The room as the API shows it.
@@ -57,6 +61,7 @@ impl Room {
             private: self.is_private(),
             created_at: Some(timestamp(self.created_at)),
             last_seq: self.last_seq,
+            direct: self.direct,
         }
     }
 }

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use parley_proto::chat::v1::{
-    ChatResponse, Member, Presence as PresenceFrame, PresenceState, ReadNotice, RoomEvent,
-    RoomSummary, TypingNotice, chat_response::Frame,
+    ChatResponse, Left, Member, MemberAction, Presence as PresenceFrame, PresenceState,
+    ReadNotice, RoomEvent, RoomSummary, TypingNotice, chat_response::Frame,
 };
-use parley_runtime::{password::Passwords, token::TokenVerifier};
+use parley_runtime::{password::Passwords, storage::now_millis, token::TokenVerifier};
 
 use crate::{
     bus::Bus,
@@ -19,9 +19,10 @@ use crate::{
     error::Error,
     hub::Hub,
     limiter::SendLimiter,
+    moderation::{self, Action},
     presence::Presence,
-    store::ChatStore,
-    timeline::{Change, NewEvent, check_change},
+    store::{ChatStore, MemberState},
+    timeline::{Change, NewEvent, check_change, validate_user_id},
     writer::{Reply, Submission, Write, Writer, reply_error},
 };
 
@@ -180,19 +181,21 @@ impl Engine {
     }
 
     /// Finds (or, for an unknown public id, creates) the room a join names,
-    /// checks a private room's password unless the user is a member, and
-    /// records the membership.
+    /// checks bans, a direct room's pair and a private room's password
+    /// (unless the user is a member), and records the membership. A direct
+    /// room comes back named after the other user.
     ///
     /// # Errors
-    /// NOT_FOUND for an unknown code, or an unknown id given with a
-    /// password; PERMISSION_DENIED for a wrong or missing password.
+    /// NOT_FOUND for an unknown code, a deleted room, or an unknown id
+    /// given with a password; PERMISSION_DENIED for a ban, another pair's
+    /// direct room, or a wrong or missing password.
     pub(crate) async fn admit(
         &self,
         user: &User,
         request: &JoinRequest,
-    ) -> Result<(Room, i64), Error> {
+    ) -> Result<(Room, MemberState), Error> {
         let store = &self.inner.store;
-        let room = match &request.target {
+        let mut room = match &request.target {
             JoinTarget::Id(room_id) if request.password.is_empty() => {
                 store.room_or_create_public(room_id, &user.id).await?
             }
@@ -205,7 +208,13 @@ impl Engine {
                 .await?
                 .ok_or_else(|| Error::NoSuchShortCode(code.to_string()))?,
         };
-        if room.is_private() && !store.is_member(&room.id, &user.id).await? {
+        if store.ban(&room.id, &user.id).await?.is_some() {
+            return Err(Error::Banned(room.id.to_string()));
+        }
+        if room.direct {
+            let peer = self.direct_peer(&room, user).await?;
+            room.name = self.peer_name(&peer).await?;
+        } else if room.is_private() && !store.is_member(&room.id, &user.id).await? {
             if request.password.is_empty() {
                 return Err(Error::PasswordNeeded(room.id.to_string()));
             }
@@ -218,8 +227,173 @@ impl Engine {
                 return Err(Error::WrongPassword(room.id.to_string()));
             }
         }
-        let read_seq = store.add_member(&room.id, &user.id).await?;
-        Ok((room, read_seq))
+        store.add_member(&room, &user.id).await?;
+        store.remember_name(&user.id, &user.name).await?;
+        let state = store
+            .member(&room.id, &user.id)
+            .await?
+            .ok_or_else(|| Error::RoomNotFound(room.id.to_string()))?;
+        Ok((room, state))
+    }
+
+    /// The other user of a direct room `user` is one of.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED when `user` is not one of its two.
+    async fn direct_peer(&self, room: &Room, user: &User) -> Result<String, Error> {
+        match self.inner.store.direct_pair(&room.id).await? {
+            Some((low, high)) if *low == *user.id => Ok(high),
+            Some((low, high)) if *high == *user.id => Ok(low),
+            _ => Err(Error::OthersDirectRoom(room.id.to_string())),
+        }
+    }
+
+    /// What a direct room is called for the user who is not `peer_id`.
+    async fn peer_name(&self, peer_id: &str) -> Result<String, Error> {
+        Ok(self
+            .inner
+            .store
+            .known_name(peer_id)
+            .await?
+            .unwrap_or_else(|| peer_id.to_owned()))
+    }
+
+    /// The direct room of `user` and `peer_id`, created on first use;
+    /// answers it (named after the peer) and whether it was created.
+    /// `peer_name` is used only while chat has not seen the peer's own
+    /// token.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad user id or the caller's own.
+    pub(crate) async fn open_direct_room(
+        &self,
+        user: &User,
+        peer_id: &str,
+        peer_name: &str,
+    ) -> Result<(Room, bool), Error> {
+        validate_user_id(peer_id)?;
+        if *peer_id == *user.id {
+            return Err(Error::invalid(
+                "user_id",
+                "a direct room is with another user",
+            ));
+        }
+        let store = &self.inner.store;
+        store.remember_name(&user.id, &user.name).await?;
+        if !peer_name.is_empty() && store.known_name(peer_id).await?.is_none() {
+            let name = domain::room_name(peer_name).map_err(|_| {
+                Error::invalid("user_name", "must be 1-100 characters")
+            })?;
+            store.remember_name(peer_id, &name).await?;
+        }
+        let (mut room, created) = store
+            .open_direct_room(domain::new_room_id(), &user.id, peer_id)
+            .await?;
+        room.name = self.peer_name(peer_id).await?;
+        Ok((room, created))
+    }
+
+    /// A moderation action, checked and ready for a writer lane (roles
+    /// are checked when it is stored).
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED over the rate.
+    pub(crate) fn prepare_moderation(
+        &self,
+        user: &User,
+        room_id: RoomId,
+        asked: Moderation,
+    ) -> Result<NewEvent, Error> {
+        let action = Action::from_proto(asked.action, &asked.role)?;
+        let until = moderation::until(
+            action,
+            moderation::duration(asked.duration.as_ref())?,
+            now_millis(),
+        )?;
+        let change = Change::Moderate {
+            user_id: asked.user_id,
+            action,
+            until,
+        };
+        self.prepare_event(user, room_id, 0, change, asked.client_id)
+    }
+
+    /// A rename or password change, checked (the password hashed) and
+    /// ready for a writer lane.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT for a bad name or password, or nothing to change.
+    pub(crate) async fn prepare_room_update(
+        &self,
+        user: &User,
+        room_id: RoomId,
+        name: Option<String>,
+        password: Option<String>,
+        client_id: String,
+    ) -> Result<NewEvent, Error> {
+        if name.is_none() && password.is_none() {
+            return Err(Error::invalid(
+                "name",
+                "give a new name or password (\"\" clears the password)",
+            ));
+        }
+        let name = name.as_deref().map(domain::room_name).transpose()?;
+        let password_hash = match password {
+            None => None,
+            Some(password) if password.is_empty() => Some(None),
+            Some(password) => {
+                validate_password(&password)?;
+                Some(Some(self.inner.passwords.hash(password).await?))
+            }
+        };
+        let change = Change::UpdateRoom {
+            name,
+            password_hash,
+        };
+        self.prepare_event(user, room_id, 0, change, client_id)
+    }
+
+    /// Deletes a room, and makes its live sessions leave it on every
+    /// replica.
+    ///
+    /// # Errors
+    /// NOT_FOUND, FAILED_PRECONDITION (a direct room), PERMISSION_DENIED
+    /// (not its owner or an admin); database failures.
+    pub(crate) async fn delete_room(&self, user: &User, room_id: &RoomId) -> Result<(), Error> {
+        self.inner
+            .store
+            .delete_room(room_id, &user.id, user.admin)
+            .await?;
+        // A `left` for the whole room: each replica's hub turns it into
+        // its sessions leaving (see `Hub::deliver_ephemeral`).
+        self.broadcast(RoomEvent {
+            room_id: room_id.to_string(),
+            response: Some(ChatResponse {
+                frame: Some(Frame::Left(Left {
+                    room_id: room_id.to_string(),
+                })),
+            }),
+            except_user_id: String::new(),
+        });
+        Ok(())
+    }
+
+    /// The user's standing in a room they send to over a unary call.
+    ///
+    /// # Errors
+    /// FAILED_PRECONDITION for a non-member; PERMISSION_DENIED while
+    /// muted; database failures.
+    pub(crate) async fn check_sender(&self, user: &User, room_id: &RoomId) -> Result<(), Error> {
+        let state = self
+            .inner
+            .store
+            .member(room_id, &user.id)
+            .await?
+            .ok_or_else(|| Error::NotAMember(room_id.to_string()))?;
+        if state.muted.is_some() {
+            return Err(Error::Muted(room_id.to_string()));
+        }
+        Ok(())
     }
 
     /// Tells the room's members (on every replica) that a user arrived or
@@ -503,6 +677,21 @@ impl Engine {
 
 fn not_a_message_to_reply_to() -> Error {
     Error::invalid("reply_to", "must be the seq of a message of this room")
+}
+
+/// A moderation as a frame or RPC asks for it.
+#[derive(Debug, Clone)]
+pub(crate) struct Moderation {
+    /// The member acted on.
+    pub(crate) user_id: String,
+    /// What to do.
+    pub(crate) action: MemberAction,
+    /// The role, for `SET_ROLE`.
+    pub(crate) role: String,
+    /// How long a ban or mute lasts.
+    pub(crate) duration: Option<prost_types::Duration>,
+    /// Idempotency key.
+    pub(crate) client_id: String,
 }
 
 /// Why a send was not queued.

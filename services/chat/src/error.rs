@@ -57,6 +57,32 @@ pub(crate) enum Error {
     /// A change to a deleted message.
     #[error("message {0} was deleted")]
     MessageDeleted(i64),
+    /// A moderation or room change the caller's role does not allow.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// A send, edit or reaction by a muted member.
+    #[error("you are muted in room {0}")]
+    Muted(String),
+    /// A join of a room the user is banned from.
+    #[error("you are banned from room {0}")]
+    Banned(String),
+    /// A moderation of a user who is not a member of the room.
+    #[error("user {0} is not a member of this room")]
+    NotInRoom(String),
+    /// An unban or unmute of a user who is not banned or muted.
+    #[error("user {user} is not {what} in this room")]
+    NotSanctioned {
+        /// The user.
+        user: String,
+        /// `banned` or `muted`.
+        what: &'static str,
+    },
+    /// Moderation or management of a direct room.
+    #[error("room {0} is a direct room: it has no moderators and cannot be changed")]
+    DirectRoom(String),
+    /// A join of another pair's direct room.
+    #[error("room {0} is a direct room of two other users")]
+    OthersDirectRoom(String),
     /// A unary call about a room the caller is not a member of.
     #[error("join room {0} (JoinRoom) first")]
     NotAMemberOf(String),
@@ -127,11 +153,18 @@ impl From<Error> for Status {
             Error::PasswordNeeded(_)
             | Error::WrongPassword(_)
             | Error::MembersOnly(_)
-            | Error::NotYourMessage(_) => Status::permission_denied(err.to_string()),
+            | Error::NotYourMessage(_)
+            | Error::NotAllowed(_)
+            | Error::Muted(_)
+            | Error::Banned(_)
+            | Error::OthersDirectRoom(_) => Status::permission_denied(err.to_string()),
             Error::NotJoined(_)
             | Error::NotAMember(_)
             | Error::NotAMemberOf(_)
             | Error::MessageDeleted(_)
+            | Error::NotInRoom(_)
+            | Error::NotSanctioned { .. }
+            | Error::DirectRoom(_)
             | Error::NoSuchSession => Status::failed_precondition(err.to_string()),
             Error::TooManyRooms(_) | Error::Backlogged => {
                 Status::resource_exhausted(err.to_string())
@@ -182,6 +215,19 @@ mod tests {
             ),
             (Error::NotYourMessage(4), Code::PermissionDenied),
             (Error::MessageDeleted(4), Code::FailedPrecondition),
+            (Error::NotAllowed("no".into()), Code::PermissionDenied),
+            (Error::Muted("r".into()), Code::PermissionDenied),
+            (Error::Banned("r".into()), Code::PermissionDenied),
+            (Error::OthersDirectRoom("r".into()), Code::PermissionDenied),
+            (Error::NotInRoom("u".into()), Code::FailedPrecondition),
+            (
+                Error::NotSanctioned {
+                    user: "u".into(),
+                    what: "banned",
+                },
+                Code::FailedPrecondition,
+            ),
+            (Error::DirectRoom("r".into()), Code::FailedPrecondition),
             (Error::NotAMemberOf("r".into()), Code::FailedPrecondition),
             (Error::TooManyRooms(3), Code::ResourceExhausted),
             (Error::Backlogged, Code::ResourceExhausted),

@@ -3,6 +3,11 @@
 
 use futures_util::StreamExt as _;
 use parley_proto::chat::v1::{
+    BanMemberRequest, BanMemberResponse, DeleteRoomRequest, DeleteRoomResponse, KickMemberRequest,
+    KickMemberResponse, MemberAction, MemberUpdate, MuteMemberRequest, MuteMemberResponse,
+    OpenDirectRoomRequest, OpenDirectRoomResponse, SetMemberRoleRequest, SetMemberRoleResponse,
+    UnbanMemberRequest, UnbanMemberResponse, UnmuteMemberRequest, UnmuteMemberResponse,
+    UpdateRoomRequest, UpdateRoomResponse,
     ChatRequest, ChatResponse, CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest,
     DeleteMessageResponse, EditMessageRequest, EditMessageResponse, GatewayStreamRequest,
     GatewayStreamResponse, GetChatHistoryRequest, GetChatHistoryResponse, JoinRoomRequest,
@@ -18,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     domain::{HistoryQuery, JoinRequest, RoomId},
-    engine::{Engine, PrepareError, User},
+    engine::{Engine, Moderation, PrepareError, User},
     error::Error,
     link::{Link, Outbound, OutboundStream},
     session::{Incoming, StreamActor},
@@ -79,6 +84,41 @@ impl ChatService {
             .engine
             .prepare_event(user, room_id, seq, change, client_id)?;
         self.write(Write::Event(event)).await
+    }
+}
+
+impl ChatService {
+    /// A moderation action; its event as members receive it.
+    async fn moderate(
+        &self,
+        user: &User,
+        room_id: &str,
+        asked: Moderation,
+    ) -> Result<Option<MemberUpdate>, Status> {
+        let room_id = RoomId::parse("room_id", room_id)?;
+        let event = self.engine.prepare_moderation(user, room_id, asked)?;
+        let stored = self.write(Write::Event(event)).await?;
+        Ok(match stored.event.as_ref().and_then(StoredEvent::frame) {
+            Some(Frame::MemberUpdate(update)) => Some(update.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// A moderation RPC's fields.
+fn asked(
+    user_id: String,
+    action: MemberAction,
+    role: String,
+    duration: Option<prost_types::Duration>,
+    client_id: String,
+) -> Moderation {
+    Moderation {
+        user_id,
+        action,
+        role,
+        duration,
+        client_id,
     }
 }
 
@@ -167,9 +207,7 @@ impl chat_service_server::ChatService for ChatService {
         let (_, user) = self.caller(&request)?;
         let request = request.into_inner();
         let room_id = RoomId::parse("room_id", &request.room_id)?;
-        if !self.engine.is_member(&user, &room_id).await? {
-            return Err(Error::NotAMember(request.room_id).into());
-        }
+        self.engine.check_sender(&user, &room_id).await?;
         let prepared = self.engine.prepare_send(
             &user,
             room_id,
@@ -297,6 +335,126 @@ impl chat_service_server::ChatService for ChatService {
         Ok(Response::new(ListMyRoomsResponse { rooms }))
     }
 
+    async fn kick_member(
+        &self,
+        request: Request<KickMemberRequest>,
+    ) -> Result<Response<KickMemberResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::Kick, String::new(), None, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(KickMemberResponse { event }))
+    }
+
+    async fn ban_member(
+        &self,
+        request: Request<BanMemberRequest>,
+    ) -> Result<Response<BanMemberResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::Ban, String::new(), r.duration, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(BanMemberResponse { event }))
+    }
+
+    async fn unban_member(
+        &self,
+        request: Request<UnbanMemberRequest>,
+    ) -> Result<Response<UnbanMemberResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::Unban, String::new(), None, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(UnbanMemberResponse { event }))
+    }
+
+    async fn mute_member(
+        &self,
+        request: Request<MuteMemberRequest>,
+    ) -> Result<Response<MuteMemberResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::Mute, String::new(), r.duration, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(MuteMemberResponse { event }))
+    }
+
+    async fn unmute_member(
+        &self,
+        request: Request<UnmuteMemberRequest>,
+    ) -> Result<Response<UnmuteMemberResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::Unmute, String::new(), None, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(UnmuteMemberResponse { event }))
+    }
+
+    async fn set_member_role(
+        &self,
+        request: Request<SetMemberRoleRequest>,
+    ) -> Result<Response<SetMemberRoleResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let asked = asked(r.user_id, MemberAction::SetRole, r.role, None, r.client_id);
+        let event = self.moderate(&user, &r.room_id, asked).await?;
+        Ok(Response::new(SetMemberRoleResponse { event }))
+    }
+
+    async fn open_direct_room(
+        &self,
+        request: Request<OpenDirectRoomRequest>,
+    ) -> Result<Response<OpenDirectRoomResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let (room, created) = self
+            .engine
+            .open_direct_room(&user, &r.user_id, &r.user_name)
+            .await?;
+        Ok(Response::new(OpenDirectRoomResponse {
+            room: Some(room.to_proto()),
+            created,
+        }))
+    }
+
+    async fn update_room(
+        &self,
+        request: Request<UpdateRoomRequest>,
+    ) -> Result<Response<UpdateRoomResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let r = request.into_inner();
+        let room_id = RoomId::parse("room_id", &r.room_id)?;
+        let event = self
+            .engine
+            .prepare_room_update(&user, room_id.clone(), r.name, r.password, r.client_id)
+            .await?;
+        let stored = self.write(Write::Event(event)).await?;
+        let event = match stored.event.as_ref().and_then(StoredEvent::frame) {
+            Some(Frame::RoomUpdated(updated)) => Some(updated.clone()),
+            _ => None,
+        };
+        let room = self
+            .engine
+            .store()
+            .room(&room_id)
+            .await?
+            .ok_or_else(|| Error::RoomNotFound(room_id.to_string()))?;
+        Ok(Response::new(UpdateRoomResponse {
+            room: Some(room.to_proto()),
+            event,
+        }))
+    }
+
+    async fn delete_room(
+        &self,
+        request: Request<DeleteRoomRequest>,
+    ) -> Result<Response<DeleteRoomResponse>, Status> {
+        let (_, user) = self.caller(&request)?;
+        let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
+        self.engine.delete_room(&user, &room_id).await?;
+        Ok(Response::new(DeleteRoomResponse {}))
+    }
+
     type GetChatHistoryStream =
         futures_util::stream::BoxStream<'static, Result<GetChatHistoryResponse, Status>>;
 
@@ -334,12 +492,12 @@ impl chat_service_server::ChatService for ChatService {
         request: Request<Streaming<ChatRequest>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
         let (caller, user) = self.caller(&request)?;
-        let (link, receiver, cut) = Link::new(
+        let (link, receiver, cut, controls) = Link::new(
             self.engine.limits().stream_queue,
             Some(user.id.clone()),
             "chat",
         );
-        let actor = StreamActor::client(self.engine.clone(), link, &caller);
+        let actor = StreamActor::client(self.engine.clone(), link, controls, &caller);
         let incoming = request
             .into_inner()
             .map(|frame| frame.map(|frame| Incoming::Frame(0, frame, Default::default())));
@@ -353,8 +511,9 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<Streaming<GatewayStreamRequest>>,
     ) -> Result<Response<Self::GatewayStreamStream>, Status> {
-        let (link, receiver, cut) = Link::new(self.engine.limits().stream_queue, None, "gateway");
-        let actor = StreamActor::gateway(self.engine.clone(), link);
+        let (link, receiver, cut, controls) =
+            Link::new(self.engine.limits().stream_queue, None, "gateway");
+        let actor = StreamActor::gateway(self.engine.clone(), link, controls);
         let incoming = request.into_inner().filter_map(|frame| async move {
             match frame {
                 Ok(GatewayStreamRequest { kind: Some(kind) }) => Some(Ok(match kind {

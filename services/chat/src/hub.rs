@@ -23,9 +23,10 @@ use crate::{
     bus::{Bus, Deliveries, Resync},
     domain::RoomId,
     error::Error,
-    link::{Importance, Link, SessionId},
+    link::{Control, Importance, Link, SessionId},
+    moderation::{Action, Until},
     store::ChatStore,
-    timeline::{BusEvent, StoredEvent},
+    timeline::{BusEvent, StoredEvent, millis},
 };
 
 /// How long an out-of-order message waits for the missing ones to arrive
@@ -355,13 +356,37 @@ impl Hub {
 
     /// Delivers typing or presence: no order, no storage, dropped for
     /// links that cannot take it now.
+    ///
+    /// A `left` addressed to the whole room says the room was deleted: it
+    /// is not forwarded, but every stream's sessions leave the room.
     pub(crate) fn deliver_ephemeral(&self, event: Arc<RoomEvent>) {
+        let gone = matches!(
+            event.response.as_ref().and_then(|r| r.frame.as_ref()),
+            Some(Frame::Left(_))
+        );
+        if gone {
+            self.evict_room(&event.room_id);
+            return;
+        }
         let Some(cell) = self.cell(&event.room_id) else {
             return;
         };
         let state = lock(&cell);
         for entry in state.links.values() {
             entry.link.send_room_event(&event, Importance::Droppable);
+        }
+    }
+
+    /// Makes every local session leave a deleted room.
+    pub(crate) fn evict_room(&self, room_id: &str) {
+        let Some(cell) = self.cell(room_id) else {
+            return;
+        };
+        let state = lock(&cell);
+        for entry in state.links.values() {
+            entry.link.control(Control::RoomGone {
+                room_id: room_id.to_owned(),
+            });
         }
     }
 
@@ -441,6 +466,13 @@ impl Hub {
                     return;
                 }
             };
+            // A room storage no longer has was deleted, and its deletion
+            // notice lost on the way (Redis down): its sessions leave now.
+            for room_id in &ids {
+                if !last_seqs.iter().any(|(id, _)| id == room_id) {
+                    self.evict_room(room_id);
+                }
+            }
             for (room_id, last_seq) in last_seqs {
                 let Some(cell) = self.cell(&room_id) else {
                     continue;
@@ -535,6 +567,21 @@ fn fan_out(
         }
     }
     metrics::counter!("parley_chat_deliveries_total").increment(deliveries);
+    if let Some(Frame::MemberUpdate(update)) = event.frame() {
+        // The member's sessions change standing (leave, muted, new role)
+        // on whichever stream holds them, right after the event.
+        if let Ok(action) = Action::from_proto(update.action(), &update.role) {
+            let until = Until::from_stored(millis(update.until.as_ref()));
+            for entry in state.links.values() {
+                entry.link.control(Control::Member {
+                    room_id: update.room_id.clone(),
+                    user_id: update.user_id.clone(),
+                    action,
+                    until,
+                });
+            }
+        }
+    }
     if backfilled {
         metrics::counter!("parley_chat_backfilled_messages_total").increment(1);
     }

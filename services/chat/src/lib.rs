@@ -44,6 +44,7 @@ mod hub;
 mod limiter;
 mod link;
 mod membership;
+mod moderation;
 mod presence;
 mod session;
 mod store;

@@ -37,6 +37,32 @@ pub(crate) enum Outbound {
     Close(SessionId, Status),
 }
 
+/// What the hub tells a stream's actor about its sessions: their standing
+/// in a room changed (a `member_update` event), or the room is gone. The
+/// actor owns the sessions' memberships, so only it can end them.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// A moderator acted on `user_id` in the room.
+    Member {
+        /// The room.
+        room_id: String,
+        /// The member.
+        user_id: String,
+        /// What was done.
+        action: crate::moderation::Action,
+        /// When a ban or mute ends.
+        until: crate::moderation::Until,
+    },
+    /// The room was deleted: every session leaves it.
+    RoomGone {
+        /// The room.
+        room_id: String,
+    },
+}
+
+/// Controls queued per stream before the stream is cut as a slow consumer.
+const CONTROL_QUEUE: usize = 1024;
+
 /// Whether a dropped item is worth cutting the link over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Importance {
@@ -57,6 +83,7 @@ pub(crate) struct Link {
 struct LinkInner {
     id: u64,
     queue: mpsc::Sender<Outbound>,
+    control: mpsc::Sender<Control>,
     cut: CancellationToken,
     /// A `Chat` stream's user: room events addressed away from them
     /// (typing, presence about themselves) are skipped before queueing.
@@ -68,25 +95,41 @@ struct LinkInner {
 static NEXT_LINK_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Link {
-    /// A link with a queue of `capacity` items, and the stream that drains
-    /// it. `user_id` is set for single-session links.
+    /// A link with a queue of `capacity` items, the stream that drains it,
+    /// and the controls for its actor. `user_id` is set for
+    /// single-session links.
     pub(crate) fn new(
         capacity: usize,
         user_id: Option<Arc<str>>,
         kind: &'static str,
-    ) -> (Self, mpsc::Receiver<Outbound>, CancellationToken) {
+    ) -> (
+        Self,
+        mpsc::Receiver<Outbound>,
+        CancellationToken,
+        mpsc::Receiver<Control>,
+    ) {
         let (queue, receiver) = mpsc::channel(capacity);
+        let (control, controls) = mpsc::channel(CONTROL_QUEUE);
         let cut = CancellationToken::new();
         let link = Self {
             inner: Arc::new(LinkInner {
                 id: NEXT_LINK_ID.fetch_add(1, Ordering::Relaxed),
                 queue,
+                control,
                 cut: cut.clone(),
                 user_id,
                 kind,
             }),
         };
-        (link, receiver, cut)
+        (link, receiver, cut, controls)
+    }
+
+    /// Tells the stream's actor about its sessions; a stream that lets its
+    /// controls pile up is cut (its sessions rejoin, and joins check bans).
+    pub(crate) fn control(&self, control: Control) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.inner.control.try_send(control) {
+            self.cut_slow_consumer();
+        }
     }
 
     /// Unique within the process.
@@ -266,7 +309,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_drops_droppable_items_and_cuts_on_essential_ones() {
-        let (link, receiver, cut) = Link::new(2, None, "test");
+        let (link, receiver, cut, _controls) = Link::new(2, None, "test");
         let mut stream = OutboundStream::new(receiver, cut, keep);
         assert!(link.send_to(1, pong()));
         assert!(link.send_to(1, pong()));
@@ -281,7 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_stream_closes_the_link() {
-        let (link, receiver, cut) = Link::new(2, None, "test");
+        let (link, receiver, cut, _controls) = Link::new(2, None, "test");
         drop(OutboundStream::new(receiver, cut, keep));
         link.closed().await;
         assert!(!link.send_to(1, pong()));

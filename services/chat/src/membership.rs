@@ -19,6 +19,7 @@
 use std::borrow::Borrow;
 
 use parley_proto::chat::v1::{Joined, PresenceState};
+use parley_runtime::storage::{now_millis, timestamp};
 
 use crate::{
     domain::{JoinRequest, Room, RoomId},
@@ -26,6 +27,8 @@ use crate::{
     error::Error,
     hub::Replay,
     link::{Link, SessionId},
+    moderation::Until,
+    store::MemberState,
 };
 
 /// A session's place in a room on this replica: while it lives, the
@@ -38,6 +41,9 @@ pub(crate) struct Membership {
     link: Link,
     room_id: RoomId,
     user: User,
+    /// The user's mute, kept current by `member_update` events; checked on
+    /// each send without a query.
+    muted: Option<Until>,
     /// Set once the session was detached, so it happens once.
     detached: bool,
 }
@@ -70,15 +76,21 @@ impl Engine {
         since: Option<i64>,
         already_joined: bool,
     ) -> Result<Option<Membership>, Error> {
-        let (room, read_seq) = self.admit(user, request).await?;
+        let (room, state) = self.admit(user, request).await?;
         let membership = if already_joined {
             None
         } else {
-            Some(self.enter(&room, user, to.link).await)
+            Some(self.enter(&room, user, to.link, &state).await)
         };
         let joined = Joined {
             members: self.members(&room.id).await,
-            read_seq,
+            read_seq: state.read_seq,
+            name: room.name.clone(),
+            private: room.is_private(),
+            direct: room.direct,
+            role: state.role.as_str().to_owned(),
+            muted: state.muted.is_some(),
+            muted_until: state.muted.and_then(Until::ms).map(timestamp),
             ..Joined::default()
         };
         let replay = Replay {
@@ -131,7 +143,7 @@ impl Engine {
 
     /// Counts a session of `user` into a room it was admitted to and, for
     /// the user's first session anywhere, announces them.
-    async fn enter(&self, room: &Room, user: &User, link: &Link) -> Membership {
+    async fn enter(&self, room: &Room, user: &User, link: &Link, state: &MemberState) -> Membership {
         let first_here = self
             .hub()
             .enter(&room.id, room.last_seq, &user.id, &user.name);
@@ -143,6 +155,7 @@ impl Engine {
             link: link.clone(),
             room_id: room.id.clone(),
             user: user.clone(),
+            muted: state.muted,
             detached: false,
         }
     }
@@ -152,6 +165,16 @@ impl Membership {
     /// The room.
     pub(crate) fn room_id(&self) -> &RoomId {
         &self.room_id
+    }
+
+    /// Whether the user is muted in the room now.
+    pub(crate) fn is_muted(&self) -> bool {
+        self.muted.is_some_and(|until| until.in_force(now_millis()))
+    }
+
+    /// A moderator muted (`Some`) or unmuted (`None`) the user.
+    pub(crate) fn set_muted(&mut self, muted: Option<Until>) {
+        self.muted = muted;
     }
 
     /// Stops delivering the room to the session and, for the user's last

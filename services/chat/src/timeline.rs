@@ -7,14 +7,16 @@
 use std::sync::Arc;
 
 use parley_proto::chat::v1::{
-    ChatMessage, ChatResponse, MessageDeleted, MessageEdited, Reaction, ReactionState, RoomEvent,
-    chat_response::Frame,
+    ChatMessage, ChatResponse, MemberUpdate, MessageDeleted, MessageEdited, Reaction,
+    ReactionState, RoomEvent, RoomUpdated, chat_response::Frame,
 };
+use serde::{Deserialize, Serialize};
 use parley_runtime::storage::timestamp;
 
 use crate::{
     domain::{RoomId, validate_client_id, validate_content},
     error::Error,
+    moderation::{Action, MAX_USER_ID_LEN, Until},
 };
 
 /// Longest emoji string, in bytes.
@@ -34,7 +36,8 @@ pub(crate) struct StoredEvent {
     event: Arc<RoomEvent>,
 }
 
-fn millis(at: Option<&prost_types::Timestamp>) -> Option<i64> {
+/// A timestamp in Unix milliseconds.
+pub(crate) fn millis(at: Option<&prost_types::Timestamp>) -> Option<i64> {
     at.map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
 
@@ -45,6 +48,8 @@ fn position(frame: &Frame) -> Option<(i64, Option<i64>)> {
         Frame::MessageEdited(edited) => Some((edited.seq, millis(edited.edited_at.as_ref()))),
         Frame::MessageDeleted(deleted) => Some((deleted.seq, millis(deleted.deleted_at.as_ref()))),
         Frame::Reaction(reaction) => Some((reaction.seq, None)),
+        Frame::MemberUpdate(update) => Some((update.seq, None)),
+        Frame::RoomUpdated(update) => Some((update.seq, None)),
         _ => None,
     }
 }
@@ -165,6 +170,30 @@ pub(crate) enum Change {
         /// Remove instead of add.
         remove: bool,
     },
+    /// Act on a member (the target seq is 0).
+    Moderate {
+        /// The member acted on.
+        user_id: String,
+        /// What to do.
+        action: Action,
+        /// When a ban or mute ends.
+        until: Until,
+    },
+    /// Rename the room, or set or clear its password (the target seq is
+    /// 0).
+    UpdateRoom {
+        /// The new name.
+        name: Option<String>,
+        /// The new password's hash; `Some(None)` clears it.
+        password_hash: Option<Option<String>>,
+    },
+}
+
+impl Change {
+    /// Whether the change is about the room rather than one message.
+    pub(crate) fn is_about_room(&self) -> bool {
+        matches!(self, Self::Moderate { .. } | Self::UpdateRoom { .. })
+    }
 }
 
 /// A change to a message, checked and ready for a writer lane.
@@ -197,13 +226,14 @@ pub(crate) fn check_change(
     client_id: &str,
     max_content_bytes: usize,
 ) -> Result<(), Error> {
-    if target_seq < 1 {
+    if target_seq < 1 && !change.is_about_room() {
         return Err(Error::invalid("seq", "must be the seq of a message"));
     }
     match change {
         Change::Edit { content } => validate_content(content, max_content_bytes)?,
-        Change::Delete => {}
+        Change::Delete | Change::UpdateRoom { .. } => {}
         Change::React { emoji, .. } => validate_emoji(emoji)?,
+        Change::Moderate { user_id, .. } => validate_user_id(user_id)?,
     }
     validate_client_id(client_id)
 }
@@ -228,6 +258,44 @@ pub(crate) fn validate_emoji(emoji: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a user id given as a moderation target or direct-room peer.
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `user_id`.
+pub(crate) fn validate_user_id(user_id: &str) -> Result<(), Error> {
+    if user_id.is_empty() {
+        return Err(Error::invalid("user_id", "must not be empty"));
+    }
+    if user_id.len() > MAX_USER_ID_LEN || user_id.chars().any(char::is_control) {
+        return Err(Error::invalid("user_id", "is not a user id"));
+    }
+    Ok(())
+}
+
+/// What a `member_update` event stores in its row's `detail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MemberDetail {
+    /// The member acted on.
+    pub(crate) user_id: String,
+    /// Their username.
+    pub(crate) name: String,
+    /// The action, as [`Action::as_str`] spells it.
+    pub(crate) action: String,
+    /// Their role afterwards, "" once no longer a member.
+    pub(crate) role: String,
+    /// When a ban or mute ends (Unix milliseconds); `None` for no end.
+    pub(crate) until: Option<i64>,
+}
+
+/// What a `room_updated` event stores in its row's `detail`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RoomDetail {
+    /// The room's name afterwards.
+    pub(crate) name: String,
+    /// Whether it is private afterwards.
+    pub(crate) private: bool,
+}
+
 /// A stored event row, as [`crate::store`] reads it back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -248,6 +316,8 @@ pub(crate) fn kind_of(change: &Change) -> &'static str {
         Change::Delete => "delete",
         Change::React { remove: false, .. } => "reaction_added",
         Change::React { remove: true, .. } => "reaction_removed",
+        Change::Moderate { .. } => "member_update",
+        Change::UpdateRoom { .. } => "room_updated",
     }
 }
 
@@ -285,6 +355,35 @@ impl EventRow {
                 }
                 .into(),
             }),
+            "member_update" => {
+                let detail: MemberDetail = serde_json::from_str(&self.detail).ok()?;
+                let action = Action::from_stored(&detail.action, &detail.role)?;
+                Frame::MemberUpdate(MemberUpdate {
+                    room_id: self.room_id.clone(),
+                    seq: self.seq,
+                    user_id: detail.user_id,
+                    name: detail.name,
+                    action: action.to_proto().into(),
+                    role: detail.role,
+                    until: match action {
+                        Action::Ban | Action::Mute => detail.until.map(timestamp),
+                        _ => None,
+                    },
+                    by: self.actor_id,
+                    by_name: self.actor_name,
+                })
+            }
+            "room_updated" => {
+                let detail: RoomDetail = serde_json::from_str(&self.detail).ok()?;
+                Frame::RoomUpdated(RoomUpdated {
+                    room_id: self.room_id.clone(),
+                    seq: self.seq,
+                    name: detail.name,
+                    private: detail.private,
+                    by: self.actor_id,
+                    by_name: self.actor_name,
+                })
+            }
             _ => return None,
         };
         StoredEvent::new(&self.room_id, frame)

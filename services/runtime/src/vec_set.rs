@@ -72,6 +72,16 @@ impl<T: PartialEq> VecSet<T> {
         self.0.iter().find(|item| (*item).borrow() == value)
     }
 
+    /// The item equal to `value`, to change parts of it that equality
+    /// does not look at.
+    pub fn get_mut<Q>(&mut self, value: &Q) -> Option<&mut T>
+    where
+        T: Borrow<Q>,
+        Q: PartialEq + ?Sized,
+    {
+        self.0.iter_mut().find(|item| (**item).borrow() == value)
+    }
+
     /// Whether `value` is in the set.
     pub fn contains<Q>(&self, value: &Q) -> bool
     where

@@ -10,17 +10,19 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
 use parley_proto::chat::v1::{
-    ChatMessage, ChatRequest, ChatResponse, Delete, Edit, GetChatHistoryRequest, Join, Leave, Ping,
-    PresenceState, React, ReactionState, Read, Refresh, Send as SendFrame, Typing,
-    chat_request::Frame as In, chat_response::Frame as Out,
+    ChatMessage, ChatRequest, ChatResponse, Delete, Edit, GetChatHistoryRequest, Join, Leave,
+    MemberAction, Moderate, Ping, PresenceState, React, ReactionState, Read, Refresh,
+    Send as SendFrame, Typing, chat_request::Frame as In, chat_response::Frame as Out,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tonic::Code;
 
 /// Frame names a client may send, for the error about an unknown one.
-const CLIENT_FRAMES: &str =
-    "join, leave, send, edit, delete, react, read, typing, get_chat_history, ping, refresh";
+const CLIENT_FRAMES: &str = "join, leave, send, edit, delete, react, read, moderate, typing, \
+     get_chat_history, ping, refresh";
+/// Moderation actions, for the error about an unknown one.
+const ACTIONS: &str = "kick, ban, unban, mute, unmute, set_role";
 
 /// A client frame that cannot be used, answered with an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +115,56 @@ struct ReactIn {
     emoji: String,
     remove: bool,
     client_id: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ModerateIn {
+    room_id: String,
+    user_id: String,
+    action: String,
+    role: String,
+    duration: String,
+    client_id: String,
+}
+
+impl ModerateIn {
+    fn into_frame(self) -> Result<Moderate, FrameError> {
+        let action = match self.action.as_str() {
+            "kick" => MemberAction::Kick,
+            "ban" => MemberAction::Ban,
+            "unban" => MemberAction::Unban,
+            "mute" => MemberAction::Mute,
+            "unmute" => MemberAction::Unmute,
+            "set_role" => MemberAction::SetRole,
+            other => {
+                return Err(FrameError::invalid(format!(
+                    "moderate.action: unknown action `{other}`; expected one of {ACTIONS}"
+                )));
+            }
+        };
+        let duration = if self.duration.trim().is_empty() {
+            None
+        } else {
+            let parsed = humantime::parse_duration(self.duration.trim()).map_err(|err| {
+                FrameError::invalid(format!(
+                    "moderate.duration: {err}; use a duration such as 10m, 1h or 7d"
+                ))
+            })?;
+            Some(prost_types::Duration {
+                seconds: i64::try_from(parsed.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(parsed.subsec_nanos()).unwrap_or(0),
+            })
+        };
+        Ok(Moderate {
+            room_id: self.room_id,
+            user_id: self.user_id,
+            action: action.into(),
+            role: self.role,
+            duration,
+            client_id: self.client_id,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +275,9 @@ pub(crate) fn parse(text: &str) -> Result<ChatRequest, FrameError> {
                 seq: read.seq,
             })
         }),
+        "moderate" => body_of::<ModerateIn>(&name, &body)
+            .and_then(ModerateIn::into_frame)
+            .map(In::Moderate),
         "typing" => body_of::<RoomIn>(&name, &body).map(|typing| {
             In::Typing(Typing {
                 room_id: typing.room_id,
@@ -287,6 +342,12 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
                 .collect(),
             replay_truncated: joined.replay_truncated,
             read_seq: joined.read_seq,
+            name: &joined.name,
+            private: joined.private,
+            direct: joined.direct,
+            role: &joined.role,
+            muted: joined.muted,
+            muted_until: rfc3339_millis(joined.muted_until.as_ref()),
         }),
         Out::Left(left) => ServerFrame::Left(RoomOut {
             room_id: &left.room_id,
@@ -353,6 +414,25 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
                 _ => "added",
             },
         }),
+        Out::MemberUpdate(update) => ServerFrame::MemberUpdate(MemberUpdateOut {
+            room_id: &update.room_id,
+            seq: update.seq,
+            user_id: &update.user_id,
+            name: &update.name,
+            action: action_name(update.action()),
+            role: &update.role,
+            until: rfc3339_millis(update.until.as_ref()),
+            by: &update.by,
+            by_name: &update.by_name,
+        }),
+        Out::RoomUpdated(update) => ServerFrame::RoomUpdated(RoomUpdatedOut {
+            room_id: &update.room_id,
+            seq: update.seq,
+            name: &update.name,
+            private: update.private,
+            by: &update.by,
+            by_name: &update.by_name,
+        }),
         Out::Read(read) => ServerFrame::Read(ReadOut {
             room_id: &read.room_id,
             user_id: &read.user_id,
@@ -361,6 +441,19 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
         }),
     };
     Some(encode(&frame))
+}
+
+/// A moderation action as frames spell it.
+fn action_name(action: MemberAction) -> &'static str {
+    match action {
+        MemberAction::Kick => "kick",
+        MemberAction::Ban => "ban",
+        MemberAction::Unban => "unban",
+        MemberAction::Mute => "mute",
+        MemberAction::Unmute => "unmute",
+        MemberAction::SetRole => "set_role",
+        MemberAction::Unspecified => "",
+    }
 }
 
 /// A `pong` frame.
@@ -412,6 +505,31 @@ enum ServerFrame<'a> {
     MessageDeleted(DeletedOut<'a>),
     Reaction(ReactionOut<'a>),
     Read(ReadOut<'a>),
+    MemberUpdate(MemberUpdateOut<'a>),
+    RoomUpdated(RoomUpdatedOut<'a>),
+}
+
+#[derive(Serialize)]
+struct MemberUpdateOut<'a> {
+    room_id: &'a str,
+    seq: i64,
+    user_id: &'a str,
+    name: &'a str,
+    action: &'static str,
+    role: &'a str,
+    until: String,
+    by: &'a str,
+    by_name: &'a str,
+}
+
+#[derive(Serialize)]
+struct RoomUpdatedOut<'a> {
+    room_id: &'a str,
+    seq: i64,
+    name: &'a str,
+    private: bool,
+    by: &'a str,
+    by_name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -459,6 +577,12 @@ struct JoinedOut<'a> {
     members: Vec<MemberOut<'a>>,
     replay_truncated: bool,
     read_seq: i64,
+    name: &'a str,
+    private: bool,
+    direct: bool,
+    role: &'a str,
+    muted: bool,
+    muted_until: String,
 }
 
 #[derive(Serialize)]

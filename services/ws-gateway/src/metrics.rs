@@ -60,9 +60,15 @@ pub(crate) enum FrameKind {
     MessageDeleted,
     /// `reaction`
     Reaction,
+    /// `moderate`
+    Moderate,
+    /// `member_update`
+    MemberUpdate,
+    /// `room_updated`
+    RoomUpdated,
 }
 
-const KINDS: [FrameKind; 25] = [
+const KINDS: [FrameKind; 28] = [
     FrameKind::Join,
     FrameKind::Leave,
     FrameKind::Send,
@@ -88,6 +94,9 @@ const KINDS: [FrameKind; 25] = [
     FrameKind::MessageEdited,
     FrameKind::MessageDeleted,
     FrameKind::Reaction,
+    FrameKind::Moderate,
+    FrameKind::MemberUpdate,
+    FrameKind::RoomUpdated,
 ];
 
 impl FrameKind {
@@ -105,6 +114,7 @@ impl FrameKind {
             In::Delete(_) => Self::Delete,
             In::React(_) => Self::React,
             In::Read(_) => Self::Read,
+            In::Moderate(_) => Self::Moderate,
         }
     }
 
@@ -125,6 +135,8 @@ impl FrameKind {
             Out::MessageDeleted(_) => Self::MessageDeleted,
             Out::Reaction(_) => Self::Reaction,
             Out::Read(_) => Self::Read,
+            Out::MemberUpdate(_) => Self::MemberUpdate,
+            Out::RoomUpdated(_) => Self::RoomUpdated,
         }
     }
 
@@ -156,6 +168,9 @@ impl FrameKind {
             Self::MessageEdited => "message_edited",
             Self::MessageDeleted => "message_deleted",
             Self::Reaction => "reaction",
+            Self::Moderate => "moderate",
+            Self::MemberUpdate => "member_update",
+            Self::RoomUpdated => "room_updated",
         }
     }
 }

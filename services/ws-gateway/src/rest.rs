@@ -9,11 +9,14 @@ use axum::{
     },
     http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, patch, post},
 };
 use parley_proto::{
     auth::v1::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair},
-    chat::v1::{CreateRoomRequest, GetChatHistoryRequest, ListMyRoomsRequest, Room},
+    chat::v1::{
+        CreateRoomRequest, DeleteRoomRequest, GetChatHistoryRequest, ListMyRoomsRequest,
+        OpenDirectRoomRequest, Room, UpdateRoomRequest,
+    },
     user::v1::{GetUserRequest, User},
 };
 use serde::{Deserialize, de::DeserializeOwned};
@@ -35,6 +38,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
         .route("/api/v1/rooms", post(create_room).get(my_rooms))
+        .route("/api/v1/rooms/{room_id}", patch(update_room).delete(delete_room))
+        .route("/api/v1/dms", post(open_direct_room))
         .route("/api/v1/rooms/{room_id}/messages", get(messages))
 }
 
@@ -231,6 +236,104 @@ async fn create_room(
 }
 
 #[derive(Debug, Deserialize)]
+struct UpdateRoomBody {
+    #[serde(default)]
+    name: Option<String>,
+    /// `""` clears the password.
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `PATCH /api/v1/rooms/{room_id}`: rename, or set or clear the password
+/// (owners and admins).
+async fn update_room(
+    State(state): State<AppState>,
+    caller: Bearer,
+    Path(room_id): Path<String>,
+    JsonBody(body): JsonBody<UpdateRoomBody>,
+) -> Result<Json<Value>, ApiError> {
+    let response = state
+        .shared
+        .chat
+        .clone()
+        .update_room(caller.request(UpdateRoomRequest {
+            room_id,
+            name: body.name,
+            password: body.password,
+            client_id: String::new(),
+        }))
+        .await?
+        .into_inner();
+    let room = response
+        .room
+        .ok_or_else(|| ApiError::new(Code::Internal, "chat returned no room"))?;
+    Ok(Json(room_json(&room)))
+}
+
+/// `DELETE /api/v1/rooms/{room_id}` (owners and admins).
+async fn delete_room(
+    State(state): State<AppState>,
+    caller: Bearer,
+    Path(room_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .shared
+        .chat
+        .clone()
+        .delete_room(caller.request(DeleteRoomRequest { room_id }))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct DirectRoomBody {
+    user_id: String,
+}
+
+/// `POST /api/v1/dms`: the direct room with another user, 201 when this
+/// call created it. The user is looked up first, so an unknown one is 404
+/// and the room is named after their username.
+async fn open_direct_room(
+    State(state): State<AppState>,
+    caller: Bearer,
+    JsonBody(body): JsonBody<DirectRoomBody>,
+) -> Result<Response, ApiError> {
+    if body.user_id.is_empty() {
+        return Err(ApiError::invalid("user_id: must not be empty"));
+    }
+    let user = state
+        .shared
+        .user
+        .clone()
+        .get_user(caller.request(GetUserRequest {
+            id: body.user_id.clone(),
+        }))
+        .await?
+        .into_inner()
+        .user
+        .ok_or_else(|| ApiError::new(Code::NotFound, "no such user"))?;
+    let response = state
+        .shared
+        .chat
+        .clone()
+        .open_direct_room(caller.request(OpenDirectRoomRequest {
+            user_id: user.id,
+            user_name: user.username,
+        }))
+        .await?
+        .into_inner();
+    let room = response
+        .room
+        .ok_or_else(|| ApiError::new(Code::Internal, "chat returned no room"))?;
+    let status = if response.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(room_json(&room))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
 struct HistoryQuery {
     limit: Option<i64>,
     before_seq: Option<i64>,
@@ -334,6 +437,7 @@ fn room_json(room: &Room) -> Value {
         "name": room.name,
         "short_code": room.short_code,
         "private": room.private,
+        "direct": room.direct,
         "created_at": rfc3339_millis(room.created_at.as_ref()),
     })
 }

@@ -67,6 +67,14 @@ pub(super) fn handle(cx: &Context<'_>, asked: Asked, trace: &TraceContext) {
         cx.fail(err, &asked.client_id, &asked.room_id);
         return;
     };
+    if membership.is_muted() && !matches!(asked.change, Change::Delete) {
+        cx.fail(
+            Error::Muted(asked.room_id.clone()),
+            &asked.client_id,
+            &asked.room_id,
+        );
+        return;
+    }
     let span = super::send::send_span(membership.room_id(), trace);
     let prepared = cx.engine.prepare_event(
         &cx.session.user,

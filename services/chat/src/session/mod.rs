@@ -6,8 +6,10 @@
 //! take effect in the order they were sent while other sessions go on.
 //!
 //! Each frame kind has its handler: [`join`], [`leave`], [`send`],
-//! [`change`] (edit, delete, react), [`read`] and [`history`] in their own
-//! modules, ping, typing and refresh here. A
+//! [`change`] (edit, delete, react), [`moderate`], [`read`] and
+//! [`history`] in their own modules, ping, typing and refresh here. The
+//! hub's controls (a member kicked, banned or muted, a room deleted)
+//! arrive beside the frames and change the sessions they name. A
 //! handler answers at once, or returns the future of a slow frame, whose
 //! [`Effect`] the actor applies to the session when it finishes.
 
@@ -15,6 +17,7 @@ mod change;
 mod history;
 mod join;
 mod leave;
+mod moderate;
 mod read;
 mod send;
 
@@ -27,7 +30,7 @@ use futures_util::{
     FutureExt as _, Stream, StreamExt as _, future::BoxFuture, stream::FuturesUnordered,
 };
 use parley_proto::chat::v1::{
-    ChatRequest, ChatResponse, Pong, Refreshed, Typing, chat_request::Frame as In,
+    ChatRequest, ChatResponse, Left, Pong, Refreshed, Typing, chat_request::Frame as In,
     chat_response::Frame as Out,
 };
 use parley_runtime::{storage::timestamp, token::Caller, vec_set::VecSet};
@@ -36,8 +39,9 @@ use tonic::Status;
 use crate::{
     engine::{Engine, User},
     error::Error,
-    link::{Importance, Link, Outbound, SessionId},
+    link::{Control, Importance, Link, Outbound, SessionId},
     membership::Membership,
+    moderation::Action,
 };
 
 /// The W3C trace context a gateway sends with a frame; empty otherwise.
@@ -130,6 +134,7 @@ pub(crate) struct StreamActor {
     sessions: HashMap<SessionId, Session>,
     expiries: BTreeSet<(i64, SessionId)>,
     ops: FuturesUnordered<BoxFuture<'static, Done>>,
+    controls: tokio::sync::mpsc::Receiver<Control>,
 }
 
 impl std::fmt::Debug for StreamActor {
@@ -147,7 +152,11 @@ fn frame(out: Out) -> ChatResponse {
 
 impl StreamActor {
     /// An actor for a gateway stream.
-    pub(crate) fn gateway(engine: Engine, link: Link) -> Self {
+    pub(crate) fn gateway(
+        engine: Engine,
+        link: Link,
+        controls: tokio::sync::mpsc::Receiver<Control>,
+    ) -> Self {
         Self {
             engine,
             link,
@@ -155,14 +164,20 @@ impl StreamActor {
             sessions: HashMap::new(),
             expiries: BTreeSet::new(),
             ops: FuturesUnordered::new(),
+            controls,
         }
     }
 
     /// An actor for a `Chat` stream of `caller`, as session 0.
-    pub(crate) fn client(engine: Engine, link: Link, caller: &Caller) -> Self {
+    pub(crate) fn client(
+        engine: Engine,
+        link: Link,
+        controls: tokio::sync::mpsc::Receiver<Control>,
+        caller: &Caller,
+    ) -> Self {
         let mut actor = Self {
             single_session: true,
-            ..Self::gateway(engine, link)
+            ..Self::gateway(engine, link, controls)
         };
         actor.add_session(0, caller);
         actor
@@ -206,6 +221,7 @@ impl StreamActor {
             tokio::select! {
                 biased;
                 () = self.link.closed() => break,
+                Some(control) = self.controls.recv() => self.on_control(control),
                 Some(done) = self.ops.next(), if !self.ops.is_empty() => self.finish(done),
                 item = incoming.next() => match item {
                     Some(Ok(item)) => self.receive(item),
@@ -273,6 +289,55 @@ impl StreamActor {
             Outbound::Close(id, Status::from(why)),
             Importance::Essential,
         );
+    }
+
+    /// A member's standing changed, or a room is gone: the sessions it
+    /// names leave the room (with `left`) or change their mute.
+    fn on_control(&mut self, control: Control) {
+        let (room_id, user_id, action, until) = match control {
+            Control::Member {
+                room_id,
+                user_id,
+                action,
+                until,
+            } => (room_id, Some(user_id), Some(action), Some(until)),
+            Control::RoomGone { room_id } => (room_id, None, None, None),
+        };
+        for (id, session) in &mut self.sessions {
+            if user_id
+                .as_deref()
+                .is_some_and(|user_id| *session.user.id != *user_id)
+            {
+                continue;
+            }
+            match action {
+                None => {}
+                Some(action) if action.evicts() => {}
+                Some(Action::Mute) => {
+                    if let Some(membership) = session.rooms.get_mut(room_id.as_str()) {
+                        membership.set_muted(until);
+                    }
+                    continue;
+                }
+                Some(Action::Unmute) => {
+                    if let Some(membership) = session.rooms.get_mut(room_id.as_str()) {
+                        membership.set_muted(None);
+                    }
+                    continue;
+                }
+                Some(_) => continue,
+            }
+            // Dropping the membership detaches the session and counts it
+            // out of presence.
+            if session.rooms.take(room_id.as_str()).is_some() {
+                self.link.send_to(
+                    *id,
+                    frame(Out::Left(Left {
+                        room_id: room_id.clone(),
+                    })),
+                );
+            }
+        }
     }
 
     fn expire(&mut self) {
@@ -370,6 +435,10 @@ impl StreamActor {
                 None
             }
             In::Read(request) => read::handle(&cx, request),
+            In::Moderate(request) => {
+                moderate::handle(&cx, request, trace);
+                None
+            }
             In::Refresh(_) => None,
         };
         if let Some(op) = op {

@@ -14,6 +14,11 @@ use crate::{
 
 pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) -> Option<Op> {
     let room_id = match cx.session.rooms.get(send.room_id.as_str()) {
+        Some(membership) if membership.is_muted() => {
+            let err = Error::Muted(send.room_id.clone());
+            cx.fail(err, &send.client_id, &send.room_id);
+            return None;
+        }
         Some(membership) => membership.room_id().clone(),
         None => {
             let err = match RoomId::parse("room_id", &send.room_id) {

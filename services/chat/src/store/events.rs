@@ -12,6 +12,7 @@ use parley_runtime::storage::{now_millis, timed, unique_violation};
 use super::{ChatStore, EVENT_COLUMNS};
 use crate::{
     error::Error,
+    moderation::{Actor, Role, Until},
     timeline::{Change, EventRow, MAX_EMOJI_PER_MESSAGE, NewEvent, StoredEvent, kind_of},
 };
 
@@ -111,14 +112,21 @@ impl ChatStore {
         }
 
         // The room's row lock, before anything is checked.
-        let locked: Option<i64> = sqlx::query_scalar(
-            "UPDATE room SET last_seq = last_seq WHERE room_id = $1 RETURNING last_seq",
+        let direct: i64 = sqlx::query_scalar(
+            "UPDATE room SET last_seq = last_seq WHERE room_id = $1 RETURNING direct",
         )
         .bind(room_id)
         .fetch_optional(&mut *tx)
-        .await?;
-        if locked.is_none() {
-            return Err(Error::RoomNotFound(room_id.to_owned()));
+        .await?
+        .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))?;
+        if event.change.is_about_room() {
+            return self
+                .write_room_event(tx, event, direct != 0)
+                .await
+                .map(|event| EventOutcome::Stored {
+                    event,
+                    message_id: String::new(),
+                });
         }
         let target = sqlx::query_as::<_, Target>(
             "SELECT message_id, sender_id, deleted_at FROM message WHERE room_id = $1 AND seq = $2",
@@ -132,15 +140,24 @@ impl ChatStore {
             seq: event.target_seq,
         })?;
         let own = target.sender_id == *event.actor_id;
+        let now = now_millis();
         match &event.change {
             Change::Edit { .. } if !own => return Err(Error::NotYourMessage(event.target_seq)),
-            Change::Delete if !own && !event.actor_admin => {
-                return Err(Error::NotYourMessage(event.target_seq));
+            Change::Delete if !own => {
+                let actor = actor_in(&mut tx, room_id, &event.actor_id, event.actor_admin).await?;
+                if !actor.deletes_any() {
+                    return Err(Error::NotYourMessage(event.target_seq));
+                }
             }
             _ => {}
         }
         if target.deleted_at.is_some() {
             return Err(Error::MessageDeleted(event.target_seq));
+        }
+        if matches!(event.change, Change::Edit { .. } | Change::React { .. })
+            && muted(&mut tx, room_id, &event.actor_id, now).await?
+        {
+            return Err(Error::Muted(room_id.to_owned()));
         }
         if let Change::React { emoji, remove } = &event.change {
             let mine: Option<i64> = sqlx::query_scalar(
@@ -165,15 +182,7 @@ impl ChatStore {
             }
         }
 
-        let now = now_millis();
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE room SET last_seq = last_seq + 1, last_event_at = $2 \
-             WHERE room_id = $1 RETURNING last_seq",
-        )
-        .bind(room_id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
+        let seq = next_seq(&mut tx, room_id, now).await?;
         let detail = match &event.change {
             Change::Edit { content } => {
                 sqlx::query(
@@ -227,6 +236,7 @@ impl ChatStore {
                 .await?;
                 emoji.clone()
             }
+            Change::Moderate { .. } | Change::UpdateRoom { .. } => String::new(),
             Change::React {
                 emoji,
                 remove: true,
@@ -254,25 +264,8 @@ impl ChatStore {
             detail,
             created_at: now,
         };
-        sqlx::query(
-            "INSERT INTO room_event (room_id, seq, kind, target_seq, actor_id, actor_name, \
-             detail, client_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(room_id)
-        .bind(seq)
-        .bind(&row.kind)
-        .bind(row.target_seq)
-        .bind(&row.actor_id)
-        .bind(&row.actor_name)
-        .bind(&row.detail)
-        .bind(client_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let event = insert_event(&mut tx, row, client_id).await?;
         tx.commit().await?;
-        let event = row
-            .into_event()
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("an event of an unknown kind")))?;
         Ok(EventOutcome::Stored {
             event,
             message_id: target.message_id,
@@ -282,7 +275,7 @@ impl ChatStore {
     /// Refuses a new emoji on a message that has the most distinct ones.
     async fn check_emoji_room(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut Tx<'_>,
         room_id: &str,
         target_seq: i64,
         emoji: &str,
@@ -313,4 +306,88 @@ impl ChatStore {
         }
         Ok(())
     }
+}
+
+/// The transaction of a timeline event.
+pub(super) type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Takes the room's next seq (its row is locked already).
+pub(super) async fn next_seq(tx: &mut Tx<'_>, room_id: &str, now: i64) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar(
+        "UPDATE room SET last_seq = last_seq + 1, last_event_at = $2 \
+         WHERE room_id = $1 RETURNING last_seq",
+    )
+    .bind(room_id)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?)
+}
+
+/// Stores an event's row, and answers the event members receive.
+pub(super) async fn insert_event(
+    tx: &mut Tx<'_>,
+    row: EventRow,
+    client_id: Option<&str>,
+) -> Result<StoredEvent, Error> {
+    sqlx::query(
+        "INSERT INTO room_event (room_id, seq, kind, target_seq, actor_id, actor_name, \
+         detail, client_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&row.room_id)
+    .bind(row.seq)
+    .bind(&row.kind)
+    .bind(row.target_seq)
+    .bind(&row.actor_id)
+    .bind(&row.actor_name)
+    .bind(&row.detail)
+    .bind(client_id)
+    .bind(row.created_at)
+    .execute(&mut **tx)
+    .await?;
+    row.into_event()
+        .ok_or_else(|| Error::Internal(anyhow::anyhow!("an event of an unknown kind")))
+}
+
+/// The actor's standing in the room.
+pub(super) async fn actor_in(
+    tx: &mut Tx<'_>,
+    room_id: &str,
+    user_id: &str,
+    admin: bool,
+) -> Result<Actor, Error> {
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM room_member WHERE room_id = $1 AND user_id = $2")
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(Actor {
+        role: role.as_deref().map(Role::from_stored),
+        admin,
+    })
+}
+
+/// Whether the user's ban or mute (`kind`) is in force at `now`.
+pub(super) async fn sanction(
+    tx: &mut Tx<'_>,
+    room_id: &str,
+    user_id: &str,
+    kind: &str,
+    now: i64,
+) -> Result<Option<Until>, Error> {
+    let row: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT until FROM room_sanction WHERE room_id = $1 AND user_id = $2 AND kind = $3",
+    )
+    .bind(room_id)
+    .bind(user_id)
+    .bind(kind)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row
+        .map(Until::from_stored)
+        .filter(|until| until.in_force(now)))
+}
+
+async fn muted(tx: &mut Tx<'_>, room_id: &str, user_id: &str, now: i64) -> Result<bool, Error> {
+    Ok(sanction(tx, room_id, user_id, "mute", now).await?.is_some())
 }

@@ -6,6 +6,7 @@
 
 mod batch;
 mod events;
+mod moderation;
 mod rooms;
 #[cfg(test)]
 mod tests;
@@ -18,14 +19,15 @@ use parley_runtime::{
     storage::{Database, now_millis, timed, timestamp, unique_violation},
 };
 
-pub(crate) use self::{batch::WriteOutcome, events::EventOutcome};
+pub(crate) use self::{batch::WriteOutcome, events::EventOutcome, moderation::MemberState};
 use crate::{
     domain::{Room, RoomId, ShortCode, StoredMessage},
     error::Error,
     timeline::{EventRow, REACTION_USERS_LISTED, StoredEvent},
 };
 
-const ROOM_COLUMNS: &str = "room_id, name, short_code, password_hash, created_at, last_seq";
+const ROOM_COLUMNS: &str =
+    "room_id, name, short_code, password_hash, created_by, created_at, last_seq, direct";
 const MESSAGE_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
      client_id, sent_at, reply_to, edited_at, original_content, deleted_at";
 const EVENT_COLUMNS: &str =
@@ -45,8 +47,10 @@ struct RoomRow {
     name: String,
     short_code: Option<String>,
     password_hash: Option<String>,
+    created_by: String,
     created_at: i64,
     last_seq: i64,
+    direct: i64,
 }
 
 impl From<RoomRow> for Room {
@@ -56,8 +60,10 @@ impl From<RoomRow> for Room {
             name: row.name,
             short_code: row.short_code.unwrap_or_default(),
             password_hash: row.password_hash,
+            created_by: row.created_by,
             created_at: row.created_at,
             last_seq: row.last_seq,
+            direct: row.direct != 0,
         }
     }
 }
@@ -212,7 +218,8 @@ impl ChatStore {
             }
             if password_hash.is_some() {
                 sqlx::query(
-                    "INSERT INTO room_member (room_id, user_id, joined_at) VALUES ($1, $2, $3)",
+                    "INSERT INTO room_member (room_id, user_id, joined_at, role) \
+                     VALUES ($1, $2, $3, 'owner')",
                 )
                 .bind(&room_id)
                 .bind(creator)
@@ -226,8 +233,10 @@ impl ChatStore {
                 name,
                 short_code,
                 password_hash,
+                created_by: creator.to_owned(),
                 created_at,
                 last_seq: 0,
+                direct: false,
             });
         }
     }
@@ -245,11 +254,14 @@ impl ChatStore {
         if let Some(room) = self.room(room_id).await? {
             return Ok(room);
         }
+        // A deleted room's id stays unused: its join is NOT_FOUND.
         timed(
             "create_public_room",
             sqlx::query(
                 "INSERT INTO room (room_id, name, short_code, password_hash, created_by, created_at, last_seq) \
-                 VALUES ($1, $1, NULL, NULL, $2, $3, 0) ON CONFLICT (room_id) DO NOTHING",
+                 SELECT $1, $1, NULL, NULL, $2, $3, 0 \
+                 WHERE NOT EXISTS (SELECT 1 FROM deleted_room WHERE room_id = $1) \
+                 ON CONFLICT (room_id) DO NOTHING",
             )
             .bind(room_id)
             .bind(creator)
@@ -259,7 +271,7 @@ impl ChatStore {
         .await?;
         self.room(room_id)
             .await?
-            .ok_or_else(|| Error::Internal(anyhow::anyhow!("room {room_id} vanished after insert")))
+            .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))
     }
 
     /// The room with this id.
@@ -310,26 +322,32 @@ impl ChatStore {
         Ok(row.is_some())
     }
 
-    /// Makes `user_id` a member of `room_id` (again); answers their read
-    /// marker there (0 for a new member).
+    /// Makes `user_id` a member of `room` (again): its creator as owner,
+    /// anyone else as a member; an existing member keeps their role and
+    /// read marker.
     ///
     /// # Errors
     /// Database failures.
-    pub(crate) async fn add_member(&self, room_id: &str, user_id: &str) -> Result<i64, Error> {
-        let read_seq: i64 = timed(
+    pub(crate) async fn add_member(&self, room: &Room, user_id: &str) -> Result<(), Error> {
+        let role = if room.created_by == user_id && !room.direct {
+            "owner"
+        } else {
+            "member"
+        };
+        timed(
             "add_member",
-            sqlx::query_scalar(
-                "INSERT INTO room_member (room_id, user_id, joined_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET read_seq = room_member.read_seq \
-                 RETURNING read_seq",
+            sqlx::query(
+                "INSERT INTO room_member (room_id, user_id, joined_at, role) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (room_id, user_id) DO NOTHING",
             )
-            .bind(room_id)
+            .bind(room.id.as_str())
             .bind(user_id)
             .bind(now_millis())
-            .fetch_one(self.db.pool()),
+            .bind(role)
+            .execute(self.db.pool()),
         )
         .await?;
-        Ok(read_seq)
+        Ok(())
     }
 
     /// Moves `user_id`'s read marker in the room forward to `seq`; answers

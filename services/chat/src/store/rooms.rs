@@ -1,4 +1,5 @@
-//! A user's room list, read in three queries whatever the number of rooms
+//! A user's room list (a direct room named after the other user), read in
+//! three queries whatever the number of rooms
 //! or messages: no count runs over a room's history.
 //!
 //! A room's unread messages for a member are its messages by others after
@@ -22,6 +23,8 @@ struct MyRoomRow {
     room_id: String,
     name: String,
     private: i64,
+    direct: i64,
+    role: String,
     last_seq: i64,
     read_seq: i64,
     message_count: i64,
@@ -39,9 +42,14 @@ impl ChatStore {
         let rows = timed(
             "my_rooms",
             sqlx::query_as::<_, MyRoomRow>(
-                "SELECT r.room_id, r.name, \
-                    CAST(CASE WHEN r.password_hash IS NULL THEN 0 ELSE 1 END AS BIGINT) AS private, \
-                    r.last_seq, m.read_seq, r.message_count, \
+                "SELECT r.room_id, \
+                    COALESCE((SELECT COALESCE(k.name, p.peer) FROM \
+                        (SELECT CASE WHEN d.user_low = $1 THEN d.user_high ELSE d.user_low END \
+                            AS peer FROM direct_room d WHERE d.room_id = r.room_id) p \
+                        LEFT JOIN known_user k ON k.user_id = p.peer), r.name) AS name, \
+                    CAST(CASE WHEN r.password_hash IS NULL AND r.direct = 0 THEN 0 ELSE 1 END \
+                        AS BIGINT) AS private, \
+                    r.direct, m.role, r.last_seq, m.read_seq, r.message_count, \
                     (SELECT x.ordinal FROM message x \
                         WHERE x.room_id = r.room_id AND x.seq <= m.read_seq \
                         ORDER BY x.seq DESC LIMIT 1) AS read_ordinal, \
@@ -73,8 +81,8 @@ impl ChatStore {
                     id: row.room_id.clone(),
                     name: row.name.clone(),
                     private: row.private != 0,
-                    direct: false,
-                    role: String::new(),
+                    direct: row.direct != 0,
+                    role: row.role.clone(),
                     last_seq: row.last_seq,
                     read_seq: row.read_seq,
                     unread: unread.max(0),

@@ -62,6 +62,8 @@ fn timeline_position(frame: &Out) -> Option<(&str, i64)> {
         Out::MessageEdited(edited) => Some((&edited.room_id, edited.seq)),
         Out::MessageDeleted(deleted) => Some((&deleted.room_id, deleted.seq)),
         Out::Reaction(reaction) => Some((&reaction.room_id, reaction.seq)),
+        Out::MemberUpdate(update) => Some((&update.room_id, update.seq)),
+        Out::RoomUpdated(update) => Some((&update.room_id, update.seq)),
         _ => None,
     }
 }
