@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use parley_proto::chat::v1::{
-    ChatResponse, Left, Member, MemberAction, Presence as PresenceFrame, PresenceState,
-    ReadNotice, RoomEvent, RoomSummary, TypingNotice, chat_response::Frame,
+    ChatResponse, Left, Member, MemberAction, Presence as PresenceFrame, PresenceState, ReadNotice,
+    RoomEvent, RoomSummary, TypingNotice, chat_response::Frame,
 };
 use parley_runtime::{password::Passwords, storage::now_millis, token::TokenVerifier};
 
@@ -281,9 +281,8 @@ impl Engine {
         let store = &self.inner.store;
         store.remember_name(&user.id, &user.name).await?;
         if !peer_name.is_empty() && store.known_name(peer_id).await?.is_none() {
-            let name = domain::room_name(peer_name).map_err(|_| {
-                Error::invalid("user_name", "must be 1-100 characters")
-            })?;
+            let name = domain::room_name(peer_name)
+                .map_err(|_| Error::invalid("user_name", "must be 1-100 characters"))?;
             store.remember_name(peer_id, &name).await?;
         }
         let (mut room, created) = store

@@ -3,18 +3,18 @@
 
 use futures_util::StreamExt as _;
 use parley_proto::chat::v1::{
-    BanMemberRequest, BanMemberResponse, DeleteRoomRequest, DeleteRoomResponse, KickMemberRequest,
-    KickMemberResponse, MemberAction, MemberUpdate, MuteMemberRequest, MuteMemberResponse,
-    OpenDirectRoomRequest, OpenDirectRoomResponse, SetMemberRoleRequest, SetMemberRoleResponse,
-    UnbanMemberRequest, UnbanMemberResponse, UnmuteMemberRequest, UnmuteMemberResponse,
-    UpdateRoomRequest, UpdateRoomResponse,
-    ChatRequest, ChatResponse, CreateRoomRequest, CreateRoomResponse, DeleteMessageRequest,
-    DeleteMessageResponse, EditMessageRequest, EditMessageResponse, GatewayStreamRequest,
+    BanMemberRequest, BanMemberResponse, ChatRequest, ChatResponse, CreateRoomRequest,
+    CreateRoomResponse, DeleteMessageRequest, DeleteMessageResponse, DeleteRoomRequest,
+    DeleteRoomResponse, EditMessageRequest, EditMessageResponse, GatewayStreamRequest,
     GatewayStreamResponse, GetChatHistoryRequest, GetChatHistoryResponse, JoinRoomRequest,
-    JoinRoomResponse, LeaveRoomRequest, LeaveRoomResponse, ListMyRoomsRequest, ListMyRoomsResponse,
-    ListRoomMembersRequest, ListRoomMembersResponse, MarkReadRequest, MarkReadResponse,
-    ReactToMessageRequest, ReactToMessageResponse, SendMessageRequest, SendMessageResponse,
-    SessionClosed, SessionResponse, chat_response::Frame, chat_service_server,
+    JoinRoomResponse, KickMemberRequest, KickMemberResponse, LeaveRoomRequest, LeaveRoomResponse,
+    ListMyRoomsRequest, ListMyRoomsResponse, ListRoomMembersRequest, ListRoomMembersResponse,
+    MarkReadRequest, MarkReadResponse, MemberAction, MemberUpdate, MuteMemberRequest,
+    MuteMemberResponse, OpenDirectRoomRequest, OpenDirectRoomResponse, ReactToMessageRequest,
+    ReactToMessageResponse, SendMessageRequest, SendMessageResponse, SessionClosed,
+    SessionResponse, SetMemberRoleRequest, SetMemberRoleResponse, UnbanMemberRequest,
+    UnbanMemberResponse, UnmuteMemberRequest, UnmuteMemberResponse, UpdateRoomRequest,
+    UpdateRoomResponse, chat_response::Frame, chat_service_server,
     gateway_stream_request::Kind as GatewayIn, gateway_stream_response::Kind as GatewayOut,
 };
 use parley_runtime::{grpc::status::code_name, token::Caller};
@@ -341,7 +341,13 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<KickMemberResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::Kick, String::new(), None, r.client_id);
+        let asked = asked(
+            r.user_id,
+            MemberAction::Kick,
+            String::new(),
+            None,
+            r.client_id,
+        );
         let event = self.moderate(&user, &r.room_id, asked).await?;
         Ok(Response::new(KickMemberResponse { event }))
     }
@@ -352,7 +358,13 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<BanMemberResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::Ban, String::new(), r.duration, r.client_id);
+        let asked = asked(
+            r.user_id,
+            MemberAction::Ban,
+            String::new(),
+            r.duration,
+            r.client_id,
+        );
         let event = self.moderate(&user, &r.room_id, asked).await?;
         Ok(Response::new(BanMemberResponse { event }))
     }
@@ -363,7 +375,13 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<UnbanMemberResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::Unban, String::new(), None, r.client_id);
+        let asked = asked(
+            r.user_id,
+            MemberAction::Unban,
+            String::new(),
+            None,
+            r.client_id,
+        );
         let event = self.moderate(&user, &r.room_id, asked).await?;
         Ok(Response::new(UnbanMemberResponse { event }))
     }
@@ -374,7 +392,13 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<MuteMemberResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::Mute, String::new(), r.duration, r.client_id);
+        let asked = asked(
+            r.user_id,
+            MemberAction::Mute,
+            String::new(),
+            r.duration,
+            r.client_id,
+        );
         let event = self.moderate(&user, &r.room_id, asked).await?;
         Ok(Response::new(MuteMemberResponse { event }))
     }
@@ -385,7 +409,13 @@ impl chat_service_server::ChatService for ChatService {
     ) -> Result<Response<UnmuteMemberResponse>, Status> {
         let (_, user) = self.caller(&request)?;
         let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::Unmute, String::new(), None, r.client_id);
+        let asked = asked(
+            r.user_id,
+            MemberAction::Unmute,
+            String::new(),
+            None,
+            r.client_id,
+        );
         let event = self.moderate(&user, &r.room_id, asked).await?;
         Ok(Response::new(UnmuteMemberResponse { event }))
     }

@@ -143,7 +143,13 @@ impl Engine {
 
     /// Counts a session of `user` into a room it was admitted to and, for
     /// the user's first session anywhere, announces them.
-    async fn enter(&self, room: &Room, user: &User, link: &Link, state: &MemberState) -> Membership {
+    async fn enter(
+        &self,
+        room: &Room,
+        user: &User,
+        link: &Link,
+        state: &MemberState,
+    ) -> Membership {
         let first_here = self
             .hub()
             .enter(&room.id, room.last_seq, &user.id, &user.name);

@@ -311,7 +311,10 @@ mod tests {
     #[test]
     fn durations_end_bans_and_mutes_only() {
         let hour = Some(Duration::from_secs(3600));
-        assert_eq!(until(Action::Ban, hour, 1_000).ok(), Some(Until::At(3_601_000)));
+        assert_eq!(
+            until(Action::Ban, hour, 1_000).ok(),
+            Some(Until::At(3_601_000))
+        );
         assert_eq!(until(Action::Mute, None, 1_000).ok(), Some(Until::Forever));
         assert_eq!(
             until(Action::Ban, Some(Duration::ZERO), 1).ok(),

@@ -10,8 +10,8 @@ use parley_proto::chat::v1::{
     ChatMessage, ChatResponse, MemberUpdate, MessageDeleted, MessageEdited, Reaction,
     ReactionState, RoomEvent, RoomUpdated, chat_response::Frame,
 };
-use serde::{Deserialize, Serialize};
 use parley_runtime::storage::timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{RoomId, validate_client_id, validate_content},
@@ -404,6 +404,49 @@ mod tests {
         assert!(validate_emoji(&"a".repeat(64)).is_ok());
         assert!(check_change(0, &Change::Delete, "", 10).is_err());
         assert!(check_change(3, &Change::Delete, "", 10).is_ok());
+    }
+
+    #[test]
+    fn moderation_and_room_rows_become_their_frames() {
+        let detail = MemberDetail {
+            user_id: "u2".into(),
+            name: "bob".into(),
+            action: "ban".into(),
+            role: String::new(),
+            until: Some(5_000),
+        };
+        let row = EventRow {
+            room_id: "r".into(),
+            seq: 3,
+            kind: "member_update".into(),
+            target_seq: 0,
+            actor_id: "u1".into(),
+            actor_name: "ann".into(),
+            detail: serde_json::to_string(&detail).unwrap_or_default(),
+            created_at: 1_000,
+        };
+        let event = row.into_event().expect("a known kind");
+        let Some(Frame::MemberUpdate(update)) = event.frame() else {
+            panic!("a member_update frame");
+        };
+        assert_eq!(update.action(), parley_proto::chat::v1::MemberAction::Ban);
+        assert_eq!((update.by.as_str(), update.by_name.as_str()), ("u1", "ann"));
+        assert_eq!(millis(update.until.as_ref()), Some(5_000));
+        let row = EventRow {
+            room_id: "r".into(),
+            seq: 4,
+            kind: "room_updated".into(),
+            target_seq: 0,
+            actor_id: "u1".into(),
+            actor_name: "ann".into(),
+            detail: r#"{"name":"Launch","private":true}"#.into(),
+            created_at: 1_000,
+        };
+        let event = row.into_event().expect("a known kind");
+        assert_eq!(event.seq(), 4);
+        assert!(
+            matches!(event.frame(), Some(Frame::RoomUpdated(u)) if u.private && u.name == "Launch")
+        );
     }
 
     #[test]

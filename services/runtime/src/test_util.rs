@@ -161,8 +161,17 @@ impl RunningBinary {
                 http_addrs.push(addr);
             }
         }
-        // Keep draining the log so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // Keep draining the log so the process never blocks on a full pipe;
+        // with `TEST_LOG` set, show it.
+        let show = std::env::var_os("TEST_LOG").is_some();
+        let program = program.to_owned();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if show {
+                    eprintln!("{program}: {line}");
+                }
+            }
+        });
         Self {
             child,
             grpc_addrs,

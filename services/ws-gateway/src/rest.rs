@@ -38,7 +38,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
         .route("/api/v1/rooms", post(create_room).get(my_rooms))
-        .route("/api/v1/rooms/{room_id}", patch(update_room).delete(delete_room))
+        .route(
+            "/api/v1/rooms/{room_id}",
+            patch(update_room).delete(delete_room),
+        )
         .route("/api/v1/dms", post(open_direct_room))
         .route("/api/v1/rooms/{room_id}/messages", get(messages))
 }

@@ -11,6 +11,7 @@ mod compose;
 mod conversations;
 mod gateway;
 mod gateway_cluster;
+mod moderation;
 mod observability;
 mod ops;
 mod readme;

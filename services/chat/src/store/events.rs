@@ -83,6 +83,18 @@ impl ChatStore {
         let client_id = (!event.client_id.is_empty()).then_some(event.client_id.as_str());
         let mut tx = self.db.pool().begin().await?;
 
+        // The room's row lock first, before anything is read: SQLite
+        // cannot upgrade a transaction that read first to a writer once
+        // another connection has written (it fails at once instead of
+        // waiting), and on Postgres every check then sees no concurrent
+        // change.
+        let direct: i64 = sqlx::query_scalar(
+            "UPDATE room SET last_seq = last_seq WHERE room_id = $1 RETURNING direct",
+        )
+        .bind(room_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))?;
         if let Some(client_id) = client_id {
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM room_event \
@@ -111,14 +123,6 @@ impl ChatStore {
             }
         }
 
-        // The room's row lock, before anything is checked.
-        let direct: i64 = sqlx::query_scalar(
-            "UPDATE room SET last_seq = last_seq WHERE room_id = $1 RETURNING direct",
-        )
-        .bind(room_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| Error::RoomNotFound(room_id.to_owned()))?;
         if event.change.is_about_room() {
             return self
                 .write_room_event(tx, event, direct != 0)

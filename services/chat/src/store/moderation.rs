@@ -286,7 +286,10 @@ impl ChatStore {
         .await?;
         let (room_id, created) = match existing {
             Some(existing) => (existing, false),
-            None => self.insert_direct_room(room_id, user_id, low, high, now).await?,
+            None => {
+                self.insert_direct_room(room_id, user_id, low, high, now)
+                    .await?
+            }
         };
         // Both are members again, whoever left meanwhile.
         for member in [user_id, peer_id] {
@@ -428,12 +431,14 @@ async fn apply(
                     what,
                 });
             }
-            sqlx::query("DELETE FROM room_sanction WHERE room_id = $1 AND user_id = $2 AND kind = $3")
-                .bind(room_id)
-                .bind(user_id)
-                .bind(kind)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "DELETE FROM room_sanction WHERE room_id = $1 AND user_id = $2 AND kind = $3",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .bind(kind)
+            .execute(&mut **tx)
+            .await?;
             Ok(role)
         }
         Action::SetRole(new_role) => {

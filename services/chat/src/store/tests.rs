@@ -15,6 +15,7 @@ use super::{ChatStore, EventOutcome, WriteOutcome};
 use crate::{
     domain::{NewMessage, RoomId},
     error::Error,
+    moderation::{Action, Role, Until},
     timeline::{Change, NewEvent, StoredEvent},
 };
 
@@ -241,12 +242,12 @@ fn made(outcome: Result<EventOutcome, Error>) -> (String, i64) {
 async fn timeline_events_on(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let store = open_store(&database).await;
-    store
+    let lobby = store
         .room_or_create_public("lobby", "u1")
         .await
         .expect("a room");
     for user in ["u1", "u2"] {
-        store.add_member("lobby", user).await.expect("a member");
+        store.add_member(&lobby, user).await.expect("a member");
     }
     let first = [message("lobby", "u1", "hello", "")];
     store
@@ -426,4 +427,175 @@ async fn timeline_events_on_postgres() {
 #[tokio::test]
 async fn timeline_events_on_sqlite() {
     timeline_events_on(Backend::Sqlite).await;
+}
+
+fn moderate(room: &str, actor: &str, user: &str, action: Action, until: Until) -> NewEvent {
+    change(
+        room,
+        actor,
+        0,
+        Change::Moderate {
+            user_id: user.to_owned(),
+            action,
+            until,
+        },
+        "",
+    )
+}
+
+/// Roles follow who created a room; moderation changes memberships and
+/// sanctions under the rules; a ban's end is read from storage; a deleted
+/// room's id is never used again.
+async fn moderation_on(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let store = open_store(&database).await;
+    let room = store
+        .room_or_create_public("hall", "owner")
+        .await
+        .expect("a room");
+    for user in ["owner", "mod", "m1"] {
+        store.add_member(&room, user).await.expect("a member");
+    }
+    let role = |user: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .member("hall", user)
+                .await
+                .expect("a read")
+                .map(|m| m.role)
+        }
+    };
+    assert_eq!(role("owner").await, Some(Role::Owner));
+    assert_eq!(role("m1").await, Some(Role::Member));
+    let write = |event: NewEvent| {
+        let store = store.clone();
+        async move { made(store.write_event(&event).await) }
+    };
+    let promote = Action::SetRole(Role::Moderator);
+    assert_eq!(
+        write(moderate("hall", "mod", "m1", Action::Kick, Until::Forever))
+            .await
+            .0,
+        "PermissionDenied",
+        "a member kicks nobody"
+    );
+    assert_eq!(
+        write(moderate("hall", "owner", "mod", promote, Until::Forever)).await,
+        ("stored".into(), 1)
+    );
+    assert_eq!(role("mod").await, Some(Role::Moderator));
+    let ends = parley_runtime::storage::now_millis() + 60_000;
+    assert_eq!(
+        write(moderate("hall", "mod", "m1", Action::Ban, Until::At(ends))).await,
+        ("stored".into(), 2)
+    );
+    assert_eq!(role("m1").await, None, "a ban ends the membership");
+    assert_eq!(
+        store.ban("hall", "m1").await.expect("a read"),
+        Some(Until::At(ends))
+    );
+    assert_eq!(
+        write(moderate("hall", "mod", "m1", Action::Kick, Until::Forever))
+            .await
+            .0,
+        "FailedPrecondition",
+        "not a member any more"
+    );
+    assert_eq!(
+        write(moderate("hall", "mod", "m1", Action::Unban, Until::Forever)).await,
+        ("stored".into(), 3)
+    );
+    assert_eq!(store.ban("hall", "m1").await.expect("a read"), None);
+    // An ended ban is not in force, without anyone lifting it.
+    let ended = parley_runtime::storage::now_millis() - 1;
+    write(moderate(
+        "hall",
+        "owner",
+        "m1",
+        Action::Ban,
+        Until::At(ended),
+    ))
+    .await;
+    assert_eq!(store.ban("hall", "m1").await.expect("a read"), None);
+    let replayed: Vec<i64> = store
+        .range("hall", 0, 10)
+        .await
+        .expect("a replay")
+        .iter()
+        .map(StoredEvent::seq)
+        .collect();
+    assert_eq!(replayed, [1, 2, 3, 4]);
+
+    assert_eq!(
+        made(
+            store
+                .delete_room(&RoomId::trusted("hall"), "mod", false)
+                .await
+                .map(|()| EventOutcome::Unchanged {
+                    target_seq: 0,
+                    message_id: String::new()
+                })
+        )
+        .0,
+        "PermissionDenied"
+    );
+    store
+        .delete_room(&RoomId::trusted("hall"), "owner", false)
+        .await
+        .expect("the owner deletes it");
+    assert!(store.room("hall").await.expect("a read").is_none());
+    assert!(
+        store
+            .room_or_create_public("hall", "someone")
+            .await
+            .is_err(),
+        "a deleted id is not created again"
+    );
+}
+
+/// Many callers opening the same pair's direct room at once make one room.
+async fn one_direct_room_per_pair_on(backend: Backend) {
+    let database = TestDatabase::new(backend).await;
+    let store = open_store(&database).await;
+    let opens = (0..8).map(|n| {
+        let store = store.clone();
+        let (me, peer) = if n % 2 == 0 { ("a", "b") } else { ("b", "a") };
+        async move {
+            store
+                .open_direct_room(crate::domain::new_room_id(), me, peer)
+                .await
+                .expect("a direct room")
+        }
+    });
+    let rooms = futures_util::future::join_all(opens).await;
+    assert_eq!(rooms.iter().filter(|(_, created)| *created).count(), 1);
+    assert!(
+        rooms
+            .iter()
+            .all(|(room, _)| room.id == rooms[0].0.id && room.direct)
+    );
+    for user in ["a", "b"] {
+        assert!(store.is_member(&rooms[0].0.id, user).await.expect("a read"));
+    }
+}
+
+#[tokio::test]
+async fn moderation_on_postgres() {
+    moderation_on(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn moderation_on_sqlite() {
+    moderation_on(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn one_direct_room_per_pair_on_postgres() {
+    one_direct_room_per_pair_on(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn one_direct_room_per_pair_on_sqlite() {
+    one_direct_room_per_pair_on(Backend::Sqlite).await;
 }
