@@ -307,6 +307,36 @@ async function main() {
     await badge(B.page, roomId).waitFor({ state: "detached", timeout: TIMEOUT });
   });
 
+  const psst = `just between us ${tag()}`;
+  const psstBack = `noted ${tag()}`;
+  await step("A opens a direct conversation with B from the member list", `A's direct messages list "${bob}"; B finds "${alice}" there with "${psst}", and A gets the answer`, async () => {
+    await openRoom(A.page, roomId);
+    await member(A.page, bob).locator(tid("member-button")).click();
+    await A.page.locator(tid("member-dm")).click();
+    await A.page.locator(tid("room-title"), { hasText: bob }).waitFor({ timeout: TIMEOUT });
+    await A.page.locator(`${tid("dm-list")} ${tid("room-item")}`, { hasText: bob }).waitFor({ timeout: TIMEOUT });
+    await sendMessage(A.page, psst);
+    await messageItem(A.page, { content: psst, own: true, status: "sent" }).waitFor({ timeout: TIMEOUT });
+    // Opening the room list fetches it again: the new direct room is there.
+    await showSidebar(B.page);
+    const dm = B.page.locator(`${tid("dm-list")} ${tid("room-item")}`, { hasText: alice });
+    await dm.locator("button").click();
+    await B.page.locator(tid("room-title"), { hasText: alice }).waitFor({ timeout: TIMEOUT });
+    await messageItem(B.page, { sender: alice, content: psst }).waitFor({ timeout: TIMEOUT });
+    await sendMessage(B.page, psstBack);
+    await messageItem(A.page, { sender: bob, content: psstBack }).waitFor({ timeout: TIMEOUT });
+  });
+
+  await step("A, the room's owner, kicks B", `B is told it was removed from ${roomId}, which leaves B's list; A's member list loses ${bob}`, async () => {
+    await openRoom(A.page, roomId);
+    await member(A.page, bob).locator(tid("member-button")).click();
+    await A.page.locator(tid("member-kick")).click();
+    await B.page.locator(tid("banner"), { hasText: `You were removed from` }).waitFor({ timeout: TIMEOUT });
+    await B.page.locator(`${tid("room-item")}[data-room-id="${roomId}"]`).waitFor({ state: "detached", timeout: TIMEOUT });
+    await member(A.page, bob).waitFor({ state: "detached", timeout: TIMEOUT });
+    await A.page.locator(tid("room-notice"), { hasText: `${bob} was removed from the room` }).waitFor({ timeout: TIMEOUT });
+  });
+
   await step("final check", "no JavaScript errors on either page", async () => {});
 
   if (process.env.SCREENSHOT) {

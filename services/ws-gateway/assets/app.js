@@ -25,6 +25,14 @@
   const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
   const READ_EVERY_MS = 750; // read markers are sent at most this often per room
   const CONFIRM_MS = 3000; // a delete button waits this long for its second click
+  const ROOMS_EVERY_MS = 30000; // the room list is fetched again this often (new direct rooms)
+  const DURATIONS = [
+    ["", "until lifted"],
+    ["10m", "for 10 minutes"],
+    ["1h", "for 1 hour"],
+    ["1d", "for 1 day"],
+    ["7d", "for 7 days"],
+  ];
 
   // ---------------------------------------------------------------------------
   // DOM helpers
@@ -105,6 +113,16 @@
     composeContext: $("compose-context"),
     composeContextText: $("compose-context-text"),
     composeContextCancel: $("compose-context-cancel"),
+    dmList: $("dm-list"),
+    noDms: $("no-dms"),
+    settingsButton: $("settings-button"),
+    settings: $("room-settings"),
+    settingsName: $("settings-name"),
+    settingsPassword: $("settings-password"),
+    settingsError: $("settings-error"),
+    settingsDelete: $("settings-delete"),
+    roomNotice: $("room-notice"),
+    memberMenu: $("member-menu"),
   };
 
   // ---------------------------------------------------------------------------
@@ -133,6 +151,8 @@
     clientCounter: 0,
     // What the composer does next: null (send), {mode: "reply"|"edit", roomId, seq}.
     composing: null,
+    moderations: new Map(), // client_id -> what it does, for the notice when acked
+    roomsTimer: 0,
   };
 
   function newRoom(id, extra) {
@@ -143,6 +163,12 @@
         name: "",
         shortCode: "",
         isPrivate: false,
+        direct: false, // a direct room of two users
+        role: "", // the user's role here: owner, moderator or member
+        muted: false,
+        mutedUntil: "", // RFC 3339, "" for no end
+        mutedTimer: 0,
+        removedBy: "", // why a `left` the user did not ask for came
         password: "", // kept in memory only, for rejoins
         joined: false, // joined on the current socket
         joining: false,
@@ -195,6 +221,7 @@
       name: r.name,
       short_code: r.shortCode,
       private: r.isPrivate,
+      direct: r.direct,
     }));
     sessionStorage.setItem(STORE_ROOMS, JSON.stringify(list));
     if (state.current) sessionStorage.setItem(STORE_CURRENT, state.current);
@@ -460,11 +487,15 @@
     const cur = sessionStorage.getItem(STORE_CURRENT);
     for (const r of loadRooms()) {
       if (!state.rooms.has(r.id)) {
-        addRoom(newRoom(r.id, { name: r.name || "", shortCode: r.short_code || "", isPrivate: !!r.private }));
+        addRoom(newRoom(r.id, { name: r.name || "", shortCode: r.short_code || "", isPrivate: !!r.private, direct: !!r.direct }));
       }
     }
     await loadMyRooms();
     selectRoom(cur && state.rooms.has(cur) ? cur : state.rooms.keys().next().value || null);
+    clearInterval(state.roomsTimer);
+    state.roomsTimer = setInterval(() => {
+      if (state.loggedIn) loadMyRooms().catch(() => {});
+    }, ROOMS_EVERY_MS);
     connect();
   }
 
@@ -482,11 +513,14 @@
     for (const r of (list && list.rooms) || []) {
       let room = state.rooms.get(r.id);
       if (!room) {
-        room = newRoom(r.id, { name: r.name || "", isPrivate: !!r.private });
+        room = newRoom(r.id, { name: r.name || "", isPrivate: !!r.private, direct: !!r.direct });
         addRoom(room);
-      } else if (r.name && !room.name) {
+        joinRoom(room); // a room joined elsewhere, or a new direct room
+      } else if (r.name && (!room.name || r.direct)) {
         room.name = r.name;
       }
+      room.direct = !!r.direct;
+      if (r.role) room.role = r.role;
       room.readSeq = Math.max(room.readSeq, Number(r.read_seq) || 0);
       room.unread = Number(r.unread) || 0;
       renderRoomItem(room);
@@ -522,6 +556,7 @@
     clearTimeout(state.reconnectTimer);
     clearTimeout(state.stableTimer);
     clearInterval(state.pingTimer);
+    clearInterval(state.roomsTimer);
     const ws = state.ws;
     state.ws = null;
     if (ws) {
@@ -534,14 +569,17 @@
     }
     for (const room of state.rooms.values()) {
       for (const t of room.typing.values()) clearTimeout(t.timer);
+      clearTimeout(room.mutedTimer);
     }
     state.rooms.clear();
+    state.moderations.clear();
     state.current = null;
     state.tokens = null;
     state.me = null;
     state.shortJoins = [];
     state.pendingLeaves.clear();
     ui.roomList.textContent = "";
+    ui.dmList.textContent = "";
     ui.listSlot.textContent = "";
     ui.pendingList.textContent = "";
     renderRoomView();
@@ -772,6 +810,10 @@
         return onReaction(body);
       case "read":
         return; // other members' markers are not shown
+      case "member_update":
+        return onMemberUpdate(body);
+      case "room_updated":
+        return onRoomUpdated(body);
       default:
         return; // frames added later are ignored
     }
@@ -792,6 +834,12 @@
     room.joining = false;
     room.joined = true;
     room.everJoined = true;
+    room.removedBy = "";
+    if (j.name) room.name = j.name;
+    room.isPrivate = !!j.private;
+    room.direct = !!j.direct;
+    room.role = j.role || "";
+    setMuted(room, !!j.muted, j.muted_until || "");
     const readSeq = Number(j.read_seq) || 0;
     if (readSeq > room.readSeq) room.readSeq = readSeq;
     room.members = new Map();
@@ -827,7 +875,96 @@
   function onLeft(l) {
     const room = state.rooms.get(l.room_id);
     // A join sent after the leave is already under way: keep that room.
-    if (room && !room.joining) removeRoom(room);
+    if (!room || room.joining) return;
+    // The user's own leaves take the room off at once, so a `left` for a
+    // room still listed came from the server: a kick, a ban or a deletion.
+    banner(room.removedBy || "“" + (room.name || room.id) + "” was deleted.", true);
+    removeRoom(room);
+  }
+
+  function displayName(room) {
+    return room.name || room.id;
+  }
+
+  function untilText(until) {
+    return until ? " until " + formatTime(until) : "";
+  }
+
+  function setMuted(room, muted, until) {
+    clearTimeout(room.mutedTimer);
+    room.mutedTimer = 0;
+    room.muted = muted;
+    room.mutedUntil = muted ? until || "" : "";
+    if (muted && until) {
+      // A mute ends by itself; the server stops refusing at the same time.
+      const left = Date.parse(until) - Date.now();
+      room.mutedTimer = setTimeout(() => setMuted(room, false, ""), Math.max(0, left) + 250);
+    }
+    if (room.id === state.current) updateComposer();
+  }
+
+  function roomNotice(room, text) {
+    if (room.id !== state.current) return;
+    show(ui.roomNotice, text);
+    clearTimeout(roomNotice.timer);
+    roomNotice.timer = setTimeout(() => show(ui.roomNotice, ""), 8000);
+  }
+
+  const ACTION_TEXT = {
+    kick: "removed from the room",
+    ban: "banned",
+    unban: "unbanned",
+    mute: "muted",
+    unmute: "unmuted",
+  };
+
+  function onMemberUpdate(u) {
+    const room = state.rooms.get(u.room_id);
+    if (!room) return;
+    noteEvent(room, u);
+    const self = state.me && u.user_id === state.me.id;
+    const by = u.by_name || "a moderator";
+    const what =
+      u.action === "set_role" ? "made " + (u.role === "moderator" ? "a moderator" : "a member") : ACTION_TEXT[u.action] || u.action;
+    const until = u.action === "ban" || u.action === "mute" ? untilText(u.until) : "";
+    if (self) {
+      const where = "“" + displayName(room) + "”";
+      if (u.action === "kick") room.removedBy = "You were removed from " + where + " by " + by + ".";
+      else if (u.action === "ban") room.removedBy = "You were banned from " + where + " by " + by + until + ".";
+      else if (u.action === "mute") {
+        setMuted(room, true, u.until || "");
+        banner("You were muted in " + where + " by " + by + until + ".", true);
+      } else if (u.action === "unmute") {
+        setMuted(room, false, "");
+        banner("You can write in " + where + " again.");
+      } else if (u.action === "set_role") {
+        room.role = u.role || "member";
+        if (room.id === state.current) renderRoomView();
+        roomNotice(room, by + " made you " + (u.role === "moderator" ? "a moderator" : "a member") + ".");
+      }
+      return;
+    }
+    if (u.action === "kick" || u.action === "ban") {
+      room.members.delete(u.user_id);
+      if (room.id === state.current) renderMembers();
+    }
+    roomNotice(room, (u.name || "Someone") + " was " + what + until + " by " + by + ".");
+  }
+
+  function onRoomUpdated(u) {
+    const room = state.rooms.get(u.room_id);
+    if (!room) return;
+    noteEvent(room, u);
+    const renamed = u.name && u.name !== room.name;
+    const locked = !!u.private !== room.isPrivate;
+    room.name = u.name || room.name;
+    room.isPrivate = !!u.private;
+    renderRoomItem(room);
+    if (room.id === state.current) renderRoomView();
+    saveRooms();
+    const by = u.by_name || "The owner";
+    if (renamed) roomNotice(room, by + " renamed the room to “" + room.name + "”.");
+    else if (locked) roomNotice(room, by + (room.isPrivate ? " set a password on the room." : " made the room public."));
   }
 
   function onMessage(m) {
@@ -950,6 +1087,13 @@
   }
 
   function onAck(a) {
+    const moderation = state.moderations.get(a.client_id);
+    if (moderation) {
+      state.moderations.delete(a.client_id);
+      const room = state.rooms.get(moderation.roomId);
+      if (room) roomNotice(room, moderation.text);
+      return;
+    }
     for (const room of state.rooms.values()) {
       const p = room.pending.get(a.client_id);
       if (!p) continue;
@@ -1031,6 +1175,11 @@
   function onErrorFrame(e) {
     const code = e.code || "UNKNOWN";
     const text = e.message || code;
+    if (e.client_id && state.moderations.has(e.client_id)) {
+      state.moderations.delete(e.client_id);
+      showSendError(text);
+      return;
+    }
     if (e.client_id) {
       for (const room of state.rooms.values()) {
         const p = room.pending.get(e.client_id);
@@ -1092,15 +1241,16 @@
   function addRoom(room) {
     state.rooms.set(room.id, room);
     renderRoomItem(room);
-    ui.noRooms.hidden = state.rooms.size > 0;
+    renderListHints();
     saveRooms();
   }
 
   function removeRoom(room) {
     for (const t of room.typing.values()) clearTimeout(t.timer);
+    clearTimeout(room.mutedTimer);
     state.rooms.delete(room.id);
     if (room.itemNode) room.itemNode.remove();
-    ui.noRooms.hidden = state.rooms.size > 0;
+    renderListHints();
     if (state.current === room.id) {
       state.current = null;
       selectRoom(state.rooms.keys().next().value || null);
@@ -1256,6 +1406,11 @@
 
   function selectRoom(id) {
     const prev = currentRoom();
+    if (!prev || prev.id !== id) {
+      closeMemberMenu();
+      show(ui.roomNotice, "");
+      if (!ui.settings.hidden) toggleSettings(false);
+    }
     if (prev && prev.id !== id) {
       prev.scrollTop = ui.scroller.scrollTop;
       prev.stickBottom = nearBottom();
@@ -1686,6 +1841,11 @@
   // "#" for a public room, a small padlock for a private one (no emoji font needed).
   function roomIcon(room) {
     const span = el("span", { className: "room-icon", "aria-hidden": "true" });
+    if (room.direct) {
+      span.textContent = "@";
+      span.title = "Direct conversation";
+      return span;
+    }
     if (!room.isPrivate) {
       span.textContent = "#";
       return span;
@@ -1718,8 +1878,9 @@
         closeSidebarOnNarrow();
       });
       room.itemNode = el("li", { className: "room-item", "data-testid": "room-item", "data-room-id": room.id }, [btn]);
-      ui.roomList.append(room.itemNode);
     }
+    const list = room.direct ? ui.dmList : ui.roomList;
+    if (room.itemNode.parentNode !== list) list.append(room.itemNode);
     const btn = room.itemNode.querySelector("button");
     btn.textContent = "";
     btn.append(
@@ -1734,7 +1895,14 @@
     btn.title = room.name ? room.name + " (" + room.id + ")" : room.id;
     room.itemNode.classList.toggle("active", room.id === state.current);
     room.itemNode.classList.toggle("joining", !room.joined);
-    ui.noRooms.hidden = state.rooms.size > 0;
+    renderListHints();
+  }
+
+  function renderListHints() {
+    let dms = 0;
+    for (const r of state.rooms.values()) if (r.direct) dms++;
+    ui.noRooms.hidden = state.rooms.size - dms > 0;
+    ui.noDms.hidden = dms > 0;
   }
 
   function renderRoomView() {
@@ -1752,6 +1920,9 @@
       ui.roomTitle.textContent = "No room selected";
     }
     ui.leave.hidden = !room;
+    if (!room || (ui.memberMenu.dataset.userId && !room.members.has(ui.memberMenu.dataset.userId))) closeMemberMenu();
+    ui.settingsButton.hidden = !canManage(room);
+    if (ui.settingsButton.hidden) toggleSettings(false);
     ui.chatView.classList.toggle("has-room", !!room);
     $("room").classList.toggle("no-room", !room);
     $("members").hidden = !room;
@@ -1772,17 +1943,160 @@
     const list = [...room.members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
     for (const [id, name] of list) {
       const self = state.me && id === state.me.id;
-      ui.memberList.append(
-        el("li", { className: "member" + (self ? " self" : ""), "data-testid": "member-item", "data-user-id": id }, [
-          el("span", { className: "dot", "aria-hidden": "true" }),
-          el("span", { className: "member-name", "data-testid": "member-name", text: name }),
-          self ? el("span", { className: "muted small", text: " (you)" }) : null,
-        ])
-      );
+      const nameNode = el("span", { className: "member-name", "data-testid": "member-name", text: name });
+      const item = el("li", { className: "member" + (self ? " self" : ""), "data-testid": "member-item", "data-user-id": id }, [
+        el("span", { className: "dot", "aria-hidden": "true" }),
+        self
+          ? nameNode
+          : el("button", { type: "button", className: "member-btn", "data-testid": "member-button", "aria-haspopup": "menu", title: "Message or moderate " + name }, [nameNode]),
+        self ? el("span", { className: "muted small", text: " (you)" }) : null,
+      ]);
+      if (!self) item.querySelector("button").addEventListener("click", () => toggleMemberMenu(room, id, name));
+      ui.memberList.append(item);
     }
     ui.memberCount.textContent = room.joined ? "(" + list.length + ")" : "";
     // While disconnected the list is the last one known: shown dimmed.
     ui.memberList.classList.toggle("stale", !room.joined);
+  }
+
+  function isAdmin() {
+    const roles = state.tokens ? tokenClaims(state.tokens.access_token).roles : null;
+    return Array.isArray(roles) && roles.includes("admin");
+  }
+
+  function canModerate(room) {
+    return !!room && !room.direct && (room.role === "owner" || room.role === "moderator" || isAdmin());
+  }
+
+  function canManage(room) {
+    return !!room && !room.direct && (room.role === "owner" || isAdmin());
+  }
+
+  // A member's menu: a direct conversation, and the moderation the user's
+  // role allows (the server checks again and says why when it refuses).
+  function toggleMemberMenu(room, userId, name) {
+    const menu = ui.memberMenu;
+    const open = !menu.hidden && menu.dataset.userId === userId;
+    closeMemberMenu();
+    if (open) return;
+    menu.dataset.userId = userId;
+    const action = (label, testid, fn, extraClass) => {
+      const b = el("button", { type: "button", className: "btn small " + (extraClass || ""), role: "menuitem", "data-testid": testid, text: label });
+      b.addEventListener("click", () => {
+        closeMemberMenu();
+        fn();
+      });
+      menu.append(b);
+    };
+    menu.append(el("strong", { className: "member-menu-name", text: name }));
+    action("Message", "member-dm", () => openDirect(userId, name), "btn-primary");
+    if (canModerate(room)) {
+      const duration = el("select", { className: "small", "data-testid": "member-duration", "aria-label": "How long a mute or ban lasts" });
+      for (const [value, label] of DURATIONS) duration.append(el("option", { value, text: label }));
+      const timed = () => (duration.value ? { duration: duration.value } : {});
+      action("Mute", "member-mute", () => moderate(room, userId, name, "mute", timed()));
+      action("Unmute", "member-unmute", () => moderate(room, userId, name, "unmute", {}));
+      action("Kick", "member-kick", () => moderate(room, userId, name, "kick", {}));
+      action("Ban", "member-ban", () => moderate(room, userId, name, "ban", timed()), "btn-danger");
+      menu.append(duration);
+    }
+    if (canManage(room)) {
+      action("Make moderator", "member-promote", () => moderate(room, userId, name, "set_role", { role: "moderator" }));
+      action("Make member", "member-demote", () => moderate(room, userId, name, "set_role", { role: "member" }));
+    }
+    const close = el("button", { type: "button", className: "btn btn-quiet small", "aria-label": "Close", text: "✕" });
+    close.addEventListener("click", closeMemberMenu);
+    menu.append(close);
+    menu.hidden = false;
+  }
+
+  function closeMemberMenu() {
+    ui.memberMenu.hidden = true;
+    ui.memberMenu.textContent = "";
+    delete ui.memberMenu.dataset.userId;
+  }
+
+  function moderate(room, userId, name, action, extra) {
+    const clientId = newClientId();
+    const frame = Object.assign({ room_id: room.id, user_id: userId, action, client_id: clientId }, extra);
+    const what =
+      action === "set_role" ? "made " + (extra.role === "moderator" ? "a moderator" : "a member") : ACTION_TEXT[action] || action;
+    state.moderations.set(clientId, { roomId: room.id, text: name + " was " + what + "." });
+    if (!sendFrame({ moderate: frame })) {
+      state.moderations.delete(clientId);
+      showSendError("Not connected; try again in a moment.");
+    }
+  }
+
+  async function openDirect(userId, name) {
+    try {
+      const r = await api("POST", "/dms", { user_id: userId });
+      openRoom(r.id, { name: r.name || name, isPrivate: true, direct: true });
+      const room = state.rooms.get(r.id);
+      if (room) {
+        room.direct = true;
+        room.name = r.name || name;
+        renderRoomItem(room);
+        renderRoomView();
+        saveRooms();
+      }
+    } catch (e) {
+      showSendError("Could not open a conversation with " + name + ": " + e.message);
+    }
+  }
+
+  function toggleSettings(open) {
+    const room = currentRoom();
+    ui.settings.hidden = !open;
+    ui.settingsButton.setAttribute("aria-expanded", open ? "true" : "false");
+    show(ui.settingsError, "");
+    if (open && room) {
+      ui.settingsName.value = room.name || room.id;
+      ui.settingsPassword.value = "";
+    }
+  }
+
+  async function updateRoom(body) {
+    const room = currentRoom();
+    if (!room) return;
+    show(ui.settingsError, "");
+    try {
+      const r = await api("PATCH", "/rooms/" + encodeURIComponent(room.id), body);
+      room.name = r.name || room.name;
+      room.isPrivate = !!r.private;
+      if ("password" in body) room.password = body.password;
+      renderRoomItem(room);
+      renderRoomView();
+      saveRooms();
+      toggleSettings(false);
+    } catch (e) {
+      show(ui.settingsError, e.message);
+    }
+  }
+
+  let deleteArmed = 0;
+  async function onDeleteRoom() {
+    const room = currentRoom();
+    if (!room) return;
+    if (!deleteArmed) {
+      // A second click within a few seconds deletes.
+      ui.settingsDelete.textContent = "Click again to delete “" + displayName(room) + "” and its history";
+      deleteArmed = setTimeout(() => {
+        deleteArmed = 0;
+        ui.settingsDelete.textContent = "Delete room…";
+      }, CONFIRM_MS);
+      return;
+    }
+    clearTimeout(deleteArmed);
+    deleteArmed = 0;
+    ui.settingsDelete.textContent = "Delete room…";
+    try {
+      await api("DELETE", "/rooms/" + encodeURIComponent(room.id));
+      toggleSettings(false);
+      removeRoom(room);
+    } catch (e) {
+      show(ui.settingsError, e.message);
+    }
   }
 
   function renderHistoryBar() {
@@ -1817,13 +2131,15 @@
 
   function updateComposer() {
     const room = currentRoom();
-    const usable = !!room && state.loggedIn;
+    const usable = !!room && state.loggedIn && !room.muted;
     ui.input.disabled = !usable;
     ui.send.disabled = !usable;
     ui.input.placeholder = !room
       ? "Join a room to chat"
-      : room.joined
-        ? "Message #" + (room.name || room.id)
+      : room.muted
+        ? "You are muted here" + untilText(room.mutedUntil)
+        : room.joined
+        ? "Message " + (room.direct ? "@" : "#") + (room.name || room.id)
         : state.status === "online"
           ? "Joining…"
           : "Offline — messages are sent when back online";
@@ -1898,7 +2214,33 @@
     if (ui.scroller.scrollTop < 40) loadOlder();
   }, { passive: true });
   ui.sidebarToggle.addEventListener("click", () => {
-    setSidebar(!ui.chatView.classList.contains("sidebar-open"));
+    const open = !ui.chatView.classList.contains("sidebar-open");
+    setSidebar(open);
+    // Opening the list is when a new direct room should show up.
+    if (open && state.loggedIn) loadMyRooms().catch(() => {});
+  });
+  ui.settingsButton.addEventListener("click", () => toggleSettings(ui.settings.hidden));
+  ui.settings.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const name = ui.settingsName.value.trim();
+    if (!name) {
+      show(ui.settingsError, "Give the room a name.");
+      return;
+    }
+    updateRoom({ name });
+  });
+  $("settings-set-password").addEventListener("click", () => {
+    const password = ui.settingsPassword.value;
+    if (!password) {
+      show(ui.settingsError, "Enter the new password.");
+      return;
+    }
+    updateRoom({ password });
+  });
+  $("settings-clear-password").addEventListener("click", () => updateRoom({ password: "" }));
+  ui.settingsDelete.addEventListener("click", onDeleteRoom);
+  window.addEventListener("focus", () => {
+    if (state.loggedIn) loadMyRooms().catch(() => {});
   });
   $("sidebar-close").addEventListener("click", () => setSidebar(false));
 
