@@ -5,10 +5,12 @@
 use std::collections::HashSet;
 
 use parley_proto::chat::v1::{
-    ChatMessage, CreateRoomRequest, DeleteMessageRequest, EditMessageRequest,
-    GetChatHistoryRequest, JoinRoomRequest, LeaveRoomRequest, ListMyRoomsRequest,
-    ListRoomMembersRequest, MarkReadRequest, PresenceState, ReactToMessageRequest, ReactionState,
-    SendMessageRequest, chat_request::Frame as In, chat_response::Frame as Out,
+    BanMemberRequest, ChatMessage, CreateRoomRequest, DeleteMessageRequest, DeleteRoomRequest,
+    EditMessageRequest, GetChatHistoryRequest, JoinRoomRequest, KickMemberRequest,
+    LeaveRoomRequest, ListMyRoomsRequest, ListRoomMembersRequest, MarkReadRequest, MemberAction,
+    MuteMemberRequest, OpenDirectRoomRequest, PresenceState, ReactToMessageRequest, ReactionState,
+    SendMessageRequest, SetMemberRoleRequest, UnbanMemberRequest, UnmuteMemberRequest,
+    UpdateRoomRequest, chat_request::Frame as In, chat_response::Frame as Out,
 };
 use parley_tests::{
     DatabaseBackend, authed,
@@ -30,6 +32,7 @@ on_both_backends!(
     a_slow_consumer_is_cut_without_delaying_others,
     gateway_streams_carry_many_sessions,
     unary_edits_deletions_reactions_and_the_room_list,
+    unary_moderation_direct_rooms_and_room_changes,
 );
 
 fn seqs(messages: &[ChatMessage]) -> Vec<i64> {
@@ -1160,5 +1163,255 @@ async fn unary_edits_deletions_reactions_and_the_room_list(backend: DatabaseBack
     assert_eq!(messages[0].sender_id, alice.id);
     assert!(messages[1].deleted && messages[1].content.is_empty());
     watcher.close();
+    cluster.stop().await;
+}
+
+async fn unary_moderation_direct_rooms_and_room_changes(backend: DatabaseBackend) {
+    let mut cluster = ChatCluster::start(backend).await;
+    let (alice, alice_token) = cluster.stack.signed_up("alice").await;
+    let (bob, bob_token) = cluster.stack.signed_up("bob").await;
+    let (carol, carol_token) = cluster.stack.signed_up("carol").await;
+    let room = room_id("unary-moderation");
+    let mut chat = cluster.client(0);
+    let join = |room: &str| JoinRoomRequest {
+        room_id: room.to_owned(),
+        ..JoinRoomRequest::default()
+    };
+    for token in [&alice_token, &bob_token, &carol_token] {
+        chat.join_room(authed(join(&room), token)).await.unwrap();
+    }
+    // Carol's live `Chat` stream on the other replica.
+    let mut carols = cluster.connect(1, &carol_token).await;
+    carols.join(&room, 0).await;
+    let send = |room: &str| SendMessageRequest {
+        room_id: room.to_owned(),
+        content: "hi".into(),
+        ..SendMessageRequest::default()
+    };
+    let kick = |client_id: &str| KickMemberRequest {
+        room_id: room.clone(),
+        user_id: carol.id.clone(),
+        client_id: client_id.into(),
+    };
+
+    let refused = chat
+        .kick_member(authed(kick(""), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "a member moderates nobody"
+    );
+    let promoted = chat
+        .set_member_role(authed(
+            SetMemberRoleRequest {
+                room_id: room.clone(),
+                user_id: bob.id.clone(),
+                role: "moderator".into(),
+                client_id: String::new(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert_eq!(
+        (promoted.role.as_str(), promoted.by.as_str()),
+        ("moderator", alice.id.as_str())
+    );
+
+    let muted = chat
+        .mute_member(authed(
+            MuteMemberRequest {
+                room_id: room.clone(),
+                user_id: carol.id.clone(),
+                duration: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                client_id: String::new(),
+            },
+            &bob_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert!(muted.until.is_some(), "a timed mute ends");
+    let refused = chat
+        .send_message(authed(send(&room), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let unmute = UnmuteMemberRequest {
+        room_id: room.clone(),
+        user_id: carol.id.clone(),
+        client_id: String::new(),
+    };
+    chat.unmute_member(authed(unmute.clone(), &bob_token))
+        .await
+        .unwrap();
+    let refused = chat
+        .unmute_member(authed(unmute, &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "not muted any more"
+    );
+    chat.send_message(authed(send(&room), &carol_token))
+        .await
+        .unwrap();
+
+    // A kick reaches carol's stream on the other replica: the event, then
+    // `left`; a retry answers the same event.
+    let kicked = chat
+        .kick_member(authed(kick("k1"), &bob_token))
+        .await
+        .unwrap()
+        .into_inner()
+        .event
+        .unwrap();
+    assert_eq!(kicked.action(), MemberAction::Kick);
+    let again = chat
+        .kick_member(authed(kick("k1"), &bob_token))
+        .await
+        .unwrap();
+    assert_eq!(again.into_inner().event.unwrap().seq, kicked.seq);
+    let seen = carols
+        .next_matching(|frame| match frame {
+            Out::MemberUpdate(update) if update.action() == MemberAction::Kick => Some(update),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        (seen.seq, seen.user_id.as_str()),
+        (kicked.seq, carol.id.as_str())
+    );
+    let left = carols
+        .next_matching(|frame| match frame {
+            Out::Left(left) => Some(left),
+            _ => None,
+        })
+        .await;
+    assert_eq!(left.room_id, room);
+    let refused = chat
+        .send_message(authed(send(&room), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::FailedPrecondition,
+        "no longer a member"
+    );
+
+    let ban = BanMemberRequest {
+        room_id: room.clone(),
+        user_id: carol.id.clone(),
+        duration: None,
+        client_id: String::new(),
+    };
+    chat.ban_member(authed(ban, &alice_token)).await.unwrap();
+    let refused = chat
+        .join_room(authed(join(&room), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "banned");
+    let unban = UnbanMemberRequest {
+        room_id: room.clone(),
+        user_id: carol.id.clone(),
+        client_id: String::new(),
+    };
+    chat.unban_member(authed(unban, &bob_token)).await.unwrap();
+    chat.join_room(authed(join(&room), &carol_token))
+        .await
+        .unwrap();
+
+    // One direct room per pair; only the two get in.
+    let open = |peer: &str| OpenDirectRoomRequest {
+        user_id: peer.to_owned(),
+        user_name: String::new(),
+    };
+    let first = chat
+        .open_direct_room(authed(open(&bob.id), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = cluster
+        .client(1)
+        .open_direct_room(authed(open(&alice.id), &bob_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let (dm, again) = (first.room.unwrap(), second.room.unwrap());
+    assert!(first.created && !second.created);
+    assert_eq!(
+        (dm.id.as_str(), dm.direct, dm.private),
+        (again.id.as_str(), true, true)
+    );
+    assert_eq!(
+        (dm.name.as_str(), again.name.as_str()),
+        (bob.username.as_str(), alice.username.as_str())
+    );
+    let refused = chat
+        .join_room(authed(join(&dm.id), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let refused = chat
+        .open_direct_room(authed(open(&alice.id), &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    // Room changes: owners only; a deleted room is gone for good.
+    let rename = |name: &str| UpdateRoomRequest {
+        room_id: room.clone(),
+        name: Some(name.into()),
+        password: None,
+        client_id: String::new(),
+    };
+    let refused = chat
+        .update_room(authed(rename("Bob's"), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "a moderator is not the owner"
+    );
+    let updated = chat
+        .update_room(authed(rename("Plans"), &alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.room.unwrap().name, "Plans");
+    assert_eq!(updated.event.unwrap().name, "Plans");
+    let delete = DeleteRoomRequest {
+        room_id: room.clone(),
+    };
+    let refused = chat
+        .delete_room(authed(delete.clone(), &bob_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    chat.delete_room(authed(delete.clone(), &alice_token))
+        .await
+        .unwrap();
+    let refused = chat
+        .delete_room(authed(delete, &alice_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound);
+    let refused = chat
+        .join_room(authed(join(&room), &carol_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "a deleted id is not reused");
     cluster.stop().await;
 }

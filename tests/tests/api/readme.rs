@@ -58,6 +58,17 @@ async fn the_readme_chat_grpcurl_examples_work() {
         stdout.contains(r#""seq": "1""#),
         "the room's first message: {stdout}"
     );
+    for expected in [
+        r#""action": "MEMBER_ACTION_BAN""#,
+        r#""action": "MEMBER_ACTION_UNBAN""#,
+        r#""name": "General""#,
+        r#""direct": true"#,
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
     replica.stop().await;
     stack.stop().await;
 }
@@ -89,6 +100,8 @@ async fn the_readme_rest_examples_work() {
         r#"{"has_more":false,"messages":[]}"#,
         r#""private":true"#,
         r#""token_type":"Bearer""#,
+        r#""name":"Launch day""#,
+        r#""direct":true"#,
     ] {
         assert!(
             stdout.contains(expected),
