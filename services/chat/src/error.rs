@@ -66,6 +66,12 @@ pub(crate) enum Error {
     /// A join of a room the user is banned from.
     #[error("you are banned from room {0}")]
     Banned(String),
+    /// A resumed join (`since_seq`) of a room the user was removed from
+    /// after that seq.
+    #[error(
+        "you were removed from room {0} since you last had it: join it again without since_seq"
+    )]
+    RemovedSince(String),
     /// A moderation of a user who is not a member of the room.
     #[error("user {0} is not a member of this room")]
     NotInRoom(String),
@@ -163,6 +169,7 @@ impl From<Error> for Status {
             | Error::NotAMemberOf(_)
             | Error::MessageDeleted(_)
             | Error::NotInRoom(_)
+            | Error::RemovedSince(_)
             | Error::NotSanctioned { .. }
             | Error::DirectRoom(_)
             | Error::NoSuchSession => Status::failed_precondition(err.to_string()),
@@ -220,6 +227,7 @@ mod tests {
             (Error::Banned("r".into()), Code::PermissionDenied),
             (Error::OthersDirectRoom("r".into()), Code::PermissionDenied),
             (Error::NotInRoom("u".into()), Code::FailedPrecondition),
+            (Error::RemovedSince("r".into()), Code::FailedPrecondition),
             (
                 Error::NotSanctioned {
                     user: "u".into(),

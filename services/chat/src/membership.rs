@@ -22,7 +22,7 @@ use parley_proto::chat::v1::{Joined, PresenceState};
 use parley_runtime::storage::{now_millis, timestamp};
 
 use crate::{
-    domain::{JoinRequest, Room, RoomId},
+    domain::{JoinRequest, JoinTarget, Room, RoomId},
     engine::{Engine, User},
     error::Error,
     hub::Replay,
@@ -76,6 +76,20 @@ impl Engine {
         since: Option<i64>,
         already_joined: bool,
     ) -> Result<Option<Membership>, Error> {
+        if let (
+            Some(since),
+            JoinRequest {
+                target: JoinTarget::Id(room_id),
+                ..
+            },
+        ) = (since, request)
+            && self.store().removed_since(room_id, &user.id, since).await?
+        {
+            // A connection resuming (a reconnect, or a gateway moving its
+            // session) missed its own kick: it stays out, as it would
+            // have had it been connected.
+            return Err(Error::RemovedSince(room_id.to_string()));
+        }
         let (room, state) = self.admit(user, request).await?;
         let membership = if already_joined {
             None

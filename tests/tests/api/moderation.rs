@@ -242,6 +242,11 @@ async fn moderation_takes_hold_on_every_connection(topology: Topology) {
     assert_eq!(cat.next_kind("left").await["room_id"], room.as_str());
     send(&mut cat, &room, "still here?", "c2").await;
     assert_eq!(error_code(&mut cat).await, "FAILED_PRECONDITION");
+    // A connection resuming from before the kick (a reconnect that missed
+    // it) stays out; joining again afresh is allowed.
+    cat.send(json!({"join": {"room_id": room, "since_seq": carols}}))
+        .await;
+    assert_eq!(error_code(&mut cat).await, "FAILED_PRECONDITION");
     cat.join(&room, 0).await;
 
     // A moderator deletes anyone's message.

@@ -171,6 +171,36 @@ impl ChatStore {
         }))
     }
 
+    /// Whether `user_id` was kicked or banned from the room after `since`:
+    /// a connection resuming from `since` missed its own removal.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub(crate) async fn removed_since(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        since: i64,
+    ) -> Result<bool, Error> {
+        let details: Vec<String> = timed(
+            "get_removals",
+            sqlx::query_scalar(
+                "SELECT detail FROM room_event \
+                 WHERE room_id = $1 AND kind = 'member_update' AND seq > $2",
+            )
+            .bind(room_id)
+            .bind(since)
+            .fetch_all(self.db.pool()),
+        )
+        .await?;
+        Ok(details.iter().any(|detail| {
+            serde_json::from_str::<MemberDetail>(detail).is_ok_and(|detail| {
+                detail.user_id == user_id
+                    && Action::from_stored(&detail.action, &detail.role).is_some_and(Action::evicts)
+            })
+        }))
+    }
+
     /// The user's ban from the room, when one is in force.
     ///
     /// # Errors
