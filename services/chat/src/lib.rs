@@ -5,8 +5,13 @@
 //! - `config`: `CHAT_*` settings.
 //! - `domain`: rooms and messages, and the checked inputs (`RoomId`,
 //!   `JoinRequest`, `HistoryQuery`) every entry point builds once.
+//! - `timeline`: the events of a room's timeline other than messages
+//!   (edits, deletions, reactions, `member_update`, `room_updated`).
+//! - `moderation`: roles, and who may act on whom.
 //! - `store`: rooms, memberships and messages in Postgres or SQLite;
-//!   `store/batch.rs` is the batch writer's statement, which takes seqs.
+//!   `store/batch.rs` is the batch writer's statement, which takes seqs;
+//!   `store/events.rs` and `store/moderation.rs` the transaction of each
+//!   other event; `store/rooms.rs` the room list.
 //! - `writer`: the writer lanes that batch sends for storage.
 //! - `hub`: the replica's rooms, delivering each strictly by `seq` and
 //!   filling holes from storage.
@@ -15,10 +20,12 @@
 //! - `presence`: who is online, across replicas.
 //! - `membership`: joining and leaving a room, in one place: `Engine::join`
 //!   returns a `Membership`, whose `leave` (or drop) undoes it.
-//! - `link`: the bounded queue of each outgoing stream.
+//! - `link`: the bounded queue of each outgoing stream, and the controls
+//!   the hub sends its actor (a member kicked, banned or muted, a room
+//!   deleted).
 //! - `session`: the actor behind each `Chat` and gateway stream, with one
 //!   handler per frame (`session/join.rs`, `leave.rs`, `send.rs`,
-//!   `history.rs`).
+//!   `change.rs`, `moderate.rs`, `read.rs`, `history.rs`).
 //! - `engine`: the operations all entry points share.
 //! - `grpc`: the `parley.chat.v1.ChatService` handlers.
 //! - `limiter`: the per-user send rate.
@@ -32,6 +39,11 @@
 //! A join travels: session -> `Engine::join` (admitted and stored, counted
 //! into the hub and presence, attached: `joined`, replay, live) -> a
 //! `Membership` the session keeps until it leaves or closes.
+//!
+//! A kick travels like a send (a `member_update` event, stored with the
+//! room's next seq); each replica's hub, delivering it, tells every link in
+//! the room, and each stream's actor drops the memberships of the kicked
+//! user's sessions and answers them `left`.
 #![warn(missing_docs)]
 
 mod bus;
