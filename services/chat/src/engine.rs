@@ -693,6 +693,29 @@ pub(crate) struct Moderation {
     pub(crate) client_id: String,
 }
 
+impl Moderation {
+    /// `action` on `user_id`, with no role or duration.
+    pub(crate) fn of(action: MemberAction, user_id: String, client_id: String) -> Self {
+        Self {
+            user_id,
+            action,
+            role: String::new(),
+            duration: None,
+            client_id,
+        }
+    }
+
+    /// For a ban or mute: how long it lasts.
+    pub(crate) fn lasting(self, duration: Option<prost_types::Duration>) -> Self {
+        Self { duration, ..self }
+    }
+
+    /// For `set_role`: the role.
+    pub(crate) fn with_role(self, role: String) -> Self {
+        Self { role, ..self }
+    }
+}
+
 /// Why a send was not queued.
 #[derive(Debug)]
 pub(crate) enum PrepareError {

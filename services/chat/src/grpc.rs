@@ -88,37 +88,22 @@ impl ChatService {
 }
 
 impl ChatService {
-    /// A moderation action; its event as members receive it.
-    async fn moderate(
+    /// A moderation RPC: `fields` reads the request's room and what it
+    /// asks; answers the event as members receive it.
+    async fn moderate<T>(
         &self,
-        user: &User,
-        room_id: &str,
-        asked: Moderation,
+        request: Request<T>,
+        fields: impl FnOnce(T) -> (String, Moderation),
     ) -> Result<Option<MemberUpdate>, Status> {
-        let room_id = RoomId::parse("room_id", room_id)?;
-        let event = self.engine.prepare_moderation(user, room_id, asked)?;
+        let (_, user) = self.caller(&request)?;
+        let (room_id, asked) = fields(request.into_inner());
+        let room_id = RoomId::parse("room_id", &room_id)?;
+        let event = self.engine.prepare_moderation(&user, room_id, asked)?;
         let stored = self.write(Write::Event(event)).await?;
         Ok(match stored.event.as_ref().and_then(StoredEvent::frame) {
             Some(Frame::MemberUpdate(update)) => Some(update.clone()),
             _ => None,
         })
-    }
-}
-
-/// A moderation RPC's fields.
-fn asked(
-    user_id: String,
-    action: MemberAction,
-    role: String,
-    duration: Option<prost_types::Duration>,
-    client_id: String,
-) -> Moderation {
-    Moderation {
-        user_id,
-        action,
-        role,
-        duration,
-        client_id,
     }
 }
 
@@ -339,16 +324,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<KickMemberRequest>,
     ) -> Result<Response<KickMemberResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(
-            r.user_id,
-            MemberAction::Kick,
-            String::new(),
-            None,
-            r.client_id,
-        );
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::Kick, r.user_id, r.client_id),
+                )
+            })
+            .await?;
         Ok(Response::new(KickMemberResponse { event }))
     }
 
@@ -356,16 +339,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<BanMemberRequest>,
     ) -> Result<Response<BanMemberResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(
-            r.user_id,
-            MemberAction::Ban,
-            String::new(),
-            r.duration,
-            r.client_id,
-        );
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::Ban, r.user_id, r.client_id).lasting(r.duration),
+                )
+            })
+            .await?;
         Ok(Response::new(BanMemberResponse { event }))
     }
 
@@ -373,16 +354,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<UnbanMemberRequest>,
     ) -> Result<Response<UnbanMemberResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(
-            r.user_id,
-            MemberAction::Unban,
-            String::new(),
-            None,
-            r.client_id,
-        );
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::Unban, r.user_id, r.client_id),
+                )
+            })
+            .await?;
         Ok(Response::new(UnbanMemberResponse { event }))
     }
 
@@ -390,16 +369,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<MuteMemberRequest>,
     ) -> Result<Response<MuteMemberResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(
-            r.user_id,
-            MemberAction::Mute,
-            String::new(),
-            r.duration,
-            r.client_id,
-        );
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::Mute, r.user_id, r.client_id).lasting(r.duration),
+                )
+            })
+            .await?;
         Ok(Response::new(MuteMemberResponse { event }))
     }
 
@@ -407,16 +384,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<UnmuteMemberRequest>,
     ) -> Result<Response<UnmuteMemberResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(
-            r.user_id,
-            MemberAction::Unmute,
-            String::new(),
-            None,
-            r.client_id,
-        );
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::Unmute, r.user_id, r.client_id),
+                )
+            })
+            .await?;
         Ok(Response::new(UnmuteMemberResponse { event }))
     }
 
@@ -424,10 +399,14 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<SetMemberRoleRequest>,
     ) -> Result<Response<SetMemberRoleResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
-        let r = request.into_inner();
-        let asked = asked(r.user_id, MemberAction::SetRole, r.role, None, r.client_id);
-        let event = self.moderate(&user, &r.room_id, asked).await?;
+        let event = self
+            .moderate(request, |r| {
+                (
+                    r.room_id,
+                    Moderation::of(MemberAction::SetRole, r.user_id, r.client_id).with_role(r.role),
+                )
+            })
+            .await?;
         Ok(Response::new(SetMemberRoleResponse { event }))
     }
 

@@ -23,14 +23,13 @@ pub(super) fn handle(cx: &Context<'_>, moderate: Moderate, trace: &TraceContext)
         return;
     };
     let span = super::send::send_span(membership.room_id(), trace);
-    let action = moderate.action();
-    let asked = Moderation {
-        user_id: moderate.user_id,
-        action,
-        role: moderate.role,
-        duration: moderate.duration,
-        client_id: moderate.client_id.clone(),
-    };
+    let asked = Moderation::of(
+        moderate.action(),
+        moderate.user_id,
+        moderate.client_id.clone(),
+    )
+    .lasting(moderate.duration)
+    .with_role(moderate.role);
     match cx
         .engine
         .prepare_moderation(&cx.session.user, membership.room_id().clone(), asked)
