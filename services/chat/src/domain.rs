@@ -217,10 +217,16 @@ impl JoinRequest {
         let target = match (room_id.is_empty(), short_code.is_empty()) {
             (false, true) => JoinTarget::Id(RoomId::parse("room_id", room_id)?),
             (true, false) => JoinTarget::Code(ShortCode::parse(short_code)?),
-            _ => {
+            (true, true) => {
                 return Err(Error::invalid(
                     "room_id",
-                    "give exactly one of room_id and short_code",
+                    "must not be empty (or give a short_code instead)",
+                ));
+            }
+            (false, false) => {
+                return Err(Error::invalid(
+                    "short_code",
+                    "give either room_id or short_code, not both",
                 ));
             }
         };

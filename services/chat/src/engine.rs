@@ -208,15 +208,21 @@ impl Engine {
                 .await?
                 .ok_or_else(|| Error::NoSuchShortCode(code.to_string()))?,
         };
+        // Errors name the room as the user gave it: a short code, not the
+        // id it stands for.
+        let given = match &request.target {
+            JoinTarget::Id(room_id) => room_id.to_string(),
+            JoinTarget::Code(code) => code.to_string(),
+        };
         if store.ban(&room.id, &user.id).await?.is_some() {
-            return Err(Error::Banned(room.id.to_string()));
+            return Err(Error::Banned(given));
         }
         if room.direct {
             let peer = self.direct_peer(&room, user).await?;
             room.name = self.peer_name(&peer).await?;
         } else if room.is_private() && !store.is_member(&room.id, &user.id).await? {
             if request.password.is_empty() {
-                return Err(Error::PasswordNeeded(room.id.to_string()));
+                return Err(Error::PasswordNeeded(given));
             }
             let matches = self
                 .inner
@@ -224,7 +230,7 @@ impl Engine {
                 .verify(request.password.clone(), room.password_hash.clone())
                 .await?;
             if !matches {
-                return Err(Error::WrongPassword(room.id.to_string()));
+                return Err(Error::WrongPassword(given));
             }
         }
         store.add_member(&room, &user.id).await?;

@@ -48,8 +48,8 @@ pub(crate) struct UpgradeQuery {
     token: Option<String>,
 }
 
-/// `GET /ws`: checks the token before upgrading (401 and the REST error
-/// body otherwise), enforces the per-user connection limit (429), then
+/// `GET /ws`: checks that it is an upgrade (400 otherwise) and the token
+/// before upgrading (401 and the REST error body otherwise), enforces the per-user connection limit (429), then
 /// hands the socket to its task.
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
@@ -66,14 +66,25 @@ pub(crate) async fn upgrade(
         )
         .into_response();
     }
+    // A request that is no WebSocket upgrade is malformed whatever its
+    // token: 400 (README: "WebSocket protocol").
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            metrics::upgrade("bad_request");
+            return ApiError::new(
+                Code::InvalidArgument,
+                format!("not a WebSocket upgrade: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
     let query_token = query.ok().and_then(|Query(query)| query.token);
-    let protocol_token = upgrade.as_ref().ok().and_then(|upgrade| {
-        upgrade
-            .requested_protocols()
-            .filter_map(|value| value.to_str().ok())
-            .find_map(|value| value.strip_prefix("bearer."))
-            .map(str::to_owned)
-    });
+    let protocol_token = upgrade
+        .requested_protocols()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| value.strip_prefix("bearer."))
+        .map(str::to_owned);
     let header_token = crate::rest::bearer_token(&headers);
     let (token, via_protocol) = match (query_token, header_token, protocol_token) {
         (Some(token), _, _) | (None, Some(token), _) => (token, false),
@@ -88,17 +99,6 @@ pub(crate) async fn upgrade(
         Err(err) => {
             metrics::upgrade("unauthenticated");
             return ApiError::from(err).into_response();
-        }
-    };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            metrics::upgrade("bad_request");
-            return ApiError::new(
-                Code::InvalidArgument,
-                format!("not a WebSocket upgrade: {}", rejection.body_text()),
-            )
-            .into_response();
         }
     };
     if !shared.upstream.is_available() {

@@ -348,6 +348,15 @@ async fn upgrades_need_a_valid_token_in_one_of_three_places(topology: Topology) 
         let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
         assert_eq!(body["error"]["code"], "UNAUTHENTICATED");
     }
+    // A plain GET is no upgrade: 400 whatever the token.
+    for path in [
+        "/ws".to_owned(),
+        format!("/ws?token={}", alice.access_token),
+    ] {
+        let response = parley_tests::gateway::http(gateway, "GET", &path, &[], None).await;
+        assert_eq!(response.status, 400, "{path}: {}", response.body);
+        assert_eq!(response.json()["error"]["code"], "INVALID_ARGUMENT");
+    }
 
     let mut request = Ws::request(gateway, "");
     request.headers_mut().insert(

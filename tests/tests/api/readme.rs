@@ -108,5 +108,9 @@ async fn the_readme_rest_examples_work() {
             "missing {expected} in:\n{stdout}"
         );
     }
+    assert!(
+        !stdout.contains("}{"),
+        "each answer prints on its own line:\n{stdout}"
+    );
     deployment.stop().await;
 }
