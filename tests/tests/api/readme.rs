@@ -114,3 +114,48 @@ async fn the_readme_rest_examples_work() {
     );
     deployment.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_auth_and_user_grpcurl_examples_work() {
+    let stack = TestStack::start(DatabaseBackend::Sqlite).await;
+    // The admin block runs as the stack's admin, who deletes ada.
+    let script = format!(
+        "{}\n{}\nTOKEN=\"$ADMIN_TOKEN\"\n{}",
+        readme_script("auth-grpcurl"),
+        readme_script("user-grpcurl"),
+        readme_script("user-admin-grpcurl"),
+    )
+    .replace("localhost:50051", &stack.auth_addr.to_string())
+    .replace("localhost:50052", &stack.user_addr.to_string());
+    let output = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .env("ADMIN_TOKEN", &stack.admin_token)
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the examples fail (grpcurl and jq come from `make tools`):\n{stdout}\n{stderr}"
+    );
+    for expected in [
+        "parley.auth.v1.AuthService",
+        r#""valid": true"#,
+        r#""displayName": "Ada""#,
+        r#""username": "grace""#,
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
+    // The error's detail is decoded through reflection, not base64.
+    assert!(
+        stderr.contains(r#""@type":"type.googleapis.com/google.rpc.BadRequest""#)
+            && stderr.contains(r#""field":"password""#),
+        "{stderr}"
+    );
+    stack.stop().await;
+}
