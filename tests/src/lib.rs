@@ -46,6 +46,8 @@ pub struct TestStack {
     pub users: UserServiceClient<Channel>,
     /// An access token of the `admin` user.
     pub admin_token: String,
+    /// auth's signing key, to mint service tokens in tests.
+    signing_pem: String,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<Result<(), String>>>,
     _database: TestDatabase,
@@ -69,6 +71,7 @@ impl TestStack {
     pub async fn start_with(backend: Backend, access_token_ttl: Duration) -> Self {
         init_tracing();
         let database = TestDatabase::new(backend).await;
+        let signing_pem = SigningKeys::generate_pem().expect("a key");
         let (auth_listeners, user_listeners) = (listeners().await, listeners().await);
         let auth_addr = auth_listeners.grpc_addr().expect("auth address");
         let user_addr = user_listeners.grpc_addr().expect("user address");
@@ -82,7 +85,7 @@ impl TestStack {
                 grpc_addr: auth_addr,
                 admin_addr: auth_admin,
                 database_url: database.url_for("auth"),
-                jwt_private_key: Some(SigningKeys::generate_pem().expect("a key").into()),
+                jwt_private_key: Some(signing_pem.clone().into()),
                 jwt_private_key_file: None,
                 access_token_ttl,
                 refresh_token_ttl: Duration::from_secs(3600),
@@ -124,6 +127,7 @@ impl TestStack {
             auth: AuthServiceClient::new(auth_channel),
             users: UserServiceClient::new(user_channel),
             admin_token: String::new(),
+            signing_pem,
             shutdown,
             tasks,
             _database: database,
@@ -131,6 +135,28 @@ impl TestStack {
         stack.register(ADMIN).await;
         stack.admin_token = stack.login(ADMIN).await.access_token;
         stack
+    }
+
+    /// A token with the `service` role, as auth signs for its own calls.
+    ///
+    /// # Panics
+    /// When the key cannot sign.
+    pub fn service_token(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_secs() as i64;
+        let claims = parley_runtime::token::AccessClaims {
+            sub: "00000000-0000-0000-0000-000000000000".into(),
+            name: "tests".into(),
+            roles: vec![parley_runtime::token::SERVICE_ROLE.into()],
+            iat: now,
+            exp: now + 300,
+            jti: format!("test-{now}"),
+        };
+        SigningKeys::from_pem(&self.signing_pem)
+            .and_then(|keys| keys.sign(&claims))
+            .expect("a signed service token")
     }
 
     /// Registers `username` with [`PASSWORD`].

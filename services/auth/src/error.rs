@@ -24,6 +24,12 @@ pub enum Error {
     /// The account is suspended.
     #[error("account is suspended")]
     Suspended,
+    /// A bad or missing access token where one is needed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(&'static str),
     /// The username is taken.
     #[error("username is already taken")]
     UsernameTaken,
@@ -55,7 +61,10 @@ impl From<Error> for Status {
             Error::InvalidCredentials | Error::InvalidRefreshToken => {
                 Status::unauthenticated(err.to_string())
             }
-            Error::Suspended => Status::permission_denied(err.to_string()),
+            Error::Suspended | Error::PermissionDenied(_) => {
+                Status::permission_denied(err.to_string())
+            }
+            Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::UsernameTaken => Status::already_exists(err.to_string()),
             // The user service's answers about the request itself reach the
             // client as they are (with their BadRequest details); its

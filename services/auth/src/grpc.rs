@@ -5,9 +5,10 @@ use std::{sync::Arc, time::Duration};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use parley_proto::{
     auth::v1::{
-        self as pb, Claims, GetPublicKeysRequest, GetPublicKeysResponse, LoginRequest,
-        LoginResponse, LogoutRequest, LogoutResponse, RefreshRequest, RefreshResponse,
-        RegisterRequest, RegisterResponse, TokenPair, ValidateTokenRequest, ValidateTokenResponse,
+        self as pb, Claims, DeleteCredentialsRequest, DeleteCredentialsResponse,
+        GetPublicKeysRequest, GetPublicKeysResponse, LoginRequest, LoginResponse, LogoutRequest,
+        LogoutResponse, RefreshRequest, RefreshResponse, RegisterRequest, RegisterResponse,
+        TokenPair, ValidateTokenRequest, ValidateTokenResponse,
     },
     user::v1::{
         CreateUserRequest, DeleteUserRequest, GetUserRequest, User, UserStatus,
@@ -428,6 +429,28 @@ impl pb::auth_service_server::AuthService for AuthService {
             keys: self.keys.public_keys(),
             max_age_seconds: PUBLIC_KEYS_MAX_AGE.as_secs() as i64,
         }))
+    }
+
+    async fn delete_credentials(
+        &self,
+        request: Request<DeleteCredentialsRequest>,
+    ) -> Result<Response<DeleteCredentialsResponse>, Status> {
+        let caller = self
+            .verifier
+            .verify_metadata(request.metadata())
+            .map_err(|err| Error::Unauthenticated(err.to_string()))?;
+        let user_id = request.into_inner().user_id;
+        if user_id.is_empty() {
+            return Err(Error::invalid("user_id", "is required").into());
+        }
+        if caller.user_id != user_id && !caller.is_admin() && !caller.is_service() {
+            return Err(
+                Error::PermissionDenied("users may delete only their own credentials").into(),
+            );
+        }
+        self.store.delete_credentials(&user_id).await?;
+        tracing::info!(%user_id, by = %caller.user_id, "credentials deleted");
+        Ok(Response::new(DeleteCredentialsResponse {}))
     }
 }
 

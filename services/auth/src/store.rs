@@ -195,6 +195,31 @@ impl AuthStore {
         Ok(true)
     }
 
+    /// Deletes a user's credential and every refresh token family of
+    /// theirs (their tokens go with them), in one transaction.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn delete_credentials(&self, user_id: &str) -> Result<(), Error> {
+        let mut tx = self.db.pool().begin().await?;
+        // Tokens first: foreign keys are not relied on to cascade.
+        sqlx::query(
+            "DELETE FROM refresh_token WHERE family_id IN \
+             (SELECT family_id FROM refresh_token_family WHERE user_id = $1)",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+        for table in ["refresh_token_family", "credential"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        timed("delete_credentials", tx.commit()).await?;
+        Ok(())
+    }
+
     /// Revokes a family; revoking twice keeps the first reason.
     ///
     /// # Errors

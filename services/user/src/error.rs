@@ -2,7 +2,7 @@
 //! a gRPC status.
 
 use parley_runtime::grpc::status::{database_error, internal_error, invalid_argument};
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// A failed user-service operation.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,9 @@ pub enum Error {
     /// The caller may not do this.
     #[error("{0}")]
     PermissionDenied(&'static str),
+    /// The auth service failed a call (deleting a user's credentials).
+    #[error("auth service: {0}")]
+    AuthService(Status),
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -54,6 +57,19 @@ impl From<Error> for Status {
                 Status::already_exists(format!("{field} is already taken"))
             }
             Error::PermissionDenied(message) => Status::permission_denied(message),
+            // Auth's refusals of the caller reach them as they are; its
+            // outages are ours too.
+            Error::AuthService(status) => match status.code() {
+                Code::Unauthenticated | Code::PermissionDenied => status,
+                Code::Unavailable | Code::DeadlineExceeded => {
+                    tracing::warn!(error = %status.message(), "auth service unavailable");
+                    Status::unavailable("auth service unavailable; retry later")
+                }
+                _ => {
+                    tracing::error!(code = ?status.code(), error = %status.message(), "auth service call failed");
+                    Status::internal("internal error")
+                }
+            },
             Error::Database(err) => database_error(&err, "user database"),
             Error::Internal(err) => internal_error(&err),
         }
@@ -76,6 +92,10 @@ mod tests {
                 Code::AlreadyExists,
             ),
             (Error::PermissionDenied("no"), Code::PermissionDenied),
+            (
+                Error::AuthService(Status::unavailable("down")),
+                Code::Unavailable,
+            ),
             (
                 Error::Database(sqlx::Error::PoolTimedOut),
                 Code::Unavailable,

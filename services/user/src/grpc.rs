@@ -5,6 +5,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use futures_util::{StreamExt as _, stream::BoxStream};
+use parley_proto::auth::v1::{DeleteCredentialsRequest, auth_service_client::AuthServiceClient};
 use parley_proto::user::v1::{
     self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateUserRequest,
     CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse,
@@ -13,6 +14,7 @@ use parley_proto::user::v1::{
     stream_users_response,
 };
 use parley_runtime::{
+    client::{ClientChannel, retry_idempotent},
     grpc::status::{code_name, invalid_field},
     token::{Caller, caller},
 };
@@ -40,15 +42,45 @@ pub struct UserService {
     store: UserStore,
     /// Lower-cased usernames that get `admin` when created.
     admin_usernames: Arc<BTreeSet<String>>,
+    /// Where a deleted user's credentials go too.
+    auth: AuthServiceClient<ClientChannel>,
 }
 
 impl UserService {
-    /// A service over `store`.
-    pub fn new(store: UserStore, admin_usernames: BTreeSet<String>) -> Self {
+    /// A service over `store`, deleting credentials through `auth`.
+    pub fn new(
+        store: UserStore,
+        admin_usernames: BTreeSet<String>,
+        auth: AuthServiceClient<ClientChannel>,
+    ) -> Self {
         Self {
             store,
             admin_usernames: Arc::new(admin_usernames),
+            auth,
         }
+    }
+
+    /// Deletes the user's credentials in auth, as the caller whose token
+    /// `authorization` is, so their username is free and their refresh
+    /// tokens dead before the profile goes (a failure leaves both, and the
+    /// deletion can be retried).
+    async fn delete_credentials(
+        &self,
+        user_id: &str,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<(), Error> {
+        retry_idempotent(|| async {
+            let mut request = Request::new(DeleteCredentialsRequest {
+                user_id: user_id.to_owned(),
+            });
+            if let Some(value) = authorization.clone() {
+                request.metadata_mut().insert("authorization", value);
+            }
+            self.auth.clone().delete_credentials(request).await
+        })
+        .await
+        .map_err(Error::AuthService)?;
+        Ok(())
     }
 }
 
@@ -171,11 +203,18 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
         let caller = caller(&request)?;
+        let authorization = request.metadata().get("authorization").cloned();
         let id = request.into_inner().id;
         require_id(&id, "id")?;
-        // Services may delete: auth undoes a half-finished registration.
+        // Services may delete: auth undoes a half-finished registration
+        // (and keeps its own side itself).
         if caller.user_id != id && !caller.is_admin() && !caller.is_service() {
             return Err(Error::PermissionDenied("users may delete only themselves").into());
+        }
+        if !caller.is_service() {
+            // NOT_FOUND before anything is touched.
+            self.store.get(&id).await?;
+            self.delete_credentials(&id, authorization).await?;
         }
         self.store.delete(&id).await?;
         tracing::info!(user_id = %id, by = %caller.user_id, "user deleted");

@@ -20,7 +20,10 @@ pub mod grpc;
 pub mod store;
 
 use anyhow::Context as _;
-use parley_proto::user::v1::user_service_server::UserServiceServer;
+use parley_proto::{
+    auth::v1::auth_service_client::AuthServiceClient,
+    user::v1::user_service_server::UserServiceServer,
+};
 use parley_runtime::{
     CancellationToken,
     grpc::{MAX_MESSAGE_BYTES, ServerOptions, Services},
@@ -81,7 +84,16 @@ pub async fn with_listeners(
     )
     .await
     .context("opening the user database")?;
-    let service = grpc::UserService::new(store::UserStore::new(database), config.admin_usernames());
+    let auth = AuthServiceClient::new(parley_runtime::client::connect(
+        "auth",
+        &config.auth_url,
+        &parley_runtime::client::ClientOptions::default(),
+    ));
+    let service = grpc::UserService::new(
+        store::UserStore::new(database),
+        config.admin_usernames(),
+        auth,
+    );
     let server = UserServiceServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

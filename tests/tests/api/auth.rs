@@ -1,7 +1,7 @@
 use parley_proto::{
     auth::v1::{
-        GetPublicKeysRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
-        ValidateTokenRequest,
+        DeleteCredentialsRequest, GetPublicKeysRequest, LoginRequest, LogoutRequest,
+        RefreshRequest, RegisterRequest, ValidateTokenRequest,
     },
     prost_types::FieldMask,
     user::v1::{
@@ -22,7 +22,64 @@ on_both_backends!(
     validate_token_reports_bad_tokens_in_band,
     public_keys_verify_issued_tokens,
     suspended_users_cannot_log_in_or_refresh,
+    deleting_a_user_deletes_the_credentials_and_frees_the_username,
 );
+
+async fn deleting_a_user_deletes_the_credentials_and_frees_the_username(backend: DatabaseBackend) {
+    let mut stack = TestStack::start(backend).await;
+    let (ada, token) = stack.signed_up("ada").await;
+    let pair = stack.login("ada").await;
+    let (eve, eve_token) = stack.signed_up("eve").await;
+    // Nobody else deletes ada's credentials.
+    let mut refused = DeleteCredentialsRequest {
+        user_id: ada.id.clone(),
+    };
+    let denied = stack
+        .auth
+        .delete_credentials(authed(refused.clone(), &eve_token))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    refused.user_id = eve.id.clone();
+    let unauthenticated = stack.auth.delete_credentials(refused).await.unwrap_err();
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+
+    stack
+        .users
+        .delete_user(authed(DeleteUserRequest { id: ada.id.clone() }, &token))
+        .await
+        .unwrap();
+    let login = stack
+        .auth
+        .login(LoginRequest {
+            username: "ada".into(),
+            password: PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        login.code(),
+        Code::Unauthenticated,
+        "the credential is gone"
+    );
+    let refresh = stack
+        .auth
+        .refresh(RefreshRequest {
+            refresh_token: pair.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refresh.code(),
+        Code::Unauthenticated,
+        "so are the refresh tokens"
+    );
+    // The username is free again: a new ada is a new user.
+    let again = stack.register("ada").await;
+    assert_ne!(again.id, ada.id);
+    stack.login("ada").await;
+    stack.stop().await;
+}
 
 async fn register_creates_a_profile_and_a_credential(backend: DatabaseBackend) {
     let mut stack = TestStack::start(backend).await;
@@ -82,15 +139,16 @@ async fn register_refuses_bad_input_naming_the_field(backend: DatabaseBackend) {
 
 async fn a_failed_registration_leaves_no_orphan_profile(backend: DatabaseBackend) {
     let mut stack = TestStack::start(backend).await;
-    // An admin deletes carol's profile; her credential stays behind, so a
-    // new registration as carol creates a profile and then fails to store
-    // the credential: the profile must be removed again.
+    // A service deletes carol's profile (services keep auth's side
+    // themselves, as auth's own undo does), so her credential stays behind:
+    // a new registration as carol creates a profile and then fails to
+    // store the credential, and the profile must be removed again.
     let (carol, _) = stack.signed_up("carol").await;
     stack
         .users
         .delete_user(authed(
             DeleteUserRequest { id: carol.id },
-            &stack.admin_token,
+            &stack.service_token(),
         ))
         .await
         .unwrap();
