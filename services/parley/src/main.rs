@@ -82,11 +82,18 @@ async fn run(
     gateway: parley_gateway::Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The gateway stops first: its sockets get 1001 at once (no other
+    // gateway stands beside it to spread reconnects over), its chat streams
+    // close, and only then do the services behind it drain, so nothing
+    // they hold is cut under a client.
+    let backends = CancellationToken::new();
     // All bind before any runs, so a port clash stops everything at once.
-    let auth = parley_auth::build(auth, shutdown.clone()).await?;
-    let user = parley_user::build(user, shutdown.clone()).await?;
-    let chat = parley_chat::build(chat, shutdown.clone()).await?;
-    let gateway = parley_gateway::build(gateway, shutdown.clone()).await?;
+    let auth = parley_auth::build(auth, backends.clone()).await?;
+    let user = parley_user::build(user, backends.clone()).await?;
+    let chat = parley_chat::build(chat, backends.clone()).await?;
+    let gateway = parley_gateway::build(gateway, shutdown.clone())
+        .await?
+        .close_at_once();
     tracing::info!(
         "Parley is up: open http://{} in a browser",
         browsable(gateway.http_addr()?)
@@ -94,9 +101,17 @@ async fn run(
     let auth = tokio::spawn(auth.run());
     let user = tokio::spawn(user.run());
     let chat = tokio::spawn(chat.run());
-    let gateway = tokio::spawn(gateway.run());
+    let gateway = {
+        let backends = backends.clone();
+        tokio::spawn(async move {
+            let stopped = gateway.run().await;
+            backends.cancel();
+            stopped
+        })
+    };
     // One service failing takes the process down: a half-running all-in-one
-    // is worse than a clear exit.
+    // is worse than a clear exit. Its failure stops the gateway, which then
+    // stops the rest.
     let (auth, user, chat, gateway) = tokio::join!(
         watch(auth, shutdown.clone(), "auth"),
         watch(user, shutdown.clone(), "user"),

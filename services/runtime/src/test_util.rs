@@ -186,15 +186,27 @@ impl RunningBinary {
     /// # Panics
     /// When the signal cannot be sent.
     pub async fn terminate(&self) {
+        self.signal("TERM").await;
+    }
+
+    /// Sends SIGINT, as Ctrl-C in a terminal does.
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub async fn interrupt(&self) {
+        self.signal("INT").await;
+    }
+
+    async fn signal(&self, name: &str) {
         let pid = self
             .child
             .id()
             .unwrap_or_else(|| panic!("process already reaped"));
         let status = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .await
             .unwrap_or_else(|err| panic!("running kill: {err}"));
-        assert!(status.success(), "kill -TERM {pid} failed");
+        assert!(status.success(), "kill -{name} {pid} failed");
     }
 }

@@ -122,9 +122,6 @@ pub(crate) struct Shared {
     per_user: Arc<UserConnections>,
     /// Fires when the drain starts.
     drain: CancellationToken,
-    /// Sockets get their 1001 at a random point within this, so clients do
-    /// not all reconnect at once.
-    drain_spread: Duration,
     /// Every open connection, watched for token expiry and the drain.
     live: Arc<LiveSessions>,
     /// Open connections, awaited during the drain.
@@ -154,6 +151,9 @@ pub struct Gateway {
     streams_stop: CancellationToken,
     shutdown: CancellationToken,
     grace: Duration,
+    /// Sockets get their 1001 at a random point within this, so clients do
+    /// not all reconnect at once (to the other gateways).
+    drain_spread: Duration,
 }
 
 /// Binds the configured addresses and builds the gateway.
@@ -210,7 +210,6 @@ pub fn with_listeners(
         },
         per_user: Arc::default(),
         drain: shutdown.clone(),
-        drain_spread: config.shutdown_grace.mul_f64(0.75),
         live: Arc::default(),
         tracker: TaskTracker::new(),
         next_session: AtomicU64::new(1),
@@ -226,6 +225,7 @@ pub fn with_listeners(
         streams_stop,
         shutdown,
         grace: config.shutdown_grace,
+        drain_spread: config.shutdown_grace.mul_f64(0.75),
     })
 }
 
@@ -253,6 +253,17 @@ async fn observe(matched: Option<MatchedPath>, request: Request, next: Next) -> 
 }
 
 impl Gateway {
+    /// Closes every socket at once when draining, instead of spreading the
+    /// closes: for a gateway no other gateway stands beside (the
+    /// all-in-one), where spreading only makes the stop slow.
+    #[must_use]
+    pub fn close_at_once(self) -> Self {
+        Self {
+            drain_spread: Duration::ZERO,
+            ..self
+        }
+    }
+
     /// The bound HTTP address.
     ///
     /// # Errors
@@ -284,6 +295,7 @@ impl Gateway {
             streams_stop,
             shutdown,
             grace,
+            drain_spread,
         } = self;
         tracing::info!(
             service = SERVICE_NAME,
@@ -294,7 +306,7 @@ impl Gateway {
         let admin = parley_runtime::admin::start(listeners.admin, &readiness, &shutdown);
         let supervisor = tokio::spawn(shared.live.clone().supervise(
             shutdown.clone(),
-            shared.drain_spread,
+            drain_spread,
             streams_stop.clone(),
         ));
         // Frames are small and latency matters: no Nagle delay on sockets.

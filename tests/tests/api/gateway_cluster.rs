@@ -260,3 +260,40 @@ async fn drains_with_1001(topology: Topology) {
 }
 
 parley_tests::on_both_topologies!(drains_with_1001);
+
+/// Ctrl-C on a laptop's `parley` with browsers connected: the sockets get
+/// 1001 at once (one process has no other gateway to spread reconnects
+/// over), then the services behind the gateway stop, and the process is
+/// gone in well under the default grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_the_all_in_one_at_once() {
+    let settings = Settings {
+        shutdown_grace: Duration::from_secs(20),
+        ..Settings::default()
+    };
+    let mut deployment = Deployment::all_in_one(&settings, &[]).await;
+    let alice = deployment.sign_up(&username("alice")).await;
+    let room = room_id("ctrl-c");
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut ws = deployment.ws(0, &alice).await;
+        ws.join(&room, 0).await;
+        sockets.push(ws);
+    }
+    let process = deployment.process().expect("a process");
+    let started = std::time::Instant::now();
+    process.interrupt().await;
+    for ws in &mut sockets {
+        assert_eq!(ws.closed().await, Some(1001));
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(10), process.child.wait())
+        .await
+        .expect("exits")
+        .expect("an exit status");
+    assert_eq!(exit.code(), Some(0));
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "Ctrl-C took {took:?} with SHUTDOWN_GRACE at 20s"
+    );
+}
