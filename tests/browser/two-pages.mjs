@@ -3,6 +3,11 @@
 // Usage: node two-pages.mjs <base_url>      e.g. node two-pages.mjs http://127.0.0.1:8080
 // Env:   CHROMIUM    path of the Chromium binary (default /usr/bin/chromium)
 //        SCREENSHOT  if set, a PNG of page A is saved there at the end
+//        SCREENSHOT_DIR  if set, desktop.png (page A) and phone.png (page B)
+//                    are saved there mid-conversation, for the README
+//        MAX_CONTENT_BYTES  the server's CHAT_MAX_CONTENT_BYTES (default
+//                    600, as the Rust test starts it), below the client's
+//                    own limit of 4096, so an over-long message fails there
 //
 // Exits 0 and prints "ok: two pages chatted in room <id>" on success; on
 // failure prints the step, what was expected, and both pages' console errors,
@@ -94,16 +99,11 @@ async function signUpAndIn({ page }, username) {
     if (!res || !res.ok()) fail(`GET / answered ${res ? res.status() : "nothing"}`);
     await page.locator(tid("username-input")).waitFor({ state: "visible", timeout: TIMEOUT });
   });
-  await step(`register ${username}`, "a notice that the account was created", async () => {
+  await step(`register ${username}`, `registering logs in: the header shows "${username}" and the connection becomes online`, async () => {
     await page.locator(tid("username-input")).fill(username);
     await page.locator(tid("password-input")).fill(password);
     await page.locator(tid("register-button")).click();
-    await either(page.locator(tid("auth-notice")), page.locator(tid("auth-error")), "register");
-  });
-  await step(`log in as ${username}`, `the header to show "${username}" and the connection status to become online`, async () => {
-    await page.locator(tid("password-input")).fill(password);
-    await page.locator(tid("login-button")).click();
-    await either(page.locator(tid("current-user"), { hasText: username }), page.locator(tid("auth-error")), "login");
+    await either(page.locator(tid("current-user"), { hasText: username }), page.locator(tid("auth-error")), "register");
     await page.locator(`${tid("conn-status")}[data-state="online"]`).waitFor({ timeout: TIMEOUT });
   });
   await step(`${username} joins room ${roomId}`, `room ${roomId} listed, shown, and joined (own name in the member list)`, async () => {
@@ -201,6 +201,17 @@ async function main() {
     if (pending + failed > 0) fail(`A still has ${pending} pending and ${failed} failed messages`);
   });
 
+  const again = `and one more thing ${tag()}`;
+  await step("A's messages in a row share a header", `A's "${again}" right after "${hello}" is grouped under it on both pages`, async () => {
+    await sendMessage(A.page, again);
+    for (const { page } of [A, B]) {
+      await messageItem(page, { sender: alice, content: again }).and(page.locator(".msg.grouped")).waitFor({ timeout: TIMEOUT });
+    }
+    if (await messageItem(B.page, { sender: alice, content: hello }).and(B.page.locator(".msg.grouped")).count()) {
+      fail("the first message of a run keeps its header");
+    }
+  });
+
   const reply = `hi alice, bob here ${tag()}`;
   await step("B replies", `A shows "${reply}" from ${bob}, and B shows it as its own`, async () => {
     await sendMessage(B.page, reply);
@@ -262,6 +273,31 @@ async function main() {
     await waitForAttr(reaction(A.page, onA, "👍"), "data-mine", "true");
   });
 
+  if (process.env.SCREENSHOT_DIR) {
+    await step("screenshots", `desktop.png and phone.png in ${process.env.SCREENSHOT_DIR}`, async () => {
+      await A.page.screenshot({ path: `${process.env.SCREENSHOT_DIR}/desktop.png` });
+      await B.page.screenshot({ path: `${process.env.SCREENSHOT_DIR}/phone.png` });
+    });
+  }
+
+  await step("the byte counter", "past 4096 bytes the counter turns red and Send is off; emptied, both return", async () => {
+    await A.page.locator(tid("message-input")).fill("x".repeat(5000));
+    await A.page.locator(`${tid("byte-counter")}.over`, { hasText: "5000 / 4096" }).waitFor({ timeout: TIMEOUT });
+    if (!(await A.page.locator(tid("send-button")).isDisabled())) fail("Send stays on past the limit");
+    await A.page.locator(tid("message-input")).fill("");
+    await A.page.locator(tid("byte-counter"), { hasText: exact("") }).waitFor({ timeout: TIMEOUT });
+  });
+
+  const tooLong = `${"y".repeat(Number(process.env.MAX_CONTENT_BYTES || 600) + 50)} ${tag()}`;
+  await step("a failed message is dismissed", "a message the server refuses shows why, with Retry, Edit and Dismiss; Dismiss takes it away", async () => {
+    await sendMessage(A.page, tooLong);
+    const failed = A.page.locator(`${tid("message-item")}[data-status="failed"]`).first();
+    await failed.waitFor({ timeout: TIMEOUT });
+    await failed.locator(tid("failed-note"), { hasText: "content" }).waitFor({ timeout: TIMEOUT });
+    await failed.locator(tid("failed-dismiss")).click();
+    await failed.waitFor({ state: "detached", timeout: TIMEOUT });
+  });
+
   await step("A deletes its message", "both pages show the message as deleted", async () => {
     const item = messageItem(A.page, { sender: alice, content: edited, own: true });
     const del = item.locator(tid("action-delete"));
@@ -273,6 +309,22 @@ async function main() {
         fail(`page still shows the deleted text "${edited}"`);
       }
     }
+  });
+
+  const secretName = `Secret plans ${tag()}`;
+  await step("a private room joined by short code shows its name", `A joins B's "${secretName}" by its code and sees that name, not the room's id`, async () => {
+    await showSidebar(B.page);
+    await B.page.locator(tid("create-name-input")).fill(secretName);
+    await B.page.locator(tid("create-password-input")).fill(password);
+    await B.page.locator(tid("create-button")).click();
+    const code = (await B.page.locator(tid("created-short-code")).textContent()).trim();
+    if (!/^[A-Z0-9]{6}$/.test(code)) fail(`no short code shown: "${code}"`);
+    await A.page.locator(tid("private-room-input")).fill(code);
+    await A.page.locator(tid("private-password-input")).fill(password);
+    await A.page.locator(tid("private-join-button")).click();
+    await A.page.locator(tid("room-title"), { hasText: secretName }).waitFor({ timeout: TIMEOUT });
+    await A.page.locator(`${tid("room-item")}`, { hasText: secretName }).waitFor({ timeout: TIMEOUT });
+    await openRoom(A.page, roomId);
   });
 
   const otherRoom = `pw-${run}-${tag()}`;

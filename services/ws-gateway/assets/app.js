@@ -25,6 +25,9 @@
   const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
   const READ_EVERY_MS = 750; // read markers are sent at most this often per room
   const CONFIRM_MS = 3000; // a delete button waits this long for its second click
+  const MAX_CONTENT_BYTES = 4096; // CHAT_MAX_CONTENT_BYTES by default; the server has the last word
+  const GROUP_WITHIN_MS = 5 * 60 * 1000; // one sender's messages this close share a header
+  const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
   const ROOMS_EVERY_MS = 30000; // the room list is fetched again this often (new direct rooms)
   const DURATIONS = [
     ["", "until lifted"],
@@ -114,6 +117,7 @@
     composeContextText: $("compose-context-text"),
     composeContextCancel: $("compose-context-cancel"),
     dmList: $("dm-list"),
+    byteCounter: $("byte-counter"),
     noDms: $("no-dms"),
     settingsButton: $("settings-button"),
     settings: $("room-settings"),
@@ -430,8 +434,10 @@
     try {
       const user = await rawRequest("POST", "/auth/register", { username: f.username, password: f.password });
       const name = (user && user.username) || f.username;
-      show(ui.authNotice, "Account “" + name + "” created. You can log in now.");
-      ui.loginBtn.focus();
+      show(ui.authNotice, "Account “" + name + "” created. Logging you in…");
+      authBusy(false);
+      await logIn(f);
+      return;
     } catch (e) {
       show(ui.authError, e.message || "Registration failed.");
     } finally {
@@ -443,6 +449,10 @@
     ev.preventDefault();
     const f = authFields();
     if (!f) return;
+    await logIn(f);
+  }
+
+  async function logIn(f) {
     authBusy(true);
     try {
       const pair = await rawRequest("POST", "/auth/login", { username: f.username, password: f.password });
@@ -522,7 +532,9 @@
       room.direct = !!r.direct;
       if (r.role) room.role = r.role;
       room.readSeq = Math.max(room.readSeq, Number(r.read_seq) || 0);
-      room.unread = Number(r.unread) || 0;
+      // A joined room's count is kept here as messages arrive and are read;
+      // the server's may be a moment behind a read marker still on its way.
+      if (!room.everJoined) room.unread = Number(r.unread) || 0;
       renderRoomItem(room);
     }
   }
@@ -1006,6 +1018,7 @@
     const fresh = messageNode(entry.msg, "sent");
     entry.node.replaceWith(fresh);
     entry.node = fresh;
+    placeInSequence(room, bisect(room.seqs, seq));
     // Replies quoting it show its new text.
     for (const other of room.bySeq.values()) {
       if (Number(other.msg.reply_to) === seq) {
@@ -1076,14 +1089,23 @@
     // out a moment later, after the user has moved on.
     room.seenSeq = Math.max(room.seenSeq || 0, room.maxSeq);
     if (room.seenSeq <= room.readSent || room.readTimer) return;
-    room.readTimer = setTimeout(() => {
-      room.readTimer = 0;
-      const seq = room.seenSeq;
-      if (seq > room.readSent && room.joined && sendFrame({ read: { room_id: room.id, seq } })) {
-        room.readSent = seq;
-        if (seq > room.readSeq) room.readSeq = seq;
-      }
-    }, READ_EVERY_MS);
+    room.readTimer = setTimeout(() => sendRead(room), READ_EVERY_MS);
+  }
+
+  function sendRead(room) {
+    clearTimeout(room.readTimer);
+    room.readTimer = 0;
+    const seq = room.seenSeq;
+    if (seq > room.readSent && room.joined && sendFrame({ read: { room_id: room.id, seq } })) {
+      room.readSent = seq;
+      if (seq > room.readSeq) room.readSeq = seq;
+    }
+  }
+
+  // A marker still waiting for its timer goes out now: the user moved on
+  // to another room, or the page is going away.
+  function flushRead(room) {
+    if (room && room.readTimer) sendRead(room);
   }
 
   function onAck(a) {
@@ -1406,6 +1428,7 @@
 
   function selectRoom(id) {
     const prev = currentRoom();
+    if (prev && prev.id !== id) flushRead(prev);
     if (!prev || prev.id !== id) {
       closeMemberMenu();
       show(ui.roomNotice, "");
@@ -1471,6 +1494,7 @@
         const fresh = messageNode(m, "sent");
         existing.node.replaceWith(fresh);
         existing.node = fresh;
+        placeInSequence(room, bisect(room.seqs, seq));
       }
       return false;
     }
@@ -1485,6 +1509,7 @@
     room.seqs.splice(idx, 0, seq);
     room.bySeq.set(seq, { msg: m, node, provisional: !!provisional });
     room.list.insertBefore(node, next);
+    placeInSequence(room, idx);
     if (seq > room.maxSeq) room.maxSeq = seq;
     if (current) {
       renderEmpty();
@@ -1542,7 +1567,7 @@
     if (m.deleted) {
       children.push(el("div", { className: "content deleted", "data-testid": "message-deleted", text: "Message deleted" }));
     } else {
-      children.push(el("div", { className: "content", "data-testid": "message-content", text: m.content }));
+      children.push(contentNode(m.content));
       children.push(reactionRow(room, m));
     }
     const li = el(
@@ -1560,6 +1585,50 @@
     );
     if (!m.deleted && seq > 0) li.append(messageActions(room, m, own));
     return li;
+  }
+
+  // Text with its http(s) links made clickable: built from text nodes and
+  // anchors, never from HTML, and links open apart from the page.
+  function contentNode(text) {
+    const div = el("div", { className: "content", "data-testid": "message-content" });
+    let at = 0;
+    for (const match of text.matchAll(URL_RE)) {
+      // A sentence's closing punctuation is not part of the link.
+      const url = match[0].replace(/[.,;:!?)\]]+$/, "");
+      if (match.index > at) div.append(document.createTextNode(text.slice(at, match.index)));
+      div.append(el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: url }));
+      at = match.index + url.length;
+    }
+    if (at < text.length) div.append(document.createTextNode(text.slice(at)));
+    return div;
+  }
+
+  // A message's place among its neighbours: a day line before the first
+  // of each day, and no header for one following the same sender's within
+  // a few minutes (the header stays for screen readers).
+  function placeInSequence(room, index) {
+    for (const i of [index, index + 1]) {
+      if (i < 0 || i >= room.seqs.length) continue;
+      const entry = room.bySeq.get(room.seqs[i]);
+      const prev = i > 0 ? room.bySeq.get(room.seqs[i - 1]).msg : null;
+      const at = new Date(entry.msg.sent_at);
+      const before = prev ? new Date(prev.sent_at) : null;
+      const newDay = !before || at.toDateString() !== before.toDateString();
+      if (newDay) entry.node.dataset.day = dayLabel(at);
+      else delete entry.node.dataset.day;
+      const grouped =
+        !newDay && prev && prev.sender_id === entry.msg.sender_id && !Number(entry.msg.reply_to) && at - before < GROUP_WITHIN_MS;
+      entry.node.classList.toggle("grouped", !!grouped);
+    }
+  }
+
+  function dayLabel(d) {
+    if (isNaN(d.getTime())) return "";
+    const today = new Date();
+    const yesterday = new Date(today.getTime() - 86400000);
+    if (d.toDateString() === today.toDateString()) return "Today";
+    if (d.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return d.toLocaleDateString([], { weekday: "long", month: "long", day: "numeric", year: d.getFullYear() === today.getFullYear() ? undefined : "numeric" });
   }
 
   function replyQuote(room, seq) {
@@ -1710,7 +1779,13 @@
           el("span", { className: "sender", "data-testid": "message-sender", text: name }),
           el("span", { className: "time status-note", text: "sending…" }),
         ]),
-        el("div", { className: "content", "data-testid": "message-content", text: content }),
+        contentNode(content),
+        el("div", { className: "failed-actions", "data-testid": "failed-actions" }, [
+          el("span", { className: "failed-note", "data-testid": "failed-note" }),
+          el("button", { type: "button", className: "btn btn-quiet small", "data-action": "retry", "data-testid": "failed-retry", text: "Retry" }),
+          el("button", { type: "button", className: "btn btn-quiet small", "data-action": "edit", "data-testid": "failed-edit", text: "Edit" }),
+          el("button", { type: "button", className: "btn btn-quiet small", "data-action": "dismiss", "data-testid": "failed-dismiss", text: "Dismiss" }),
+        ]),
       ]
     );
   }
@@ -1720,7 +1795,27 @@
     p.node.classList.toggle("failed", status === "failed");
     p.node.title = note || "";
     const n = p.node.querySelector(".status-note");
-    if (n) n.textContent = status === "failed" ? "not sent · retry" : "sending…";
+    if (n) n.textContent = status === "failed" ? "not sent" : "sending…";
+    const why = p.node.querySelector(".failed-note");
+    if (why) why.textContent = status === "failed" ? note || "Not sent." : "";
+  }
+
+  // A failed message is never left pinned: send it again, take it back into
+  // the composer to change it, or let it go.
+  function onPendingAction(room, clientId, action) {
+    const p = room.pending.get(clientId);
+    if (!p || p.node.dataset.status !== "failed") return;
+    if (action === "retry") retryPending(room, clientId);
+    else if (action === "edit") {
+      dropPending(room, clientId);
+      ui.input.value = p.content;
+      autoGrow();
+      onInput();
+      ui.input.focus();
+    } else if (action === "dismiss") {
+      dropPending(room, clientId);
+      renderEmpty();
+    }
   }
 
   function newClientId() {
@@ -1738,12 +1833,17 @@
       showSendError("Type a message first.");
       return;
     }
+    if (byteLength(content) > MAX_CONTENT_BYTES) {
+      showSendError("That message is too long: at most " + MAX_CONTENT_BYTES + " bytes.");
+      return;
+    }
     show(ui.sendError, "");
     const composing = state.composing && state.composing.roomId === room.id ? state.composing : null;
     if (composing && composing.mode === "edit") {
       if (sendFrame({ edit: { room_id: room.id, seq: composing.seq, content, client_id: newClientId() } })) {
         ui.input.value = "";
         autoGrow();
+        renderByteCounter();
         setComposing(null);
       } else {
         showSendError("Not connected; try again in a moment.");
@@ -1754,13 +1854,17 @@
     setComposing(null);
     const clientId = newClientId();
     const p = { content, replyTo, node: pendingNode(clientId, content), sentGen: -1, failed: false, roomId: room.id, clientId };
-    p.node.addEventListener("click", () => retryPending(room, clientId));
+    p.node.addEventListener("click", (ev) => {
+      const button = ev.target.closest("button[data-action]");
+      if (button) onPendingAction(room, clientId, button.dataset.action);
+    });
     room.pending.set(clientId, p);
     ui.pendingList.append(p.node);
     renderEmpty();
     scrollToBottom();
     ui.input.value = "";
     autoGrow();
+    renderByteCounter();
     state.lastTypingSent = 0; // the next keystroke starts a new "typing"
     trySend(room, p);
     ui.input.focus();
@@ -1810,8 +1914,25 @@
   // ---------------------------------------------------------------------------
   // Typing
   // ---------------------------------------------------------------------------
+  function byteLength(text) {
+    return new TextEncoder().encode(text).length;
+  }
+
+  // Bytes are what the server limits: shown as the message grows, and the
+  // send button is off past the limit.
+  function renderByteCounter() {
+    const bytes = byteLength(ui.input.value);
+    const over = bytes > MAX_CONTENT_BYTES;
+    ui.byteCounter.textContent = bytes > 0 ? bytes + " / " + MAX_CONTENT_BYTES : "";
+    ui.byteCounter.classList.toggle("over", over);
+    ui.byteCounter.title = over ? "Too long: shorten the message to send it" : "Bytes used of the message limit";
+    const room = currentRoom();
+    ui.send.disabled = !room || !state.loggedIn || room.muted || over;
+  }
+
   function onInput() {
     autoGrow();
+    renderByteCounter();
     const room = currentRoom();
     if (!room || !room.joined || !ui.input.value.trim()) return;
     const now = Date.now();
@@ -2121,11 +2242,17 @@
   function renderEmpty() {
     const room = currentRoom();
     let text = "";
-    if (!room) text = state.rooms.size ? "Pick a room on the left." : "Join a room to start chatting.";
+    if (!room) text = state.rooms.size ? "Pick a room on the left." : "You are in no room yet.";
     else if (room.seqs.length === 0 && room.pending.size === 0) {
       text = room.joined ? (room.historyInFlight ? "" : "No messages yet. Say hello!") : "Joining…";
     }
     ui.emptyRoom.textContent = text;
+    if (!room && !state.rooms.size) {
+      // A first room to try, one click away.
+      const join = el("button", { type: "button", className: "btn btn-primary", "data-testid": "join-general", text: "Join #general" });
+      join.addEventListener("click", () => openRoom("general", {}));
+      ui.emptyRoom.append(el("br"), join, el("span", { className: "muted small", text: " or pick a room id on the left." }));
+    }
     ui.emptyRoom.hidden = !text;
   }
 
@@ -2133,7 +2260,7 @@
     const room = currentRoom();
     const usable = !!room && state.loggedIn && !room.muted;
     ui.input.disabled = !usable;
-    ui.send.disabled = !usable;
+    ui.send.disabled = !usable || byteLength(ui.input.value) > MAX_CONTENT_BYTES;
     ui.input.placeholder = !room
       ? "Join a room to chat"
       : room.muted
@@ -2209,6 +2336,10 @@
   document.addEventListener("visibilitychange", () => {
     const room = currentRoom();
     if (room && !document.hidden) markRead(room);
+    else flushRead(room);
+  });
+  window.addEventListener("pagehide", () => {
+    for (const room of state.rooms.values()) flushRead(room);
   });
   ui.scroller.addEventListener("scroll", () => {
     if (ui.scroller.scrollTop < 40) loadOlder();

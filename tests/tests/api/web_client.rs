@@ -3,11 +3,14 @@
 
 use std::time::Duration;
 
-use parley_tests::gateway::{Deployment, Settings, Topology, http};
+use parley_tests::gateway::{Deployment, Settings, http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browser_pages_chat_through_the_web_client() {
-    let deployment = Deployment::start(Topology::AllInOne, &Settings::default()).await;
+    // A server limit below the web client's own (4096 bytes), so a message
+    // can pass the client's check and be refused by the server.
+    let deployment =
+        Deployment::all_in_one(&Settings::default(), &[("CHAT_MAX_CONTENT_BYTES", "600")]).await;
     let gateway = deployment.gateway(0);
 
     let page = http(gateway, "GET", "/", &[], None).await;
@@ -30,6 +33,7 @@ async fn two_browser_pages_chat_through_the_web_client() {
     let run = tokio::process::Command::new("node")
         .arg(script)
         .arg(format!("http://{gateway}"))
+        .env("MAX_CONTENT_BYTES", "600")
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(120), run)
