@@ -697,6 +697,9 @@ impl Ws {
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
             if let Event::Closed(code) = self.next_event().await {
+                // Answer the close frame at once, as browsers do (the reply
+                // is queued when the close frame is read).
+                let _ = self.stream.flush().await;
                 return code;
             }
         }
