@@ -392,6 +392,19 @@ impl Deployment {
         response.json()
     }
 
+    /// The HTTP status of a login of `username` with the test password.
+    pub async fn log_in_status(&self, username: &str) -> u16 {
+        http_json(
+            self.gateway(0),
+            "POST",
+            "/api/v1/auth/login",
+            None,
+            &json!({ "username": username, "password": crate::PASSWORD }),
+        )
+        .await
+        .status
+    }
+
     /// Opens a WebSocket to gateway `index` as `account`.
     pub async fn ws(&self, index: usize, account: &Account) -> Ws {
         Ws::connect(self.gateway(index), &account.access_token).await

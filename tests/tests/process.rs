@@ -136,6 +136,39 @@ async fn a_bad_value_exits_with_code_2_naming_the_variable() {
     assert!(stderr.contains("USER_DATABASE_URL"), "{stderr}");
 }
 
+/// A signing key that is not a PEM key is a bad value like any other:
+/// exit 2 naming the variable (and never printing the key), whether it
+/// comes in the variable or in the file it names.
+#[tokio::test]
+async fn a_signing_key_that_is_not_pem_exits_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key.pem");
+    std::fs::write(&file, "not a key at all").unwrap();
+    let missing = dir.path().join("missing.pem");
+    for (variable, value) in [
+        ("AUTH_JWT_PRIVATE_KEY", "secret-looking-garbage".to_owned()),
+        ("AUTH_JWT_PRIVATE_KEY_FILE", file.display().to_string()),
+        ("AUTH_JWT_PRIVATE_KEY_FILE", missing.display().to_string()),
+    ] {
+        let output = tokio::process::Command::new(binary("parley-auth"))
+            .current_dir(dir.path())
+            .env(variable, &value)
+            .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
+            .env("AUTH_ADMIN_ADDR", "127.0.0.1:0")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{variable}={value}: {stderr}"
+        );
+        assert!(stderr.contains(variable), "{stderr}");
+        assert!(!stderr.contains("secret-looking-garbage"), "{stderr}");
+    }
+}
+
 #[tokio::test]
 async fn help_lists_every_variable_without_secrets() {
     let output = tokio::process::Command::new(binary("parley-auth"))

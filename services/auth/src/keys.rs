@@ -22,6 +22,8 @@ use parley_proto::auth::v1::PublicKey;
 use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 
+use parley_runtime::config::BadValue;
+
 use crate::config::{AuthArgs, DEFAULT_KEY_FILE};
 
 /// One key: how to sign with it and how others verify it.
@@ -55,15 +57,32 @@ impl SigningKeys {
     /// Fails, naming the variable, when a key is malformed or the key file
     /// cannot be read or written.
     pub fn load(args: &AuthArgs) -> anyhow::Result<Self> {
+        // A configured key that is unusable is a bad value: exit 2 naming
+        // the variable, never printing the key.
         if let Some(pem) = &args.jwt_private_key {
-            return Self::from_pem(pem.expose_secret()).context("AUTH_JWT_PRIVATE_KEY");
+            return Self::from_pem(pem.expose_secret()).map_err(|err| {
+                BadValue {
+                    variable: "AUTH_JWT_PRIVATE_KEY",
+                    message: format!("not a usable Ed25519 key in PEM: {err:#}"),
+                }
+                .into()
+            });
         }
         if let Some(path) = &args.jwt_private_key_file {
-            let pem = std::fs::read_to_string(path).with_context(|| {
-                format!("AUTH_JWT_PRIVATE_KEY_FILE: cannot read {}", path.display())
+            let pem = std::fs::read_to_string(path).map_err(|err| BadValue {
+                variable: "AUTH_JWT_PRIVATE_KEY_FILE",
+                message: format!("cannot read {}: {err}", path.display()),
             })?;
-            return Self::from_pem(&pem)
-                .with_context(|| format!("AUTH_JWT_PRIVATE_KEY_FILE {}", path.display()));
+            return Self::from_pem(&pem).map_err(|err| {
+                BadValue {
+                    variable: "AUTH_JWT_PRIVATE_KEY_FILE",
+                    message: format!(
+                        "{} holds no usable Ed25519 key in PEM: {err:#}",
+                        path.display()
+                    ),
+                }
+                .into()
+            });
         }
         Self::load_or_generate(Path::new(DEFAULT_KEY_FILE))
     }
@@ -108,6 +127,9 @@ impl SigningKeys {
     /// Fails when there is no block or one is not an Ed25519 private key.
     pub fn from_pem(text: &str) -> anyhow::Result<Self> {
         const END: &str = "-----END PRIVATE KEY-----";
+        if !text.contains(END) {
+            bail!("no `-----BEGIN PRIVATE KEY-----` block found");
+        }
         let mut keys = Vec::new();
         for (i, block) in text.split_inclusive(END).enumerate() {
             let block = block.trim();

@@ -9,6 +9,19 @@
 
 use std::{fmt, str::FromStr, time::Duration};
 
+/// A setting whose value is unusable, found after the command line was
+/// parsed (a key that does not parse, a file that cannot be read): the
+/// process exits 2 naming the variable, as for any bad value (README:
+/// "Configuration").
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct BadValue {
+    /// The variable, such as `AUTH_JWT_PRIVATE_KEY`.
+    pub variable: &'static str,
+    /// What is wrong with its value (never the value itself).
+    pub message: String,
+}
+
 use clap::{Args, ValueEnum};
 
 /// Settings shared by every binary: shutdown, logging and tracing.

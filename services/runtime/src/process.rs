@@ -44,6 +44,15 @@ where
         };
         match serve(shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(err)
+                if err
+                    .chain()
+                    .any(|cause| cause.is::<crate::config::BadValue>()) =>
+            {
+                eprintln!("{name}: {err:#}");
+                tracing::error!(error = format!("{err:#}"), "{name} cannot start");
+                ExitCode::from(2)
+            }
             Err(err) => {
                 tracing::error!(error = format!("{err:#}"), "{name} failed");
                 ExitCode::FAILURE

@@ -54,10 +54,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+        let value = match Json::<Value>::from_request(request, state).await {
+            Ok(Json(value)) => value,
+            Err(rejection) => return Err(ApiError::invalid(rejection.body_text())),
+        };
+        // serde reads a struct from an array too (its fields in order): a
+        // body is an object or it is malformed (README: "REST API").
+        if !value.is_object() {
+            return Err(ApiError::invalid(
+                "the body must be a JSON object, such as {\"name\": \"...\"}",
+            ));
         }
+        serde_path_to_error::deserialize(value)
+            .map(Self)
+            .map_err(|err| {
+                let path = err.path().to_string();
+                ApiError::invalid(format!("{path}: {}", err.into_inner()))
+            })
     }
 }
 

@@ -289,6 +289,44 @@ async fn malformed_requests_get_400_with_the_error_body(topology: Topology) {
         let response = http(gateway, "POST", "/api/v1/auth/login", headers, Some(body)).await;
         assert_error(&response, 400, "INVALID_ARGUMENT");
     }
+    // A JSON array (or any non-object) is no body: serde would read a
+    // struct from an array's items in order, so it must be refused first.
+    let alice = deployment.sign_up(&username("alice")).await;
+    let name = username("arrayed");
+    for (path, token, body) in [
+        (
+            "/api/v1/auth/register",
+            None,
+            format!(r#"["{name}", "{}"]"#, parley_tests::PASSWORD),
+        ),
+        (
+            "/api/v1/auth/login",
+            None,
+            format!(r#"["{}", "{}"]"#, alice.username, parley_tests::PASSWORD),
+        ),
+        (
+            "/api/v1/rooms",
+            Some(alice.access_token.as_str()),
+            r#"["Plans"]"#.to_owned(),
+        ),
+        ("/api/v1/auth/refresh", None, r#""a string""#.to_owned()),
+        ("/api/v1/auth/login", None, "42".to_owned()),
+    ] {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(value) = &authorization {
+            headers.push(("Authorization", value.as_str()));
+        }
+        let response = http(gateway, "POST", path, &headers, Some(&body)).await;
+        assert_error(&response, 400, "INVALID_ARGUMENT");
+        assert!(
+            response.body.contains("JSON object"),
+            "{path}: {}",
+            response.body
+        );
+    }
+    let nobody = deployment.log_in_status(&name).await;
+    assert_eq!(nobody, 401, "the array registered no one");
     assert_error(
         &http(gateway, "GET", "/api/v1/nothing-here", &[], None).await,
         404,
