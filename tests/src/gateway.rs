@@ -660,6 +660,18 @@ impl Ws {
         self.stream.send(message).await
     }
 
+    /// Writes `messages` back to back with one flush at the end, as a
+    /// client streaming a large message does.
+    ///
+    /// # Errors
+    /// When the connection fails on the way (the server may close first).
+    pub async fn send_all(&mut self, messages: Vec<Message>) -> Result<(), tungstenite::Error> {
+        for message in messages {
+            self.stream.feed(message).await?;
+        }
+        self.stream.flush().await
+    }
+
     /// The next frame or the close, failing the test after
     /// [`FRAME_TIMEOUT`].
     pub async fn next_event(&mut self) -> Event {

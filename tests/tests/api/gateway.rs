@@ -11,7 +11,13 @@ use parley_tests::{
     http_get, on_both_topologies,
 };
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{
+    self, Message,
+    protocol::frame::{
+        Frame,
+        coding::{Data, OpCode},
+    },
+};
 
 on_both_topologies!(
     clients_on_both_gateways_see_one_order,
@@ -459,6 +465,32 @@ async fn limits_answer_with_429_1009_and_error_frames(topology: Topology) {
     assert!(first.next_kind("pong").await["nonce"].is_string());
     first.send_text(&padding(1025)).await;
     assert_eq!(first.closed().await, Some(1009));
+
+    // A message sent in fragments, each under the limit but together far
+    // over it, is just as big: 1009 too, not a dropped connection.
+    let mut fragmented = deployment.ws(0, &alice).await;
+    let text = padding(2 * 1024 * 1024);
+    let chunks: Vec<&[u8]> = text.as_bytes().chunks(1000).collect();
+    let frames = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let opcode = if i == 0 {
+                OpCode::Data(Data::Text)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            Message::Frame(Frame::message(
+                chunk.to_vec(),
+                opcode,
+                i + 1 == chunks.len(),
+            ))
+        })
+        .collect();
+    // Written back to back, as a client streaming a large message does; the
+    // server may close before the last fragments are written.
+    let _ = fragmented.send_all(frames).await;
+    assert_eq!(fragmented.closed().await, Some(1009));
     deployment.stop().await;
 }
 
