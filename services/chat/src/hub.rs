@@ -11,7 +11,7 @@
 //! number of sessions behind the link; no lock is held across an await.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     link::{Control, Importance, Link, SessionId},
     moderation::{Action, Until},
+    sequencer::Sequencer,
     store::ChatStore,
     timeline::{BusEvent, StoredEvent, millis},
 };
@@ -55,12 +56,8 @@ struct HubInner {
 #[derive(Debug)]
 struct RoomState {
     room_id: RoomId,
-    /// Every message up to this seq has been handed to the links.
-    delivered_seq: i64,
-    /// Messages past a hole, by seq.
-    pending: BTreeMap<i64, StoredEvent>,
-    /// The newest seq known to exist: the hole to fill reaches up to it.
-    known_seq: i64,
+    /// What was handed to the links, what waits past a hole.
+    order: Sequencer<StoredEvent>,
     /// Whether a backfill task is filling a hole.
     backfilling: bool,
     /// Links with sessions joined here, and how many sessions each.
@@ -132,9 +129,7 @@ impl Hub {
                     None => {
                         let cell = Arc::new(Mutex::new(RoomState {
                             room_id: room_id.clone(),
-                            delivered_seq: last_seq,
-                            pending: BTreeMap::new(),
-                            known_seq: last_seq,
+                            order: Sequencer::new(last_seq, MAX_PENDING),
                             backfilling: false,
                             links: HashMap::new(),
                             users: HashMap::new(),
@@ -162,9 +157,8 @@ impl Hub {
                 });
             user.sessions += 1;
             let first = user.sessions == 1;
-            if state.known_seq < last_seq {
+            if state.order.learn(last_seq) {
                 // Storage is ahead of what was delivered here: fill the hole.
-                state.known_seq = last_seq;
                 self.start_backfill(&mut state, false);
             }
             return first;
@@ -233,7 +227,7 @@ impl Hub {
         loop {
             let target = {
                 let mut state = lock(&cell);
-                let delivered = state.delivered_seq;
+                let delivered = state.order.delivered();
                 if since.is_none() || replayed_to >= delivered {
                     if !attached {
                         state
@@ -334,24 +328,18 @@ impl Hub {
         backfilled: bool,
     ) {
         let seq = message.seq();
-        if seq <= state.delivered_seq {
-            return;
-        }
-        if seq > state.delivered_seq + 1 {
-            state.known_seq = state.known_seq.max(seq);
-            if state.pending.len() < MAX_PENDING {
-                state.pending.insert(seq, message);
-            }
+        let links = &state.links;
+        // The offered event goes out as stored (or backfilled) now; events
+        // that waited past the hole follow it.
+        let mut first = Some((stored_at, backfilled));
+        let hole = state.order.offer(seq, message, |event| {
+            let (stored_at, backfilled) = first.take().unwrap_or((None, false));
+            fan_out(links, &event, stored_at, backfilled);
+        });
+        if hole && first.is_some() {
+            // It waits past a hole: give the other path a moment first.
             self.start_backfill(state, true);
-            return;
         }
-        fan_out(state, &message, stored_at, backfilled);
-        while let Some(next) = state.pending.remove(&(state.delivered_seq + 1)) {
-            fan_out(state, &next, None, false);
-        }
-        let delivered = state.delivered_seq;
-        state.pending.retain(|&seq, _| seq > delivered);
-        state.known_seq = state.known_seq.max(delivered);
     }
 
     /// Delivers typing or presence: no order, no storage, dropped for
@@ -391,7 +379,7 @@ impl Hub {
     }
 
     fn start_backfill(&self, state: &mut RoomState, wait_first: bool) {
-        if state.backfilling || state.known_seq <= state.delivered_seq {
+        if state.backfilling || !state.order.has_hole() {
             return;
         }
         state.backfilling = true;
@@ -412,25 +400,27 @@ impl Hub {
             };
             let (from, to) = {
                 let mut state = lock(&cell);
-                if state.removed || state.known_seq <= state.delivered_seq {
-                    state.backfilling = false;
-                    return;
+                match state.order.hole() {
+                    Some(hole) if !state.removed => hole,
+                    _ => {
+                        state.backfilling = false;
+                        return;
+                    }
                 }
-                (state.delivered_seq, state.known_seq)
             };
             match self.inner.store.range(&room_id, from, to).await {
                 Ok(messages) => {
                     failures = 0;
                     let mut state = lock(&cell);
-                    let before = state.delivered_seq;
+                    let before = state.order.delivered();
                     for message in messages {
                         self.deliver_locked(&mut state, message, None, true);
                     }
-                    if state.delivered_seq == before && state.delivered_seq < to {
+                    if state.order.delivered() == before && before < to {
                         // Storage does not have what the seqs promise (a
                         // room rewritten under us?): skip to what exists.
                         tracing::error!(room = %room_id, from, to, "messages missing from storage; skipping the hole");
-                        state.delivered_seq = to.min(state.known_seq);
+                        state.order.skip_to(to);
                         state.backfilling = false;
                         return;
                     }
@@ -478,9 +468,7 @@ impl Hub {
                     continue;
                 };
                 let mut state = lock(&cell);
-                if last_seq > state.known_seq {
-                    state.known_seq = last_seq;
-                }
+                state.order.learn(last_seq);
                 self.start_backfill(&mut state, false);
             }
         }
@@ -551,14 +539,13 @@ pub(crate) struct Replay {
 /// Queues one timeline event to every link of the room, as one shared
 /// event.
 fn fan_out(
-    state: &mut RoomState,
+    links: &HashMap<u64, LinkEntry>,
     event: &StoredEvent,
     stored_at: Option<Instant>,
     backfilled: bool,
 ) {
-    state.delivered_seq = event.seq();
     let mut deliveries = 0u64;
-    for entry in state.links.values() {
+    for entry in links.values() {
         if entry
             .link
             .send_room_event(event.room_event(), Importance::Essential)
@@ -572,7 +559,7 @@ fn fan_out(
         // on whichever stream holds them, right after the event.
         if let Ok(action) = Action::from_proto(update.action(), &update.role) {
             let until = Until::from_stored(millis(update.until.as_ref()));
-            for entry in state.links.values() {
+            for entry in links.values() {
                 entry.link.control(Control::Member {
                     room_id: update.room_id.clone(),
                     user_id: update.user_id.clone(),

@@ -58,6 +58,7 @@ mod link;
 mod membership;
 mod moderation;
 mod presence;
+mod sequencer;
 mod session;
 mod store;
 mod timeline;
