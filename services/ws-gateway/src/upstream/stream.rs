@@ -861,6 +861,68 @@ mod tests {
         );
     }
 
+    /// Moves `rig`'s sessions to a fresh stream, as when chat is lost, and
+    /// answers the seq each rejoin of `room` asks to resume after.
+    fn move_to_new_stream(rig: Rig, room: &str) -> (Rig, i64) {
+        let orphans = rig.stream.into_orphans();
+        let mut other = self::rig(8);
+        for orphan in orphans {
+            other.stream.command(Command::Adopt(Box::new(orphan)));
+        }
+        let since = other
+            .sent()
+            .iter()
+            .find_map(|up| match up {
+                Up::SessionRequest(request) => match request.request.as_ref()?.frame.as_ref()? {
+                    In::Join(join) if join.room_id == room && join.replay => Some(join.since_seq),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .expect("a rejoin");
+        (other, since)
+    }
+
+    proptest::proptest! {
+        /// However often a session moves between streams, and however much
+        /// each new stream's replay overlaps what was sent before, the
+        /// client receives every event once, in order.
+        #[test]
+        fn across_moves_each_event_reaches_the_client_once_in_order(
+            total in 1i64..50,
+            moves in proptest::collection::vec((0i64..50, 0i64..6), 0..6),
+        ) {
+            let mut rig = rig(8);
+            let ann = rig.open(1);
+            rig.joined(1, "r", 0);
+            let mut received: Vec<i64> = Vec::new();
+            // What chat has delivered live so far.
+            let mut live = 0;
+            for (cut, overlap) in moves {
+                let cut = cut.min(total);
+                for seq in (live - overlap + 1).max(1)..=cut {
+                    rig.chat_to_room("r", message("r", seq));
+                }
+                live = live.max(cut);
+                received.extend(seqs(&ann));
+                let (mut other, since) = move_to_new_stream(rig, "r");
+                proptest::prop_assert_eq!(since, received.last().copied().unwrap_or(0));
+                other.joined(1, "r", live);
+                // The replay starts after `since`, perhaps repeating some of
+                // it, and live events may repeat its end.
+                for seq in (since - overlap + 1).max(1)..=live {
+                    other.chat_to_session(1, message("r", seq));
+                }
+                rig = other;
+            }
+            for seq in (live - 2).max(1)..=total {
+                rig.chat_to_room("r", message("r", seq));
+            }
+            received.extend(seqs(&ann));
+            proptest::prop_assert_eq!(received, (1..=total).collect::<Vec<_>>());
+        }
+    }
+
     #[test]
     fn leaving_removes_the_session_and_an_emptied_room() {
         let mut rig = rig(8);
