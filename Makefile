@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run run-local test bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test fuzz fuzz-tools bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -94,6 +94,27 @@ deploy-tools:
 	@command -v promtool >/dev/null || apt-get install -y -qq prometheus >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq prometheus)
 
+## The fuzz targets of fuzz/ (cargo fuzz, libFuzzer, on the nightly
+## toolchain), each for FUZZ_SECONDS, starting from the seeds committed in
+## fuzz/corpus/<target> (read only: what the fuzzer finds goes to a scratch
+## folder). A crash stops the run and leaves its input under fuzz/artifacts/.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := client_frame rest_body query_string authorization jwt_token jwt_claims gateway_stream config_value
+fuzz: fuzz-tools
+	@work=$$(mktemp -d) && cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $$work/$$t && echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
+	  cargo +nightly fuzz run $$t $$work/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+	    > $$work/$$t.log 2>&1; rc=$$?; \
+	  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' $$work/$$t.log; \
+	  if [ $$rc -ne 0 ]; then tail -n 60 $$work/$$t.log; exit 1; fi; \
+	done
+
+## cargo fuzz and the nightly toolchain it builds with, installed if missing.
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 ## The benchmark suite (BENCHMARKS.md): release builds of every binary and of
@@ -109,6 +130,7 @@ bench:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p parley-gateway -p parley-chat --features fuzzing --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

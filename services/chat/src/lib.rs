@@ -51,6 +51,8 @@ mod config;
 mod domain;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod grpc;
 mod hub;
 mod limiter;

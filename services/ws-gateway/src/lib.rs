@@ -29,6 +29,8 @@ mod config;
 mod connection;
 mod error;
 mod frames;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod metrics;
 mod rest;
 mod session;

@@ -58,19 +58,49 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             Ok(Json(value)) => value,
             Err(rejection) => return Err(ApiError::invalid(rejection.body_text())),
         };
-        // serde reads a struct from an array too (its fields in order): a
-        // body is an object or it is malformed (README: "REST API").
-        if !value.is_object() {
-            return Err(ApiError::invalid(
-                "the body must be a JSON object, such as {\"name\": \"...\"}",
-            ));
-        }
-        serde_path_to_error::deserialize(value)
-            .map(Self)
-            .map_err(|err| {
-                let path = err.path().to_string();
-                ApiError::invalid(format!("{path}: {}", err.into_inner()))
-            })
+        body_of(value).map(Self)
+    }
+}
+
+/// A route's body from its JSON.
+///
+/// # Errors
+/// INVALID_ARGUMENT for a non-object or a missing or mistyped field, named.
+fn body_of<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    // serde reads a struct from an array too (its fields in order): a body
+    // is an object or it is malformed (README: "REST API").
+    if !value.is_object() {
+        return Err(ApiError::invalid(
+            "the body must be a JSON object, such as {\"name\": \"...\"}",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        ApiError::invalid(format!("{path}: {}", err.into_inner()))
+    })
+}
+
+/// Reads `bytes` as every route's body, as the routes would (for the fuzz
+/// targets of `fuzz/`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_bodies(bytes: &[u8]) {
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        return;
+    };
+    let _ = body_of::<RegisterBody>(value.clone());
+    let _ = body_of::<LoginBody>(value.clone());
+    let _ = body_of::<RefreshBody>(value.clone());
+    let _ = body_of::<CreateRoomBody>(value.clone());
+    let _ = body_of::<UpdateRoomBody>(value.clone());
+    let _ = body_of::<DirectRoomBody>(value);
+}
+
+/// Reads `query` as the history route's query string (for `fuzz/`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_query(query: &str) {
+    if let Ok(uri) = format!("/api/v1/rooms/r/messages?{query}").parse::<http::Uri>() {
+        let _ = Query::<HistoryQuery>::try_from_uri(&uri);
+        let _ = Query::<crate::connection::UpgradeQuery>::try_from_uri(&uri);
     }
 }
 
