@@ -392,6 +392,15 @@ impl Deployment {
         response.json()
     }
 
+    /// Ends every database connection of the distributed topology's
+    /// services; 0 for the all-in-one.
+    pub async fn terminate_database_connections(&self) -> u64 {
+        match &self.parts {
+            Parts::Distributed { stack, .. } => stack.terminate_database_connections().await,
+            Parts::AllInOne(_) => 0,
+        }
+    }
+
     /// The HTTP status of a login of `username` with the test password.
     pub async fn log_in_status(&self, username: &str) -> u16 {
         http_json(

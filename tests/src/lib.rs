@@ -137,6 +137,13 @@ impl TestStack {
         stack
     }
 
+    /// Ends every database connection of the stack's services (the chat
+    /// replicas' too, which share the database); see
+    /// [`TestDatabase::terminate_connections`].
+    pub async fn terminate_database_connections(&self) -> u64 {
+        self._database.terminate_connections().await
+    }
+
     /// A token with the `service` role, as auth signs for its own calls.
     ///
     /// # Panics

@@ -68,6 +68,38 @@ impl TestDatabase {
         }
     }
 
+    /// Ends every connection to this Postgres database (as
+    /// `pg_terminate_backend` does when an operator or a failover cuts
+    /// them), and answers how many there were; 0 on SQLite.
+    ///
+    /// # Panics
+    /// When the test Postgres cannot be reached.
+    pub async fn terminate_connections(&self) -> u64 {
+        if self.dir.is_some() {
+            return 0;
+        }
+        let admin_url = std::env::var("PARLEY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
+        let name = self
+            .url
+            .expose()
+            .rsplit_once('/')
+            .map(|(_, name)| name.to_owned())
+            .unwrap_or_default();
+        let mut connection = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|err| panic!("cannot reach the test Postgres at {admin_url}: {err}"));
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&name)
+        .fetch_all(&mut connection)
+        .await
+        .unwrap_or_else(|err| panic!("cannot end the connections to {name}: {err}"));
+        ended.into_iter().filter(|ended| *ended).count() as u64
+    }
+
     /// The URL `service` should use: on Postgres the one database (each
     /// service keeps its own schema), on SQLite a file of its own.
     ///

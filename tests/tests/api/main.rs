@@ -9,6 +9,7 @@ mod chat;
 mod chat_cluster;
 mod compose;
 mod conversations;
+mod faults;
 mod gateway;
 mod gateway_cluster;
 mod moderation;
