@@ -229,7 +229,11 @@ impl RunningBinary {
         self.signal("INT").await;
     }
 
-    async fn signal(&self, name: &str) {
+    /// Sends the signal `name` (`STOP`, `CONT`, ...).
+    ///
+    /// # Panics
+    /// When the signal cannot be sent.
+    pub async fn signal(&self, name: &str) {
         let pid = self
             .child
             .id()

@@ -297,3 +297,62 @@ async fn ctrl_c_stops_the_all_in_one_at_once() {
         "Ctrl-C took {took:?} with SHUTDOWN_GRACE at 20s"
     );
 }
+
+/// A replica that stops answering without closing anything (frozen with
+/// SIGSTOP, as a stalled node or a long GC pause would be) is noticed by
+/// the gateway's keepalive; its sessions move, sends go on through the
+/// other replica, and when it wakes (SIGCONT) nothing it held is
+/// delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_move_away_from_a_frozen_replica_and_nothing_repeats_when_it_wakes() {
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let ports = free_ports(2).await;
+    let chat1 = ChatProcess::start(&stack, ports[0], &[]).await;
+    let gateway = GatewayNode::start(&stack, url(&ports), &Settings::default()).await;
+    let alice = sign_up(&mut stack, &username("alice")).await;
+    let bob = sign_up(&mut stack, &username("bob")).await;
+    let room = room_id("frozen");
+    let mut watcher = Ws::connect(gateway.http, &alice.access_token).await;
+    watcher.join(&room, 0).await;
+    let chat2 = ChatProcess::start(&stack, ports[1], &[]).await;
+    let mut talker = Ws::connect(gateway.http, &bob.access_token).await;
+    talker.join(&room, 0).await;
+    talker.say(&room, "one", "t1").await;
+    assert_eq!(seqs(&mut watcher, 1).await, vec![1]);
+
+    chat1.running.signal("STOP").await;
+    for i in 2..=6 {
+        talker.say(&room, &format!("m{i}"), &format!("t{i}")).await;
+    }
+    let mut acked = 0;
+    while acked < 5 {
+        let frame = talker.next().await;
+        if frame.get("ack").is_some() {
+            acked += 1;
+        } else if let Some(error) = frame.get("error") {
+            assert_eq!(error["code"], "UNAVAILABLE", "{error}");
+            let client_id = error["client_id"].as_str().unwrap().to_owned();
+            let i: usize = client_id[1..].parse().unwrap();
+            talker.say(&room, &format!("m{i}"), &client_id).await;
+        }
+    }
+    assert_eq!(seqs(&mut watcher, 5).await, (2..=6).collect::<Vec<_>>());
+
+    // The frozen replica wakes with whatever it had read before: nothing of
+    // it reaches the clients twice.
+    chat1.running.signal("CONT").await;
+    talker.say(&room, "after", "t7").await;
+    assert_eq!(
+        seqs(&mut watcher, 1).await,
+        vec![7],
+        "the next message, nothing repeated"
+    );
+    watcher.send(json!({"ping": {"nonce": "awake"}})).await;
+    assert_eq!(watcher.next_kind("pong").await["nonce"], "awake");
+
+    drop((chat1, chat2));
+    watcher.close().await;
+    talker.close().await;
+    gateway.stop().await;
+    stack.stop().await;
+}
