@@ -20,6 +20,7 @@ use parley_tests::{
 struct OwnRedis {
     child: tokio::process::Child,
     url: String,
+    port: u16,
 }
 
 impl OwnRedis {
@@ -29,6 +30,32 @@ impl OwnRedis {
             .local_addr()
             .unwrap()
             .port();
+        Self::start_on(port).await
+    }
+
+    /// Kills the server outright (SIGKILL) and starts a new, empty one on
+    /// the same port, as a crashed and restarted Redis.
+    async fn restart(&mut self) {
+        self.child.kill().await.unwrap();
+        let fresh = Self::start_on(self.port).await;
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+
+    /// Stops the server answering anyone for `millis` (`CLIENT PAUSE ALL`).
+    async fn pause(&self, millis: u64) {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(millis)
+            .arg("ALL")
+            .query_async::<()>(&mut connection)
+            .await
+            .unwrap();
+    }
+
+    async fn start_on(port: u16) -> Self {
         let child = tokio::process::Command::new("redis-server")
             .args([
                 "--bind",
@@ -53,7 +80,7 @@ impl OwnRedis {
                     .await
                     .is_ok()
             {
-                return Self { child, url };
+                return Self { child, url, port };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -157,6 +184,63 @@ async fn killing_the_redis_subscribers_mid_traffic_loses_nothing() {
     let (_, scrape) = http_get(one.admin, "/metrics").await;
     assert!(metric(&scrape, "parley_chat_bus_reconnects_total") >= 1.0);
     assert!(metric(&scrape, "parley_chat_backfilled_messages_total") >= 0.0);
+    one.stop().await;
+    two.stop().await;
+    stack.stop().await;
+}
+
+/// Redis crashes and comes back empty, and later stops answering for
+/// longer than chat's timeouts, while one member sends and another, on the
+/// other replica, receives: every message arrives once, in order (the hub
+/// repairs what the bus lost from storage), and sends never fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_or_paused_mid_traffic_loses_nothing() {
+    let mut redis = OwnRedis::start().await;
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let one = ChatReplica::start(&stack, test_args(&stack, Some(&redis.url))).await;
+    let two = ChatReplica::start(&stack, test_args(&stack, Some(&redis.url))).await;
+    let (_, alice_token) = stack.signed_up("alice").await;
+    let (_, bob_token) = stack.signed_up("bob").await;
+    let room = room_id("redis-down");
+    let mut listener = ChatStream::open(one.client.clone(), &alice_token).await;
+    listener.join(&room, 0).await;
+    let mut sender = ChatStream::open(two.client.clone(), &bob_token).await;
+    sender.join(&room, 0).await;
+
+    const COUNT: i64 = 150;
+    let mut received = Vec::new();
+    for i in 1..=COUNT {
+        if i == 50 {
+            redis.restart().await;
+        } else if i == 100 {
+            redis.pause(3_000).await;
+        }
+        sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
+        let ack = sender
+            .next_matching(|frame| match frame {
+                Out::Ack(ack) => Some(ack.seq),
+                Out::Error(error) => panic!("a send failed: {error:?}"),
+                _ => None,
+            })
+            .await;
+        assert_eq!(ack, i);
+    }
+    while received.len() < COUNT as usize {
+        received.push(
+            listener
+                .next_matching(|frame| match frame {
+                    Out::Message(message) => Some(message.seq),
+                    Out::Error(error) => panic!("unexpected error frame: {error:?}"),
+                    _ => None,
+                })
+                .await,
+        );
+    }
+    assert_eq!(
+        received,
+        (1..=COUNT).collect::<Vec<_>>(),
+        "every message, once, in order"
+    );
     one.stop().await;
     two.stop().await;
     stack.stop().await;
