@@ -121,3 +121,243 @@ async fn database_connections_cut_under_load_lose_nothing() {
     watcher.close().await;
     deployment.stop().await;
 }
+
+/// A Postgres server of this test's own (initdb into a temp dir, run as the
+/// `postgres` user), so stopping it touches no other test.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl OwnPostgres {
+    async fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's binaries under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|entry| entry.path().join("bin"))
+            .find(|bin| bin.join("initdb").exists())
+            .expect("initdb");
+        let dir = tempfile::tempdir().unwrap();
+        let port = parley_tests::gateway::free_ports(1).await[0];
+        let own = Self { dir, port, bin };
+        own.as_postgres(
+            &["chown", "postgres", &own.dir.path().display().to_string()],
+            true,
+        )
+        .await;
+        let data = own.data();
+        own.as_postgres(
+            &[
+                &own.bin.join("initdb").display().to_string(),
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            false,
+        )
+        .await;
+        own.up().await;
+        own
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Runs `command` (as root for `chown`, else as `postgres`), which must
+    /// succeed.
+    async fn as_postgres(&self, command: &[&str], as_root: bool) {
+        let mut cmd = if as_root {
+            tokio::process::Command::new(command[0])
+        } else {
+            let mut cmd = tokio::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", command[0]]);
+            cmd
+        };
+        let output = cmd.args(&command[1..]).output().await.unwrap();
+        assert!(
+            output.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Starts the server and waits until it takes connections.
+    async fn up(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.as_postgres(
+            &[
+                &self.bin.join("pg_ctl").display().to_string(),
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+            false,
+        )
+        .await;
+    }
+
+    /// Stops it at once, as a crash would (`pg_ctl stop -m immediate`).
+    async fn crash(&self) {
+        self.as_postgres(
+            &[
+                &self.bin.join("pg_ctl").display().to_string(),
+                "-D",
+                &self.data(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+            false,
+        )
+        .await;
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Polls chat's `/readyz` until it answers `status` (readiness has no event
+/// to await from outside).
+async fn readiness_becomes(admin: std::net::SocketAddr, status: u16) {
+    for _ in 0..200 {
+        if parley_tests::gateway::http(admin, "GET", "/readyz", &[], None)
+            .await
+            .status
+            == status
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never answered {status}");
+}
+
+/// Chat's Postgres crashes while a member sends: the sends during the
+/// outage fail UNAVAILABLE (retryable), chat reports itself not ready and
+/// ready again once Postgres is back, the writer lanes recover by
+/// themselves, and the member on the other replica receives every
+/// acknowledged message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_no_acknowledged_message() {
+    use parley_proto::chat::v1::chat_response::Frame as Out;
+    use parley_tests::{
+        DatabaseBackend, TestStack,
+        chat::{ChatReplica, ChatStream, test_args},
+    };
+
+    let postgres = OwnPostgres::start().await;
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let mut args = test_args(&stack, Some(parley_tests::chat::REDIS_URL));
+    args.database_url = postgres.url().parse().unwrap();
+    let one = ChatReplica::start(&stack, args.clone()).await;
+    let two = ChatReplica::start(&stack, args).await;
+    let (_, alice_token) = stack.signed_up("alice").await;
+    let (_, bob_token) = stack.signed_up("bob").await;
+    let room = room_id("pg-restart");
+    let mut listener = ChatStream::open(one.client.clone(), &alice_token).await;
+    listener.join(&room, 0).await;
+    let mut sender = ChatStream::open(two.client.clone(), &bob_token).await;
+    sender.join(&room, 0).await;
+
+    const TOTAL: i64 = 60;
+    // Sends 20 to 22 meet the outage (each waits out the pool's acquire
+    // timeout); Postgres is back for send 23.
+    const RESTART: i64 = 23;
+    let mut refused = 0;
+    for i in 1..=TOTAL {
+        if i == 20 {
+            postgres.crash().await;
+            readiness_becomes(two.admin, 503).await;
+        }
+        if i == RESTART {
+            postgres.up().await;
+        }
+        // Retried with the same client_id until acknowledged, as a client
+        // library does; during the outage each try is refused UNAVAILABLE.
+        let seq = loop {
+            sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
+            let answer = sender
+                .next_matching(|frame| match frame {
+                    Out::Ack(ack) => Some(Ok(ack.seq)),
+                    Out::Error(error) => Some(Err(error)),
+                    _ => None,
+                })
+                .await;
+            match answer {
+                Ok(seq) => break seq,
+                Err(error) => {
+                    assert_eq!(error.code, "UNAVAILABLE", "{error:?}");
+                    refused += 1;
+                    if i < RESTART {
+                        // Nothing can be stored until Postgres is back:
+                        // skip ahead to its restart.
+                        break 0;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        if seq == 0 {
+            continue;
+        }
+    }
+    assert!(refused > 0, "sends during the outage were refused");
+    readiness_becomes(two.admin, 200).await;
+    // What was acknowledged: messages 1-19 before the crash and the ones
+    // from the restart on.
+    let expected = 19 + (TOTAL - RESTART + 1);
+    let mut received = Vec::new();
+    while (received.len() as i64) < expected {
+        received.push(
+            listener
+                .next_matching(|frame| match frame {
+                    Out::Message(message) => Some((message.seq, message.client_id)),
+                    _ => None,
+                })
+                .await,
+        );
+    }
+    let seqs: Vec<i64> = received.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=expected).collect::<Vec<_>>(),
+        "gap-free, in order, once each"
+    );
+    let ids: Vec<&str> = received.iter().map(|(_, id)| id.as_str()).collect();
+    let wanted: Vec<String> = (1..20)
+        .chain(RESTART..=TOTAL)
+        .map(|i| format!("k{i}"))
+        .collect();
+    assert_eq!(ids, wanted, "exactly the acknowledged messages");
+    one.stop().await;
+    two.stop().await;
+    stack.stop().await;
+}
