@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run run-local test fuzz fuzz-tools bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test fuzz fuzz-tools chaos bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -108,6 +108,20 @@ fuzz: fuzz-tools
 	    > $$work/$$t.log 2>&1; rc=$$?; \
 	  grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb)' $$work/$$t.log; \
 	  if [ $$rc -ne 0 ]; then tail -n 60 $$work/$$t.log; exit 1; fi; \
+	done
+
+## The fault tests (RELIABILITY.md) CHAOS_ROUNDS times in a row, one test
+## at a time, so a fault that only sometimes lands between two writes gets
+## many chances to: database connections cut, Postgres crashed, Redis
+## restarted and paused, replicas killed and frozen. Needs what make test
+## needs. Stops at the first failure.
+CHAOS_ROUNDS ?= 10
+chaos:
+	$(CARGO) build --workspace --bins
+	@for round in $$(seq 1 $(CHAOS_ROUNDS)); do \
+	  echo "chaos round $$round of $(CHAOS_ROUNDS)"; \
+	  $(CARGO) test -q -p parley-tests --test api -- --test-threads=1 \
+	    faults:: chat_cluster:: gateway_cluster:: || exit 1; \
 	done
 
 ## cargo fuzz and the nightly toolchain it builds with, installed if missing.
