@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run run-local test fuzz fuzz-tools chaos bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test fuzz fuzz-tools chaos soak bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -123,6 +123,14 @@ chaos:
 	  $(CARGO) test -q -p parley-tests --test api -- --test-threads=1 \
 	    faults:: chat_cluster:: gateway_cluster:: || exit 1; \
 	done
+
+## SOAK_DURATION (an hour) of steady traffic on the distributed topology,
+## in segments that open their connections afresh, with every process's
+## memory and open files sampled after each (RELIABILITY.md). Not in CI.
+SOAK_DURATION ?= 60m
+soak:
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench soak --duration $(SOAK_DURATION) $(SOAK_ARGS)
 
 ## cargo fuzz and the nightly toolchain it builds with, installed if missing.
 fuzz-tools:

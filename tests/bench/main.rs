@@ -19,6 +19,7 @@ mod grpc;
 mod idle;
 mod proc_stats;
 mod rooms;
+mod soak;
 mod suite;
 mod users;
 
@@ -46,6 +47,9 @@ enum Command {
     Grpc(grpc::GrpcArgs),
     /// The room list of a member of many busy rooms: ListMyRooms latency.
     Rooms(rooms::RoomsArgs),
+    /// Hours of steady traffic on the distributed topology, in segments,
+    /// with every process's memory and open files sampled after each.
+    Soak(soak::SoakArgs),
     /// Serve the ceiling server until interrupted.
     Ceiling {
         /// Listen address.
@@ -176,6 +180,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Suite(args) => suite::run(&args).await,
+            Command::Soak(args) => soak::run(&args).await,
         }
     });
     match result {

@@ -48,3 +48,9 @@ pub(crate) fn run_queue_wait_seconds(pid: u32) -> f64 {
         .sum();
     waited_ns as f64 / 1e9
 }
+
+/// Open file descriptors of a process (sockets included), or 0 when
+/// unreadable.
+pub(crate) fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+}

@@ -59,7 +59,7 @@ pub(crate) struct SuiteArgs {
 static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// A topology started for the suite.
-struct Topology {
+pub(crate) struct Topology {
     name: &'static str,
     gateways: Vec<SocketAddr>,
     api: Option<SocketAddr>,
@@ -72,13 +72,13 @@ struct Topology {
 }
 
 impl Topology {
-    fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         self.children.iter().filter_map(Child::id).collect()
     }
 
     /// The generator's view of it: users are few, as the suite lifts the
     /// per-user connection limit.
-    fn target(&self) -> Target {
+    pub(crate) fn target(&self) -> Target {
         Target {
             gateways: self.gateways.clone(),
             api: self.api,
@@ -107,7 +107,17 @@ impl Topology {
         split
     }
 
-    async fn stop(mut self) {
+    /// The role of each process, in the order of [`Self::pids`].
+    pub(crate) fn roles(&self) -> Vec<&'static str> {
+        self.children
+            .iter()
+            .zip(&self.roles)
+            .filter(|(child, _)| child.id().is_some())
+            .map(|(_, role)| *role)
+            .collect()
+    }
+
+    pub(crate) async fn stop(mut self) {
         for child in &mut self.children {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill")
@@ -325,7 +335,11 @@ async fn ceiling() -> anyhow::Result<Topology> {
     })
 }
 
-async fn start(name: &str, args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topology> {
+pub(crate) async fn start(
+    name: &str,
+    args: &SuiteArgs,
+    bin_dir: &Path,
+) -> anyhow::Result<Topology> {
     match name {
         "ceiling" => ceiling().await,
         "distributed" => distributed(args, bin_dir).await,
@@ -341,14 +355,35 @@ struct Row {
 }
 
 /// Runs the suite and prints the table.
-pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
-    let bin_dir = match &args.bin_dir {
+/// Where the release binaries are: `--bin-dir`, or this binary's folder.
+///
+/// # Errors
+/// When this binary's path is unknown.
+pub(crate) fn bin_dir(args: &SuiteArgs) -> anyhow::Result<PathBuf> {
+    Ok(match &args.bin_dir {
         Some(dir) => dir.clone(),
         None => std::env::current_exe()?
             .parent()
             .context("the binary's folder")?
             .to_path_buf(),
-    };
+    })
+}
+
+impl SuiteArgs {
+    /// Where the JSON lines go, its folder created.
+    ///
+    /// # Errors
+    /// When the folder cannot be created.
+    pub(crate) fn out(&self) -> anyhow::Result<&Path> {
+        if let Some(parent) = self.out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(&self.out)
+    }
+}
+
+pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
+    let bin_dir = bin_dir(args)?;
     if let Some(threads) = args.worker_threads {
         let _ = WORKER_THREADS.set(threads);
     }
