@@ -90,6 +90,15 @@ struct Done {
     effect: Effect,
 }
 
+/// What a control changes for each session it names.
+#[derive(Debug, Clone, Copy)]
+enum Standing {
+    /// The session leaves the room.
+    Out,
+    /// The session's mute in the room (`None`: not muted).
+    Muted(Option<crate::moderation::Until>),
+}
+
 /// A slow frame's work, run beside the actor.
 type Op = BoxFuture<'static, Effect>;
 
@@ -294,14 +303,24 @@ impl StreamActor {
     /// A member's standing changed, or a room is gone: the sessions it
     /// names leave the room (with `left`) or change their mute.
     fn on_control(&mut self, control: Control) {
-        let (room_id, user_id, action, until) = match control {
+        let (room_id, user_id, effect) = match control {
             Control::Member {
                 room_id,
                 user_id,
                 action,
                 until,
-            } => (room_id, Some(user_id), Some(action), Some(until)),
-            Control::RoomGone { room_id } => (room_id, None, None, None),
+            } => {
+                let effect = match action {
+                    Action::Kick | Action::Ban => Standing::Out,
+                    Action::Mute => Standing::Muted(Some(until)),
+                    Action::Unmute => Standing::Muted(None),
+                    // Roles are checked where they are stored; a session
+                    // holds none.
+                    Action::Unban | Action::SetRole(_) => return,
+                };
+                (room_id, Some(user_id), effect)
+            }
+            Control::RoomGone { room_id } => (room_id, None, Standing::Out),
         };
         for (id, session) in &mut self.sessions {
             if user_id
@@ -310,32 +329,24 @@ impl StreamActor {
             {
                 continue;
             }
-            match action {
-                None => {}
-                Some(action) if action.evicts() => {}
-                Some(Action::Mute) => {
+            match effect {
+                Standing::Muted(until) => {
                     if let Some(membership) = session.rooms.get_mut(room_id.as_str()) {
                         membership.set_muted(until);
                     }
-                    continue;
                 }
-                Some(Action::Unmute) => {
-                    if let Some(membership) = session.rooms.get_mut(room_id.as_str()) {
-                        membership.set_muted(None);
+                // Dropping the membership detaches the session and counts
+                // it out of presence.
+                Standing::Out => {
+                    if session.rooms.take(room_id.as_str()).is_some() {
+                        self.link.send_to(
+                            *id,
+                            frame(Out::Left(Left {
+                                room_id: room_id.clone(),
+                            })),
+                        );
                     }
-                    continue;
                 }
-                Some(_) => continue,
-            }
-            // Dropping the membership detaches the session and counts it
-            // out of presence.
-            if session.rooms.take(room_id.as_str()).is_some() {
-                self.link.send_to(
-                    *id,
-                    frame(Out::Left(Left {
-                        room_id: room_id.clone(),
-                    })),
-                );
             }
         }
     }
