@@ -21,8 +21,15 @@ use tonic::Code;
 /// Frame names a client may send, for the error about an unknown one.
 const CLIENT_FRAMES: &str = "join, leave, send, edit, delete, react, read, moderate, typing, \
      get_chat_history, ping, refresh";
-/// Moderation actions, for the error about an unknown one.
-const ACTIONS: &str = "kick, ban, unban, mute, unmute, set_role";
+/// Moderation actions as frames spell them, both ways.
+const ACTIONS: [(&str, MemberAction); 6] = [
+    ("kick", MemberAction::Kick),
+    ("ban", MemberAction::Ban),
+    ("unban", MemberAction::Unban),
+    ("mute", MemberAction::Mute),
+    ("unmute", MemberAction::Unmute),
+    ("set_role", MemberAction::SetRole),
+];
 
 /// A client frame that cannot be used, answered with an `error` frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,18 +137,13 @@ struct ModerateIn {
 
 impl ModerateIn {
     fn into_frame(self) -> Result<Moderate, FrameError> {
-        let action = match self.action.as_str() {
-            "kick" => MemberAction::Kick,
-            "ban" => MemberAction::Ban,
-            "unban" => MemberAction::Unban,
-            "mute" => MemberAction::Mute,
-            "unmute" => MemberAction::Unmute,
-            "set_role" => MemberAction::SetRole,
-            other => {
-                return Err(FrameError::invalid(format!(
-                    "moderate.action: unknown action `{other}`; expected one of {ACTIONS}"
-                )));
-            }
+        let Some(&(_, action)) = ACTIONS.iter().find(|(name, _)| *name == self.action) else {
+            let names: Vec<&str> = ACTIONS.iter().map(|(name, _)| *name).collect();
+            return Err(FrameError::invalid(format!(
+                "moderate.action: unknown action `{}`; expected one of {}",
+                self.action,
+                names.join(", ")
+            )));
         };
         let duration = if self.duration.trim().is_empty() {
             None
@@ -445,15 +447,10 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
 
 /// A moderation action as frames spell it.
 fn action_name(action: MemberAction) -> &'static str {
-    match action {
-        MemberAction::Kick => "kick",
-        MemberAction::Ban => "ban",
-        MemberAction::Unban => "unban",
-        MemberAction::Mute => "mute",
-        MemberAction::Unmute => "unmute",
-        MemberAction::SetRole => "set_role",
-        MemberAction::Unspecified => "",
-    }
+    ACTIONS
+        .iter()
+        .find(|(_, known)| *known == action)
+        .map_or("", |(name, _)| *name)
 }
 
 /// A `pong` frame.
