@@ -372,8 +372,8 @@ pub(super) async fn actor_in(
 }
 
 /// Whether the user's ban or mute (`kind`) is in force at `now`.
-pub(super) async fn sanction(
-    tx: &mut Tx<'_>,
+pub(super) async fn sanction<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     room_id: &str,
     user_id: &str,
     kind: &str,
@@ -385,7 +385,7 @@ pub(super) async fn sanction(
     .bind(room_id)
     .bind(user_id)
     .bind(kind)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(executor)
     .await?;
     Ok(row
         .map(Until::from_stored)
@@ -393,5 +393,7 @@ pub(super) async fn sanction(
 }
 
 async fn muted(tx: &mut Tx<'_>, room_id: &str, user_id: &str, now: i64) -> Result<bool, Error> {
-    Ok(sanction(tx, room_id, user_id, "mute", now).await?.is_some())
+    Ok(sanction(&mut **tx, room_id, user_id, "mute", now)
+        .await?
+        .is_some())
 }

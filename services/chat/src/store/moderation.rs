@@ -206,10 +206,11 @@ impl ChatStore {
     /// # Errors
     /// Database failures.
     pub(crate) async fn ban(&self, room_id: &str, user_id: &str) -> Result<Option<Until>, Error> {
-        let mut tx = self.db.pool().begin().await?;
-        let ban = sanction(&mut tx, room_id, user_id, "ban", now_millis()).await?;
-        tx.commit().await?;
-        Ok(ban)
+        timed(
+            "get_ban",
+            sanction(self.db.pool(), room_id, user_id, "ban", now_millis()),
+        )
+        .await
     }
 
     /// Remembers the username an access token gave for a user.
@@ -455,7 +456,10 @@ async fn apply(
             } else {
                 ("mute", "muted")
             };
-            if sanction(tx, room_id, user_id, kind, now).await?.is_none() {
+            if sanction(&mut **tx, room_id, user_id, kind, now)
+                .await?
+                .is_none()
+            {
                 return Err(Error::NotSanctioned {
                     user: user_id.to_owned(),
                     what,
