@@ -3,13 +3,26 @@
 //! Hashing costs tens of milliseconds and ~19 MiB by design, so it runs on
 //! the blocking pool, with a semaphore bounding how many run at once: a
 //! burst of logins queues instead of exhausting memory.
+//!
+//! Each hash works in a memory buffer taken from a small pool and put back
+//! afterwards, never a fresh 19 MiB allocation. With fresh allocations the
+//! process kept what the allocator's per-thread arenas had grown to: the
+//! all-in-one climbed from 39 to 624 MiB within 100 logins on a 2-core
+//! machine and stayed there (RELIABILITY.md, "Soak"). The pool holds at
+//! most one buffer per permit, so memory is bounded by the permits.
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    cell::RefCell,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use anyhow::Context as _;
 use argon2::{
-    Argon2, PasswordHash, PasswordHasher as _, PasswordVerifier as _,
-    password_hash::{SaltString, rand_core::OsRng},
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::{
+        self, Decimal, Ident, Output, ParamsString, PasswordHash, PasswordHasher,
+        PasswordVerifier as _, Salt, SaltString, rand_core::OsRng,
+    },
 };
 use tokio::sync::Semaphore;
 
@@ -18,18 +31,22 @@ use tokio::sync::Semaphore;
 #[derive(Debug, Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Argon2 memory buffers not in use; at most one per permit.
+    buffers: Arc<Mutex<Vec<Vec<Block>>>>,
     /// The histogram each hash's time is recorded in, such as
     /// `parley_auth_password_hash_seconds`.
     metric: &'static str,
 }
 
 impl Passwords {
-    /// At most two hashes per core at once, timed into the histogram
-    /// `metric` (a name ending in `_hash_seconds`, which gets hash buckets).
+    /// At most one hash per core at once (a hash uses one core, so more
+    /// would only hold more memory), timed into the histogram `metric` (a
+    /// name ending in `_hash_seconds`, which gets hash buckets).
     pub fn new(metric: &'static str) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Self {
-            permits: Arc::new(Semaphore::new(cores * 2)),
+            permits: Arc::new(Semaphore::new(cores)),
+            buffers: Arc::default(),
             metric,
         }
     }
@@ -39,9 +56,9 @@ impl Passwords {
     /// # Errors
     /// Fails only on an internal error.
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        self.run(move || {
+        self.run(move |memory| {
             let salt = SaltString::generate(&mut OsRng);
-            Argon2::default()
+            InBuffer::new(memory)
                 .hash_password(password.as_bytes(), &salt)
                 .map(|hash| hash.to_string())
                 .map_err(|err| anyhow::anyhow!("hashing a password: {err}"))
@@ -56,12 +73,12 @@ impl Passwords {
     /// # Errors
     /// Fails when the stored hash is malformed.
     pub async fn verify(&self, password: String, stored: Option<String>) -> anyhow::Result<bool> {
-        self.run(move || {
+        self.run(move |memory| {
             let known = stored.is_some();
             let stored = stored.unwrap_or_else(|| dummy_hash().to_owned());
             let parsed = PasswordHash::new(&stored)
                 .map_err(|err| anyhow::anyhow!("stored hash is malformed: {err}"))?;
-            let matches = Argon2::default()
+            let matches = InBuffer::new(memory)
                 .verify_password(password.as_bytes(), &parsed)
                 .is_ok();
             Ok(known && matches)
@@ -69,9 +86,10 @@ impl Passwords {
         .await
     }
 
+    /// Runs `work` on the blocking pool with a permit and a pooled buffer.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
         let _permit = self
             .permits
@@ -79,11 +97,101 @@ impl Passwords {
             .await
             .context("password hashing is shut down")?;
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task panicked")?;
+        let buffers = Arc::clone(&self.buffers);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut memory = take(&buffers).unwrap_or_default();
+            let result = work(&mut memory);
+            put_back(&buffers, memory);
+            result
+        })
+        .await
+        .context("password hashing task panicked")?;
         metrics::histogram!(self.metric).record(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+/// A buffer from the pool, if one is free. A poisoned lock only means a
+/// hash panicked while putting one back; the buffers are still sound.
+fn take(buffers: &Mutex<Vec<Vec<Block>>>) -> Option<Vec<Block>> {
+    buffers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .pop()
+}
+
+fn put_back(buffers: &Mutex<Vec<Vec<Block>>>, memory: Vec<Block>) {
+    buffers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(memory);
+}
+
+/// Argon2 hashing in a caller's buffer, grown to the parameters' block
+/// count when short. As a [`PasswordHasher`] it also verifies (the crate's
+/// blanket `PasswordVerifier`, which compares outputs in constant time).
+/// Both take `&self`, hence the `RefCell`; one hash runs at a time.
+struct InBuffer<'m>(RefCell<&'m mut Vec<Block>>);
+
+impl<'m> InBuffer<'m> {
+    fn new(memory: &'m mut Vec<Block>) -> Self {
+        Self(RefCell::new(memory))
+    }
+}
+
+impl PasswordHasher for InBuffer<'_> {
+    type Params = Params;
+
+    fn hash_password<'a>(
+        &self,
+        password: &[u8],
+        salt: impl Into<Salt<'a>>,
+    ) -> password_hash::Result<PasswordHash<'a>> {
+        self.hash_password_customized(password, None, None, Params::default(), salt)
+    }
+
+    /// What `argon2::Argon2`'s own `PasswordHasher` does, with the memory
+    /// passed in rather than allocated.
+    fn hash_password_customized<'a>(
+        &self,
+        password: &[u8],
+        algorithm: Option<Ident<'a>>,
+        version: Option<Decimal>,
+        params: Params,
+        salt: impl Into<Salt<'a>>,
+    ) -> password_hash::Result<PasswordHash<'a>> {
+        let algorithm = algorithm
+            .map(Algorithm::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let version = version
+            .map(Version::try_from)
+            .transpose()?
+            .unwrap_or_default();
+        let salt = salt.into();
+        let mut salt_bytes = [0u8; Salt::MAX_LENGTH];
+        let salt_bytes = salt.decode_b64(&mut salt_bytes)?;
+        let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let mut memory = self.0.borrow_mut();
+        if memory.len() < params.block_count() {
+            memory.resize(params.block_count(), Block::default());
+        }
+        let argon2 = Argon2::new(algorithm, version, params.clone());
+        let output = Output::init_with(output_len, |out| {
+            Ok(argon2.hash_password_into_with_memory(
+                password,
+                salt_bytes,
+                out,
+                &mut memory[..],
+            )?)
+        })?;
+        Ok(PasswordHash {
+            algorithm: algorithm.ident(),
+            version: Some(version.into()),
+            params: ParamsString::try_from(&params)?,
+            salt: Some(salt),
+            hash: Some(output),
+        })
     }
 }
 
@@ -123,5 +231,33 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// Hashes made in a pooled buffer are the crate's own: each verifies
+    /// the other's, also when a buffer is reused by the next hash and when
+    /// the stored parameters need a bigger buffer than the last hash had.
+    #[tokio::test]
+    async fn pooled_buffers_hash_as_the_crate_does() {
+        let passwords = Passwords::new("test_password_hash_seconds");
+        for round in 0..3 {
+            let password = format!("round {round}");
+            let ours = passwords.hash(password.clone()).await.unwrap();
+            let parsed = PasswordHash::new(&ours).unwrap();
+            assert!(
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            );
+            let bigger = Params::new(Params::DEFAULT_M_COST * 2, 1, 1, None).unwrap();
+            let salt = SaltString::generate(&mut OsRng);
+            let theirs = Argon2::new(Algorithm::Argon2id, Version::V0x13, bigger)
+                .hash_password(password.as_bytes(), &salt)
+                .unwrap()
+                .to_string();
+            assert!(passwords.verify(password, Some(theirs.clone())).await.unwrap());
+            assert!(!passwords.verify("nope".into(), Some(theirs)).await.unwrap());
+        }
+        let pooled = passwords.buffers.lock().unwrap().len();
+        assert!((1..=2).contains(&pooled), "{pooled} buffers pooled");
     }
 }
