@@ -54,3 +54,8 @@ pub(crate) fn run_queue_wait_seconds(pid: u32) -> f64 {
 pub(crate) fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
+
+/// OS threads of a process, or 0 when unreadable.
+pub(crate) fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |dir| dir.count())
+}

@@ -68,6 +68,8 @@ pub(crate) struct Topology {
     children: Vec<Child>,
     /// The role of each child, for the CPU split.
     roles: Vec<&'static str>,
+    /// Each child's admin address (metrics), where it has one.
+    admins: Vec<Option<SocketAddr>>,
     _dir: Option<TempDir>,
 }
 
@@ -114,6 +116,16 @@ impl Topology {
             .zip(&self.roles)
             .filter(|(child, _)| child.id().is_some())
             .map(|(_, role)| *role)
+            .collect()
+    }
+
+    /// The admin address of each process, in the order of [`Self::pids`].
+    pub(crate) fn admins(&self) -> Vec<Option<SocketAddr>> {
+        self.children
+            .iter()
+            .zip(&self.admins)
+            .filter(|(child, _)| child.id().is_some())
+            .map(|(_, admin)| *admin)
             .collect()
     }
 
@@ -274,6 +286,10 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
         chat: Some(([127, 0, 0, 1], chat1).into()),
         children,
         roles,
+        admins: p[6..12]
+            .iter()
+            .map(|port| Some(([127, 0, 0, 1], *port).into()))
+            .collect(),
         _dir: Some(dir),
     })
 }
@@ -303,6 +319,7 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         chat: Some(([127, 0, 0, 1], p[2]).into()),
         children,
         roles: vec!["parley"],
+        admins: vec![Some(([127, 0, 0, 1], p[7]).into())],
         _dir: Some(dir),
     })
 }
@@ -331,6 +348,7 @@ async fn ceiling() -> anyhow::Result<Topology> {
         chat: None,
         children: vec![child],
         roles: vec!["ceiling"],
+        admins: vec![None],
         _dir: None,
     })
 }

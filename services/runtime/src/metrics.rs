@@ -89,6 +89,18 @@ fn describe() {
         describe_gauge!(name("streams_active"), "Streaming gRPC calls open now.");
     }
     describe_gauge!(
+        "parley_runtime_tasks_alive",
+        "Tokio tasks alive in this process, sampled at each scrape."
+    );
+    describe_gauge!(
+        "parley_runtime_workers",
+        "Tokio worker threads of this process."
+    );
+    describe_gauge!(
+        "parley_runtime_global_queue_depth",
+        "Tasks waiting in the tokio runtime's global queue, sampled at each scrape."
+    );
+    describe_gauge!(
         "parley_db_pool_connections",
         "Database pool connections, by state."
     );
@@ -99,7 +111,17 @@ fn describe() {
     );
 }
 
-/// Renders the registry in the Prometheus text format.
+/// Renders the registry in the Prometheus text format, with the tokio
+/// runtime's gauges sampled now (a task leak shows as a climbing
+/// `parley_runtime_tasks_alive`; `make soak` watches it).
 pub fn render() -> String {
-    install().render()
+    let handle = install();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let sample = runtime.metrics();
+        metrics::gauge!("parley_runtime_tasks_alive").set(sample.num_alive_tasks() as f64);
+        metrics::gauge!("parley_runtime_workers").set(sample.num_workers() as f64);
+        metrics::gauge!("parley_runtime_global_queue_depth")
+            .set(sample.global_queue_depth() as f64);
+    }
+    handle.render()
 }

@@ -177,14 +177,15 @@ impl PasswordHasher for InBuffer<'_> {
             memory.resize(params.block_count(), Block::default());
         }
         let argon2 = Argon2::new(algorithm, version, params.clone());
-        let output = Output::init_with(output_len, |out| {
-            Ok(argon2.hash_password_into_with_memory(
-                password,
-                salt_bytes,
-                out,
-                &mut memory[..],
-            )?)
-        })?;
+        let output =
+            Output::init_with(output_len, |out| {
+                Ok(argon2.hash_password_into_with_memory(
+                    password,
+                    salt_bytes,
+                    out,
+                    &mut memory[..],
+                )?)
+            })?;
         Ok(PasswordHash {
             algorithm: algorithm.ident(),
             version: Some(version.into()),
@@ -254,7 +255,12 @@ mod tests {
                 .hash_password(password.as_bytes(), &salt)
                 .unwrap()
                 .to_string();
-            assert!(passwords.verify(password, Some(theirs.clone())).await.unwrap());
+            assert!(
+                passwords
+                    .verify(password, Some(theirs.clone()))
+                    .await
+                    .unwrap()
+            );
             assert!(!passwords.verify("nope".into(), Some(theirs)).await.unwrap());
         }
         let pooled = passwords.buffers.lock().unwrap().len();
