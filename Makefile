@@ -25,7 +25,7 @@ run-local:
 ## tests, the web client in Chromium) and the checks of the deploy artifacts.
 test: tools clean-test-databases deploy-check
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	ulimit -n $$(ulimit -Hn); $(CARGO) test --workspace
 
 ## The deploy artifacts, checked with the real tools: docker compose config,
 ## promtool (config, rules and their unit tests), actionlint on the GitHub
@@ -113,15 +113,19 @@ fuzz: fuzz-tools
 ## The fault tests (RELIABILITY.md) CHAOS_ROUNDS times in a row, one test
 ## at a time, so a fault that only sometimes lands between two writes gets
 ## many chances to: database connections cut, Postgres crashed, Redis
-## restarted and paused, replicas killed and frozen. Needs what make test
-## needs. Stops at the first failure.
+## restarted and paused, replicas killed and frozen, and the reconnect storm
+## with STORM_CLIENTS clients (its recovery time printed each round). Needs
+## what make test needs. Stops at the first failure.
 CHAOS_ROUNDS ?= 10
+STORM_CLIENTS ?= 2000
 chaos:
 	$(CARGO) build --workspace --bins
-	@for round in $$(seq 1 $(CHAOS_ROUNDS)); do \
+	@ulimit -n $$(ulimit -Hn); log=$$(mktemp); for round in $$(seq 1 $(CHAOS_ROUNDS)); do \
 	  echo "chaos round $$round of $(CHAOS_ROUNDS)"; \
-	  $(CARGO) test -q -p parley-tests --test api -- --test-threads=1 \
-	    faults:: chat_cluster:: gateway_cluster:: || exit 1; \
+	  PARLEY_STORM_CLIENTS=$(STORM_CLIENTS) $(CARGO) test -q -p parley-tests --test api -- \
+	    --test-threads=1 --nocapture faults:: chat_cluster:: gateway_cluster:: storm:: \
+	    >$$log 2>&1 || { tail -n 80 $$log; exit 1; }; \
+	  grep -E "reconnect storm|test result" $$log; \
 	done
 
 ## SOAK_DURATION (an hour) of steady traffic on the distributed topology,

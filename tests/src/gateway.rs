@@ -145,6 +145,18 @@ pub async fn wait_until_ready(admin: SocketAddr) {
     ready.unwrap_or_else(|_| panic!("the service at {admin} did not become ready"));
 }
 
+/// The value of an unlabelled series on an admin port, if it is there.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let (_, body) = try_http_get(admin, "/metrics").await.ok()?;
+    body.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 async fn try_http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let response = try_http(addr, "GET", path, &[], None).await?;
     Ok((response.status, response.body))
@@ -177,6 +189,50 @@ impl ChatProcess {
         let running = RunningBinary::start(&binary("parley-chat"), &env, 1).await;
         wait_until_ready(running.admin_addrs[0]).await;
         Self { running }
+    }
+
+    /// SIGKILLs the process.
+    pub async fn kill(mut self) {
+        self.running.child.kill().await.expect("SIGKILL");
+    }
+}
+
+/// A gateway as its own process, so it can be killed as a crashed pod's
+/// would be: the kernel resets every connection at once.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// HTTP and WebSocket address.
+    pub http: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// The process.
+    pub running: RunningBinary,
+}
+
+impl GatewayProcess {
+    /// Starts `parley-gateway` on free ports next to `stack`, talking to the
+    /// chat replicas of `chat_url`, with `extra` variables, and waits until
+    /// it is ready.
+    pub async fn start(stack: &TestStack, chat_url: &ServiceUrl, extra: &[(&str, &str)]) -> Self {
+        let auth = stack.auth_url().to_string();
+        let user = ServiceUrl::from_addr(stack.user_addr).to_string();
+        let chat = chat_url.to_string();
+        let mut env = vec![
+            ("GATEWAY_HTTP_ADDR", "127.0.0.1:0"),
+            ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
+            ("AUTH_URL", auth.as_str()),
+            ("USER_URL", user.as_str()),
+            ("CHAT_URL", chat.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let running = RunningBinary::start(&binary("parley-gateway"), &env, 1).await;
+        let (http, admin) = (running.http_addrs[0], running.admin_addrs[0]);
+        wait_until_ready(admin).await;
+        Self {
+            http,
+            admin,
+            running,
+        }
     }
 
     /// SIGKILLs the process.

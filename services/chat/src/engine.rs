@@ -9,6 +9,7 @@ use parley_proto::chat::v1::{
     RoomEvent, RoomSummary, TypingNotice, chat_response::Frame,
 };
 use parley_runtime::{password::Passwords, storage::now_millis, token::TokenVerifier};
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
     bus::Bus,
@@ -77,7 +78,18 @@ struct EngineInner {
     passwords: Passwords,
     verifier: TokenVerifier,
     limits: Limits,
+    /// Stream joins admitted at once (see [`JOINS_AT_ONCE`]).
+    joins: Semaphore,
 }
+
+/// Stream joins this replica works on at once; the rest wait their turn
+/// here. A join takes about seven queries, one after another; when every
+/// client of a dead gateway rejoins at once (a reconnect storm) thousands
+/// would otherwise queue on the database pool itself, whose 3 s acquire
+/// timeout then failed joins and sends alike with UNAVAILABLE
+/// (RELIABILITY.md, "Reconnect storm"). Waiting here has no timeout, and
+/// sends keep the rest of the pool.
+const JOINS_AT_ONCE: usize = 4;
 
 /// The parts an [`Engine`] is made of.
 #[derive(Debug)]
@@ -127,8 +139,15 @@ impl Engine {
                 passwords,
                 verifier,
                 limits,
+                joins: Semaphore::new(JOINS_AT_ONCE),
             }),
         }
+    }
+
+    /// A turn to work on a stream join; see [`JOINS_AT_ONCE`]. `None` only
+    /// once the replica is shutting down.
+    pub(crate) async fn join_turn(&self) -> Option<SemaphorePermit<'_>> {
+        self.inner.joins.acquire().await.ok()
     }
 
     /// The hub.

@@ -76,6 +76,7 @@ impl Engine {
         since: Option<i64>,
         already_joined: bool,
     ) -> Result<Option<Membership>, Error> {
+        let _turn = self.join_turn().await;
         if let (
             Some(since),
             JoinRequest {

@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use parley_tests::{
     chat::room_id,
-    gateway::{Deployment, Event, Settings, Topology, Ws, http_json, username},
+    gateway::{Deployment, Event, Settings, Topology, Ws, http_json, metric, username},
     http_get, on_both_topologies,
 };
 use serde_json::{Value, json};
@@ -575,18 +575,6 @@ async fn a_client_that_stops_reading_is_closed_with_4008(topology: Topology) {
     assert!(matches!(ending, Some(4008) | None), "{ending:?}");
     still_usable(&mut sender).await;
     deployment.stop().await;
-}
-
-/// The value of an unlabelled series on an admin port.
-async fn metric(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    let (_, body) = http_get(admin, "/metrics").await;
-    body.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 async fn the_gateway_exports_its_metrics(topology: Topology) {

@@ -4,6 +4,7 @@
 // A test that cannot go on should stop right there, loudly.
 #![allow(clippy::unwrap_used)]
 
+mod abuse;
 mod auth;
 mod chat;
 mod chat_cluster;
@@ -17,6 +18,7 @@ mod observability;
 mod ops;
 mod readme;
 mod rest;
+mod storm;
 mod traces;
 mod user;
 mod web_client;
