@@ -227,8 +227,13 @@ impl TestStack {
     }
 }
 
-/// The path of a workspace binary: cargo puts them beside the test's own.
+/// The path of a workspace binary: cargo puts them beside the test's own,
+/// unless `PARLEY_BIN_DIR` names another folder (release builds, for the
+/// storm's recovery time in RELIABILITY.md).
 pub fn binary(name: &str) -> String {
+    if let Some(dir) = std::env::var_os("PARLEY_BIN_DIR") {
+        return std::path::Path::new(&dir).join(name).display().to_string();
+    }
     let mut path = std::env::current_exe().expect("test binary path");
     path.pop();
     if path.ends_with("deps") {
