@@ -9,6 +9,13 @@
 //! asked to resynchronize, so whatever was published meanwhile is
 //! backfilled from storage by `seq`.
 //!
+//! On a Redis Cluster the same happens with sharded pub/sub: a room's
+//! channel carries its id as a hash tag, events go out with `SPUBLISH`
+//! (one pipeline per slot) and come in through `SSUBSCRIBE` on the shard
+//! that owns the slot. Every confirmed subscription resynchronizes its
+//! room, and a subscription lost to a failover or a slot migration is
+//! asked for again until it is confirmed.
+//!
 //! The bus knows nothing of what receives its events: the subscriber hands
 //! them to a [`Deliveries`] (the hub, in the service; a recorder, in the
 //! subscriber's own tests).
@@ -16,13 +23,16 @@
 use std::{collections::HashSet, time::Duration};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, future::join_all};
 use parley_proto::chat::v1::RoomEvent;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::RoomId;
+use crate::{
+    domain::RoomId,
+    redis_target::{Commands, RedisTarget, by_slot},
+};
 
 /// Prefix of every room channel.
 const CHANNEL_PREFIX: &str = "parley:chat:room:";
@@ -71,12 +81,14 @@ pub(crate) enum Bus {
 #[derive(Debug, Clone)]
 pub(crate) struct RedisBus {
     origin: Origin,
+    /// Cluster channels carry the room id as a hash tag.
+    sharded: bool,
     outbox: mpsc::Sender<Outgoing>,
     subscriptions: mpsc::UnboundedSender<Subscription>,
 }
 
 #[derive(Debug)]
-enum Subscription {
+pub(crate) enum Subscription {
     Add(RoomId),
     Remove(RoomId),
 }
@@ -85,7 +97,7 @@ enum Subscription {
 /// with whatever receives the events.
 #[derive(Debug)]
 pub(crate) struct RedisBusTasks {
-    client: redis::Client,
+    target: RedisTarget,
     origin: Origin,
     outbox: mpsc::Receiver<Outgoing>,
     subscriptions: mpsc::UnboundedReceiver<Subscription>,
@@ -98,18 +110,19 @@ impl Bus {
     /// # Errors
     /// When the URL is unusable.
     pub(crate) fn redis(url: &str, origin: Origin) -> anyhow::Result<(Self, RedisBusTasks)> {
-        let client = redis::Client::open(url)
+        let target = RedisTarget::parse(url)
             .map_err(|err| anyhow::anyhow!("CHAT_REDIS_URL is unusable: {err}"))?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
         let (subscriptions, subscriptions_rx) = mpsc::unbounded_channel();
         Ok((
             Self::Redis(RedisBus {
                 origin,
+                sharded: target.is_cluster(),
                 outbox,
                 subscriptions,
             }),
             RedisBusTasks {
-                client,
+                target,
                 origin,
                 outbox: outbox_rx,
                 subscriptions: subscriptions_rx,
@@ -137,7 +150,7 @@ impl Bus {
         let _ = event.encode(&mut payload);
         if bus
             .outbox
-            .try_send((channel(&event.room_id), payload.freeze(), span))
+            .try_send((channel(&event.room_id, bus.sharded), payload.freeze(), span))
             .is_err()
         {
             metrics::counter!("parley_chat_bus_dropped_total").increment(1);
@@ -170,46 +183,71 @@ pub(crate) fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
 /// taken it).
 type Outgoing = (String, Bytes, tracing::Span);
 
-fn channel(room_id: &str) -> String {
-    format!("{CHANNEL_PREFIX}{room_id}")
+/// A room's channel. On a cluster the room id is a hash tag, so the
+/// channel hashes to the room's slot (the same as its presence key's).
+pub(crate) fn channel(room_id: &str, sharded: bool) -> String {
+    if sharded {
+        format!("{CHANNEL_PREFIX}{{{room_id}}}")
+    } else {
+        format!("{CHANNEL_PREFIX}{room_id}")
+    }
+}
+
+/// The room a cluster channel belongs to.
+pub(crate) fn sharded_room(channel: &str) -> Option<RoomId> {
+    let room = channel
+        .strip_prefix(CHANNEL_PREFIX)?
+        .strip_prefix('{')?
+        .strip_suffix('}')?;
+    Some(RoomId::trusted(room))
 }
 
 impl RedisBusTasks {
     /// Starts the publisher and the subscriber, until `shutdown`.
     pub(crate) fn spawn(self, deliveries: impl Deliveries, shutdown: CancellationToken) {
         let Self {
-            client,
+            target,
             origin,
             outbox,
             subscriptions,
         } = self;
-        tokio::spawn(publish(client.clone(), outbox, shutdown.clone()));
-        tokio::spawn(subscribe(
-            client,
-            origin,
-            subscriptions,
-            deliveries,
-            shutdown,
-        ));
+        tokio::spawn(publish(target.clone(), outbox, shutdown.clone()));
+        match target {
+            RedisTarget::Single(client) => {
+                tokio::spawn(subscribe(
+                    client,
+                    origin,
+                    subscriptions,
+                    deliveries,
+                    shutdown,
+                ));
+            }
+            RedisTarget::Cluster(client) => {
+                tokio::spawn(crate::bus_sharded::subscribe(
+                    *client,
+                    origin,
+                    subscriptions,
+                    deliveries,
+                    shutdown,
+                ));
+            }
+        }
     }
 }
 
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     Duration::from_millis(100 * u64::from(failures.clamp(1, 20)))
 }
 
 /// Pipelines the outbox to Redis, in order; a failed batch is retried
-/// after a reconnect rather than dropped.
+/// after a reconnect rather than dropped. On a cluster each slot's events
+/// go in a pipeline of their own (`SPUBLISH`), all at once.
 async fn publish(
-    client: redis::Client,
+    target: RedisTarget,
     mut outbox: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1);
-    let mut connection = match redis::aio::ConnectionManager::new_lazy_with_config(client, config) {
+    let connection = match target.commands(Duration::from_secs(2)) {
         Ok(connection) => connection,
         Err(err) => {
             tracing::error!(error = %err, "cannot create the Redis publisher; events stay local");
@@ -227,11 +265,7 @@ async fn publish(
                 () = shutdown.cancelled() => return,
             }
         }
-        let mut pipeline = redis::pipe();
-        for (channel, payload, _) in &batch {
-            pipeline.publish(channel, payload.as_ref()).ignore();
-        }
-        match pipeline.query_async::<()>(&mut connection).await {
+        match publish_batch(&connection, &batch).await {
             Ok(()) => {
                 if failures > 0 {
                     tracing::info!("Redis publisher reconnected");
@@ -251,6 +285,35 @@ async fn publish(
             }
         }
     }
+}
+
+/// One batch: a single pipeline of `PUBLISH`es, or on a cluster one
+/// pipeline of `SPUBLISH`es per slot. A batch that fails is sent again
+/// whole; the hubs drop what they already had by `seq`.
+async fn publish_batch(connection: &Commands, batch: &[Outgoing]) -> redis::RedisResult<()> {
+    if !connection.is_cluster() {
+        let mut pipeline = redis::pipe();
+        for (channel, payload, _) in batch {
+            pipeline.publish(channel, payload.as_ref()).ignore();
+        }
+        return pipeline.query_async::<()>(&mut connection.clone()).await;
+    }
+    let groups = by_slot(batch.iter().collect(), |(channel, _, _)| {
+        channel.clone().into_bytes()
+    });
+    let sends = groups.into_iter().map(|group| {
+        let mut pipeline = redis::pipe();
+        for (channel, payload, _) in group {
+            pipeline
+                .cmd("SPUBLISH")
+                .arg(channel)
+                .arg(payload.as_ref())
+                .ignore();
+        }
+        let mut connection = connection.clone();
+        async move { pipeline.query_async::<()>(&mut connection).await }
+    });
+    join_all(sends).await.into_iter().collect()
 }
 
 /// Holds the subscriber connection: (re)connects, subscribes the rooms
@@ -316,7 +379,7 @@ async fn subscribe(
                     let result = match change {
                         Subscription::Add(room_id) => {
                             let added = wanted.insert(room_id.clone());
-                            let result = if added { sink.subscribe(channel(&room_id)).await } else { Ok(()) };
+                            let result = if added { sink.subscribe(channel(&room_id, false)).await } else { Ok(()) };
                             if result.is_ok() && added {
                                 // Closes the window between the room's first
                                 // local join and this subscription.
@@ -326,7 +389,7 @@ async fn subscribe(
                         }
                         Subscription::Remove(room_id) => {
                             if wanted.remove(&room_id) {
-                                sink.unsubscribe(channel(&room_id)).await
+                                sink.unsubscribe(channel(&room_id, false)).await
                             } else {
                                 Ok(())
                             }
@@ -353,7 +416,7 @@ async fn connect(
         .await
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))??;
     let (mut sink, stream) = pubsub.split();
-    let channels: Vec<String> = wanted.iter().map(|room| channel(room)).collect();
+    let channels: Vec<String> = wanted.iter().map(|room| channel(room, false)).collect();
     for chunk in channels.chunks(SUBSCRIBE_BATCH) {
         sink.subscribe(chunk).await?;
     }
@@ -439,7 +502,7 @@ mod tests {
         .encode(&mut payload)
         .expect("encoding into a Vec");
         let () = redis::cmd("PUBLISH")
-            .arg(channel(room))
+            .arg(channel(room, false))
             .arg(payload)
             .query_async(connection)
             .await

@@ -123,10 +123,7 @@ pub struct ChatArgs {
 }
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    redis::Client::open(value)
-        .map(|_| value.to_owned())
-        .map_err(|err| format!("not a redis:// URL: {err}"))
+    crate::redis_target::RedisTarget::parse(value).map(|_| value.trim().to_owned())
 }
 
 /// Everything the chat service needs to run.

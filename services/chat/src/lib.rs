@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 mod bus;
+mod bus_sharded;
 mod config;
 mod domain;
 mod engine;
@@ -60,6 +61,7 @@ mod link;
 mod membership;
 mod moderation;
 mod presence;
+mod redis_target;
 mod sequencer;
 mod session;
 mod store;

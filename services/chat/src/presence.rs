@@ -14,6 +14,8 @@ use std::{collections::BTreeMap, time::Duration};
 use parley_proto::chat::v1::Member;
 use parley_runtime::storage::now_millis;
 
+use crate::redis_target::{Commands, RedisTarget, by_slot};
+
 /// Key prefix of each room's presence set.
 const KEY_PREFIX: &str = "parley:chat:presence:";
 /// How long one presence call may take before falling back to local
@@ -130,7 +132,10 @@ impl Presence {
 /// Presence kept in Redis.
 #[derive(Clone)]
 pub(crate) struct RedisPresence {
-    connection: redis::aio::ConnectionManager,
+    connection: Commands,
+    /// On a cluster, keys carry the room id as a hash tag (one slot per
+    /// room, the same as the room's channel).
+    sharded: bool,
     replica: String,
     ttl: Duration,
     join: std::sync::Arc<redis::Script>,
@@ -147,8 +152,12 @@ impl std::fmt::Debug for RedisPresence {
     }
 }
 
-fn key(room_id: &str) -> String {
-    format!("{KEY_PREFIX}{room_id}")
+fn key(room_id: &str, sharded: bool) -> String {
+    if sharded {
+        format!("{KEY_PREFIX}{{{room_id}}}")
+    } else {
+        format!("{KEY_PREFIX}{room_id}")
+    }
 }
 
 /// `user_id|replica|name`.
@@ -178,16 +187,14 @@ impl RedisPresence {
     /// # Errors
     /// When the URL is unusable.
     pub(crate) fn new(url: &str, replica: String, ttl: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
+        let target = RedisTarget::parse(url)
             .map_err(|err| anyhow::anyhow!("CHAT_REDIS_URL is unusable: {err}"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+        let connection = target
+            .commands(CALL_TIMEOUT)
             .map_err(|err| anyhow::anyhow!("creating the Redis presence connection: {err}"))?;
         Ok(Self {
             connection,
+            sharded: target.is_cluster(),
             replica,
             ttl,
             join: std::sync::Arc::new(redis::Script::new(JOIN_SCRIPT)),
@@ -211,7 +218,7 @@ impl RedisPresence {
         let mut connection = self.connection.clone();
         let first: i64 = self
             .join
-            .key(key(room_id))
+            .key(key(room_id, self.sharded))
             .arg(entry(user_id, &self.replica, name))
             .arg(now + millis(self.ttl))
             .arg(now)
@@ -236,7 +243,7 @@ impl RedisPresence {
         let mut connection = self.connection.clone();
         let last: i64 = self
             .leave
-            .key(key(room_id))
+            .key(key(room_id, self.sharded))
             .arg(entry(user_id, &self.replica, name))
             .arg(now_millis())
             .arg(format!("{user_id}|"))
@@ -252,7 +259,7 @@ impl RedisPresence {
     pub(crate) async fn members(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
         let mut connection = self.connection.clone();
         let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(key(room_id))
+            .arg(key(room_id, self.sharded))
             .arg(now_millis())
             .arg("+inf")
             .query_async(&mut connection)
@@ -272,23 +279,17 @@ impl RedisPresence {
             return Ok(());
         }
         let expiry = now_millis() + millis(self.ttl);
-        let mut pipeline = redis::pipe();
-        for (room_id, users) in rooms {
-            let key = key(room_id);
+        let keep = millis(self.ttl) * 10;
+        self.per_rooms(rooms, |pipeline, key, users| {
             let mut add = redis::cmd("ZADD");
-            add.arg(&key);
+            add.arg(key);
             for (user_id, name) in users {
                 add.arg(expiry).arg(entry(user_id, &self.replica, name));
             }
             pipeline.add_command(add).ignore();
-            pipeline
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(millis(self.ttl) * 10)
-                .ignore();
-        }
-        let mut connection = self.connection.clone();
-        pipeline.query_async::<()>(&mut connection).await
+            pipeline.cmd("PEXPIRE").arg(key).arg(keep).ignore();
+        })
+        .await
     }
 
     /// Removes expired entries of `room_id`: the members (of crashed
@@ -300,7 +301,7 @@ impl RedisPresence {
         let mut connection = self.connection.clone();
         let gone: Vec<String> = self
             .sweep
-            .key(key(room_id))
+            .key(key(room_id, self.sharded))
             .arg(now_millis())
             .invoke_async(&mut connection)
             .await?;
@@ -315,18 +316,47 @@ impl RedisPresence {
         &self,
         rooms: &[(String, Vec<(String, String)>)],
     ) -> redis::RedisResult<()> {
-        let mut pipeline = redis::pipe();
-        for (room_id, users) in rooms {
+        self.per_rooms(rooms, |pipeline, key, users| {
             for (user_id, name) in users {
                 pipeline
                     .cmd("ZREM")
-                    .arg(key(room_id))
+                    .arg(key)
                     .arg(entry(user_id, &self.replica, name))
                     .ignore();
             }
-        }
-        let mut connection = self.connection.clone();
-        pipeline.query_async::<()>(&mut connection).await
+        })
+        .await
+    }
+
+    /// Runs `fill`'s commands for every room's key: one pipeline on a
+    /// single Redis; on a cluster, where a pipeline stays within one slot,
+    /// one per slot, all at once.
+    async fn per_rooms(
+        &self,
+        rooms: &[(String, Vec<(String, String)>)],
+        fill: impl Fn(&mut redis::Pipeline, &str, &[(String, String)]),
+    ) -> redis::RedisResult<()> {
+        let keyed: Vec<(String, &[(String, String)])> = rooms
+            .iter()
+            .map(|(room_id, users)| (key(room_id, self.sharded), users.as_slice()))
+            .collect();
+        let groups = if self.connection.is_cluster() {
+            by_slot(keyed, |(key, _)| key.clone().into_bytes())
+        } else {
+            vec![keyed]
+        };
+        let runs = groups.into_iter().map(|group| {
+            let mut pipeline = redis::pipe();
+            for (key, users) in &group {
+                fill(&mut pipeline, key, users);
+            }
+            let mut connection = self.connection.clone();
+            async move { pipeline.query_async::<()>(&mut connection).await }
+        });
+        futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// How often heartbeats and sweeps run.

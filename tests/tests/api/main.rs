@@ -17,6 +17,7 @@ mod moderation;
 mod observability;
 mod ops;
 mod readme;
+mod redis_cluster;
 mod rest;
 mod storm;
 mod traces;
