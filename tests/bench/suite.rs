@@ -15,7 +15,10 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Args;
-use parley_tests::gateway::{free_ports, wait_until_ready};
+use parley_tests::{
+    gateway::{free_ports, wait_until_ready},
+    redis_cluster::RedisCluster,
+};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -43,7 +46,8 @@ pub(crate) struct SuiteArgs {
     /// Short windows and fewer idle connections, for a smoke run.
     #[arg(long)]
     quick: bool,
-    /// Only these topologies: distributed, all-in-one, ceiling.
+    /// Only these topologies: ceiling, distributed, cluster (the saturation
+    /// scenario on a local Redis Cluster), all-in-one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Only these scenarios: a, b, c, d, e.
@@ -70,6 +74,8 @@ pub(crate) struct Topology {
     roles: Vec<&'static str>,
     /// Each child's admin address (metrics), where it has one.
     admins: Vec<Option<SocketAddr>>,
+    /// The Redis Cluster of the `cluster` topology, stopped with it.
+    redis_cluster: Option<RedisCluster>,
     _dir: Option<TempDir>,
 }
 
@@ -290,6 +296,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
             .iter()
             .map(|port| Some(([127, 0, 0, 1], *port).into()))
             .collect(),
+        redis_cluster: None,
         _dir: Some(dir),
     })
 }
@@ -320,6 +327,7 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         children,
         roles: vec!["parley"],
         admins: vec![Some(([127, 0, 0, 1], p[7]).into())],
+        redis_cluster: None,
         _dir: Some(dir),
     })
 }
@@ -349,6 +357,7 @@ async fn ceiling() -> anyhow::Result<Topology> {
         children: vec![child],
         roles: vec!["ceiling"],
         admins: vec![None],
+        redis_cluster: None,
         _dir: None,
     })
 }
@@ -361,8 +370,24 @@ pub(crate) async fn start(
     match name {
         "ceiling" => ceiling().await,
         "distributed" => distributed(args, bin_dir).await,
+        "cluster" => on_a_redis_cluster(args, bin_dir).await,
         _ => all_in_one(bin_dir).await,
     }
+}
+
+/// The distributed topology with chat on a Redis Cluster of three
+/// primaries and three replicas on this machine (sharded pub/sub), for the
+/// saturation row against a single Redis.
+async fn on_a_redis_cluster(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topology> {
+    let cluster = RedisCluster::start().await;
+    let args = SuiteArgs {
+        redis: cluster.url(),
+        ..args.clone()
+    };
+    let mut topology = distributed(&args, bin_dir).await?;
+    topology.name = "cluster";
+    topology.redis_cluster = Some(cluster);
+    Ok(topology)
 }
 
 /// One row of the table.
@@ -416,7 +441,7 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         .append(true)
         .open(&args.out)?;
     let mut rows = Vec::new();
-    for name in ["ceiling", "distributed", "all-in-one"] {
+    for name in ["ceiling", "distributed", "cluster", "all-in-one"] {
         if !wanted(name) {
             continue;
         }
@@ -442,7 +467,8 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         let run_scenario =
             |s: &str| args.scenarios.is_empty() || args.scenarios.iter().any(|o| o == s);
         for (scenario, fanout) in scenarios {
-            if !run_scenario(scenario) {
+            // The cluster row is the saturation scenario only.
+            if !run_scenario(scenario) || (name == "cluster" && scenario != "b") {
                 continue;
             }
             eprintln!(

@@ -41,7 +41,7 @@ impl std::fmt::Debug for RedisTarget {
 
 impl RedisTarget {
     /// Reads a `redis://` (or `rediss://`) URL, or a `redis+cluster://`
-    /// list of seed nodes.
+    /// list of seed nodes (`redis+cluster://[user:password@]host:port,...`).
     ///
     /// # Errors
     /// A message saying what is wrong with the value.
@@ -52,11 +52,16 @@ impl RedisTarget {
                 .map(Self::Single)
                 .map_err(|err| format!("not a redis:// or redis+cluster:// URL: {err}"));
         };
+        // Credentials given once, on the first node, hold for every node.
+        let (auth, nodes) = match nodes.split_once('@') {
+            Some((auth, rest)) if !auth.contains(',') => (format!("{auth}@"), rest),
+            _ => (String::new(), nodes),
+        };
         let seeds: Vec<String> = nodes
             .split(',')
             .map(str::trim)
             .filter(|node| !node.is_empty())
-            .map(|node| format!("redis://{node}"))
+            .map(|node| format!("redis://{auth}{node}"))
             .collect();
         if seeds.is_empty() {
             return Err("a redis+cluster:// URL names at least one host:port".to_owned());
@@ -183,6 +188,11 @@ mod tests {
         assert!(RedisTarget::parse("redis+cluster://").is_err());
         assert!(RedisTarget::parse("http://127.0.0.1").is_err());
         assert!(RedisTarget::parse("redis+cluster://a b:1").is_err());
+        assert!(
+            RedisTarget::parse("redis+cluster://:secret@10.0.0.1:6379,10.0.0.2:6379")
+                .unwrap()
+                .is_cluster()
+        );
     }
 
     #[test]

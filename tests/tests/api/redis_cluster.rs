@@ -1,12 +1,14 @@
 //! Chat replicas on a real Redis Cluster (three primaries, three
-//! replicas): room events cross replicas through sharded pub/sub, and
-//! survive the room's primary being killed (its replica promoted) and the
-//! room's slot being moved to another primary, while traffic flows.
+//! replicas), each behind its own gateway: room events cross replicas
+//! through sharded pub/sub, and survive the room's primary being killed
+//! (its replica promoted) and the room's slot being moved to another
+//! primary, while traffic flows.
 
-use parley_proto::chat::v1::chat_response::Frame as Out;
+use parley_runtime::config::ServiceUrl;
 use parley_tests::{
     DatabaseBackend, TestStack,
-    chat::{ChatReplica, ChatStream, room_id, test_args},
+    chat::{ChatReplica, room_id, test_args},
+    gateway::{Account, GatewayNode, Settings, Ws, username},
     redis_cluster::RedisCluster,
 };
 
@@ -22,6 +24,27 @@ async fn subscribed(cluster: &RedisCluster, channel: &str) {
     panic!("the replicas never subscribed {channel} on its shard");
 }
 
+async fn sign_up(stack: &mut TestStack, name: &str) -> Account {
+    let (user, token) = stack.signed_up(name).await;
+    Account {
+        user_id: user.id,
+        username: user.username,
+        access_token: token,
+        refresh_token: String::new(),
+    }
+}
+
+/// The seq of the next message `ws` receives, failing on an error frame.
+async fn next_seq(ws: &mut Ws) -> i64 {
+    loop {
+        let frame = ws.next().await;
+        assert!(frame.get("error").is_none(), "unexpected {frame}");
+        if let Some(message) = frame.get("message") {
+            return message["seq"].as_i64().unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
     let cluster = RedisCluster::start().await;
@@ -29,16 +52,20 @@ async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
     let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
     let one = ChatReplica::start(&stack, test_args(&stack, Some(&url))).await;
     let two = ChatReplica::start(&stack, test_args(&stack, Some(&url))).await;
-    let (_, alice_token) = stack.signed_up("alice").await;
-    let (_, bob_token) = stack.signed_up("bob").await;
+    let settings = Settings::default();
+    let gateway_a = GatewayNode::start(&stack, ServiceUrl::from_addr(one.addr), &settings).await;
+    let gateway_b = GatewayNode::start(&stack, ServiceUrl::from_addr(two.addr), &settings).await;
+    let alice = sign_up(&mut stack, &username("alice")).await;
+    let bob = sign_up(&mut stack, &username("bob")).await;
     let room = room_id("sharded");
     let slot = cluster.slot(&format!("{{{room}}}")).await;
-
     let channel = format!("parley:chat:room:{{{room}}}");
 
-    let mut listener = ChatStream::open(one.client.clone(), &alice_token).await;
+    // Alice listens through gateway A and replica one; Bob sends through
+    // gateway B and replica two: every message crosses the cluster.
+    let mut listener = Ws::connect(gateway_a.http, &alice.access_token).await;
     listener.join(&room, 0).await;
-    let mut sender = ChatStream::open(two.client.clone(), &bob_token).await;
+    let mut sender = Ws::connect(gateway_b.http, &bob.access_token).await;
     sender.join(&room, 0).await;
     subscribed(&cluster, &channel).await;
 
@@ -47,7 +74,6 @@ async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
     const COUNT: i64 = 150;
     let mut cluster = Some(cluster);
     let mut fault: Option<tokio::task::JoinHandle<RedisCluster>> = None;
-    let mut received = Vec::new();
     for i in 1..=COUNT {
         if i == 50 {
             let mut running = cluster.take().unwrap();
@@ -63,37 +89,26 @@ async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
             }));
         }
         sender.say(&room, &format!("n{i}"), &format!("k{i}")).await;
-        let ack = sender
-            .next_matching(|frame| match frame {
-                Out::Ack(ack) => Some(ack.seq),
-                Out::Error(error) => panic!("a send failed: {error:?}"),
-                _ => None,
-            })
-            .await;
-        assert_eq!(ack, i);
+        assert_eq!(sender.next_kind("ack").await["seq"], i);
     }
     let cluster = fault.take().unwrap().await.unwrap();
     // After a failover and a slot move, both replicas are subscribed on
-    // the room's new owner.
+    // the room's new owner, and one more message crosses live.
     subscribed(&cluster, &channel).await;
-    // One more after the reshard settled: it must travel live.
     sender.say(&room, "after", "after").await;
+    let mut received = Vec::new();
     while received.len() < COUNT as usize + 1 {
-        received.push(
-            listener
-                .next_matching(|frame| match frame {
-                    Out::Message(message) => Some(message.seq),
-                    Out::Error(error) => panic!("unexpected error frame: {error:?}"),
-                    _ => None,
-                })
-                .await,
-        );
+        received.push(next_seq(&mut listener).await);
     }
     assert_eq!(
         received,
         (1..=COUNT + 1).collect::<Vec<_>>(),
         "every message, once, in order"
     );
+    listener.close().await;
+    sender.close().await;
+    gateway_a.stop().await;
+    gateway_b.stop().await;
     one.stop().await;
     two.stop().await;
     stack.stop().await;
