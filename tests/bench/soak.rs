@@ -222,8 +222,15 @@ impl HistoryRoom {
     }
 
     /// Reads pages at `rate` until `stop`, each checked: a full page of
-    /// consecutive seqs ending just before the page's `before_seq`.
+    /// consecutive seqs ending just before the page's `before_seq`. Each
+    /// segment's reader is a new user with a fresh token: one signed in at
+    /// the start would outlive its access token (15 minutes) within the
+    /// hour. The room is public, so any user may read it.
     async fn read(self: Arc<Self>, rate: f64, stop: CancellationToken) -> Reads {
+        let token = match crate::users::sign_up(self.api, 1).await {
+            Ok(mut tokens) => tokens.pop().unwrap_or_else(|| self.token.clone()),
+            Err(_) => self.token.clone(),
+        };
         let mut reads = Reads {
             reads: 0,
             failures: 0,
@@ -231,7 +238,7 @@ impl HistoryRoom {
                 .unwrap_or_else(|_| Histogram::new(3).expect("a histogram")),
         };
         let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.1)));
-        let authorization = format!("Bearer {}", self.token);
+        let authorization = format!("Bearer {token}");
         let span = HISTORY_MESSAGES - PAGE + 1;
         let mut i: i64 = 0;
         loop {

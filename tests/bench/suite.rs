@@ -24,7 +24,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     FanoutArgs, IdleArgs, Target, fanout,
-    proc_stats::{cpu_seconds, rss_kib, run_queue_wait_seconds},
+    proc_stats::{cpu_seconds, pids_named, rss_kib, run_queue_wait_seconds},
 };
 
 /// The suite's settings.
@@ -110,6 +110,16 @@ impl Topology {
             match split.iter_mut().find(|(r, _)| r == role) {
                 Some((_, total)) => *total += cpu,
                 None => split.push((role, cpu)),
+            }
+        }
+        // The stores the Parley processes use, found by name: every
+        // Postgres process (postmaster, backends, writers) and every
+        // redis-server (six on the cluster topology). Nothing else on the
+        // machine uses them during a run.
+        if self.name != "ceiling" {
+            for (role, program) in [("postgres", "postgres"), ("redis", "redis-server")] {
+                let cpu = pids_named(program).into_iter().map(cpu_seconds).sum();
+                split.push((role, cpu));
             }
         }
         split

@@ -178,6 +178,14 @@ impl RedisCluster {
         }
     }
 
+    /// Members of the sorted set `key`, asked of the primary that owns it.
+    pub async fn zcard(&self, key: &str) -> i64 {
+        let (port, _) = self.primary_of(self.slot(key).await).await;
+        query(port, redis::cmd("ZCARD").arg(key))
+            .await
+            .expect("ZCARD")
+    }
+
     /// A running node's port.
     fn any(&self) -> u16 {
         self.nodes

@@ -68,6 +68,14 @@ async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
     let mut sender = Ws::connect(gateway_b.http, &bob.access_token).await;
     sender.join(&room, 0).await;
     subscribed(&cluster, &channel).await;
+    // Presence works on the cluster too: both members are in the room's
+    // set, in the room's slot.
+    assert_eq!(
+        cluster
+            .zcard(&format!("parley:chat:presence:{{{room}}}"))
+            .await,
+        2
+    );
 
     // The faults run beside the traffic: the room's primary killed at 50
     // (its replica takes over), the room's slot moved at 100.
