@@ -519,6 +519,17 @@ pub async fn free_ports(count: usize) -> Vec<u16> {
         .collect()
 }
 
+/// A `CHAT_URL` naming the chat replicas on these loopback ports.
+pub fn service_url(ports: &[u16]) -> ServiceUrl {
+    ports
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        .parse()
+        .expect("a service URL")
+}
+
 /// A signed-up user.
 #[derive(Debug, Clone)]
 pub struct Account {

@@ -205,6 +205,19 @@ impl TestStack {
         (user, token)
     }
 
+    /// Registers and logs in `username`, as the gateway tests' [`Account`].
+    ///
+    /// [`Account`]: crate::gateway::Account
+    pub async fn account(&mut self, username: &str) -> crate::gateway::Account {
+        let (user, token) = self.signed_up(username).await;
+        crate::gateway::Account {
+            user_id: user.id,
+            username: user.username,
+            access_token: token,
+            refresh_token: String::new(),
+        }
+    }
+
     /// The URL of `service`'s database in this stack.
     pub fn database_url(&self, service: &str) -> parley_runtime::config::DatabaseUrl {
         self._database.url_for(service)

@@ -4,36 +4,16 @@
 
 use std::time::Duration;
 
-use parley_runtime::{config::ServiceUrl, test_util::RunningBinary};
+use parley_runtime::test_util::RunningBinary;
 use parley_tests::{
     DatabaseBackend, TestStack, binary,
     chat::room_id,
     gateway::{
-        Account, ChatProcess, Deployment, Event, GatewayNode, Settings, Topology, Ws, free_ports,
-        username,
+        ChatProcess, Deployment, Event, GatewayNode, Settings, Topology, Ws, free_ports,
+        service_url, username,
     },
 };
 use serde_json::json;
-
-fn url(ports: &[u16]) -> ServiceUrl {
-    ports
-        .iter()
-        .map(|port| format!("http://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",")
-        .parse()
-        .expect("a service URL")
-}
-
-async fn sign_up(stack: &mut TestStack, name: &str) -> Account {
-    let (user, token) = stack.signed_up(name).await;
-    Account {
-        user_id: user.id,
-        username: user.username,
-        access_token: token,
-        refresh_token: String::new(),
-    }
-}
 
 /// Reads timeline events (messages, edits, deletions, reactions) until
 /// `count` have arrived, failing on an error or a close; returns their
@@ -65,19 +45,19 @@ async fn a_killed_chat_replica_loses_no_message_for_connected_clients() {
     let settings = Settings::default();
     // A talks only to replica 1 and must wait for it to come back; B only
     // to replica 2. C knows both, so its sessions move to replica 2 at once.
-    let gateway_a = GatewayNode::start(&stack, url(&ports[..1]), &settings).await;
-    let gateway_b = GatewayNode::start(&stack, url(&ports[1..]), &settings).await;
+    let gateway_a = GatewayNode::start(&stack, service_url(&ports[..1]), &settings).await;
+    let gateway_b = GatewayNode::start(&stack, service_url(&ports[1..]), &settings).await;
 
-    let alice = sign_up(&mut stack, &username("alice")).await;
-    let bob = sign_up(&mut stack, &username("bob")).await;
-    let carol = sign_up(&mut stack, &username("carol")).await;
+    let alice = stack.account(&username("alice")).await;
+    let bob = stack.account(&username("bob")).await;
+    let carol = stack.account(&username("carol")).await;
     let room = room_id("failover");
     let mut on_a = Ws::connect(gateway_a.http, &alice.access_token).await;
     let mut on_b = Ws::connect(gateway_b.http, &bob.access_token).await;
     on_a.join(&room, 0).await;
     on_b.join(&room, 0).await;
     // C starts while only replica 1 answers, so carol's session is there.
-    let gateway_c = GatewayNode::start(&stack, url(&ports[..1]), &settings).await;
+    let gateway_c = GatewayNode::start(&stack, service_url(&ports[..1]), &settings).await;
     let mut on_c = Ws::connect(gateway_c.http, &carol.access_token).await;
     on_c.join(&room, 0).await;
 
@@ -140,9 +120,9 @@ async fn sessions_move_to_another_replica_when_theirs_dies() {
     let settings = Settings::default();
     // The gateway knows both addresses; only replica 1 runs yet, so the
     // session lands there.
-    let gateway = GatewayNode::start(&stack, url(&ports), &settings).await;
-    let alice = sign_up(&mut stack, &username("alice")).await;
-    let bob = sign_up(&mut stack, &username("bob")).await;
+    let gateway = GatewayNode::start(&stack, service_url(&ports), &settings).await;
+    let alice = stack.account(&username("alice")).await;
+    let bob = stack.account(&username("bob")).await;
     let room = room_id("move");
     let mut watcher = Ws::connect(gateway.http, &alice.access_token).await;
     watcher.join(&room, 0).await;
@@ -225,7 +205,7 @@ async fn drains_with_1001(topology: Topology) {
             let _chat = ChatProcess::start(&stack, ports[0], &[]).await;
             let auth = stack.auth_url().to_string();
             let user = format!("http://{}", stack.user_addr);
-            let chat = url(&ports).to_string();
+            let chat = service_url(&ports).to_string();
             let mut running = RunningBinary::start(
                 &binary("parley-gateway"),
                 &[
@@ -240,7 +220,7 @@ async fn drains_with_1001(topology: Topology) {
             )
             .await;
             parley_tests::gateway::wait_until_ready(running.admin_addrs[0]).await;
-            let alice = sign_up(&mut stack, &username("alice")).await;
+            let alice = stack.account(&username("alice")).await;
             let mut sockets = Vec::new();
             for _ in 0..3 {
                 sockets.push(Ws::connect(running.http_addrs[0], &alice.access_token).await);
@@ -308,9 +288,9 @@ async fn sessions_move_away_from_a_frozen_replica_and_nothing_repeats_when_it_wa
     let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
     let ports = free_ports(2).await;
     let chat1 = ChatProcess::start(&stack, ports[0], &[]).await;
-    let gateway = GatewayNode::start(&stack, url(&ports), &Settings::default()).await;
-    let alice = sign_up(&mut stack, &username("alice")).await;
-    let bob = sign_up(&mut stack, &username("bob")).await;
+    let gateway = GatewayNode::start(&stack, service_url(&ports), &Settings::default()).await;
+    let alice = stack.account(&username("alice")).await;
+    let bob = stack.account(&username("bob")).await;
     let room = room_id("frozen");
     let mut watcher = Ws::connect(gateway.http, &alice.access_token).await;
     watcher.join(&room, 0).await;

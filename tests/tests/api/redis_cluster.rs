@@ -8,7 +8,7 @@ use parley_runtime::config::ServiceUrl;
 use parley_tests::{
     DatabaseBackend, TestStack,
     chat::{ChatReplica, room_id, test_args},
-    gateway::{Account, GatewayNode, Settings, Ws, username},
+    gateway::{GatewayNode, Settings, Ws, username},
     redis_cluster::RedisCluster,
 };
 
@@ -22,16 +22,6 @@ async fn subscribed(cluster: &RedisCluster, channel: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the replicas never subscribed {channel} on its shard");
-}
-
-async fn sign_up(stack: &mut TestStack, name: &str) -> Account {
-    let (user, token) = stack.signed_up(name).await;
-    Account {
-        user_id: user.id,
-        username: user.username,
-        access_token: token,
-        refresh_token: String::new(),
-    }
 }
 
 /// The seq of the next message `ws` receives, failing on an error frame.
@@ -55,8 +45,8 @@ async fn a_cluster_failover_and_a_reshard_mid_traffic_lose_nothing() {
     let settings = Settings::default();
     let gateway_a = GatewayNode::start(&stack, ServiceUrl::from_addr(one.addr), &settings).await;
     let gateway_b = GatewayNode::start(&stack, ServiceUrl::from_addr(two.addr), &settings).await;
-    let alice = sign_up(&mut stack, &username("alice")).await;
-    let bob = sign_up(&mut stack, &username("bob")).await;
+    let alice = stack.account(&username("alice")).await;
+    let bob = stack.account(&username("bob")).await;
     let room = room_id("sharded");
     let slot = cluster.slot(&format!("{{{room}}}")).await;
     let channel = format!("parley:chat:room:{{{room}}}");

@@ -8,11 +8,10 @@ use std::{
 };
 
 use futures_util::{SinkExt as _, StreamExt as _, stream};
-use parley_runtime::config::ServiceUrl;
 use parley_tests::{
     DatabaseBackend, TestStack,
     chat::room_id,
-    gateway::{ChatProcess, GatewayProcess, free_ports, try_http, username},
+    gateway::{ChatProcess, GatewayProcess, free_ports, service_url, try_http, username},
 };
 use serde_json::{Value, json};
 use tokio::{net::TcpStream, sync::mpsc};
@@ -37,16 +36,6 @@ fn clients() -> usize {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(CLIENTS)
-}
-
-fn service_url(ports: &[u16]) -> ServiceUrl {
-    ports
-        .iter()
-        .map(|port| format!("http://127.0.0.1:{port}"))
-        .collect::<Vec<_>>()
-        .join(",")
-        .parse()
-        .unwrap()
 }
 
 async fn connect(gateway: SocketAddr, token: &str) -> Result<Socket, String> {
