@@ -90,8 +90,7 @@ pub(crate) async fn run(args: &SoakArgs) -> anyhow::Result<()> {
         json["segment"] = segment.into();
         json["elapsed_s"] = started.elapsed().as_secs().into();
         json["history"] = reads.json();
-        let processes = topology.pids().into_iter().zip(topology.roles());
-        for ((pid, role), admin) in processes.zip(topology.admins()) {
+        for (pid, role, admin) in topology.processes() {
             let entry = &mut json["processes"][format!("{role}-{pid}")];
             entry["rss_kib"] = rss_kib(pid).into();
             entry["open_fds"] = open_fds(pid).into();

@@ -125,23 +125,12 @@ impl Topology {
         split
     }
 
-    /// The role of each process, in the order of [`Self::pids`].
-    pub(crate) fn roles(&self) -> Vec<&'static str> {
+    /// Each running process: its pid, role and admin address (if any).
+    pub(crate) fn processes(&self) -> Vec<(u32, &'static str, Option<SocketAddr>)> {
         self.children
             .iter()
-            .zip(&self.roles)
-            .filter(|(child, _)| child.id().is_some())
-            .map(|(_, role)| *role)
-            .collect()
-    }
-
-    /// The admin address of each process, in the order of [`Self::pids`].
-    pub(crate) fn admins(&self) -> Vec<Option<SocketAddr>> {
-        self.children
-            .iter()
-            .zip(&self.admins)
-            .filter(|(child, _)| child.id().is_some())
-            .map(|(_, admin)| *admin)
+            .zip(self.roles.iter().zip(&self.admins))
+            .filter_map(|(child, (role, admin))| Some((child.id()?, *role, *admin)))
             .collect()
     }
 

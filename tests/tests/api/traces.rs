@@ -16,11 +16,10 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value::Value as AnyValue,
     trace::v1::Span,
 };
-use parley_runtime::test_util::RunningBinary;
 use parley_tests::{
-    DatabaseBackend, TestStack, binary,
+    DatabaseBackend, TestStack,
     chat::room_id,
-    gateway::{ChatProcess, Ws, free_ports, wait_until_ready},
+    gateway::{ChatProcess, GatewayProcess, Ws, free_ports, service_url},
 };
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
@@ -125,22 +124,10 @@ async fn one_websocket_send_is_one_trace_across_gateway_chat_storage_and_redis()
     ];
     let port = free_ports(1).await[0];
     let _chat = ChatProcess::start(&stack, port, &tracing_env).await;
-    let auth = stack.auth_url().to_string();
-    let user = format!("http://{}", stack.user_addr);
-    let chat = format!("http://127.0.0.1:{port}");
-    let mut env = vec![
-        ("GATEWAY_HTTP_ADDR", "127.0.0.1:0"),
-        ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
-        ("AUTH_URL", auth.as_str()),
-        ("USER_URL", user.as_str()),
-        ("CHAT_URL", chat.as_str()),
-    ];
-    env.extend_from_slice(&tracing_env);
-    let gateway = RunningBinary::start(&binary("parley-gateway"), &env, 1).await;
-    wait_until_ready(gateway.admin_addrs[0]).await;
+    let gateway = GatewayProcess::start(&stack, &service_url(&[port]), &tracing_env).await;
 
     let (_, token) = stack.signed_up("tracy").await;
-    let mut ws = Ws::connect(gateway.http_addrs[0], &token).await;
+    let mut ws = Ws::connect(gateway.http, &token).await;
     let room = room_id("traced");
     ws.join(&room, 0).await;
     ws.say(&room, "follow me", "t-1").await;
