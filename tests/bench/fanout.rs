@@ -30,6 +30,11 @@ const SLOTS: usize = 1024;
 /// Connections being opened at once.
 const CONNECT_CONCURRENCY: usize = 128;
 
+/// Something read at the start and at the end of the measured window
+/// (CPU seconds by role, for the capacity model): the run reports the
+/// difference.
+pub(crate) type Probe = Arc<dyn Fn() -> Vec<(&'static str, f64)> + Send + Sync>;
+
 /// Latency quantiles in microseconds.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Quantiles {
@@ -74,6 +79,8 @@ pub(crate) struct Report {
     pub(crate) errors: u64,
     pub(crate) latency: Quantiles,
     pub(crate) scheduled_latency: Quantiles,
+    /// The probe's difference over the measured window, when there is one.
+    pub(crate) probed: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -157,6 +164,16 @@ struct Seat {
 
 /// Runs a fan-out scenario and reports it.
 pub(crate) async fn run(args: &FanoutArgs, scenario: &str) -> anyhow::Result<Report> {
+    run_probed(args, scenario, None).await
+}
+
+/// Runs a fan-out scenario with `probe` read at the edges of the measured
+/// window, and reports it.
+pub(crate) async fn run_probed(
+    args: &FanoutArgs,
+    scenario: &str,
+    probe: Option<Probe>,
+) -> anyhow::Result<Report> {
     let tokens = match args.target.api {
         Some(api) => crate::users::sign_up(api, args.target.users(args.connections)).await?,
         None => Vec::new(),
@@ -165,8 +182,9 @@ pub(crate) async fn run(args: &FanoutArgs, scenario: &str) -> anyhow::Result<Rep
     let rooms = args.rooms.max(1);
     let seats: Vec<Seat> = (0..args.connections)
         .map(|i| Seat {
-            // Members of one room alternate between gateways.
-            gateway: gateways[(i / rooms) % gateways.len()],
+            // Members of one room alternate between gateways, and the
+            // rooms' first members (the senders) are spread over them too.
+            gateway: gateways[(i / rooms + i % rooms) % gateways.len()],
             room: i % rooms,
             token: (!tokens.is_empty()).then(|| tokens[i % tokens.len()].clone()),
         })
@@ -215,6 +233,19 @@ pub(crate) async fn run(args: &FanoutArgs, scenario: &str) -> anyhow::Result<Rep
             .collect(),
     });
 
+    let probing = probe.map(|probe| {
+        let (from, to) = (base + measure_from, base + measure_to);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let before = probe();
+            tokio::time::sleep_until(to.into()).await;
+            probe()
+                .into_iter()
+                .zip(before)
+                .map(|((key, after), (_, before))| (key, after - before))
+                .collect::<Vec<_>>()
+        })
+    });
     let mut readers = Vec::with_capacity(sockets.len());
     let mut sender_tasks = Vec::with_capacity(senders);
     for (index, socket) in sockets.into_iter().enumerate() {
@@ -245,6 +276,10 @@ pub(crate) async fn run(args: &FanoutArgs, scenario: &str) -> anyhow::Result<Rep
     for task in sender_tasks {
         task.await.context("a sender task failed")?;
     }
+    let probed = match probing {
+        Some(task) => task.await.context("the probe failed")?,
+        None => Vec::new(),
+    };
     // Late deliveries, up to the drain limit.
     let drain_until = Instant::now() + args.drain;
     while Instant::now() < drain_until
@@ -277,6 +312,7 @@ pub(crate) async fn run(args: &FanoutArgs, scenario: &str) -> anyhow::Result<Rep
         errors: shared.errors.load(Ordering::Relaxed),
         latency: Quantiles::of(&latency),
         scheduled_latency: Quantiles::of(&scheduled),
+        probed,
     })
 }
 

@@ -51,7 +51,7 @@ pub(crate) async fn run(args: &IdleArgs) -> anyhow::Result<Report> {
     let prefix = format!("idle{:x}", std::process::id());
     let sockets: Vec<_> = stream::iter(0..args.connections)
         .map(|i| {
-            let gateway = gateways[(i / rooms) % gateways.len()];
+            let gateway = gateways[(i / rooms + i % rooms) % gateways.len()];
             let token = (!tokens.is_empty()).then(|| tokens[i % tokens.len()].clone());
             let room = format!("{prefix}-{}", i % rooms);
             async move { crate::fanout::open_as(gateway, token, &room).await }

@@ -11,8 +11,10 @@
 //! `parley-bench suite` runs the standard suite of `make bench` against the
 //! distributed topology, the all-in-one binary and the ceiling server (a
 //! trivial in-memory broadcast server built in, to show what this machine
-//! and this generator can do at all).
+//! and this generator can do at all). `parley-bench capacity` measures what
+//! SCALING.md's capacity model is built from.
 
+mod capacity;
 mod ceiling;
 mod fanout;
 mod grpc;
@@ -58,6 +60,9 @@ enum Command {
     },
     /// The standard suite against every topology, printed as one table.
     Suite(suite::SuiteArgs),
+    /// Per-role CPU per message and per delivery, fitted and checked, and
+    /// memory per connection at two sizes (SCALING.md).
+    Capacity(capacity::CapacityArgs),
 }
 
 /// Where the load goes.
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
             }
             Command::Suite(args) => suite::run(&args).await,
             Command::Soak(args) => soak::run(&args).await,
+            Command::Capacity(args) => capacity::run(&args).await,
         }
     });
     match result {

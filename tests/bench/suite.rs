@@ -1,6 +1,7 @@
-//! The standard suite of `make bench`: the distributed topology (auth,
-//! user, two chat replicas on this machine's Postgres and Redis, two
-//! gateways, each on one replica), the all-in-one binary (SQLite,
+//! The standard suite of `make bench`: the distributed topology as a
+//! deployment has it (auth, user, two chat replicas on this machine's
+//! Postgres and Redis, two gateways each balanced over both replicas, as
+//! behind a headless Service), the all-in-one binary (SQLite,
 //! in-process bus) and the ceiling server, each started here as processes
 //! on loopback, each put through scenarios (a)-(d), the room list (e) for
 //! the two Parley topologies, and one table.
@@ -104,25 +105,39 @@ impl Topology {
 
     /// CPU seconds per role so far (roles repeat for replicas).
     fn cpu_by_role(&self) -> Vec<(&'static str, f64)> {
-        let mut split: Vec<(&'static str, f64)> = Vec::new();
-        for (child, role) in self.children.iter().zip(&self.roles) {
-            let cpu = child.id().map_or(0.0, cpu_seconds);
-            match split.iter_mut().find(|(r, _)| r == role) {
-                Some((_, total)) => *total += cpu,
-                None => split.push((role, cpu)),
+        (self.cpu_probe())()
+    }
+
+    /// Reads CPU seconds per role, Postgres and Redis included, whenever
+    /// called (the fan-out reads it at the edges of its measured window).
+    pub(crate) fn cpu_probe(&self) -> crate::fanout::Probe {
+        let roles: Vec<(u32, &'static str)> = self
+            .processes()
+            .into_iter()
+            .map(|(pid, role, _)| (pid, role))
+            .collect();
+        let stores = self.name != "ceiling";
+        std::sync::Arc::new(move || {
+            let mut split: Vec<(&'static str, f64)> = Vec::new();
+            for (pid, role) in &roles {
+                let cpu = cpu_seconds(*pid);
+                match split.iter_mut().find(|(r, _)| r == role) {
+                    Some((_, total)) => *total += cpu,
+                    None => split.push((role, cpu)),
+                }
             }
-        }
-        // The stores the Parley processes use, found by name: every
-        // Postgres process (postmaster, backends, writers) and every
-        // redis-server (six on the cluster topology). Nothing else on the
-        // machine uses them during a run.
-        if self.name != "ceiling" {
-            for (role, program) in [("postgres", "postgres"), ("redis", "redis-server")] {
-                let cpu = pids_named(program).into_iter().map(cpu_seconds).sum();
-                split.push((role, cpu));
+            // The stores the Parley processes use, found by name: every
+            // Postgres process (postmaster, backends, writers) and every
+            // redis-server (six on the cluster topology). Nothing else on
+            // the machine uses them during a run.
+            if stores {
+                for (role, program) in [("postgres", "postgres"), ("redis", "redis-server")] {
+                    let cpu = pids_named(program).into_iter().map(cpu_seconds).sum();
+                    split.push((role, cpu));
+                }
             }
-        }
-        split
+            split
+        })
     }
 
     /// Each running process: its pid, role and admin address (if any).
@@ -267,7 +282,10 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
             ]),
         )?);
     }
-    for (http, admin, chat) in [(gw_a, p[10], chat1), (gw_b, p[11], chat2)] {
+    // Every gateway balances over every replica, as behind the chart's
+    // headless Service (README, "Installing with Helm").
+    let chat_url = format!("{},{}", url(chat1), url(chat2));
+    for (http, admin) in [(gw_a, p[10]), (gw_b, p[11])] {
         children.push(spawn(
             bin_dir,
             "parley-gateway",
@@ -277,7 +295,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
                 ("GATEWAY_ADMIN_ADDR", addr(admin)),
                 ("AUTH_URL", url(auth)),
                 ("USER_URL", url(user)),
-                ("CHAT_URL", url(chat)),
+                ("CHAT_URL", chat_url.clone()),
             ]),
         )?);
     }
