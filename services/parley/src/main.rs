@@ -14,8 +14,8 @@ use parley_runtime::{
     config::{AuthUrl, ChatUrl, CommonConfig, UserUrl},
 };
 
-/// Parley all-in-one: the auth, user, chat and WebSocket gateway services
-/// in one process.
+/// Parley all-in-one: the auth, user, chat, media and WebSocket gateway
+/// services in one process.
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about)]
 struct Cli {
@@ -25,6 +25,8 @@ struct Cli {
     user: parley_user::UserArgs,
     #[command(flatten)]
     chat: parley_chat::ChatArgs,
+    #[command(flatten)]
+    media: parley_media::MediaArgs,
     #[command(flatten)]
     gateway: parley_gateway::GatewayArgs,
     #[command(flatten)]
@@ -63,6 +65,11 @@ fn main() -> ExitCode {
         auth_url: user.auth_url.clone(),
         shutdown_grace: cli.common.shutdown_grace,
     };
+    let media = parley_media::Config {
+        media: cli.media,
+        auth_url: user.auth_url.clone(),
+        shutdown_grace: cli.common.shutdown_grace,
+    };
     let gateway = parley_gateway::Config {
         gateway: cli.gateway,
         auth_url: user.auth_url.clone(),
@@ -71,17 +78,36 @@ fn main() -> ExitCode {
         shutdown_grace: cli.common.shutdown_grace,
     };
     parley_runtime::process::run("parley", &cli.common, |shutdown| {
-        run(auth, user, chat, gateway, shutdown)
+        run(
+            Services {
+                auth,
+                user,
+                chat,
+                media,
+                gateway,
+            },
+            shutdown,
+        )
     })
 }
 
-async fn run(
+/// Every service's configuration.
+struct Services {
     auth: parley_auth::Config,
     user: parley_user::Config,
     chat: parley_chat::Config,
+    media: parley_media::Config,
     gateway: parley_gateway::Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+}
+
+async fn run(services: Services, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Services {
+        auth,
+        user,
+        chat,
+        media,
+        gateway,
+    } = services;
     // The gateway stops first: its sockets get 1001 at once (no other
     // gateway stands beside it to spread reconnects over), its chat streams
     // close, and only then do the services behind it drain, so nothing
@@ -91,6 +117,7 @@ async fn run(
     let auth = parley_auth::build(auth, backends.clone()).await?;
     let user = parley_user::build(user, backends.clone()).await?;
     let chat = parley_chat::build(chat, backends.clone()).await?;
+    let media = parley_media::build(media, backends.clone()).await?;
     let gateway = parley_gateway::build(gateway, shutdown.clone())
         .await?
         .close_at_once();
@@ -101,6 +128,7 @@ async fn run(
     let auth = tokio::spawn(auth.run());
     let user = tokio::spawn(user.run());
     let chat = tokio::spawn(chat.run());
+    let media = tokio::spawn(media.run());
     let gateway = {
         let backends = backends.clone();
         tokio::spawn(async move {
@@ -112,13 +140,14 @@ async fn run(
     // One service failing takes the process down: a half-running all-in-one
     // is worse than a clear exit. Its failure stops the gateway, which then
     // stops the rest.
-    let (auth, user, chat, gateway) = tokio::join!(
+    let (auth, user, chat, media, gateway) = tokio::join!(
         watch(auth, shutdown.clone(), "auth"),
         watch(user, shutdown.clone(), "user"),
         watch(chat, shutdown.clone(), "chat"),
+        watch(media, shutdown.clone(), "media"),
         watch(gateway, shutdown.clone(), "gateway")
     );
-    auth.and(user).and(chat).and(gateway)
+    auth.and(user).and(chat).and(media).and(gateway)
 }
 
 /// `0.0.0.0:8080` is where the gateway listens, not an address to browse.

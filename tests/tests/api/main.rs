@@ -13,6 +13,7 @@ mod conversations;
 mod faults;
 mod gateway;
 mod gateway_cluster;
+mod media;
 mod moderation;
 mod observability;
 mod ops;

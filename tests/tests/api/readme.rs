@@ -159,3 +159,45 @@ async fn the_readme_auth_and_user_grpcurl_examples_work() {
     );
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_media_grpcurl_examples_work() {
+    let mut stack = TestStack::start(DatabaseBackend::Sqlite).await;
+    let media =
+        parley_tests::media::MediaServer::start(&stack, parley_tests::media::Store::Folder, |_| {})
+            .await;
+    let (_, token) = stack.signed_up("ada").await;
+    let script = readme_script("media-grpcurl").replace("localhost:50054", &media.addr.to_string());
+    assert!(script.contains("grpcurl"), "{script}");
+    let output = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .env("TOKEN", &token)
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the examples fail (grpcurl and jq come from `make tools`):\n{stdout}\n{stderr}"
+    );
+    use sha2::Digest as _;
+    let sha256 = format!(r#""sha256": "{:x}""#, sha2::Sha256::digest(b"hello, media"));
+    for expected in [
+        r#""filename": "notes.txt""#,
+        r#""contentType": "text/plain""#,
+        sha256.as_str(),
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected} in:\n{stdout}"
+        );
+    }
+    assert!(
+        stdout.trim_end().ends_with("media"),
+        "the range from offset 7 reads \"media\":\n{stdout}"
+    );
+    media.stop().await;
+    stack.stop().await;
+}
