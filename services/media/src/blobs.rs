@@ -12,10 +12,9 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{
-    GetOptions, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart, aws::AmazonS3Builder,
-    local::LocalFileSystem, path::Path, prefix::PrefixStore,
+    GetOptions, ObjectStore, ObjectStoreExt as _, PutPayload, WriteMultipart,
+    local::LocalFileSystem, path::Path,
 };
-use secrecy::ExposeSecret as _;
 
 use crate::config::{MediaArgs, StoreUrl};
 
@@ -50,37 +49,10 @@ impl Blobs {
                     part_bytes: 1024 * 1024,
                 })
             }
-            StoreUrl::S3 { bucket, prefix } => {
-                // The AWS_* variables and instance roles apply first; the
-                // MEDIA_S3_* settings override them.
-                let mut builder = AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_region(&args.s3_region);
-                if let Some(endpoint) = &args.s3_endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint)
-                        .with_allow_http(endpoint.starts_with("http://"));
-                }
-                if let Some(credentials) = args.s3_credentials()? {
-                    builder = builder
-                        .with_access_key_id(credentials.access_key_id.expose_secret())
-                        .with_secret_access_key(credentials.secret_access_key.expose_secret());
-                }
-                let s3: Arc<dyn ObjectStore> = Arc::new(
-                    builder
-                        .build()
-                        .with_context(|| format!("using s3://{bucket} as the media store"))?,
-                );
-                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    s3
-                } else {
-                    Arc::new(PrefixStore::new(s3, prefix.as_str()))
-                };
-                Ok(Self {
-                    store,
-                    part_bytes: 5 * 1024 * 1024,
-                })
-            }
+            StoreUrl::S3 { bucket, prefix } => Ok(Self {
+                store: s3(args, bucket, prefix)?,
+                part_bytes: 5 * 1024 * 1024,
+            }),
         }
     }
 
@@ -143,6 +115,45 @@ impl Blobs {
         })
         .await
     }
+}
+
+/// An S3-compatible bucket, under `prefix`.
+#[cfg(feature = "s3")]
+fn s3(args: &MediaArgs, bucket: &str, prefix: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    use object_store::{aws::AmazonS3Builder, prefix::PrefixStore};
+    use secrecy::ExposeSecret as _;
+
+    // The AWS_* variables and instance roles apply first; the MEDIA_S3_*
+    // settings override them.
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_region(&args.s3_region);
+    if let Some(endpoint) = &args.s3_endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(credentials) = args.s3_credentials()? {
+        builder = builder
+            .with_access_key_id(credentials.access_key_id.expose_secret())
+            .with_secret_access_key(credentials.secret_access_key.expose_secret());
+    }
+    let s3: Arc<dyn ObjectStore> = Arc::new(
+        builder
+            .build()
+            .with_context(|| format!("using s3://{bucket} as the media store"))?,
+    );
+    Ok(if prefix.is_empty() {
+        s3
+    } else {
+        Arc::new(PrefixStore::new(s3, prefix))
+    })
+}
+
+/// Without the `s3` feature only folders can be stores.
+#[cfg(not(feature = "s3"))]
+fn s3(_: &MediaArgs, bucket: &str, _: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    anyhow::bail!("s3://{bucket}: this build of parley-media has no S3 support (feature `s3`)")
 }
 
 /// Times one store operation into `parley_media_store_seconds`.
