@@ -499,7 +499,7 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 topology.server_run_queue_wait(),
                 run_queue_wait_seconds(std::process::id()),
             );
-            let report = fanout::run(&fanout, scenario).await?;
+            let report = fanout::run_probed(&fanout, scenario, Some(topology.cpu_probe())).await?;
             let (server_cpu, bench_cpu) = (
                 topology.server_cpu() - server_before,
                 cpu_seconds(std::process::id()) - bench_before,
@@ -518,6 +518,14 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             for ((role, after), (_, before)) in topology.cpu_by_role().into_iter().zip(roles_before)
             {
                 json["cpu_by_role_s"][role] = tenths(after - before).into();
+            }
+            // CPU per delivery over the measured window alone, where the
+            // deliveries are counted.
+            if report.received > 0 {
+                for (role, cpu) in &report.probed {
+                    let us = cpu * 1e6 / report.received as f64;
+                    json["us_per_delivery_by_role"][*role] = ((us * 10.0).round() / 10.0).into();
+                }
             }
             writeln!(out, "{json}")?;
             println!("{json}");
@@ -670,5 +678,19 @@ fn print_table(rows: &[Row]) {
                 j["server_run_queue_wait_s"], j["bench_run_queue_wait_s"]
             )
         );
+        if let Some(roles) = j["us_per_delivery_by_role"].as_object() {
+            let all: f64 = roles.values().filter_map(Value::as_f64).sum();
+            let split: Vec<String> = roles
+                .iter()
+                .filter(|(_, us)| us.as_f64().is_some_and(|us| us >= 0.05))
+                .map(|(role, us)| format!("{role} {us}"))
+                .collect();
+            println!(
+                "{:<12} {:<3} CPU per delivery: {all:.1} µs ({})",
+                "",
+                "",
+                split.join(", ")
+            );
+        }
     }
 }
