@@ -25,7 +25,7 @@ pub(crate) struct CapacityArgs {
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     window: Duration,
     /// The two numbers of idle connections memory is read at.
-    #[arg(long, value_delimiter = ',', default_value = "5000,20000")]
+    #[arg(long, value_delimiter = ',', default_value = "2500,10000")]
     idle: Vec<usize>,
 }
 
