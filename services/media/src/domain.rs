@@ -1,5 +1,5 @@
 //! Attachments and the checked values requests are parsed into once, at
-//! the edge (DESIGN §11 and README "Attachments").
+//! the edge (README, "Media").
 
 use crate::error::Error;
 

@@ -1,7 +1,7 @@
-//! `parley-media`: the attachments that messages carry (DESIGN §11, README
-//! "Attachments"), stored whole in one call, from a client stream, or
-//! through a resumable bidirectional transfer; read back in byte ranges;
-//! images measured and thumbnailed.
+//! `parley-media`: the attachments that messages carry (README, "Media"),
+//! stored whole in one call, from a client stream, or through a resumable
+//! bidirectional transfer; read back in byte ranges; images measured and
+//! thumbnailed.
 //!
 //! # Layout
 //! - [`config`]: `MEDIA_*` settings.
