@@ -1,17 +1,6 @@
 //! Resident memory and CPU time of processes, read from /proc.
 
-/// Resident set size in KiB (`VmRSS`), or 0 when unreadable.
-pub(crate) fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+pub(crate) use parley_tests::rss_kib;
 
 /// User plus system CPU seconds a process has used.
 pub(crate) fn cpu_seconds(pid: u32) -> f64 {

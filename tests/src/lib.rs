@@ -242,6 +242,20 @@ impl TestStack {
     }
 }
 
+/// Resident set size of a process in KiB (`VmRSS`), or 0 when unreadable:
+/// how the tests and the bench watch a process's memory.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The path of a workspace binary: cargo puts them beside the test's own,
 /// unless `PARLEY_BIN_DIR` names another folder (release builds, for the
 /// storm's recovery time in RELIABILITY.md).

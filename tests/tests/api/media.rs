@@ -20,6 +20,7 @@ use parley_tests::{
     DatabaseBackend, TestStack, authed, binary, channel,
     gateway::wait_until_ready,
     media::{MediaServer, Store},
+    rss_kib,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
@@ -683,19 +684,6 @@ async fn hostile_images_are_stored_as_plain_files() {
 
     media.stop().await;
     stack.stop().await;
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The highest resident memory of `pid` until `done` is cancelled, sampled

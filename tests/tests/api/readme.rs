@@ -27,6 +27,26 @@ fn readme_script(name: &str) -> String {
         .expect("a sh code block")
 }
 
+/// Runs `script` under `bash` with `set -euo pipefail` and `env`, checks it
+/// succeeded (`tools` names what it needs), and returns its stdout and
+/// stderr.
+async fn run(script: &str, env: &[(&str, &str)], tools: &str) -> (String, String) {
+    let output = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "the examples fail ({tools}):\n{stdout}\n{stderr}"
+    );
+    (stdout, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_chat_grpcurl_examples_work() {
     let mut stack = TestStack::start(DatabaseBackend::Sqlite).await;
@@ -36,19 +56,12 @@ async fn the_readme_chat_grpcurl_examples_work() {
         readme_script("chat-grpcurl").replace("localhost:50053", &replica.addr.to_string());
     assert!(script.contains("grpcurl"), "{script}");
 
-    let output = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!("set -euo pipefail\n{script}"))
-        .env("TOKEN", &token)
-        .output()
-        .await
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the examples fail (grpcurl and jq come from `make tools`):\n{stdout}\n{stderr}"
-    );
+    let (stdout, _) = run(
+        &script,
+        &[("TOKEN", &token)],
+        "grpcurl and jq come from `make tools`",
+    )
+    .await;
     assert!(stdout.contains("join code "), "{stdout}");
     assert!(
         stdout.contains(r#""content": "hello from grpcurl""#),
@@ -80,21 +93,10 @@ async fn the_readme_rest_examples_work() {
         readme_script("rest-curl").replace("localhost:8080", &deployment.gateway(0).to_string());
     // Every call must succeed, and the last answer is shown.
     let script = format!(
-        "set -euo pipefail\n{}\necho \"$ROOM\"; echo \"$PAIR\"",
+        "{}\necho \"$ROOM\"; echo \"$PAIR\"",
         script.replace("curl -s ", "curl -sS --fail-with-body ")
     );
-    let output = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .await
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the examples fail (curl and jq are needed):\n{stdout}\n{stderr}"
-    );
+    let (stdout, _) = run(&script, &[], "curl and jq are needed").await;
     for expected in [
         r#""username":"alan""#,
         r#"{"has_more":false,"messages":[]}"#,
@@ -127,19 +129,12 @@ async fn the_readme_auth_and_user_grpcurl_examples_work() {
     )
     .replace("localhost:50051", &stack.auth_addr.to_string())
     .replace("localhost:50052", &stack.user_addr.to_string());
-    let output = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!("set -euo pipefail\n{script}"))
-        .env("ADMIN_TOKEN", &stack.admin_token)
-        .output()
-        .await
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the examples fail (grpcurl and jq come from `make tools`):\n{stdout}\n{stderr}"
-    );
+    let (stdout, stderr) = run(
+        &script,
+        &[("ADMIN_TOKEN", &stack.admin_token)],
+        "grpcurl and jq come from `make tools`",
+    )
+    .await;
     for expected in [
         "parley.auth.v1.AuthService",
         r#""valid": true"#,
@@ -169,19 +164,12 @@ async fn the_readme_media_grpcurl_examples_work() {
     let (_, token) = stack.signed_up("ada").await;
     let script = readme_script("media-grpcurl").replace("localhost:50054", &media.addr.to_string());
     assert!(script.contains("grpcurl"), "{script}");
-    let output = tokio::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!("set -euo pipefail\n{script}"))
-        .env("TOKEN", &token)
-        .output()
-        .await
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the examples fail (grpcurl and jq come from `make tools`):\n{stdout}\n{stderr}"
-    );
+    let (stdout, _) = run(
+        &script,
+        &[("TOKEN", &token)],
+        "grpcurl and jq come from `make tools`",
+    )
+    .await;
     use sha2::Digest as _;
     let sha256 = format!(r#""sha256": "{:x}""#, sha2::Sha256::digest(b"hello, media"));
     for expected in [
