@@ -47,7 +47,7 @@ helm-check:
 DOCKER       ?= docker
 IMAGE_PREFIX ?=
 IMAGE_TAG    ?= dev
-IMAGES       := parley-auth parley-user parley-chat parley-gateway parley
+IMAGES       := parley-auth parley-user parley-chat parley-media parley-gateway parley
 
 ## One image per binary from deploy/Dockerfile (needs a Docker engine).
 images:

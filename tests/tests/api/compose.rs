@@ -92,6 +92,7 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
             "parley-auth" => ("AUTH_GRPC_ADDR", "AUTH_ADMIN_ADDR"),
             "parley-user" => ("USER_GRPC_ADDR", "USER_ADMIN_ADDR"),
             "parley-chat" => ("CHAT_GRPC_ADDR", "CHAT_ADMIN_ADDR"),
+            "parley-media" => ("MEDIA_GRPC_ADDR", "MEDIA_ADMIN_ADDR"),
             "parley-gateway" => ("GATEWAY_HTTP_ADDR", "GATEWAY_ADMIN_ADDR"),
             other => panic!("{name} runs {other}, which compose should not need"),
         };
@@ -103,7 +104,7 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
         }
         parley.push((name.as_str(), program, env));
     }
-    assert_eq!(parley.len(), 4, "auth, user, chat and gateway");
+    assert_eq!(parley.len(), 5, "auth, user, chat, media and gateway");
 
     for (name, program, env) in &parley {
         for (key, value) in env {
@@ -152,6 +153,7 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
             "parley-auth" => &["AUTH_DATABASE_URL", "USER_URL"],
             "parley-user" => &["USER_DATABASE_URL", "AUTH_URL"],
             "parley-chat" => &["CHAT_DATABASE_URL", "CHAT_REDIS_URL", "AUTH_URL"],
+            "parley-media" => &["MEDIA_DATABASE_URL", "MEDIA_STORE_URL", "AUTH_URL"],
             _ => &["AUTH_URL", "USER_URL", "CHAT_URL"],
         };
         for key in wanted {
