@@ -602,6 +602,18 @@ async fn unfinished_uploads_expire_with_their_bytes(backend: DatabaseBackend, st
     .await;
     let (_, a) = stack.signed_up("alice").await;
     let mut client = media.client.clone();
+    // A finished upload expires too, and keeps its attachment.
+    let ((done, mut done_answers), first) = open_transfer(&mut client, &a, begin("kept", 10)).await;
+    let Ok(transfer_attachment_response::Step::Status(finished)) = first else {
+        panic!("a status first: {first:?}");
+    };
+    done.send(chunk(0, &[7; 10])).await.unwrap();
+    let Ok(transfer_attachment_response::Step::Attachment(kept)) =
+        next_answer(&mut done_answers).await
+    else {
+        panic!("the attachment");
+    };
+    drop((done, done_answers));
     let data = noise(3 * MIB, 5);
     let ((requests, mut answers), first) =
         open_transfer(&mut client, &a, begin("gone.bin", data.len())).await;
@@ -619,14 +631,18 @@ async fn unfinished_uploads_expire_with_their_bytes(backend: DatabaseBackend, st
         loop {
             let ((_, _), resumed) = open_transfer(&mut client, &a, resume(&status.upload_id)).await;
             let gone = resumed.is_err_and(|status| status.code() == Code::NotFound);
-            if gone && media.objects("uploads").await == 0 {
+            let ((_, _), finished_again) =
+                open_transfer(&mut client, &a, resume(&finished.upload_id)).await;
+            let finished_gone = finished_again.is_err_and(|status| status.code() == Code::NotFound);
+            if gone && finished_gone && media.objects("uploads").await == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
-    assert!(expired.is_ok(), "the upload and its part are removed");
+    assert!(expired.is_ok(), "the uploads and the part are removed");
+    assert_eq!(get(&mut client, &a, &kept.id).await.unwrap().size, 10);
 
     media.stop().await;
     stack.stop().await;
