@@ -23,7 +23,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 
 /// The object store and how big its multipart parts are. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Blobs {
+pub(crate) struct Blobs {
     store: Arc<dyn ObjectStore>,
     /// S3 refuses parts under 5 MiB (but the last); a folder takes any.
     part_bytes: usize,
@@ -35,7 +35,7 @@ impl Blobs {
     ///
     /// # Errors
     /// When the folder cannot be created or the S3 settings are unusable.
-    pub fn open(args: &MediaArgs) -> anyhow::Result<Self> {
+    pub(crate) fn open(args: &MediaArgs) -> anyhow::Result<Self> {
         match &args.store_url {
             StoreUrl::File(folder) => {
                 std::fs::create_dir_all(folder)
@@ -57,7 +57,7 @@ impl Blobs {
     }
 
     /// A writer of a new object at `key`.
-    pub fn writer(&self, key: Path) -> BlobWriter {
+    pub(crate) fn writer(&self, key: Path) -> BlobWriter {
         BlobWriter {
             blobs: self.clone(),
             key,
@@ -66,14 +66,14 @@ impl Blobs {
     }
 
     /// Stores `bytes` at `key` in one request.
-    pub async fn put(&self, key: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
+    pub(crate) async fn put(&self, key: &Path, bytes: Bytes) -> Result<(), object_store::Error> {
         timed("put", self.store.put(key, PutPayload::from_bytes(bytes))).await?;
         Ok(())
     }
 
     /// The bytes of `key` in `range`, as the store hands them out (chunks
     /// of any size). `range` must not be empty.
-    pub async fn read(
+    pub(crate) async fn read(
         &self,
         key: &Path,
         range: Range<u64>,
@@ -88,12 +88,12 @@ impl Blobs {
     }
 
     /// The size of the object at `key`.
-    pub async fn size(&self, key: &Path) -> Result<u64, object_store::Error> {
+    pub(crate) async fn size(&self, key: &Path) -> Result<u64, object_store::Error> {
         Ok(timed("head", self.store.head(key)).await?.size)
     }
 
     /// Deletes `key`; a key already gone is not an error.
-    pub async fn delete(&self, key: &Path) -> Result<(), object_store::Error> {
+    pub(crate) async fn delete(&self, key: &Path) -> Result<(), object_store::Error> {
         match timed("delete", self.store.delete(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err),
@@ -101,7 +101,7 @@ impl Blobs {
     }
 
     /// Deletes every key under `prefix`.
-    pub async fn delete_all(&self, prefix: &Path) -> Result<(), object_store::Error> {
+    pub(crate) async fn delete_all(&self, prefix: &Path) -> Result<(), object_store::Error> {
         let keys = self.store.list(Some(prefix)).map_ok(|meta| meta.location);
         let deleted = self.store.delete_stream(keys.boxed());
         timed("delete", async move {
@@ -166,24 +166,24 @@ async fn timed<T>(operation: &'static str, call: impl Future<Output = T>) -> T {
 }
 
 /// The key of an attachment's bytes.
-pub fn file_key(id: &str) -> Path {
+pub(crate) fn file_key(id: &str) -> Path {
     Path::from_iter(["files", id])
 }
 
 /// The key of an attachment's thumbnail.
-pub fn thumbnail_key(id: &str) -> Path {
+pub(crate) fn thumbnail_key(id: &str) -> Path {
     Path::from_iter(["thumbnails", id])
 }
 
 /// Where a resumable upload's parts live.
-pub fn upload_prefix(upload_id: &str) -> Path {
+pub(crate) fn upload_prefix(upload_id: &str) -> Path {
     Path::from_iter(["uploads", upload_id])
 }
 
 /// A fresh key for a part of a resumable upload starting at `offset`: each
 /// write gets its own, so a losing concurrent stream can never overwrite a
 /// recorded part.
-pub fn part_key(upload_id: &str, offset: u64) -> Path {
+pub(crate) fn part_key(upload_id: &str, offset: u64) -> Path {
     Path::from_iter([
         "uploads",
         upload_id,
@@ -195,7 +195,7 @@ pub fn part_key(upload_id: &str, offset: u64) -> Path {
 /// or `abort` to drop what was sent; dropping it unfinished leaves an
 /// unfinished multipart upload for the store's own expiry.
 #[derive(Debug)]
-pub struct BlobWriter {
+pub(crate) struct BlobWriter {
     blobs: Blobs,
     key: Path,
     state: WriterState,
@@ -216,7 +216,7 @@ impl BlobWriter {
     ///
     /// # Errors
     /// When the store fails; the writer should then be aborted.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), object_store::Error> {
+    pub(crate) async fn write(&mut self, chunk: Bytes) -> Result<(), object_store::Error> {
         match &mut self.state {
             WriterState::Buffering(chunks, buffered) => {
                 *buffered += chunk.len();
@@ -250,7 +250,7 @@ impl BlobWriter {
     ///
     /// # Errors
     /// When the store fails (a multipart upload is then aborted).
-    pub async fn finish(mut self) -> Result<(), object_store::Error> {
+    pub(crate) async fn finish(mut self) -> Result<(), object_store::Error> {
         match std::mem::replace(&mut self.state, WriterState::Done) {
             WriterState::Buffering(chunks, _) => {
                 let payload: PutPayload = chunks.into_iter().collect();
@@ -266,7 +266,7 @@ impl BlobWriter {
     }
 
     /// Drops what was written.
-    pub async fn abort(mut self) {
+    pub(crate) async fn abort(mut self) {
         if let WriterState::Multipart(multipart) =
             std::mem::replace(&mut self.state, WriterState::Done)
             && let Err(err) = multipart.abort().await

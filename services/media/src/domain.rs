@@ -5,50 +5,50 @@ use crate::error::Error;
 
 /// The most bytes one message carries: a `PutAttachment`'s content, a
 /// chunk in either direction.
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Longest side of a thumbnail, in pixels.
-pub const THUMBNAIL_SIDE: u32 = 320;
+pub(crate) const THUMBNAIL_SIDE: u32 = 320;
 
 /// Images that would need more pixels than this to decode are stored as
 /// plain files, without a thumbnail.
-pub const MAX_IMAGE_PIXELS: u64 = 50_000_000;
+pub(crate) const MAX_IMAGE_PIXELS: u64 = 50_000_000;
 
 /// A stored attachment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attachment {
+pub(crate) struct Attachment {
     /// Random, unguessable.
-    pub id: String,
+    pub(crate) id: String,
     /// The name the uploader gave.
-    pub filename: String,
+    pub(crate) filename: String,
     /// Sniffed, declared or `application/octet-stream`.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// Bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Lowercase hex SHA-256 of the bytes.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Who uploaded it.
-    pub uploader_id: String,
+    pub(crate) uploader_id: String,
     /// Unix milliseconds.
-    pub created_at: i64,
+    pub(crate) created_at: i64,
     /// Pixels, 0 when not a decodable image.
-    pub width: u32,
+    pub(crate) width: u32,
     /// Pixels, 0 when not a decodable image.
-    pub height: u32,
+    pub(crate) height: u32,
     /// The thumbnail's media type, when there is one.
-    pub thumbnail_type: Option<String>,
+    pub(crate) thumbnail_type: Option<String>,
 }
 
 /// A fresh id: a v4 UUID (122 random bits) without hyphens, so it reads
 /// as one token in URLs and logs.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// Checks an attachment or upload id (`what`) as a client gave it in
 /// `field`: 32 lowercase hex digits. Anything else can name nothing, and is
 /// NOT_FOUND rather than an error about its shape.
-pub fn parse_id(id: &str, field: &'static str, what: &'static str) -> Result<String, Error> {
+pub(crate) fn parse_id(id: &str, field: &'static str, what: &'static str) -> Result<String, Error> {
     if id.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
@@ -61,12 +61,12 @@ pub fn parse_id(id: &str, field: &'static str, what: &'static str) -> Result<Str
 
 /// What an upload declares: its file's name and media type, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileInfo {
+pub(crate) struct FileInfo {
     /// The name, without folders.
-    pub filename: String,
+    pub(crate) filename: String,
     /// The declared media type, lowercased, without parameters; `None`
     /// when none was given.
-    pub declared_type: Option<String>,
+    pub(crate) declared_type: Option<String>,
 }
 
 impl FileInfo {
@@ -74,7 +74,7 @@ impl FileInfo {
     ///
     /// # Errors
     /// INVALID_ARGUMENT naming `filename` or `content_type`.
-    pub fn parse(filename: &str, content_type: &str) -> Result<Self, Error> {
+    pub(crate) fn parse(filename: &str, content_type: &str) -> Result<Self, Error> {
         Ok(Self {
             filename: parse_filename(filename)?,
             declared_type: parse_media_type(content_type)?,
@@ -131,7 +131,7 @@ fn parse_media_type(value: &str) -> Result<Option<String>, Error> {
 /// The media type an attachment is stored with: what the bytes say when
 /// they are recognisable, else what the uploader declared, else
 /// `application/octet-stream`.
-pub fn content_type(sniffed: Option<&str>, declared: Option<&str>) -> String {
+pub(crate) fn content_type(sniffed: Option<&str>, declared: Option<&str>) -> String {
     sniffed
         .or(declared)
         .unwrap_or("application/octet-stream")
@@ -140,7 +140,7 @@ pub fn content_type(sniffed: Option<&str>, declared: Option<&str>) -> String {
 
 /// The raster formats that get dimensions and a thumbnail; every other
 /// type (SVG included, which can carry script) is a plain file.
-pub fn is_thumbnailable(content_type: &str) -> bool {
+pub(crate) fn is_thumbnailable(content_type: &str) -> bool {
     matches!(
         content_type,
         "image/png" | "image/jpeg" | "image/gif" | "image/webp"

@@ -29,13 +29,13 @@ use crate::{
 
 /// The media service. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct MediaService {
+pub(crate) struct MediaService {
     media: Media,
 }
 
 impl MediaService {
     /// The gRPC face of `media`.
-    pub fn new(media: Media) -> Self {
+    pub(crate) fn new(media: Media) -> Self {
         Self { media }
     }
 }

@@ -5,13 +5,13 @@
 //!
 //! # Layout
 //! - [`config`]: `MEDIA_*` settings.
-//! - [`domain`]: attachments and the checked values requests become.
+//! - `domain`: attachments and the checked values requests become.
 //! - [`ingest`]: what an upload learns from its bytes as they pass.
 //! - [`images`]: bounded decoding, dimensions and thumbnails.
-//! - [`blobs`]: the object store (a folder or S3).
-//! - [`store`]: the `attachment`, `upload` and `upload_part` tables.
-//! - [`media`]: the service's work, apart from the wire.
-//! - [`grpc`]: the `parley.media.v1.MediaService` handlers.
+//! - `blobs`: the object store (a folder or S3).
+//! - `store`: the `attachment`, `upload` and `upload_part` tables.
+//! - `media`: the service's work, apart from the wire.
+//! - `grpc`: the `parley.media.v1.MediaService` handlers.
 //! - [`error`]: failures and their gRPC statuses.
 //!
 //! Every call needs an access token, verified locally with auth's public
@@ -19,15 +19,15 @@
 //! migrated.
 #![warn(missing_docs)]
 
-pub mod blobs;
+mod blobs;
 pub mod config;
-pub mod domain;
+mod domain;
 pub mod error;
-pub mod grpc;
+mod grpc;
 pub mod images;
 pub mod ingest;
-pub mod media;
-pub mod store;
+mod media;
+mod store;
 
 use std::time::Duration;
 

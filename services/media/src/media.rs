@@ -22,18 +22,18 @@ use crate::{
 
 /// The limits `MEDIA_*` sets.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// `MEDIA_MAX_BYTES`.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// `MEDIA_USER_QUOTA_BYTES`; 0 means none.
-    pub quota_bytes: u64,
+    pub(crate) quota_bytes: u64,
     /// `MEDIA_UPLOAD_TTL`.
-    pub upload_ttl: Duration,
+    pub(crate) upload_ttl: Duration,
 }
 
 /// The media service's state. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Media {
+pub(crate) struct Media {
     store: MediaStore,
     blobs: Blobs,
     limits: Limits,
@@ -43,7 +43,7 @@ pub struct Media {
 
 /// Where a resumable upload stands after a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transfer {
+pub(crate) enum Transfer {
     /// Open, with this many bytes stored.
     Open(Upload),
     /// Finished.
@@ -51,19 +51,19 @@ pub enum Transfer {
 }
 
 /// A byte range of an attachment (or of its thumbnail), as it streams.
-pub struct Download {
+pub(crate) struct Download {
     /// The attachment.
-    pub attachment: Attachment,
+    pub(crate) attachment: Attachment,
     /// The media type of the bytes served.
-    pub content_type: String,
+    pub(crate) content_type: String,
     /// The whole object's size.
-    pub total: u64,
+    pub(crate) total: u64,
     /// The first byte served.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Bytes served.
-    pub length: u64,
+    pub(crate) length: u64,
     /// The bytes, in chunks of at most `CHUNK_BYTES`.
-    pub chunks: BoxStream<'static, Result<Bytes, Error>>,
+    pub(crate) chunks: BoxStream<'static, Result<Bytes, Error>>,
 }
 
 impl std::fmt::Debug for Download {
@@ -78,7 +78,7 @@ impl std::fmt::Debug for Download {
 
 impl Media {
     /// The service over its metadata and bytes.
-    pub fn new(store: MediaStore, blobs: Blobs, limits: Limits) -> Self {
+    pub(crate) fn new(store: MediaStore, blobs: Blobs, limits: Limits) -> Self {
         Self {
             store,
             blobs,
@@ -113,7 +113,7 @@ impl Media {
     /// Stores a file as `caller` from `chunks` (each at most `CHUNK_BYTES`,
     /// checked by the caller). Over the allowance the upload stops at once
     /// with RESOURCE_EXHAUSTED and nothing is kept.
-    pub async fn upload(
+    pub(crate) async fn upload(
         &self,
         caller: &Caller,
         file: FileInfo,
@@ -229,7 +229,7 @@ impl Media {
     }
 
     /// An attachment's metadata: any signed-in caller holding its id.
-    pub async fn get(&self, id: &str) -> Result<Attachment, Error> {
+    pub(crate) async fn get(&self, id: &str) -> Result<Attachment, Error> {
         self.store
             .get(id)
             .await?
@@ -239,7 +239,7 @@ impl Media {
     /// `length` bytes (0: up to the end) of an attachment or its thumbnail
     /// from `offset`. A range reaching past the end is cut at the end; one
     /// starting past it is OUT_OF_RANGE.
-    pub async fn download(
+    pub(crate) async fn download(
         &self,
         id: &str,
         offset: u64,
@@ -287,7 +287,7 @@ impl Media {
     }
 
     /// Deletes an attachment and its bytes: its uploader or an admin.
-    pub async fn delete(&self, caller: &Caller, id: &str) -> Result<(), Error> {
+    pub(crate) async fn delete(&self, caller: &Caller, id: &str) -> Result<(), Error> {
         let attachment = self.get(id).await?;
         if attachment.uploader_id != caller.user_id && !caller.is_admin() {
             return Err(Error::PermissionDenied(
@@ -304,7 +304,7 @@ impl Media {
 
     /// Begins a resumable upload of `size` bytes. An empty file completes
     /// at once.
-    pub async fn begin(
+    pub(crate) async fn begin(
         &self,
         caller: &Caller,
         file: FileInfo,
@@ -342,7 +342,7 @@ impl Media {
 
     /// Where the caller's upload stands. Someone else's upload is
     /// NOT_FOUND, as an unknown one is.
-    pub async fn resume(&self, caller: &Caller, upload_id: &str) -> Result<Transfer, Error> {
+    pub(crate) async fn resume(&self, caller: &Caller, upload_id: &str) -> Result<Transfer, Error> {
         let upload = self
             .store
             .upload(upload_id, now_millis())
@@ -360,7 +360,7 @@ impl Media {
 
     /// Stores `data` at `offset` of an open upload, which must be exactly
     /// where it stands; the last part completes it.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         upload: Upload,
         offset: u64,
@@ -469,7 +469,7 @@ impl Media {
 
     /// Removes expired uploads and their parts, every `every`, until
     /// `shutdown`. Every replica runs it; removing twice is harmless.
-    pub async fn expire_uploads(self, every: Duration, shutdown: CancellationToken) {
+    pub(crate) async fn expire_uploads(self, every: Duration, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -482,7 +482,7 @@ impl Media {
     }
 
     /// One pass of `expire_uploads`; the number of uploads removed.
-    pub async fn expire_once(&self) -> Result<usize, Error> {
+    pub(crate) async fn expire_once(&self) -> Result<usize, Error> {
         let expired = self.store.expired_uploads(now_millis(), 100).await?;
         for id in &expired {
             self.blobs.delete_all(&upload_prefix(id)).await?;

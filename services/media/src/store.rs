@@ -16,36 +16,36 @@ const UPLOAD_COLUMNS: &str =
 
 /// Reads and writes attachment metadata and uploads. Cheap to clone.
 #[derive(Debug, Clone)]
-pub struct MediaStore {
+pub(crate) struct MediaStore {
     db: Database,
 }
 
 /// A resumable upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upload {
+pub(crate) struct Upload {
     /// Random, unguessable.
-    pub id: String,
+    pub(crate) id: String,
     /// Who began it; only they may continue it.
-    pub uploader_id: String,
+    pub(crate) uploader_id: String,
     /// What was declared.
-    pub file: FileInfo,
+    pub(crate) file: FileInfo,
     /// The declared total.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Bytes stored so far.
-    pub received: u64,
+    pub(crate) received: u64,
     /// The attachment, once complete.
-    pub attachment_id: Option<String>,
+    pub(crate) attachment_id: Option<String>,
 }
 
 /// A stored part of a resumable upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Part {
+pub(crate) struct Part {
     /// Where it starts in the file.
-    pub offset: u64,
+    pub(crate) offset: u64,
     /// Bytes.
-    pub size: u64,
+    pub(crate) size: u64,
     /// Its object's key.
-    pub key: String,
+    pub(crate) key: String,
 }
 
 #[derive(sqlx::FromRow)]
@@ -113,14 +113,14 @@ fn signed(value: u64) -> i64 {
 
 impl MediaStore {
     /// A store over `db`.
-    pub fn new(db: Database) -> Self {
+    pub(crate) fn new(db: Database) -> Self {
         Self { db }
     }
 
     /// Bytes `uploader_id` holds: stored attachments, and the declared
     /// sizes of uploads still open (so many open uploads cannot get round
     /// the quota).
-    pub async fn used_bytes(&self, uploader_id: &str) -> Result<u64, Error> {
+    pub(crate) async fn used_bytes(&self, uploader_id: &str) -> Result<u64, Error> {
         // SUM over BIGINT is NUMERIC on Postgres, which the Any driver
         // cannot read: cast it back.
         let used: i64 = timed(
@@ -139,7 +139,7 @@ impl MediaStore {
     }
 
     /// Stores a new attachment's metadata.
-    pub async fn insert(&self, attachment: &Attachment) -> Result<(), Error> {
+    pub(crate) async fn insert(&self, attachment: &Attachment) -> Result<(), Error> {
         timed(
             "media_insert_attachment",
             sqlx::query(&format!(
@@ -163,7 +163,7 @@ impl MediaStore {
     }
 
     /// One attachment, if it exists.
-    pub async fn get(&self, id: &str) -> Result<Option<Attachment>, Error> {
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Attachment>, Error> {
         let row: Option<AttachmentRow> = timed(
             "media_get_attachment",
             sqlx::query_as(&format!(
@@ -177,7 +177,7 @@ impl MediaStore {
     }
 
     /// Deletes an attachment's metadata; false when it was not there.
-    pub async fn delete(&self, id: &str) -> Result<bool, Error> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<bool, Error> {
         let done = timed(
             "media_delete_attachment",
             sqlx::query("DELETE FROM attachment WHERE attachment_id = $1")
@@ -189,7 +189,7 @@ impl MediaStore {
     }
 
     /// Records a new resumable upload, open until `expires_at`.
-    pub async fn create_upload(
+    pub(crate) async fn create_upload(
         &self,
         upload: &Upload,
         now: i64,
@@ -217,7 +217,7 @@ impl MediaStore {
     }
 
     /// One upload, if it exists and has not expired.
-    pub async fn upload(&self, id: &str, now: i64) -> Result<Option<Upload>, Error> {
+    pub(crate) async fn upload(&self, id: &str, now: i64) -> Result<Option<Upload>, Error> {
         let row: Option<UploadRow> = timed(
             "media_get_upload",
             sqlx::query_as(&format!(
@@ -235,7 +235,7 @@ impl MediaStore {
     /// the part, and keeps the upload until `expires_at`, in one
     /// transaction; false when the upload no longer stands at the part's
     /// offset (a second stream moved it, or it completed or expired).
-    pub async fn advance_upload(
+    pub(crate) async fn advance_upload(
         &self,
         id: &str,
         part: &Part,
@@ -276,7 +276,7 @@ impl MediaStore {
     }
 
     /// An upload's recorded parts, in order.
-    pub async fn parts(&self, id: &str) -> Result<Vec<Part>, Error> {
+    pub(crate) async fn parts(&self, id: &str) -> Result<Vec<Part>, Error> {
         let rows: Vec<(i64, i64, String)> = timed(
             "media_upload_parts",
             sqlx::query_as(
@@ -298,7 +298,7 @@ impl MediaStore {
     }
 
     /// Marks an upload complete with its attachment.
-    pub async fn complete_upload(&self, id: &str, attachment_id: &str) -> Result<(), Error> {
+    pub(crate) async fn complete_upload(&self, id: &str, attachment_id: &str) -> Result<(), Error> {
         timed(
             "media_complete_upload",
             sqlx::query("UPDATE upload SET attachment_id = $2 WHERE upload_id = $1")
@@ -311,7 +311,7 @@ impl MediaStore {
     }
 
     /// Up to `limit` uploads expired by `now`.
-    pub async fn expired_uploads(&self, now: i64, limit: i64) -> Result<Vec<String>, Error> {
+    pub(crate) async fn expired_uploads(&self, now: i64, limit: i64) -> Result<Vec<String>, Error> {
         Ok(timed(
             "media_expired_uploads",
             sqlx::query_scalar(
@@ -325,7 +325,7 @@ impl MediaStore {
     }
 
     /// Forgets an upload and its parts.
-    pub async fn delete_upload(&self, id: &str) -> Result<(), Error> {
+    pub(crate) async fn delete_upload(&self, id: &str) -> Result<(), Error> {
         let mut tx = self.db.pool().begin().await?;
         for statement in [
             "DELETE FROM upload WHERE upload_id = $1",
@@ -342,7 +342,7 @@ impl MediaStore {
     }
 
     /// Forgets an upload's parts (once they are in its attachment).
-    pub async fn delete_parts(&self, id: &str) -> Result<(), Error> {
+    pub(crate) async fn delete_parts(&self, id: &str) -> Result<(), Error> {
         timed(
             "media_delete_parts",
             sqlx::query("DELETE FROM upload_part WHERE upload_id = $1")
