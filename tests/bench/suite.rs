@@ -320,7 +320,7 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
 
 async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
     let dir = TempDir::new("all-in-one")?;
-    let p = free_ports(8).await;
+    let p = free_ports(10).await;
     let env = with_limits(vec![
         ("AUTH_GRPC_ADDR", addr(p[0])),
         ("USER_GRPC_ADDR", addr(p[1])),
@@ -330,6 +330,8 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         ("USER_ADMIN_ADDR", addr(p[5])),
         ("CHAT_ADMIN_ADDR", addr(p[6])),
         ("GATEWAY_ADMIN_ADDR", addr(p[7])),
+        ("MEDIA_GRPC_ADDR", addr(p[8])),
+        ("MEDIA_ADMIN_ADDR", addr(p[9])),
         ("AUTH_URL", url(p[0])),
         ("USER_URL", url(p[1])),
         ("CHAT_URL", url(p[2])),

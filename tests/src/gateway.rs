@@ -312,7 +312,7 @@ impl Deployment {
 
     /// Starts the `parley` binary with `settings` and extra variables.
     pub async fn all_in_one(settings: &Settings, extra: &[(&str, &str)]) -> Self {
-        let ports = free_ports(8).await;
+        let ports = free_ports(10).await;
         let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
         let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
         let owned: Vec<(String, String)> = vec![
@@ -324,6 +324,8 @@ impl Deployment {
             ("USER_ADMIN_ADDR".into(), addr(5)),
             ("CHAT_ADMIN_ADDR".into(), addr(6)),
             ("GATEWAY_ADMIN_ADDR".into(), addr(7)),
+            ("MEDIA_GRPC_ADDR".into(), addr(8)),
+            ("MEDIA_ADMIN_ADDR".into(), addr(9)),
             ("AUTH_URL".into(), url(0)),
             ("USER_URL".into(), url(1)),
             ("CHAT_URL".into(), url(2)),
@@ -361,7 +363,8 @@ impl Deployment {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         env.extend_from_slice(extra);
-        let running = RunningBinary::start(&binary("parley"), &env, 4).await;
+        // Five services: auth, user, chat, media and the gateway.
+        let running = RunningBinary::start(&binary("parley"), &env, 5).await;
         let gateway: SocketAddr = addr(3).parse().expect("an address");
         let admin: SocketAddr = addr(7).parse().expect("an address");
         wait_until_ready(admin).await;
@@ -373,6 +376,15 @@ impl Deployment {
             auth_admin: addr(4).parse().expect("an address"),
             user_admin: addr(5).parse().expect("an address"),
             parts: Parts::AllInOne(Box::new(running)),
+        }
+    }
+
+    /// The auth and user services of a distributed deployment, to start
+    /// more services beside them; `None` for the all-in-one.
+    pub fn stack(&self) -> Option<&TestStack> {
+        match &self.parts {
+            Parts::Distributed { stack, .. } => Some(stack),
+            Parts::AllInOne(_) => None,
         }
     }
 

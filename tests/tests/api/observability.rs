@@ -1,13 +1,15 @@
 //! The deploy artifacts against a running Parley: Prometheus (Debian's,
-//! started here) scrapes the distributed topology with the repository's
-//! scrape config, promtool checks the alert rules, and every query of every
-//! Grafana dashboard panel returns data after some traffic.
+//! started here) scrapes the distributed topology and a media service with
+//! the repository's scrape config, promtool checks the alert rules, and
+//! every query of every Grafana dashboard panel returns data after some
+//! traffic.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use parley_tests::{
     chat::room_id,
     gateway::{Deployment, Settings, Topology, free_ports, http, http_json, try_http},
+    media::{MediaServer, Store},
 };
 use serde_json::{Value, json};
 
@@ -229,10 +231,17 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
     .await;
 
     let deployment = Deployment::start(Topology::Distributed, &Settings::default()).await;
+    let media = MediaServer::start(
+        deployment.stack().expect("a distributed deployment"),
+        Store::Folder,
+        |_| {},
+    )
+    .await;
     let targets = vec![
         ("auth", vec![deployment.auth_admin]),
         ("user", vec![deployment.user_admin]),
         ("chat", deployment.chat_admins.clone()),
+        ("media", vec![media.admin]),
         ("gateway", deployment.gateway_admins.clone()),
     ];
     let dir = tempfile_dir();
@@ -261,7 +270,7 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
         .spawn()
         .expect("prometheus starts (`make tools` installs it)");
 
-    until_series(prometheus, "up == 1", 6).await;
+    until_series(prometheus, "up == 1", 7).await;
     traffic(&deployment).await;
     // The stored-messages counter exists from the start, so this holds
     // once a scrape has seen the traffic.
@@ -325,6 +334,7 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _ = server.kill().await;
+    media.stop().await;
     deployment.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
