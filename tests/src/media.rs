@@ -7,14 +7,14 @@ use std::{net::SocketAddr, path::PathBuf, process::Stdio, time::Duration};
 use parley_media::config::StoreUrl;
 use parley_proto::media::v1::media_service_client::MediaServiceClient;
 use parley_runtime::CancellationToken;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-use crate::{TestStack, channel, gateway::free_ports, listeners, wait_until_serving};
+use crate::{
+    TestStack, channel,
+    gateway::{free_ports, try_http},
+    listeners, wait_until_serving,
+};
 
 /// Where a test's media bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,18 +92,8 @@ impl S3Server {
     }
 
     async fn exchange(&self, method: &str, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(self.addr).await.ok()?;
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.ok()?;
-        let answer = String::from_utf8_lossy(&answer).into_owned();
-        let status = answer.split_whitespace().nth(1)?.parse().ok()?;
-        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-        Some((status, body))
+        let answer = try_http(self.addr, method, path, &[], None).await.ok()?;
+        Some((answer.status, answer.body))
     }
 }
 

@@ -39,6 +39,12 @@ pub(crate) struct Attachment {
     pub(crate) thumbnail_type: Option<String>,
 }
 
+/// A size or offset as the wire and the database carry it: sizes are at
+/// most `MEDIA_MAX_BYTES`, far inside `i64`.
+pub(crate) fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 /// A fresh id: a v4 UUID (122 random bits) without hyphens, so it reads
 /// as one token in URLs and logs.
 pub(crate) fn new_id() -> String {

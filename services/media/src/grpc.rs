@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    domain::{Attachment, CHUNK_BYTES, FileInfo, parse_id},
+    domain::{Attachment, CHUNK_BYTES, FileInfo, parse_id, signed},
     error::Error,
     media::{Media, Transfer},
 };
@@ -47,7 +47,7 @@ impl From<Attachment> for pb::Attachment {
             id: attachment.id,
             filename: attachment.filename,
             content_type: attachment.content_type,
-            size: i64::try_from(attachment.size).unwrap_or(i64::MAX),
+            size: signed(attachment.size),
             sha256: attachment.sha256,
             uploader_id: attachment.uploader_id,
             created_at: Some(timestamp(attachment.created_at)),
@@ -210,9 +210,9 @@ impl pb::media_service_server::MediaService for MediaService {
             part: Some(download_attachment_response::Part::Header(DownloadHeader {
                 attachment: Some(download.attachment.into()),
                 content_type: download.content_type,
-                total_size: i64::try_from(download.total).unwrap_or(i64::MAX),
-                offset: i64::try_from(download.offset).unwrap_or(i64::MAX),
-                length: i64::try_from(download.length).unwrap_or(i64::MAX),
+                total_size: signed(download.total),
+                offset: signed(download.offset),
+                length: signed(download.length),
             })),
         };
         let chunks = download.chunks.map(|chunk| {
@@ -293,7 +293,7 @@ async fn transfer(
         let offset = non_negative(part.offset, "offset")?;
         match media.append(upload, offset, data).await {
             Ok(Transfer::Open(next)) => {
-                let received = i64::try_from(next.received).unwrap_or(i64::MAX);
+                let received = signed(next.received);
                 send(
                     answers,
                     transfer_attachment_response::Step::Received(received),
@@ -311,8 +311,8 @@ async fn transfer(
 fn status(upload: &crate::store::Upload) -> transfer_attachment_response::Step {
     transfer_attachment_response::Step::Status(TransferStatus {
         upload_id: upload.id.clone(),
-        received: i64::try_from(upload.received).unwrap_or(i64::MAX),
-        size: i64::try_from(upload.size).unwrap_or(i64::MAX),
+        received: signed(upload.received),
+        size: signed(upload.size),
     })
 }
 

@@ -4,7 +4,7 @@
 use parley_runtime::storage::{Database, timed};
 
 use crate::{
-    domain::{Attachment, FileInfo},
+    domain::{Attachment, FileInfo, signed},
     error::Error,
 };
 
@@ -104,11 +104,6 @@ impl From<UploadRow> for Upload {
             attachment_id: row.attachment_id,
         }
     }
-}
-
-/// Sizes and offsets are at most `MEDIA_MAX_BYTES`, far inside `i64`.
-fn signed(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 impl MediaStore {
