@@ -35,6 +35,8 @@ test: tools clean-test-databases deploy-check
 ## several Kubernetes versions).
 deploy-check: deploy-tools
 	$(COMPOSE) -f docker-compose.yml config -q
+	$(COMPOSE) -f docker-compose.yml -f deploy/compose.s3.yml config -q
+	$(COMPOSE) -f docker-compose.yml -f deploy/compose.tls.yml config -q
 	promtool check config deploy/prometheus/prometheus.yml
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts_test.yml
@@ -65,6 +67,7 @@ compose-down:
 	$(DOCKER) compose down
 
 ## Tools the tests drive: grpcurl and curl (the README's examples run as tests), jq,
+## openssl (deploy/make-certs.sh),
 ## and headless Chromium with playwright-core for the web client's test.
 ## Installed only when missing.
 tools:
@@ -72,12 +75,16 @@ tools:
 	@command -v moto_server >/dev/null || pip install --quiet "moto[server]==5.2.1"
 	@command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq jq)
+	@command -v openssl >/dev/null || apt-get install -y -qq openssl >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq openssl)
 	@command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq curl)
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null 2>&1 \
 	  || (apt-get update -qq && apt-get install -y -qq chromium)
 	@test -d tests/browser/node_modules/playwright-core \
 	  || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+	@test -d tests/grpc-web/node_modules/@connectrpc/connect-node \
+	  || (cd tests/grpc-web && npm ci --no-audit --no-fund --loglevel=error)
 	@$(MAKE) --no-print-directory deploy-tools
 
 ## Tools that check the deploy artifacts: docker compose v2 (for `config`),

@@ -11,11 +11,11 @@
 #   2. values.yaml documents every key with `## @param`, and the README's
 #      parameter table is exactly what those lines generate (stdlib python);
 #   3. helm lint --strict with the default and the production values;
-#   4. helm template of three scenarios (defaults; ci/production-values.yaml;
-#      defaults with every optional object on) for several Kubernetes
-#      versions, each validated by kubernetes-validate --strict; the
-#      ServiceMonitor (a CRD, unknown to kubernetes-validate) is set aside and
-#      checked on its own;
+#   4. helm template of four scenarios (defaults; ci/production-values.yaml;
+#      defaults with every optional object on; TLS with cert-manager) for
+#      several Kubernetes versions, each validated by kubernetes-validate
+#      --strict; the ServiceMonitor and the Certificates (CRDs, unknown to
+#      kubernetes-validate) are set aside and checked on their own;
 #   5. properties of the rendered objects (probes, replicas under HPA, PDBs,
 #      preStop by version, CHAT_URL on the headless Service, secrets, ...);
 #   6. values that must be refused: by values.schema.json, and by the rules
@@ -224,15 +224,16 @@ step "4. helm template | kubernetes-validate --strict"
 scenarios=(
   "default|"
   "production|-f $chart/ci/production-values.yaml"
-  "all-on|--set networkPolicy.enabled=true,ingress.enabled=true,observability.serviceMonitor.enabled=true,observability.grafanaDashboards.enabled=true,observability.otlp.enabled=true,observability.scrapeAnnotations=true,defaults.autoscaling.enabled=true"
+  "tls|--set tls.enabled=true,networkPolicy.enabled=true,tls.certManager.extraDnsNames[0]=chat.example.com"
+  "all-on|--set networkPolicy.enabled=true,ingress.enabled=true,ingress.grpcWeb=true,observability.serviceMonitor.enabled=true,observability.grafanaDashboards.enabled=true,observability.otlp.enabled=true,observability.scrapeAnnotations=true,defaults.autoscaling.enabled=true,services.media.storage.type=s3,services.media.storage.s3.bucket=parley-media,services.media.storage.s3.endpoint=http://minio.storage:9000,services.media.storage.s3.existingSecret=parley-media-s3"
 )
 # Splits a rendered stream: Kubernetes objects to stdout, the ServiceMonitor
-# (a CRD) to the file named by $1; prints a summary to stderr.
+# and Certificates (CRDs) to the file named by $1; prints a summary to stderr.
 split_crds() {
   python3 -c '
 import re, sys
 docs = [d for d in re.split(r"(?m)^---\s*$", sys.stdin.read()) if re.search(r"(?m)^kind:", d)]
-crd = [d for d in docs if re.search(r"(?m)^kind: ServiceMonitor\s*$", d)]
+crd = [d for d in docs if re.search(r"(?m)^kind: (ServiceMonitor|Certificate)\s*$", d)]
 rest = [d for d in docs if d not in crd]
 open(sys.argv[1], "w").write("---".join([""] + crd))
 sys.stdout.write("---".join([""] + rest))
@@ -241,7 +242,7 @@ for d in rest:
     k = re.search(r"(?m)^kind: (\S+)", d).group(1)
     kinds[k] = kinds.get(k, 0) + 1
 sys.stderr.write("%d objects (%s)%s\n" % (len(rest), ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())),
-                 " + %d ServiceMonitor" % len(crd) if crd else ""))
+                 " + %d CRD objects" % len(crd) if crd else ""))
 ' "$1"
 }
 for scenario in "${scenarios[@]}"; do
@@ -281,14 +282,14 @@ def container(dep):
     return dep["spec"]["template"]["spec"]["containers"][0]
 
 grpc = {"auth": ("parley.auth.v1.AuthService", 50051), "user": ("parley.user.v1.UserService", 50052),
-        "chat": ("parley.chat.v1.ChatService", 50053)}
+        "chat": ("parley.chat.v1.ChatService", 50053), "media": ("parley.media.v1.MediaService", 50054)}
 for v in versions:
     major_minor = tuple(int(x) for x in v.split(".")[:2])
     for scenario in ("default", "production", "all-on"):
         objs = load(scenario, v)
         tag = f"[{scenario} {v}]"
         hpa_on = scenario != "default"
-        for svc in ("auth", "user", "chat", "gateway"):
+        for svc in ("auth", "user", "chat", "media", "gateway"):
             name = f"{fullname}-{svc}"
             dep = objs.get(("Deployment", name))
             check(dep is not None, f"{tag} Deployment {name} missing")
@@ -306,7 +307,8 @@ for v in versions:
                   f"{tag} {svc}: requests and a memory limit")
             check(("replicas" in dep["spec"]) != hpa_on, f"{tag} {svc}: spec.replicas must be absent exactly when the HPA is on")
             check((("HorizontalPodAutoscaler", name) in objs) == hpa_on, f"{tag} {svc}: HPA presence")
-            check(("PodDisruptionBudget", name) in objs, f"{tag} {svc}: PDB (2+ replicas or HPA)")
+            several = hpa_on or dep["spec"].get("replicas", 1) > 1
+            check((("PodDisruptionBudget", name) in objs) == several, f"{tag} {svc}: PDB exactly with 2+ replicas or HPA")
             ann = dep["spec"]["template"]["metadata"]["annotations"]
             check("checksum/config" in ann, f"{tag} {svc}: checksum/config annotation")
             check(svc == "gateway" or "checksum/secret" in ann, f"{tag} {svc}: checksum/secret annotation")
@@ -328,6 +330,7 @@ for v in versions:
                 check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, f"{tag} gateway liveness /healthz")
                 check(grace >= 60 and cm["SHUTDOWN_GRACE"] == "30s", f"{tag} gateway drains 30 s within 60 s")
                 check(cm["CHAT_URL"] == f"http://{fullname}-chat-headless:50053", f"{tag} CHAT_URL on the headless Service")
+                check(cm["MEDIA_URL"] == f"http://{fullname}-media-headless:50054", f"{tag} gateway MEDIA_URL on the headless Service")
                 check(int(cm["GATEWAY_SEND_QUEUE"]) > int(objs[("ConfigMap", f"{fullname}-chat")]["data"]["CHAT_MAX_REPLAY"]),
                       f"{tag} GATEWAY_SEND_QUEUE > CHAT_MAX_REPLAY")
                 check(dep["spec"]["minReadySeconds"] >= 10, f"{tag} gateway minReadySeconds")
@@ -342,6 +345,26 @@ for v in versions:
                       f"{tag} {svc} database URL from a Secret")
                 hl = objs.get(("Service", f"{name}-headless"))
                 check(hl is not None and hl["spec"]["clusterIP"] == "None", f"{tag} {svc} headless Service")
+            if svc == "chat":
+                check(cm["MEDIA_URL"] == f"http://{fullname}-media-headless:50054", f"{tag} chat MEDIA_URL on the headless Service")
+            if svc == "media":
+                tmp = next(vol for vol in pod["volumes"] if vol["name"] == "tmp")
+                check(tmp["emptyDir"]["sizeLimit"] == "128Mi", f"{tag} media has room in /tmp for images")
+                if scenario == "default":
+                    check(cm["MEDIA_STORE_URL"] == "file:///var/lib/parley/media", f"{tag} media on its volume")
+                    check(dep["spec"]["strategy"] == {"type": "Recreate"} and dep["spec"]["replicas"] == 1,
+                          f"{tag} one media pod on a ReadWriteOnce volume, replaced with Recreate")
+                    claim = objs.get(("PersistentVolumeClaim", f"{fullname}-media-files"))
+                    check(claim is not None and claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+                          f"{tag} media's claim, kept on uninstall")
+                    check(any(m["mountPath"] == "/var/lib/parley/media" for m in c["volumeMounts"]), f"{tag} media volume mounted")
+                else:
+                    check(cm["MEDIA_STORE_URL"] == "s3://parley-media", f"{tag} media on S3: {cm['MEDIA_STORE_URL']}")
+                    names = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+                    check(names.get("MEDIA_S3_ACCESS_KEY_ID", {}).get("name") == "parley-media-s3"
+                          and names.get("MEDIA_S3_SECRET_ACCESS_KEY", {}).get("key") == "secret-access-key",
+                          f"{tag} media's S3 keys from its Secret")
+                    check(("PersistentVolumeClaim", f"{fullname}-media-files") not in objs, f"{tag} no claim with S3")
             if svc == "auth":
                 check(cm["AUTH_JWT_PRIVATE_KEY_FILE"].startswith("/etc/parley/jwt/"), f"{tag} auth key from a file")
                 check(any(vol.get("secret") for vol in pod["volumes"]), f"{tag} auth key Secret volume")
@@ -349,6 +372,14 @@ for v in versions:
         bundled = scenario != "production"
         check((("StatefulSet", f"{fullname}-postgresql") in objs) == bundled, f"{tag} bundled Postgres presence")
         check((("Deployment", f"{fullname}-redis") in objs) == bundled, f"{tag} bundled Redis presence")
+        if bundled:
+            import base64
+            redis = container(objs[("Deployment", f"{fullname}-redis")])
+            check("--requirepass" in redis["args"], f"{tag} the bundled Redis needs a password")
+            data = objs[("Secret", f"{fullname}-redis")]["data"]
+            password = base64.b64decode(data["redis-password"]).decode()
+            url = base64.b64decode(data["redis-url"]).decode()
+            check(len(password) >= 32 and url.startswith(f"redis://:{password}@"), f"{tag} chat's Redis URL carries the password")
         if scenario == "production":
             check(not secrets, f"{tag} production uses existing Secrets only, got {secrets}")
             dep = objs[("Deployment", f"{fullname}-chat")]
@@ -356,17 +387,31 @@ for v in versions:
             check(refs["CHAT_DATABASE_URL"] == {"name": "parley-database", "key": "chat-database-url"}
                   and refs["CHAT_REDIS_URL"] == {"name": "parley-redis", "key": "redis-url"}, f"{tag} existing Secret keys")
         else:
-            check(secrets == {f"{fullname}-jwt", f"{fullname}-database", f"{fullname}-redis"}, f"{tag} chart-made Secrets: {secrets}")
+            check(secrets == {f"{fullname}-jwt", f"{fullname}-database", f"{fullname}-redis", f"{fullname}-internal"},
+                  f"{tag} chart-made Secrets: {secrets}")
+        for svc in ("chat", "gateway"):
+            dep = objs[("Deployment", f"{fullname}-{svc}")]
+            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(dep).get("env", [])}
+            want = "parley-internal" if scenario == "production" else f"{fullname}-internal"
+            check(refs.get("GATEWAY_STREAM_SECRET", {}).get("name") == want, f"{tag} {svc} reads the gateway stream secret")
+            check((refs.get("CHAT_BUS_SECRET", {}).get("name") == want) == (svc == "chat"), f"{tag} {svc} and the bus secret")
         if scenario != "default":
             ing = objs.get(("Ingress", f"{fullname}-gateway"))
             check(ing is not None and "nginx.ingress.kubernetes.io/proxy-read-timeout" in ing["metadata"]["annotations"],
                   f"{tag} Ingress with WebSocket timeouts")
+            if scenario == "all-on":
+                routed = {p["path"]: p["backend"]["service"]["name"]
+                          for rule in ing["spec"]["rules"] for p in rule["http"]["paths"]}
+                check(routed.get("/parley.media.v1.MediaService/") == f"{fullname}-media"
+                      and routed.get("/parley.auth.v1.AuthService/") == f"{fullname}-auth"
+                      and routed.get("/") == f"{fullname}-gateway", f"{tag} gRPC-Web paths on the Ingress: {routed}")
             nps = [n for (k, n) in objs if k == "NetworkPolicy"]
             deny = objs.get(("NetworkPolicy", f"{fullname}-default-deny"))
             check(deny is not None and deny["spec"]["policyTypes"] == ["Ingress", "Egress"]
                   and "ingress" not in deny["spec"] and "egress" not in deny["spec"], f"{tag} default-deny policy")
             check(len(nps) >= 7, f"{tag} NetworkPolicies: {nps}")
-            sm = [d for d in yaml.safe_load_all((work / f"{scenario}-{v}.crd.yaml").read_text()) if d]
+            sm = [d for d in yaml.safe_load_all((work / f"{scenario}-{v}.crd.yaml").read_text())
+                  if d and d["kind"] == "ServiceMonitor"]
             check(len(sm) == 1, f"{tag} one ServiceMonitor")
             for m in sm:
                 spec = m["spec"]
@@ -379,7 +424,7 @@ for v in versions:
                           f"{tag} ServiceMonitor endpoint {ep}")
             admin_services = [n for (k, n), d in objs.items() if k == "Service"
                               and any(p["name"] == "admin" for p in d["spec"]["ports"])]
-            check(len(admin_services) == 4, f"{tag} exactly four Services expose an admin port (one target per pod): {admin_services}")
+            check(len(admin_services) == 5, f"{tag} exactly five Services expose an admin port (one target per pod): {admin_services}")
             dash = objs.get(("ConfigMap", f"{fullname}-dashboards"))
             if dash is not None:
                 check(dash["metadata"]["labels"].get("grafana_dashboard") == "1", f"{tag} dashboards label")
@@ -389,11 +434,46 @@ for v in versions:
                     except ValueError:
                         failures.append(f"{tag} dashboard {key} is not JSON once rendered")
 
+    # TLS: https:// URLs, the files from the mounted Secret, mTLS on the
+    # gRPC ports only, probes on the admin port, one Certificate each.
+    objs = load("tls", v)
+    tag = f"[tls {v}]"
+    certs = {d["metadata"]["name"]: d for d in yaml.safe_load_all((work / f"tls-{v}.crd.yaml").read_text())
+             if d and d["kind"] == "Certificate"}
+    for svc in ("auth", "user", "chat", "media", "gateway"):
+        name = f"{fullname}-{svc}"
+        env = objs[("ConfigMap", name)]["data"]
+        prefix = svc.upper()
+        check(env.get(f"{prefix}_TLS_CERT_FILE") == "/etc/parley/tls/tls.crt"
+              and env.get(f"{prefix}_TLS_KEY_FILE") == "/etc/parley/tls/tls.key"
+              and env.get(f"{prefix}_TLS_CA_FILE") == "/etc/parley/tls/ca.crt", f"{tag} {svc} TLS files")
+        check((f"{prefix}_TLS_CLIENT_CA_FILE" in env) == (svc != "gateway"), f"{tag} {svc} mTLS only on gRPC ports")
+        for key, url in env.items():
+            if key.endswith("_URL") and key not in ("MEDIA_STORE_URL",):
+                check(url.startswith("https://"), f"{tag} {svc} {key}={url}")
+        dep = objs[("Deployment", name)]
+        c = container(dep)
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            check("grpc" not in c[probe] and c[probe]["httpGet"]["port"] == "admin", f"{tag} {svc} {probe} on the admin port")
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        volumes = {vol["name"]: vol for vol in dep["spec"]["template"]["spec"]["volumes"]}
+        check(mounts.get("tls", {}).get("mountPath") == "/etc/parley/tls" and "subPath" not in mounts.get("tls", {}),
+              f"{tag} {svc} mounts its whole Secret (so renewals appear in place)")
+        check(volumes.get("tls", {}).get("secret", {}).get("secretName") == f"{name}-tls", f"{tag} {svc} Secret")
+        cert = certs.get(f"{name}-tls", {}).get("spec", {})
+        check(cert.get("secretName") == f"{name}-tls", f"{tag} {svc} Certificate")
+        check({"server auth", "client auth"} <= set(cert.get("usages", [])), f"{tag} {svc} serves and calls")
+        dialed = name if svc == "gateway" else f"{name}-headless"
+        check(dialed in cert.get("dnsNames", []), f"{tag} {svc} certificate names {dialed}")
+    check("chat.example.com" in certs.get(f"{fullname}-gateway-tls", {}).get("spec", {}).get("dnsNames", []),
+          f"{tag} gateway certificate takes extra names")
+    check(len(certs) == 5, f"{tag} five Certificates: {sorted(certs)}")
+
 if failures:
     for f in failures:
         print(f"   FAIL {f}", file=sys.stderr)
     sys.exit(1)
-print(f"   ok   probes, security contexts, resources, replicas/HPA/PDB, spread, preStop by version,"
+print(f"   ok   TLS (URLs, files, probes, Certificates), probes, security contexts, resources, replicas/HPA/PDB, spread, preStop by version,"
       f" grace periods, CHAT_URL, secrets, Ingress, NetworkPolicies, ServiceMonitor, dashboards"
       f" ({len(versions)} versions x 3 scenarios)")
 PY
@@ -435,6 +515,12 @@ expect_refusal "external Postgres without a URL or Secret" "postgresql.enabled i
 expect_refusal "external Redis without a URL or Secret" "redis.enabled is false" --set redis.enabled=false
 expect_refusal "HPA with minReplicas > maxReplicas" "exceeds maxReplicas" \
   --set defaults.autoscaling.enabled=true,defaults.autoscaling.minReplicas=20
+expect_refusal "two media pods on one ReadWriteOnce volume" "keeps its files on a ReadWriteOnce volume" \
+  --set services.media.replicaCount=2
+expect_refusal "media on S3 without a bucket" "set services.media.storage.s3.bucket" \
+  --set services.media.storage.type=s3
+expect_refusal "schema: an unknown media store" "services.media.storage.type" \
+  --set services.media.storage.type=ftp
 expect_refusal "schema: a number that is a word" "Invalid type. Expected: integer" \
   --set services.chat.config.maxReplay=many
 expect_refusal "schema: an unknown key" "Additional property replicas is not allowed" \
@@ -443,6 +529,10 @@ expect_refusal "schema: a bad duration" "services.auth.config.accessTokenTtl" \
   --set services.auth.config.accessTokenTtl=soon
 expect_refusal "schema: a database URL that is not Postgres" "externalDatabase.url" \
   --set postgresql.enabled=false,externalDatabase.url=sqlite://data/auth.db
+expect_refusal "TLS without cert-manager or Secrets" "set tls.existingSecrets.auth" \
+  --set tls.enabled=true,tls.certManager.enabled=false
+expect_refusal "schema: an issuer of an unknown kind" "tls.certManager.issuerRef.kind" \
+  --set tls.certManager.issuerRef.kind=Vault
 expect_refusal "schema: an out-of-range queue" "services.gateway.config.sendQueue" \
   --set services.gateway.config.sendQueue=2000000
 
@@ -456,9 +546,10 @@ if [[ -z "$bindir" ]]; then
 fi
 if [[ -n "$bindir" && -x "$bindir/parley-auth" ]]; then
   first=$(set -- $KUBE_VERSIONS; echo "$1")
-  for svc in auth user chat gateway; do
+  for scenario in all-on tls; do
+  for svc in auth user chat media gateway; do
     "$bindir/parley-$svc" --help >"$work/help.txt"
-    names=$(python3 - "$work/all-on-$first.yaml" "$release-parley-$svc" <<'PY'
+    names=$(python3 - "$work/$scenario-$first.yaml" "$release-parley-$svc" <<'PY'
 import re, sys
 text, name = open(sys.argv[1]).read(), sys.argv[2]
 for doc in re.split(r"(?m)^---\s*$", text):
@@ -472,7 +563,8 @@ PY
     missing=()
     for n in $names; do grep -q "\[env: $n[]=]" "$work/help.txt" || missing+=("$n"); done
     [[ ${#missing[@]} -eq 0 ]] || die "parley-$svc does not read ${missing[*]} (its --help lists every variable it reads)"
-    ok "parley-$svc reads all $(echo "$names" | grep -c .) variables the chart sets"
+    ok "parley-$svc reads all $(echo "$names" | grep -c .) variables the chart sets ($scenario)"
+  done
   done
 else
   echo "   SKIP no built binaries (set PARLEY_BIN_DIR, or cargo build --workspace --bins)"

@@ -31,27 +31,32 @@ pub mod chat {
     pub mod v1 {
         tonic::include_proto!("parley.chat.v1");
 
+        impl chat_request::Frame {
+            /// The `client_id` and `room_id` an `error` frame about this
+            /// frame echoes ("" where the frame has none).
+            pub fn echo(&self) -> (&str, &str) {
+                match self {
+                    Self::Send(f) => (&f.client_id, &f.room_id),
+                    Self::Edit(f) => (&f.client_id, &f.room_id),
+                    Self::Delete(f) => (&f.client_id, &f.room_id),
+                    Self::React(f) => (&f.client_id, &f.room_id),
+                    Self::Moderate(f) => (&f.client_id, &f.room_id),
+                    Self::Join(f) => ("", &f.room_id),
+                    Self::Leave(f) => ("", &f.room_id),
+                    Self::Typing(f) => ("", &f.room_id),
+                    Self::GetChatHistory(f) => ("", &f.room_id),
+                    Self::Read(f) => ("", &f.room_id),
+                    Self::Ping(_) | Self::Refresh(_) => ("", ""),
+                }
+            }
+        }
+
         impl ChatRequest {
             /// The `client_id` and `room_id` an `error` frame about this
             /// frame echoes ("" where the frame has none).
             pub fn echo(&self) -> (String, String) {
-                use chat_request::Frame;
-                match &self.frame {
-                    Some(Frame::Send(send)) => (send.client_id.clone(), send.room_id.clone()),
-                    Some(Frame::Join(join)) => (String::new(), join.room_id.clone()),
-                    Some(Frame::Leave(leave)) => (String::new(), leave.room_id.clone()),
-                    Some(Frame::Typing(typing)) => (String::new(), typing.room_id.clone()),
-                    Some(Frame::GetChatHistory(history)) => {
-                        (String::new(), history.room_id.clone())
-                    }
-                    Some(Frame::Edit(edit)) => (edit.client_id.clone(), edit.room_id.clone()),
-                    Some(Frame::Delete(delete)) => {
-                        (delete.client_id.clone(), delete.room_id.clone())
-                    }
-                    Some(Frame::React(react)) => (react.client_id.clone(), react.room_id.clone()),
-                    Some(Frame::Read(read)) => (String::new(), read.room_id.clone()),
-                    _ => (String::new(), String::new()),
-                }
+                let (client_id, room_id) = self.frame.as_ref().map_or(("", ""), |f| f.echo());
+                (client_id.to_owned(), room_id.to_owned())
             }
         }
     }

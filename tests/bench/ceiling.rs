@@ -117,3 +117,105 @@ async fn serve(stream: tokio::net::TcpStream, rooms: Arc<Mutex<HashMap<String, R
     }
     writer.abort();
 }
+
+/// The ceiling of the attachment scenario: the same three routes
+/// (`POST /api/v1/attachments`, `GET` and `DELETE /api/v1/attachments/{id}`)
+/// with no auth, no second hop, no disk and no database: the body is hashed
+/// as it arrives and kept in memory.
+pub(crate) mod files {
+    use std::{
+        collections::HashMap,
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+    };
+
+    use axum::{
+        Json, Router,
+        body::{Body, Bytes},
+        extract::{DefaultBodyLimit, Path, State},
+        http::StatusCode,
+        response::{IntoResponse, Response},
+        routing::{get, post},
+    };
+    use futures_util::StreamExt as _;
+    use serde_json::json;
+    use sha2::{Digest as _, Sha256};
+    use tokio::net::TcpListener;
+
+    type Files = Arc<Mutex<HashMap<String, Bytes>>>;
+
+    /// Serves on `listen` until the task is aborted.
+    pub(crate) async fn start(
+        listen: SocketAddr,
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let files: Files = Arc::default();
+        let app = Router::new()
+            .route(
+                "/api/v1/attachments",
+                post(upload).layer(DefaultBodyLimit::disable()),
+            )
+            .route("/api/v1/attachments/{id}", get(download).delete(delete))
+            .with_state(files);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((addr, task))
+    }
+
+    async fn upload(State(files): State<Files>, body: Body) -> Response {
+        let mut stream = body.into_data_stream();
+        let mut hasher = Sha256::new();
+        let mut kept = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return StatusCode::BAD_REQUEST.into_response();
+            };
+            hasher.update(&chunk);
+            kept.extend_from_slice(&chunk);
+        }
+        let id = format!("{:032x}", rand_id());
+        let size = kept.len();
+        files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.clone(), kept.into());
+        let sha256 = format!("{:x}", hasher.finalize());
+        (
+            StatusCode::CREATED,
+            Json(json!({"id": id, "size": size, "sha256": sha256})),
+        )
+            .into_response()
+    }
+
+    async fn download(State(files): State<Files>, Path(id): Path<String>) -> Response {
+        let found = files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        match found {
+            Some(bytes) => bytes.into_response(),
+            None => StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    async fn delete(State(files): State<Files>, Path(id): Path<String>) -> StatusCode {
+        let removed = files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+        if removed.is_some() {
+            StatusCode::NO_CONTENT
+        } else {
+            StatusCode::NOT_FOUND
+        }
+    }
+
+    fn rand_id() -> u128 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        u128::from(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}

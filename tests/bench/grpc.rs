@@ -102,6 +102,7 @@ pub(crate) async fn run(args: &GrpcArgs) -> anyhow::Result<Report> {
                     content: format!("grpc {n}"),
                     client_id: format!("g{n}"),
                     reply_to: 0,
+                    attachments: Vec::new(),
                 },
                 &token,
             );

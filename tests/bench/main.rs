@@ -17,6 +17,7 @@
 mod capacity;
 mod ceiling;
 mod fanout;
+mod files;
 mod grpc;
 mod idle;
 mod proc_stats;
@@ -57,6 +58,9 @@ enum Command {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// Also serve the ceiling of the attachment routes here.
+        #[arg(long)]
+        files_listen: Option<SocketAddr>,
     },
     /// The standard suite against every topology, printed as one table.
     Suite(suite::SuiteArgs),
@@ -178,9 +182,16 @@ fn main() -> ExitCode {
                 println!("{}", report.json());
                 Ok(())
             }
-            Command::Ceiling { listen } => {
+            Command::Ceiling {
+                listen,
+                files_listen,
+            } => {
                 let server = ceiling::Server::start(listen).await?;
                 eprintln!("ceiling server on {}", server.addr());
+                let _files = match files_listen {
+                    Some(listen) => Some(ceiling::files::start(listen).await?),
+                    None => None,
+                };
                 tokio::signal::ctrl_c().await?;
                 Ok(())
             }

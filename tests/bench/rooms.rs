@@ -117,6 +117,7 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
                     content: format!("the reader's {n}"),
                     client_id: format!("r{n}"),
                     reply_to: 0,
+                    attachments: Vec::new(),
                 },
                 &reader,
             ))
@@ -140,6 +141,7 @@ pub(crate) async fn run(args: &RoomsArgs) -> anyhow::Result<Report> {
                     content: format!("message {n} of the room"),
                     client_id: format!("w{n}"),
                     reply_to: 0,
+                    attachments: Vec::new(),
                 },
                 &writer,
             );

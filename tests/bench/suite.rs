@@ -51,7 +51,7 @@ pub(crate) struct SuiteArgs {
     /// scenario on a local Redis Cluster), all-in-one.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Only these scenarios: a, b, c, d, e.
+    /// Only these scenarios: a, b, c, d, e, f (attachments).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Runtime worker threads of each Parley process (TOKIO_WORKER_THREADS);
@@ -67,6 +67,9 @@ static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 pub(crate) struct Topology {
     name: &'static str,
     gateways: Vec<SocketAddr>,
+    /// Where the attachment routes are: the gateways, or the ceiling's
+    /// file server.
+    files: Vec<SocketAddr>,
     api: Option<SocketAddr>,
     /// A chat service's gRPC address, for the room list.
     chat: Option<SocketAddr>,
@@ -217,6 +220,8 @@ fn url(port: u16) -> String {
 /// Limits out of the way: the suite measures throughput, not the limits.
 const OPEN_LIMITS: &[(&str, &str)] = &[
     ("GATEWAY_MAX_CONNECTIONS_PER_USER", "1000000"),
+    ("GATEWAY_AUTH_ATTEMPTS", "1000000"),
+    ("AUTH_LOGIN_ATTEMPTS", "1000000"),
     ("CHAT_SENDS_PER_SECOND", "1000000"),
     ("CHAT_SEND_BURST", "1000000"),
 ];
@@ -242,10 +247,12 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
     anyhow::ensure!(status.success(), "cannot create the parley_bench database");
     let database = format!("{}/parley_bench", args.postgres);
     let dir = TempDir::new("distributed")?;
-    let p = free_ports(12).await;
-    let (auth, user, chat1, chat2, gw_a, gw_b) = (p[0], p[1], p[2], p[3], p[4], p[5]);
+    let p = free_ports(14).await;
+    let (auth, user, chat1, chat2, gw_a, gw_b, media) = (p[0], p[1], p[2], p[3], p[4], p[5], p[13]);
     let mut children = Vec::new();
-    let roles = vec!["auth", "user", "chat", "chat", "gateway", "gateway"];
+    let roles = vec![
+        "auth", "user", "chat", "chat", "gateway", "gateway", "media",
+    ];
     children.push(spawn(
         bin_dir,
         "parley-auth",
@@ -278,7 +285,10 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
                 ("CHAT_ADMIN_ADDR", addr(admin)),
                 ("CHAT_DATABASE_URL", database.clone()),
                 ("CHAT_REDIS_URL", args.redis.clone()),
+                // Signed bus events, as a deployment has them.
+                ("CHAT_BUS_SECRET", "bench bus secret".to_owned()),
                 ("AUTH_URL", url(auth)),
+                ("MEDIA_URL", url(media)),
             ]),
         )?);
     }
@@ -296,20 +306,41 @@ async fn distributed(args: &SuiteArgs, bin_dir: &Path) -> anyhow::Result<Topolog
                 ("AUTH_URL", url(auth)),
                 ("USER_URL", url(user)),
                 ("CHAT_URL", chat_url.clone()),
+                ("MEDIA_URL", url(media)),
             ]),
         )?);
     }
-    for admin in &p[6..12] {
+    // Chat checks attachments there too; the bench's files go to a folder.
+    children.push(spawn(
+        bin_dir,
+        "parley-media",
+        &dir.0,
+        &[
+            ("MEDIA_GRPC_ADDR", addr(media)),
+            ("MEDIA_ADMIN_ADDR", addr(p[12])),
+            ("MEDIA_DATABASE_URL", database.clone()),
+            (
+                "MEDIA_STORE_URL",
+                format!("file://{}", dir.0.join("media").display()),
+            ),
+            ("AUTH_URL", url(auth)),
+        ],
+    )?);
+    // The admin ports, in the order of `children` and `roles`.
+    for admin in &p[6..13] {
         wait_until_ready(([127, 0, 0, 1], *admin).into()).await;
     }
+    let gateways: Vec<SocketAddr> =
+        vec![([127, 0, 0, 1], gw_a).into(), ([127, 0, 0, 1], gw_b).into()];
     Ok(Topology {
         name: "distributed",
-        gateways: vec![([127, 0, 0, 1], gw_a).into(), ([127, 0, 0, 1], gw_b).into()],
+        files: gateways.clone(),
+        gateways,
         api: Some(([127, 0, 0, 1], gw_a).into()),
         chat: Some(([127, 0, 0, 1], chat1).into()),
         children,
         roles,
-        admins: p[6..12]
+        admins: p[6..13]
             .iter()
             .map(|port| Some(([127, 0, 0, 1], *port).into()))
             .collect(),
@@ -335,12 +366,14 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
         ("AUTH_URL", url(p[0])),
         ("USER_URL", url(p[1])),
         ("CHAT_URL", url(p[2])),
+        ("MEDIA_URL", url(p[8])),
     ]);
     let children = vec![spawn(bin_dir, "parley", &dir.0, &env)?];
     wait_until_ready(([127, 0, 0, 1], p[7]).into()).await;
     Ok(Topology {
         name: "all-in-one",
         gateways: vec![([127, 0, 0, 1], p[3]).into()],
+        files: vec![([127, 0, 0, 1], p[3]).into()],
         api: Some(([127, 0, 0, 1], p[3]).into()),
         chat: Some(([127, 0, 0, 1], p[2]).into()),
         children,
@@ -352,10 +385,17 @@ async fn all_in_one(bin_dir: &Path) -> anyhow::Result<Topology> {
 }
 
 async fn ceiling() -> anyhow::Result<Topology> {
-    let port = free_ports(1).await[0];
+    let ports = free_ports(2).await;
+    let (port, files) = (ports[0], ports[1]);
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
-        .args(["ceiling", "--listen", &addr(port)])
+        .args([
+            "ceiling",
+            "--listen",
+            &addr(port),
+            "--files-listen",
+            &addr(files),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -371,6 +411,7 @@ async fn ceiling() -> anyhow::Result<Topology> {
     Ok(Topology {
         name: "ceiling",
         gateways: vec![gateway],
+        files: vec![([127, 0, 0, 1], files).into()],
         api: None,
         chat: None,
         children: vec![child],
@@ -558,6 +599,45 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
                 json,
             });
         }
+        if run_scenario("f") && name != "cluster" {
+            // Eight clients, each with a 1 MiB file in flight: up through
+            // one gateway, down through the other, then deleted.
+            let token = match topology.api {
+                Some(api) => crate::users::sign_up(api, 1).await?.pop(),
+                None => None,
+            };
+            let files_args = crate::files::FilesArgs {
+                gateways: topology.files.clone(),
+                token,
+                clients: 8,
+                size: 1024 * 1024,
+                warmup: Duration::from_secs(2),
+                duration: window,
+                watch: topology
+                    .processes()
+                    .into_iter()
+                    .filter(|(_, role, _)| {
+                        matches!(*role, "gateway" | "media" | "parley" | "ceiling")
+                    })
+                    .map(|(pid, role, _)| (pid, role))
+                    .collect(),
+            };
+            eprintln!(
+                "   (f) {} clients moving {} KiB files",
+                files_args.clients,
+                files_args.size / 1024
+            );
+            let report = crate::files::run(&files_args, Some(topology.cpu_probe())).await?;
+            let mut json: Value = serde_json::from_str(&report.json())?;
+            json["topology"] = topology.name.into();
+            writeln!(out, "{json}")?;
+            println!("{json}");
+            rows.push(Row {
+                topology: topology.name,
+                scenario: "f",
+                json,
+            });
+        }
         if !run_scenario("d") {
             topology.stop().await;
             continue;
@@ -639,6 +719,33 @@ fn print_table(rows: &[Row]) {
                 ms(&j["list_my_rooms_p99_us"]),
                 ms(&j["rest_rooms_p50_us"]),
                 ms(&j["rest_rooms_p99_us"])
+            );
+            continue;
+        }
+        if row.scenario == "f" {
+            let of_ceiling = rows
+                .iter()
+                .find(|r| r.topology == "ceiling" && r.scenario == "f")
+                .and_then(|r| r.json["mib_per_s_each_way"].as_f64());
+            let fraction = match (j["mib_per_s_each_way"].as_f64(), of_ceiling) {
+                (Some(m), Some(c)) if c > 0.0 => format!("{:.0}% of the ceiling", 100.0 * m / c),
+                _ => "-".into(),
+            };
+            let cpu: f64 = j["us_per_mib_by_role"]
+                .as_object()
+                .map_or(0.0, |roles| roles.values().filter_map(Value::as_f64).sum());
+            println!(
+                "{:<12} {:<3} {} files/s, {} MiB/s each way ({fraction}), {} errors; upload p50 {} ms p99 {} ms, download p50 {} ms p99 {} ms; {cpu:.0} µs CPU per MiB; peak RSS {}",
+                row.topology,
+                row.scenario,
+                j["files_per_s"],
+                j["mib_per_s_each_way"],
+                j["errors"],
+                ms(&j["upload"]["p50_us"]),
+                ms(&j["upload"]["p99_us"]),
+                ms(&j["download"]["p50_us"]),
+                ms(&j["download"]["p99_us"]),
+                j["rss_peak_kib"]
             );
             continue;
         }

@@ -15,6 +15,7 @@
 import { chromium } from "playwright-core";
 import { existsSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { crc32, deflateSync } from "node:zlib";
 
 const TIMEOUT = 15_000;
 const OVERALL_TIMEOUT = 180_000;
@@ -129,6 +130,60 @@ function messageItem(page, { sender, content, own, status }) {
   let loc = page.locator(sel).filter({ has: page.locator(tid("message-content"), { hasText: exact(content) }) });
   if (sender) loc = loc.filter({ has: page.locator(tid("message-sender"), { hasText: exact(sender) }) });
   return loc.first();
+}
+
+// A real PNG of width × height (an RGB gradient), made here: signature,
+// IHDR, one IDAT of filtered rows, IEND.
+function png(width, height) {
+  const chunk = (type, data) => {
+    const out = Buffer.alloc(12 + data.length);
+    out.writeUInt32BE(data.length, 0);
+    out.write(type, 4, "latin1");
+    data.copy(out, 8);
+    out.writeUInt32BE(crc32(out.subarray(4, 8 + data.length)), 8 + data.length);
+    return out;
+  };
+  const header = Buffer.alloc(13);
+  header.writeUInt32BE(width, 0);
+  header.writeUInt32BE(height, 4);
+  header[8] = 8; // bit depth
+  header[9] = 2; // RGB
+  const rows = Buffer.alloc((width * 3 + 1) * height);
+  for (let y = 0; y < height; y++) {
+    const row = y * (width * 3 + 1);
+    for (let x = 0; x < width; x++) {
+      rows[row + 1 + x * 3] = (x * 255) / width;
+      rows[row + 2 + x * 3] = (y * 255) / height;
+      rows[row + 3 + x * 3] = 160;
+    }
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk("IHDR", header),
+    chunk("IDAT", deflateSync(rows)),
+    chunk("IEND", Buffer.alloc(0)),
+  ]);
+}
+
+// Hands `files` ({name, type, text}) to the page as a paste into the
+// composer or a drop on the conversation, as a person would.
+async function pasteOrDrop(page, how, files) {
+  await page.evaluate(
+    ([how, files]) => {
+      const data = new DataTransfer();
+      for (const f of files) data.items.add(new File([f.text], f.name, { type: f.type }));
+      if (how === "paste") {
+        const ev = new ClipboardEvent("paste", { clipboardData: data, bubbles: true, cancelable: true });
+        document.getElementById("message-input").dispatchEvent(ev);
+      } else {
+        const room = document.getElementById("room");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+          room.dispatchEvent(new DragEvent(type, { dataTransfer: data, bubbles: true, cancelable: true }));
+        }
+      }
+    },
+    [how, files]
+  );
 }
 
 async function sendMessage(page, content) {
@@ -273,6 +328,69 @@ async function main() {
     await waitForAttr(reaction(A.page, onA, "👍"), "data-mine", "true");
   });
 
+  const caption = `the view from here ${tag()}`;
+  await step("A attaches an image", `B shows the thumbnail of A's 480×320 PNG under "${caption}", loaded, linking to the full image`, async () => {
+    await A.page.locator(tid("file-input")).setInputFiles({ name: "view.png", mimeType: "image/png", buffer: png(480, 320) });
+    await A.page.locator(`${tid("attachment-upload")}[data-status="done"]`).waitFor({ timeout: TIMEOUT });
+    await sendMessage(A.page, caption);
+    const shown = messageItem(B.page, { sender: alice, content: caption });
+    const thumb = shown.locator(tid("attachment-thumbnail"));
+    await thumb.waitFor({ timeout: TIMEOUT });
+    await B.page.waitForFunction(
+      (img) => img.complete && img.naturalWidth === 320 && img.naturalHeight === 213,
+      await thumb.elementHandle(),
+      { timeout: TIMEOUT }
+    );
+    const href = await shown.locator(tid("attachment-image")).getAttribute("href");
+    if (!/^\/api\/v1\/attachments\/[0-9a-f]{32}\?token=/.test(href)) fail(`the thumbnail links to ${href}`);
+    if ((await A.page.locator(tid("attachment-upload")).count()) !== 0) fail("the composer's tray is not empty after sending");
+  });
+
+  await step("A pastes and drops files", "both go to the tray; one removed, the other sent alone, shown on B as a download link with its name and size", async () => {
+    await pasteOrDrop(A.page, "paste", [{ name: "pasted.txt", type: "text/plain", text: "pasted words" }]);
+    await pasteOrDrop(A.page, "drop", [{ name: "notes.txt", type: "text/plain", text: "notes dropped on the room" }]);
+    await A.page.locator(`${tid("attachment-upload")}[data-status="done"]`).nth(1).waitFor({ timeout: TIMEOUT });
+    await A.page.locator(tid("attachment-upload"), { hasText: "pasted.txt" }).locator(tid("attachment-remove")).click();
+    await A.page.locator(tid("send-button")).click();
+    const link = B.page.locator(tid("attachment-file"), { hasText: "notes.txt" });
+    await link.waitFor({ timeout: TIMEOUT });
+    const text = (await link.textContent()) || "";
+    const size = `${Buffer.byteLength("notes dropped on the room")} B`;
+    if (!text.includes(size)) fail(`the link says "${text}", not the size ${size}`);
+    if ((await B.page.locator(tid("attachment-file"), { hasText: "pasted.txt" }).count()) !== 0) fail("the removed file was sent");
+  });
+
+  await step("uploaded pages cannot run in Parley's origin", "an HTML and an SVG attachment opened by URL are downloaded, not rendered, and no script of theirs touches the origin's storage", async () => {
+    const token = await A.page.evaluate(() => JSON.parse(sessionStorage.getItem("parley.tokens")).access_token);
+    const hostile = [
+      ["evil.html", "text/html", "<html><body><script>localStorage.setItem('owned', 'html')</script>hi</body></html>"],
+      ["evil.svg", "image/svg+xml", '<svg xmlns="http://www.w3.org/2000/svg"><script>localStorage.setItem("owned", "svg")</script></svg>'],
+    ];
+    for (const [name, type, body] of hostile) {
+      const stored = await A.page.evaluate(
+        async ([name, type, body, token]) => {
+          const r = await fetch(`/api/v1/attachments?filename=${name}`, {
+            method: "POST",
+            headers: { Authorization: `Bearer ${token}`, "Content-Type": type },
+            body,
+          });
+          return r.json();
+        },
+        [name, type, body, token]
+      );
+      if (!stored.id) fail(`uploading ${name}: ${JSON.stringify(stored)}`);
+      const page = await ctxA.newPage();
+      const download = page.waitForEvent("download", { timeout: TIMEOUT });
+      // A download aborts the navigation; that is the point.
+      await page.goto(`${base}/api/v1/attachments/${stored.id}?token=${encodeURIComponent(token)}`).catch(() => {});
+      const saved = await download;
+      if (saved.suggestedFilename() !== name) fail(`${name} was saved as ${saved.suggestedFilename()}`);
+      await page.close();
+    }
+    const owned = await A.page.evaluate(() => localStorage.getItem("owned"));
+    if (owned) fail(`an uploaded ${owned} file ran script in the web client's origin`);
+  });
+
   if (process.env.SCREENSHOT_DIR) {
     await step("screenshots", `desktop.png and phone.png in ${process.env.SCREENSHOT_DIR}`, async () => {
       await A.page.screenshot({ path: `${process.env.SCREENSHOT_DIR}/desktop.png` });
@@ -387,6 +505,44 @@ async function main() {
     await B.page.locator(`${tid("room-item")}[data-room-id="${roomId}"]`).waitFor({ state: "detached", timeout: TIMEOUT });
     await member(A.page, bob).waitFor({ state: "detached", timeout: TIMEOUT });
     await A.page.locator(tid("room-notice"), { hasText: `${bob} was removed from the room` }).waitFor({ timeout: TIMEOUT });
+  });
+
+  await step("A makes a bot and a key for it", "the bot is listed; the key's secret shows once with a Copy button and works; the key is listed with its scopes; revoking it removes it and refuses the secret", async () => {
+    const botName = `bot${tag()}`;
+    await A.page.locator(tid("keys-button")).click();
+    await A.page.locator(tid("keys-view")).waitFor({ state: "visible", timeout: TIMEOUT });
+    await A.page.locator(tid("bot-name-input")).fill(botName);
+    await A.page.locator(tid("bot-create")).click();
+    await A.page.locator(tid("bot-list")).locator("li", { hasText: botName }).waitFor({ timeout: TIMEOUT });
+    // The new bot is the owner the key form now speaks of.
+    const owner = await A.page.locator(tid("key-owner")).evaluate((s) => s.options[s.selectedIndex].text);
+    if (owner !== botName) fail(`the key form is for "${owner}", not the new bot`);
+    await A.page.locator(tid("key-name-input")).fill("notifier");
+    await A.page.locator('input[name="scope"][value="chat:write"]').check();
+    await A.page.locator(tid("key-create")).click();
+    await A.page.locator(tid("key-secret")).waitFor({ state: "visible", timeout: TIMEOUT });
+    await A.page.locator(tid("key-copy")).waitFor({ state: "visible", timeout: TIMEOUT });
+    const secret = (await A.page.locator(tid("key-secret-text")).textContent()).trim();
+    if (!secret.startsWith("pk_")) fail(`the secret shown is "${secret}"`);
+    const listed = A.page.locator(tid("key-list")).locator("li", { hasText: "notifier" });
+    await listed.waitFor({ timeout: TIMEOUT });
+    const scopes = await listed.textContent();
+    if (!scopes.includes("chat:read chat:write")) fail(`the key is listed as "${scopes}"`);
+    if ((await A.page.locator(tid("key-list")).textContent()).includes(secret)) fail("the list shows the secret");
+    const rooms = await fetch(`${base}/api/v1/rooms`, { headers: { authorization: `Bearer ${secret}` } });
+    if (rooms.status !== 200) fail(`the new key is refused: ${rooms.status}`);
+    // Revoking asks for a second click.
+    await listed.locator(tid("key-revoke")).click();
+    await listed.locator(tid("key-revoke")).click();
+    await listed.waitFor({ state: "detached", timeout: TIMEOUT });
+    const refused = await fetch(`${base}/api/v1/rooms`, { headers: { authorization: `Bearer ${secret}` } });
+    if (refused.status !== 401) fail(`the revoked key answers ${refused.status}`);
+    await A.page.locator(tid("keys-close")).click();
+    await A.page.locator(tid("keys-view")).waitFor({ state: "hidden", timeout: TIMEOUT });
+    await A.page.locator(tid("keys-button")).click();
+    if (await A.page.locator(tid("key-secret")).isVisible()) fail("the secret is shown again");
+    await A.page.keyboard.press("Escape");
+    await A.page.locator(tid("keys-view")).waitFor({ state: "hidden", timeout: TIMEOUT });
   });
 
   await step("final check", "no JavaScript errors on either page", async () => {});

@@ -47,10 +47,23 @@ pub fn test_args(stack: &TestStack, redis_url: Option<&str>) -> ChatArgs {
         sends_per_second: 10_000,
         send_burst: 10_000,
         max_rooms_per_session: 100,
+        max_sessions_per_user: 64,
+        max_sessions_per_stream: 65_536,
+        max_rooms_per_creator: 1000,
         stream_queue: 4096,
         presence_ttl: Duration::from_millis(1500),
+        cors_origins: parley_runtime::config::CorsOrigins::None,
+        tls: Default::default(),
+        gateway_stream_secret: None,
+        bus_secret: Some(BUS_SECRET.into()),
     }
 }
+
+/// The `CHAT_BUS_SECRET` of every test replica.
+pub const BUS_SECRET: &str = "test bus secret";
+
+/// The `GATEWAY_STREAM_SECRET` of the distributed test deployments.
+pub const GATEWAY_STREAM_SECRET: &str = "test-gateway-stream-secret";
 
 impl ChatReplica {
     /// Starts a replica with `args` (addresses are ignored: port 0) and
@@ -67,6 +80,7 @@ impl ChatReplica {
                 ..args
             },
             auth_url: stack.auth_url(),
+            media_url: stack.media_url(),
             shutdown_grace: Duration::from_secs(5),
         };
         let app = parley_chat::with_listeners(config, listeners, shutdown.clone())
@@ -110,7 +124,24 @@ impl ChatCluster {
     /// Starts the topology of `backend`, with `tweak` applied to the
     /// replicas' settings.
     pub async fn start_with(backend: DatabaseBackend, tweak: impl Fn(&mut ChatArgs)) -> Self {
-        let stack = TestStack::start(backend).await;
+        Self::start_on(TestStack::start(backend).await, backend, tweak).await
+    }
+
+    /// Starts the topology of `backend` with a media service beside it, on
+    /// a folder, which the replicas ask about attachments.
+    pub async fn start_with_media(backend: DatabaseBackend) -> (Self, crate::media::MediaServer) {
+        let mut stack = TestStack::start(backend).await;
+        let media =
+            crate::media::MediaServer::start(&stack, crate::media::Store::Folder, |_| {}).await;
+        stack.media_url = Some(parley_runtime::config::ServiceUrl::from_addr(media.addr));
+        (Self::start_on(stack, backend, |_| {}).await, media)
+    }
+
+    async fn start_on(
+        stack: TestStack,
+        backend: DatabaseBackend,
+        tweak: impl Fn(&mut ChatArgs),
+    ) -> Self {
         let redis = (backend == DatabaseBackend::Postgres).then_some(REDIS_URL);
         let mut replicas = Vec::new();
         let count = if redis.is_some() { 2 } else { 1 };
@@ -260,6 +291,7 @@ impl ChatStream {
             content: content.into(),
             client_id: client_id.into(),
             reply_to: 0,
+            attachments: Vec::new(),
         }))
         .await;
     }

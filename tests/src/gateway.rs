@@ -17,6 +17,7 @@ use tokio_tungstenite::{
 use crate::{
     DatabaseBackend, TestStack, binary,
     chat::{ChatReplica, FRAME_TIMEOUT, REDIS_URL, test_args},
+    media::{MediaServer, Store},
 };
 
 /// Which deployment a test runs against.
@@ -48,6 +49,11 @@ pub struct Settings {
     pub send_burst: u32,
     /// `SHUTDOWN_GRACE`.
     pub shutdown_grace: Duration,
+    /// `MEDIA_MAX_BYTES`.
+    pub media_max_bytes: u64,
+    /// The all-in-one's services call each other at `https://localhost`
+    /// URLs (their TLS files come in the extra variables).
+    pub https: bool,
 }
 
 impl Default for Settings {
@@ -61,6 +67,8 @@ impl Default for Settings {
             sends_per_second: 10_000,
             send_burst: 10_000,
             shutdown_grace: Duration::from_secs(3),
+            media_max_bytes: 25 * 1024 * 1024,
+            https: false,
         }
     }
 }
@@ -100,10 +108,17 @@ impl GatewayNode {
                 max_rooms_per_connection: settings.max_rooms_per_connection,
                 max_connections_per_user: settings.max_connections_per_user,
                 streams_per_replica: 2,
+                allowed_origins: parley_runtime::config::CorsOrigins::None,
+                tls: Default::default(),
+                stream_secret: Some(crate::chat::GATEWAY_STREAM_SECRET.into()),
+                auth_attempts: 100_000,
+                auth_attempt_every: Duration::from_millis(1),
+                client_address_header: parley_gateway::ClientAddressHeader::default(),
             },
             auth_url: stack.auth_url(),
             user_url: ServiceUrl::from_addr(stack.user_addr),
             chat_url,
+            media_url: stack.media_url(),
             shutdown_grace: settings.shutdown_grace,
         };
         let shutdown = CancellationToken::new();
@@ -132,17 +147,24 @@ impl GatewayNode {
 
 /// Polls `/readyz` until it answers 200: readiness has no event to await
 /// from outside the process.
+///
+/// The limit is generous because the whole suite shares two cores; on
+/// timeout the panic quotes the last answer, which names the unmet
+/// conditions.
 pub async fn wait_until_ready(admin: SocketAddr) {
-    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+    let mut last = String::from("no answer");
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            if let Ok((200, _)) = try_http_get(admin, "/readyz").await {
-                return;
+            match try_http_get(admin, "/readyz").await {
+                Ok((200, _)) => return,
+                Ok((status, body)) => last = format!("{status} {}", body.trim()),
+                Err(err) => last = err.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     })
     .await;
-    ready.unwrap_or_else(|_| panic!("the service at {admin} did not become ready"));
+    ready.unwrap_or_else(|_| panic!("the service at {admin} did not become ready: {last}"));
 }
 
 /// The value of an unlabelled series on an admin port, if it is there.
@@ -177,13 +199,16 @@ impl ChatProcess {
         let addr = format!("127.0.0.1:{port}");
         let database = stack.database_url("chat").expose().to_owned();
         let auth = stack.auth_url().to_string();
+        let media = stack.media_url().to_string();
         let mut env = vec![
             ("CHAT_GRPC_ADDR", addr.as_str()),
             ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
             ("CHAT_DATABASE_URL", database.as_str()),
             ("CHAT_REDIS_URL", REDIS_URL),
+            ("CHAT_BUS_SECRET", crate::chat::BUS_SECRET),
             ("CHAT_PRESENCE_TTL", "1500ms"),
             ("AUTH_URL", auth.as_str()),
+            ("MEDIA_URL", media.as_str()),
         ];
         env.extend_from_slice(extra);
         let running = RunningBinary::start(&binary("parley-chat"), &env, 1).await;
@@ -217,12 +242,14 @@ impl GatewayProcess {
         let auth = stack.auth_url().to_string();
         let user = ServiceUrl::from_addr(stack.user_addr).to_string();
         let chat = chat_url.to_string();
+        let media = stack.media_url().to_string();
         let mut env = vec![
             ("GATEWAY_HTTP_ADDR", "127.0.0.1:0"),
             ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
             ("AUTH_URL", auth.as_str()),
             ("USER_URL", user.as_str()),
             ("CHAT_URL", chat.as_str()),
+            ("MEDIA_URL", media.as_str()),
         ];
         env.extend_from_slice(extra);
         let running = RunningBinary::start(&binary("parley-gateway"), &env, 1).await;
@@ -252,10 +279,18 @@ pub struct Deployment {
     pub gateway_admins: Vec<SocketAddr>,
     /// The chat replicas' admin addresses.
     pub chat_admins: Vec<SocketAddr>,
+    /// media's admin address.
+    pub media_admin: SocketAddr,
     /// auth's admin address.
     pub auth_admin: SocketAddr,
     /// user's admin address.
     pub user_admin: SocketAddr,
+    /// auth's gRPC address.
+    pub auth_grpc: SocketAddr,
+    /// user's gRPC address.
+    pub user_grpc: SocketAddr,
+    /// The chat replicas' gRPC addresses.
+    pub chat_grpcs: Vec<SocketAddr>,
     parts: Parts,
 }
 
@@ -263,10 +298,13 @@ pub struct Deployment {
 enum Parts {
     Distributed {
         stack: Box<TestStack>,
+        media: Box<MediaServer>,
         replicas: Vec<ChatReplica>,
         gateways: Vec<GatewayNode>,
     },
-    AllInOne(Box<RunningBinary>),
+    /// The process, and the environment it was started with (for its
+    /// one-off subcommands).
+    AllInOne(Box<RunningBinary>, Vec<(String, String)>),
 }
 
 impl Deployment {
@@ -280,11 +318,18 @@ impl Deployment {
     }
 
     async fn distributed(settings: &Settings) -> Self {
-        let stack =
+        let mut stack =
             TestStack::start_with(DatabaseBackend::Postgres, settings.access_token_ttl).await;
+        let media = MediaServer::start(&stack, Store::Folder, |args| {
+            args.max_bytes = settings.media_max_bytes;
+        })
+        .await;
+        stack.media_url = Some(ServiceUrl::from_addr(media.addr));
         let mut replicas = Vec::new();
         for _ in 0..2 {
             let mut args = test_args(&stack, Some(REDIS_URL));
+            // Gateways prove themselves to chat with the secret.
+            args.gateway_stream_secret = Some(crate::chat::GATEWAY_STREAM_SECRET.into());
             args.sends_per_second = settings.sends_per_second;
             args.send_burst = settings.send_burst;
             replicas.push(ChatReplica::start(&stack, args).await);
@@ -300,10 +345,15 @@ impl Deployment {
             gateways: gateways.iter().map(|g| g.http).collect(),
             gateway_admins: gateways.iter().map(|g| g.admin).collect(),
             chat_admins: replicas.iter().map(|r| r.admin).collect(),
+            media_admin: media.admin,
             auth_admin: stack.auth_admin,
             user_admin: stack.user_admin,
+            auth_grpc: stack.auth_addr,
+            user_grpc: stack.user_addr,
+            chat_grpcs: replicas.iter().map(|r| r.addr).collect(),
             parts: Parts::Distributed {
                 stack: Box::new(stack),
+                media: Box::new(media),
                 replicas,
                 gateways,
             },
@@ -314,7 +364,13 @@ impl Deployment {
     pub async fn all_in_one(settings: &Settings, extra: &[(&str, &str)]) -> Self {
         let ports = free_ports(10).await;
         let addr = |i: usize| format!("127.0.0.1:{}", ports[i]);
-        let url = |i: usize| format!("http://127.0.0.1:{}", ports[i]);
+        let url = |i: usize| {
+            if settings.https {
+                format!("https://localhost:{}", ports[i])
+            } else {
+                format!("http://127.0.0.1:{}", ports[i])
+            }
+        };
         let owned: Vec<(String, String)> = vec![
             ("AUTH_GRPC_ADDR".into(), addr(0)),
             ("USER_GRPC_ADDR".into(), addr(1)),
@@ -329,7 +385,14 @@ impl Deployment {
             ("AUTH_URL".into(), url(0)),
             ("USER_URL".into(), url(1)),
             ("CHAT_URL".into(), url(2)),
-            ("USER_ADMIN_USERNAMES".into(), crate::ADMIN.into()),
+            ("MEDIA_URL".into(), url(8)),
+            (
+                "MEDIA_MAX_BYTES".into(),
+                settings.media_max_bytes.to_string(),
+            ),
+            // Tests sign the same users in often; the limit has its own test.
+            ("AUTH_LOGIN_ATTEMPTS".into(), "1000".into()),
+            ("GATEWAY_AUTH_ATTEMPTS".into(), "100000".into()),
             (
                 "AUTH_ACCESS_TOKEN_TTL".into(),
                 format!("{}ms", settings.access_token_ttl.as_millis()),
@@ -373,9 +436,18 @@ impl Deployment {
             gateways: vec![gateway],
             gateway_admins: vec![admin],
             chat_admins: vec![addr(6).parse().expect("an address")],
+            media_admin: addr(9).parse().expect("an address"),
             auth_admin: addr(4).parse().expect("an address"),
             user_admin: addr(5).parse().expect("an address"),
-            parts: Parts::AllInOne(Box::new(running)),
+            auth_grpc: addr(0).parse().expect("an address"),
+            user_grpc: addr(1).parse().expect("an address"),
+            chat_grpcs: vec![addr(2).parse().expect("an address")],
+            parts: Parts::AllInOne(
+                Box::new(running),
+                env.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
         }
     }
 
@@ -384,7 +456,7 @@ impl Deployment {
     pub fn stack(&self) -> Option<&TestStack> {
         match &self.parts {
             Parts::Distributed { stack, .. } => Some(stack),
-            Parts::AllInOne(_) => None,
+            Parts::AllInOne(..) => None,
         }
     }
 
@@ -396,7 +468,7 @@ impl Deployment {
     /// The process of the all-in-one deployment.
     pub fn process(&mut self) -> Option<&mut RunningBinary> {
         match &mut self.parts {
-            Parts::AllInOne(running) => Some(running),
+            Parts::AllInOne(running, _) => Some(running),
             Parts::Distributed { .. } => None,
         }
     }
@@ -442,6 +514,53 @@ impl Deployment {
         }
     }
 
+    /// The global admin ([`crate::ADMIN`]), signed up and promoted as an
+    /// operator would (`grant-admin`) if the deployment has not done so.
+    pub async fn admin(&self) -> Account {
+        let _ = http_json(
+            self.gateway(0),
+            "POST",
+            "/api/v1/auth/register",
+            None,
+            &json!({ "username": crate::ADMIN, "password": crate::PASSWORD }),
+        )
+        .await;
+        if let Parts::AllInOne(running, env) = &self.parts {
+            let granted = tokio::process::Command::new(binary("parley"))
+                .current_dir(running.dir.path())
+                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .args(["grant-admin", crate::ADMIN])
+                .output()
+                .await
+                .expect("parley grant-admin runs");
+            assert!(
+                granted.status.success(),
+                "parley grant-admin: {}",
+                String::from_utf8_lossy(&granted.stderr)
+            );
+        }
+        let tokens = self.log_in(crate::ADMIN).await;
+        let token = tokens["access_token"].as_str().expect("a token").to_owned();
+        let me = http_json(
+            self.gateway(0),
+            "GET",
+            "/api/v1/me",
+            Some(&token),
+            &Value::Null,
+        )
+        .await;
+        assert_eq!(me.status, 200, "{}", me.body);
+        Account {
+            user_id: me.json()["id"].as_str().expect("an id").to_owned(),
+            username: crate::ADMIN.to_owned(),
+            access_token: token,
+            refresh_token: tokens["refresh_token"]
+                .as_str()
+                .expect("a token")
+                .to_owned(),
+        }
+    }
+
     /// Logs `username` in over REST and returns the token answer.
     pub async fn log_in(&self, username: &str) -> Value {
         let response = http_json(
@@ -465,7 +584,7 @@ impl Deployment {
     pub async fn terminate_database_connections(&self) -> u64 {
         match &self.parts {
             Parts::Distributed { stack, .. } => stack.terminate_database_connections().await,
-            Parts::AllInOne(_) => 0,
+            Parts::AllInOne(..) => 0,
         }
     }
 
@@ -492,6 +611,7 @@ impl Deployment {
         match self.parts {
             Parts::Distributed {
                 stack,
+                media,
                 replicas,
                 gateways,
             } => {
@@ -501,9 +621,10 @@ impl Deployment {
                 for replica in replicas {
                     replica.stop().await;
                 }
+                media.stop().await;
                 stack.stop().await;
             }
-            Parts::AllInOne(mut running) => {
+            Parts::AllInOne(mut running, _) => {
                 running.terminate().await;
                 let exit = tokio::time::timeout(Duration::from_secs(20), running.child.wait())
                     .await
@@ -709,6 +830,35 @@ impl Ws {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .unwrap_or_else(|err| panic!("WebSocket upgrade at {addr}: {err}"));
+        Self { stream }
+    }
+
+    /// Connects to `wss://localhost:<port of addr>/ws` with `?token=`,
+    /// trusting `ca_pem` (README, "TLS").
+    pub async fn connect_tls(addr: SocketAddr, token: &str, ca_pem: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("a PEM CA")).expect("a usable CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let url = format!("wss://localhost:{}/ws?token={token}", addr.port());
+        let (stream, _) = tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+                config,
+            ))),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("WSS upgrade at {addr}: {err}"));
         Self { stream }
     }
 

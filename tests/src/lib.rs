@@ -48,6 +48,9 @@ pub struct TestStack {
     pub users: UserServiceClient<Channel>,
     /// An access token of the `admin` user.
     pub admin_token: String,
+    /// Where a media service beside the stack is, for the chat replicas
+    /// and gateways started next; `None` when there is none.
+    pub media_url: Option<ServiceUrl>,
     /// auth's signing key, to mint service tokens in tests.
     signing_pem: String,
     shutdown: CancellationToken,
@@ -91,6 +94,11 @@ impl TestStack {
                 jwt_private_key_file: None,
                 access_token_ttl,
                 refresh_token_ttl: Duration::from_secs(3600),
+                api_key_token_ttl: Duration::from_secs(300),
+                login_attempts: 1000,
+                login_attempt_every: Duration::from_millis(100),
+                cors_origins: parley_runtime::config::CorsOrigins::None,
+                tls: Default::default(),
             },
             user_url: ServiceUrl::from_addr(user_addr),
             shutdown_grace: grace,
@@ -100,7 +108,8 @@ impl TestStack {
                 grpc_addr: user_addr,
                 admin_addr: user_admin,
                 database_url: database.url_for("user"),
-                admin_usernames: vec![ADMIN.into()],
+                cors_origins: parley_runtime::config::CorsOrigins::None,
+                tls: Default::default(),
             },
             auth_url: ServiceUrl::from_addr(auth_addr),
             shutdown_grace: grace,
@@ -129,12 +138,16 @@ impl TestStack {
             auth: AuthServiceClient::new(auth_channel),
             users: UserServiceClient::new(user_channel),
             admin_token: String::new(),
+            media_url: None,
             signing_pem,
             shutdown,
             tasks,
             _database: database,
         };
         stack.register(ADMIN).await;
+        parley_user::set_admin(&stack.database_url("user"), ADMIN, true)
+            .await
+            .expect("the admin promoted");
         stack.admin_token = stack.login(ADMIN).await.access_token;
         stack
     }
@@ -155,17 +168,30 @@ impl TestStack {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("a clock after 1970")
             .as_secs() as i64;
-        let claims = parley_runtime::token::AccessClaims {
+        self.sign(&parley_runtime::token::AccessClaims {
             sub: "00000000-0000-0000-0000-000000000000".into(),
             name: "tests".into(),
             roles: vec![parley_runtime::token::SERVICE_ROLE.into()],
             iat: now,
+            nbf: now,
             exp: now + 300,
             jti: format!("test-{now}"),
-        };
+            iss: parley_runtime::token::ISSUER.into(),
+            aud: parley_runtime::token::SERVICE_AUDIENCE.into(),
+            scope: None,
+            fam: None,
+            key: None,
+        })
+    }
+
+    /// `claims` signed with auth's key, for tests of what verifiers accept.
+    ///
+    /// # Panics
+    /// When the key cannot sign.
+    pub fn sign(&self, claims: &parley_runtime::token::AccessClaims) -> String {
         SigningKeys::from_pem(&self.signing_pem)
-            .and_then(|keys| keys.sign(&claims))
-            .expect("a signed service token")
+            .and_then(|keys| keys.sign(claims))
+            .expect("a signed token")
     }
 
     /// Registers `username` with [`PASSWORD`].
@@ -229,6 +255,15 @@ impl TestStack {
         ServiceUrl::from_addr(self.auth_addr)
     }
 
+    /// Where media is for services started next to this stack: the one set
+    /// in [`Self::media_url`], else a port nothing listens on (sends with
+    /// attachments then fail UNAVAILABLE).
+    pub fn media_url(&self) -> ServiceUrl {
+        self.media_url
+            .clone()
+            .unwrap_or_else(|| ServiceUrl::from_addr(([127, 0, 0, 1], 9).into()))
+    }
+
     /// Stops both services and checks they drained cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -290,7 +325,7 @@ pub async fn wait_until_serving(channel: Channel, service: &str) {
         .await
         .expect("health watch")
         .into_inner();
-    let serving = tokio::time::timeout(Duration::from_secs(20), async {
+    let serving = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(response) = watch.message().await.expect("health stream") {
             if response.status == ServingStatus::Serving as i32 {
                 return;

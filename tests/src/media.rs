@@ -163,6 +163,8 @@ impl MediaServer {
             max_bytes: 25 * 1024 * 1024,
             user_quota_bytes: 1024 * 1024 * 1024,
             upload_ttl: Duration::from_secs(3600),
+            cors_origins: parley_runtime::config::CorsOrigins::None,
+            tls: Default::default(),
         };
         adjust(&mut args);
         let config = parley_media::Config {
@@ -225,4 +227,46 @@ impl MediaServer {
             .expect("the media task does not panic");
         assert_eq!(result, Ok(()));
     }
+}
+
+/// Bytes that compress badly and differ per seed (xorshift), for files no
+/// layer can shrink.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// A real image of `width` × `height` in `format` (a gradient).
+///
+/// # Panics
+/// When the image crate cannot encode it.
+pub fn picture(width: u32, height: u32, format: image::ImageFormat) -> Vec<u8> {
+    let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    }));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut bytes, format)
+        .expect("an image the crate can encode");
+    bytes.into_inner()
+}
+
+/// The highest resident memory of `pid` until `done` is cancelled, sampled
+/// every 20 ms (memory has no event to await).
+pub fn watch_memory(pid: u32, done: CancellationToken) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut peak = 0;
+        while !done.is_cancelled() {
+            peak = peak.max(crate::rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        peak.max(crate::rss_kib(pid))
+    })
 }

@@ -245,3 +245,68 @@ async fn gateway_help_lists_every_variable() {
         assert!(help.contains(variable), "--help misses {variable}");
     }
 }
+
+/// The first admin is made by whoever runs `parley-user grant-admin` where
+/// the service runs, not by whoever registers a name first: the role is
+/// in the user's next token; an unknown name fails with exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_admin_promotes_an_existing_user() {
+    use parley_proto::user::v1::GetUserRequest;
+    let mut stack = parley_tests::TestStack::start(parley_tests::DatabaseBackend::Postgres).await;
+    let grace = stack.register("grace").await;
+    assert!(!grace.roles.iter().any(|role| role == "admin"));
+    let url = stack.database_url("user");
+    let run = |command: &'static str, username: &'static str| {
+        let url = url.expose().to_owned();
+        async move {
+            tokio::process::Command::new(binary("parley-user"))
+                .args([command, username])
+                .env("USER_DATABASE_URL", url)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let granted = run("grant-admin", "Grace").await;
+    assert!(
+        granted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    assert!(String::from_utf8_lossy(&granted.stdout).contains("admin"));
+    let token = stack.login("grace").await.access_token;
+    let user = stack
+        .users
+        .get_user(parley_tests::authed(
+            GetUserRequest {
+                id: grace.id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.roles, ["admin", "user"]);
+
+    let unknown = run("grant-admin", "nobody").await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("nobody"));
+
+    assert!(run("revoke-admin", "grace").await.status.success());
+    let token = stack.login("grace").await.access_token;
+    let user = stack
+        .users
+        .get_user(parley_tests::authed(
+            GetUserRequest { id: grace.id },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(user.roles, ["user"]);
+    stack.stop().await;
+}

@@ -4,12 +4,17 @@ renders through ("parley.component").
 
 Calling convention for the per-service helpers: a dict with
   root: the top-level context ($)
-  name: the service key in .Values.services (auth, user, chat, gateway)
+  name: the service key in .Values.services (auth, user, chat, media, gateway)
 */}}
 
-{{/* The four services, in the order objects are rendered. */}}
+{{/* The five services, in the order objects are rendered. */}}
 {{- define "parley.serviceNames" -}}
-auth user chat gateway
+auth user chat media gateway
+{{- end }}
+
+{{/* The services that keep a database. */}}
+{{- define "parley.databaseServices" -}}
+auth user chat media
 {{- end }}
 
 {{/* Chart name, overridable. */}}
@@ -131,7 +136,7 @@ as float64 and would print as 1.048576e+06; whole numbers print as integers.
 
 {{/* The gRPC readiness service name of a service; empty for the gateway. */}}
 {{- define "parley.grpcHealthService" -}}
-{{- get (dict "auth" "parley.auth.v1.AuthService" "user" "parley.user.v1.UserService" "chat" "parley.chat.v1.ChatService") . }}
+{{- get (dict "auth" "parley.auth.v1.AuthService" "user" "parley.user.v1.UserService" "chat" "parley.chat.v1.ChatService" "media" "parley.media.v1.MediaService") . }}
 {{- end }}
 
 {{/* The variable prefix of a service: AUTH, USER, CHAT, GATEWAY. */}}
@@ -162,7 +167,17 @@ Argument: (dict "root" $ "name" "chat").
 */}}
 {{- define "parley.serviceUrl" -}}
 {{- $port := (index .root.Values.services .name).ports.grpc }}
-{{- printf "http://%s:%v" (include "parley.componentName" (dict "root" .root "name" .name "suffix" "headless")) $port }}
+{{- $scheme := ternary "https" "http" .root.Values.tls.enabled }}
+{{- printf "%s://%s:%v" $scheme (include "parley.componentName" (dict "root" .root "name" .name "suffix" "headless")) $port }}
+{{- end }}
+
+{{/*
+The Secret holding a service's certificate (tls.crt, tls.key, ca.crt): the
+one cert-manager writes, or tls.existingSecrets.<name>.
+Argument: (dict "root" $ "name" "chat").
+*/}}
+{{- define "parley.tls.secretName" -}}
+{{- default (include "parley.componentName" (dict "root" .root "name" .name "suffix" "tls")) (index .root.Values.tls.existingSecrets .name) }}
 {{- end }}
 
 {{/*
@@ -188,14 +203,37 @@ data). Argument: (dict "root" $ "name" "chat").
 {{- if eq $name "auth" }}
 {{- $_ := set $env "AUTH_JWT_PRIVATE_KEY_FILE" (printf "/etc/parley/jwt/%s" (include "parley.jwt.key" $root)) }}
 {{- end }}
-{{- if has $name (list "user" "chat" "gateway") }}
+{{- if has $name (list "user" "chat" "media" "gateway") }}
 {{- $_ := set $env "AUTH_URL" (include "parley.serviceUrl" (dict "root" $root "name" "auth")) }}
+{{- end }}
+{{- if has $name (list "chat" "gateway") }}
+{{- $_ := set $env "MEDIA_URL" (include "parley.serviceUrl" (dict "root" $root "name" "media")) }}
+{{- end }}
+{{- if eq $name "media" }}
+{{- $store := $s.storage }}
+{{- if eq $store.type "s3" }}
+{{- $_ := set $env "MEDIA_STORE_URL" (printf "s3://%s%s" $store.s3.bucket (ternary (printf "/%s" (trimPrefix "/" $store.s3.prefix)) "" (ne $store.s3.prefix ""))) }}
+{{- $_ := set $env "MEDIA_S3_REGION" $store.s3.region }}
+{{- with $store.s3.endpoint }}
+{{- $_ := set $env "MEDIA_S3_ENDPOINT" . }}
+{{- end }}
+{{- else }}
+{{- $_ := set $env "MEDIA_STORE_URL" "file:///var/lib/parley/media" }}
+{{- end }}
 {{- end }}
 {{- if has $name (list "auth" "gateway") }}
 {{- $_ := set $env "USER_URL" (include "parley.serviceUrl" (dict "root" $root "name" "user")) }}
 {{- end }}
 {{- if eq $name "gateway" }}
 {{- $_ := set $env "CHAT_URL" (include "parley.serviceUrl" (dict "root" $root "name" "chat")) }}
+{{- end }}
+{{- if $values.tls.enabled }}
+{{- $_ := set $env (printf "%s_TLS_CERT_FILE" $prefix) "/etc/parley/tls/tls.crt" }}
+{{- $_ := set $env (printf "%s_TLS_KEY_FILE" $prefix) "/etc/parley/tls/tls.key" }}
+{{- $_ := set $env (printf "%s_TLS_CA_FILE" $prefix) "/etc/parley/tls/ca.crt" }}
+{{- if and $values.tls.mutual (ne $name "gateway") }}
+{{- $_ := set $env (printf "%s_TLS_CLIENT_CA_FILE" $prefix) "/etc/parley/tls/ca.crt" }}
+{{- end }}
 {{- end }}
 {{- $_ := set $env "SHUTDOWN_GRACE" (printf "%ss" (include "parley.string" $s.shutdownGraceSeconds)) }}
 {{- $_ := set $env "RUST_LOG" $values.logging.level }}
@@ -215,12 +253,26 @@ Argument: (dict "root" $ "name" "chat").
 */}}
 {{- define "parley.secretEnv" -}}
 {{- $root := .root }}
-{{- if has .name (list "auth" "user" "chat") }}
+{{- if has .name (splitList " " (include "parley.databaseServices" $root)) }}
 - name: {{ printf "%s_DATABASE_URL" (include "parley.envPrefix" .name) }}
   valueFrom:
     secretKeyRef:
       name: {{ include "parley.database.secretName" $root }}
       key: {{ include "parley.database.key" (dict "root" $root "name" .name) }}
+{{- end }}
+{{- if has .name (list "chat" "gateway") }}
+- name: GATEWAY_STREAM_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "parley.internal.secretName" $root }}
+      key: {{ include "parley.internal.key" (dict "root" $root "which" "gatewayStream") }}
+{{- end }}
+{{- if eq .name "chat" }}
+- name: CHAT_BUS_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "parley.internal.secretName" $root }}
+      key: {{ include "parley.internal.key" (dict "root" $root "which" "bus") }}
 {{- end }}
 {{- if eq .name "chat" }}
 - name: CHAT_REDIS_URL
@@ -228,6 +280,21 @@ Argument: (dict "root" $ "name" "chat").
     secretKeyRef:
       name: {{ include "parley.redis.secretName" $root }}
       key: {{ include "parley.redis.key" $root }}
+{{- end }}
+{{- if eq .name "media" }}
+{{- $s3 := (include "parley.settings" . | fromYaml).storage }}
+{{- if and (eq $s3.type "s3") $s3.s3.existingSecret }}
+- name: MEDIA_S3_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.s3.existingSecret }}
+      key: {{ $s3.s3.accessKeyIdKey }}
+- name: MEDIA_S3_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.s3.existingSecret }}
+      key: {{ $s3.s3.secretAccessKeyKey }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -243,11 +310,21 @@ its name and keys are known here; roll the pods yourself after rotating it
 {{- if eq .name "auth" }}
 {{- $parts = append $parts (include "parley.jwt.checksumSource" $root) }}
 {{- end }}
-{{- if has .name (list "auth" "user" "chat") }}
+{{- if has .name (splitList " " (include "parley.databaseServices" $root)) }}
 {{- $parts = append $parts (include "parley.database.checksumSource" $root) }}
+{{- end }}
+{{- if eq .name "media" }}
+{{- $parts = append $parts (toYaml (include "parley.settings" . | fromYaml).storage) }}
 {{- end }}
 {{- if eq .name "chat" }}
 {{- $parts = append $parts (include "parley.redis.checksumSource" $root) }}
+{{- end }}
+{{- if has .name (list "chat" "gateway") }}
+{{- if $root.Values.internalSecrets.existingSecret }}
+{{- $parts = append $parts (printf "existing %s" (toYaml $root.Values.internalSecrets)) }}
+{{- else }}
+{{- $parts = append $parts (include "parley.internal.data" $root) }}
+{{- end }}
 {{- end }}
 {{- join "\n" $parts | sha256sum }}
 {{- end }}
@@ -301,7 +378,13 @@ spec:
   {{- end }}
   minReadySeconds: {{ $s.minReadySeconds }}
   strategy:
+    {{- if and (eq $name "media") (eq $s.storage.type "file") (eq $s.storage.file.accessMode "ReadWriteOnce") }}
+    # One volume that only one node mounts: the old pod goes before the new
+    # one comes.
+    type: Recreate
+    {{- else }}
     {{- toYaml $s.strategy | nindent 4 }}
+    {{- end }}
   selector:
     matchLabels:
       {{- include "parley.selectorLabels" $labelCtx | nindent 6 }}
@@ -314,9 +397,7 @@ spec:
         {{- end }}
       annotations:
         checksum/config: {{ include "parley.env" $ctx | sha256sum }}
-        {{- if ne $name "gateway" }}
         checksum/secret: {{ include "parley.secretChecksum" $ctx }}
-        {{- end }}
         {{- if $root.Values.observability.scrapeAnnotations }}
         prometheus.io/scrape: "true"
         prometheus.io/port: {{ $s.ports.admin | quote }}
@@ -358,7 +439,7 @@ spec:
             - name: admin
               containerPort: {{ $s.ports.admin }}
               protocol: TCP
-          {{- if $healthService }}
+          {{- if and $healthService (not $root.Values.tls.enabled) }}
           # gRPC probes take port numbers, not names. Health service "" is
           # liveness (never depends on the database); the service's own name
           # is readiness (database reachable and migrated, auth's keys held,
@@ -380,7 +461,10 @@ spec:
             {{- toYaml $s.readinessProbe | nindent 12 }}
           {{- else }}
           # /healthz never depends on another process; /readyz is 503 while
-          # no chat replica is reachable, without auth's keys, and draining.
+          # not ready (the service's readiness conditions; for the gateway:
+          # no chat replica reachable, no keys of auth) and while draining.
+          # Also the probes of the gRPC services under TLS, which Kubernetes'
+          # gRPC probes cannot speak.
           startupProbe:
             httpGet:
               path: /healthz
@@ -418,12 +502,35 @@ spec:
               mountPath: /etc/parley/jwt
               readOnly: true
             {{- end }}
+            {{- if and (eq $name "media") (eq $s.storage.type "file") }}
+            - name: media
+              mountPath: /var/lib/parley/media
+            {{- end }}
+            {{- if $root.Values.tls.enabled }}
+            # A whole-Secret mount (no subPath), so a renewed certificate
+            # appears in place and is picked up without a restart.
+            - name: tls
+              mountPath: /etc/parley/tls
+              readOnly: true
+            {{- end }}
       volumes:
-        # The root filesystem is read-only; nothing is written on Kubernetes
-        # (Postgres, and auth's key comes from a Secret), /tmp is a courtesy.
+        # The root filesystem is read-only. /tmp holds media's images while
+        # their thumbnails are made (tmpSizeLimit); the other services
+        # write nothing there.
         - name: tmp
           emptyDir:
-            sizeLimit: 32Mi
+            sizeLimit: {{ $s.tmpSizeLimit }}
+        {{- if and (eq $name "media") (eq $s.storage.type "file") }}
+        - name: media
+          persistentVolumeClaim:
+            claimName: {{ default (include "parley.componentName" (dict "root" $root "name" "media" "suffix" "files")) $s.storage.file.existingClaim }}
+        {{- end }}
+        {{- if $root.Values.tls.enabled }}
+        - name: tls
+          secret:
+            secretName: {{ include "parley.tls.secretName" $ctx }}
+            defaultMode: 0440
+        {{- end }}
         {{- if eq $name "auth" }}
         - name: jwt
           secret:
@@ -482,7 +589,7 @@ spec:
       port: {{ $s.ports.http }}
       targetPort: http
       protocol: TCP
-      appProtocol: http
+      appProtocol: {{ ternary "https" "http" $root.Values.tls.enabled }}
 ---
 # The gateway's admin port, kept off the public Service.
 apiVersion: v1

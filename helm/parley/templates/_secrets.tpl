@@ -51,6 +51,29 @@ there (the bundled Postgres is for trying Parley out only).
 {{- end }}
 {{- end }}
 
+{{/* ---- Secrets between the services ---- */}}
+
+{{- define "parley.internal.secretName" -}}
+{{- default (printf "%s-internal" (include "parley.fullname" .)) .Values.internalSecrets.existingSecret }}
+{{- end }}
+
+{{/* Key of one of them: (dict "root" $ "which" "gatewayStream" | "bus"). */}}
+{{- define "parley.internal.key" -}}
+{{- $v := .root.Values.internalSecrets }}
+{{- if $v.existingSecret }}{{ ternary $v.gatewayStreamKey $v.busKey (eq .which "gatewayStream") }}{{ else }}{{ ternary "gateway-stream-secret" "chat-bus-secret" (eq .which "gatewayStream") }}{{ end }}
+{{- end }}
+
+{{/* The chart-made Secret's data: random secrets, kept across upgrades. */}}
+{{- define "parley.internal.data" -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "parley.internal.secretName" .) }}
+{{- $data := dict }}
+{{- range $key := list "gateway-stream-secret" "chat-bus-secret" }}
+{{- $stored := dig "data" $key "" ($existing | default dict) }}
+{{- $_ := set $data $key (ternary (b64dec $stored) (randAlphaNum 48) (ne $stored "")) }}
+{{- end }}
+{{- toYaml $data }}
+{{- end }}
+
 {{/* ---- Database URLs ---- */}}
 
 {{/* "true" when the chart makes the database Secret. */}}
@@ -96,12 +119,12 @@ back on upgrades, so both always agree.
 {{- $_ := set $data "postgres-password" $password }}
 {{- $auth := .Values.postgresql.auth }}
 {{- $url := printf "postgres://%s:%s@%s:5432/%s" ($auth.username | urlquery) ($password | urlquery | replace "+" "%20") (include "parley.componentName" (dict "root" . "name" "postgresql")) $auth.database }}
-{{- range $name := list "auth" "user" "chat" }}
+{{- range $name := splitList " " (include "parley.databaseServices" .) }}
 {{- $_ := set $data (printf "%s-database-url" $name) $url }}
 {{- end }}
 {{- else }}
 {{- $external := .Values.externalDatabase }}
-{{- range $name := list "auth" "user" "chat" }}
+{{- range $name := splitList " " (include "parley.databaseServices" .) }}
 {{- $_ := set $data (printf "%s-database-url" $name) (default $external.url (index $external.urls $name)) }}
 {{- end }}
 {{- end }}
@@ -113,7 +136,7 @@ back on upgrades, so both always agree.
 {{- include "parley.database.data" . }}
 {{- else }}
 {{- $keys := .Values.externalDatabase.existingSecretKeys }}
-{{- printf "existing %s %s %s %s" .Values.externalDatabase.existingSecret $keys.auth $keys.user $keys.chat }}
+{{- printf "existing %s %s %s %s %s" .Values.externalDatabase.existingSecret $keys.auth $keys.user $keys.chat $keys.media }}
 {{- end }}
 {{- end }}
 
@@ -139,12 +162,18 @@ back on upgrades, so both always agree.
 {{- end }}
 {{- end }}
 
+{{/* The bundled Redis gets a random password, kept across upgrades, in
+the URL chat reads and in the key the Redis pod reads. */}}
 {{- define "parley.redis.data" -}}
-{{- $url := .Values.externalRedis.url }}
+{{- $data := dict "redis-url" .Values.externalRedis.url }}
 {{- if .Values.redis.enabled }}
-{{- $url = printf "redis://%s:6379" (include "parley.componentName" (dict "root" . "name" "redis")) }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "parley.redis.secretName" .) }}
+{{- $stored := dig "data" "redis-password" "" ($existing | default dict) }}
+{{- $password := ternary (b64dec $stored) (randAlphaNum 32) (ne $stored "") }}
+{{- $_ := set $data "redis-password" $password }}
+{{- $_ := set $data "redis-url" (printf "redis://:%s@%s:6379" $password (include "parley.componentName" (dict "root" . "name" "redis"))) }}
 {{- end }}
-{{- toYaml (dict "redis-url" $url) }}
+{{- toYaml $data }}
 {{- end }}
 
 {{- define "parley.redis.checksumSource" -}}

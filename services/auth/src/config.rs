@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
-use parley_runtime::config::{DatabaseUrl, ServiceUrl, parse_duration};
+use parley_runtime::config::{AuthTls, CorsOrigins, DatabaseUrl, ServiceUrl, parse_duration};
 use secrecy::SecretString;
 
 /// Where the signing key is kept when none is configured.
@@ -67,6 +67,47 @@ pub struct AuthArgs {
     /// Lifetime of refresh tokens.
     #[arg(id = "AUTH_REFRESH_TOKEN_TTL", long = "auth-refresh-token-ttl", env = "AUTH_REFRESH_TOKEN_TTL", default_value = "30d", value_parser = parse_duration)]
     pub refresh_token_ttl: Duration,
+
+    /// Lifetime of the access tokens API keys are exchanged for: how long
+    /// such a token outlives its key's revocation at most where the
+    /// revocation has not arrived.
+    #[arg(id = "AUTH_API_KEY_TOKEN_TTL", long = "auth-api-key-token-ttl", env = "AUTH_API_KEY_TOKEN_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub api_key_token_ttl: Duration,
+
+    /// Sign-in attempts one username may make at once; then one more per
+    /// `AUTH_LOGIN_ATTEMPT_EVERY` (password guessing, README "Behaviour").
+    #[arg(
+        id = "AUTH_LOGIN_ATTEMPTS",
+        long = "auth-login-attempts",
+        env = "AUTH_LOGIN_ATTEMPTS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub login_attempts: u32,
+
+    /// How often a username gets one more sign-in attempt back.
+    #[arg(
+        id = "AUTH_LOGIN_ATTEMPT_EVERY",
+        long = "auth-login-attempt-every",
+        env = "AUTH_LOGIN_ATTEMPT_EVERY",
+        default_value = "30s",
+        value_parser = parse_duration
+    )]
+    pub login_attempt_every: Duration,
+
+    /// Browser origins that may call with gRPC-Web: comma-separated, or
+    /// `*`; empty sends no CORS headers.
+    #[arg(
+        id = "AUTH_CORS_ORIGINS",
+        long = "auth-cors-origins",
+        env = "AUTH_CORS_ORIGINS",
+        default_value = ""
+    )]
+    pub cors_origins: CorsOrigins,
+
+    /// TLS on the gRPC port and for calls to `https://` services.
+    #[command(flatten)]
+    pub tls: AuthTls,
 }
 
 /// Everything the auth service needs to run.

@@ -33,6 +33,25 @@ pub enum Error {
     /// The username is taken.
     #[error("username is already taken")]
     UsernameTaken,
+    /// An API key that is unknown, revoked or expired, or whose user is
+    /// gone.
+    #[error("API key is invalid, revoked or expired")]
+    InvalidApiKey,
+    /// Nothing the caller may see has this id.
+    #[error("{0}")]
+    NotFound(String),
+    /// A per-user limit is reached.
+    #[error("{0}")]
+    LimitReached(String),
+    /// A status decided elsewhere (a token's scopes), passed on as it is.
+    #[error("{0}")]
+    Status(Status),
+    /// Password hashing is saturated; retry shortly.
+    #[error("{0}")]
+    Busy(String),
+    /// Too many sign-in attempts for one username.
+    #[error("too many sign-in attempts for this username; {0}")]
+    TooManyAttempts(String),
     /// The user service refused or failed a call.
     #[error("user service: {0}")]
     UserService(Status),
@@ -54,11 +73,21 @@ impl Error {
     }
 }
 
+impl From<parley_runtime::password::PasswordError> for Error {
+    fn from(err: parley_runtime::password::PasswordError) -> Self {
+        use parley_runtime::password::PasswordError;
+        match err {
+            PasswordError::Busy => Self::Busy(err.to_string()),
+            PasswordError::Internal(err) => Self::Internal(err),
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
             Error::InvalidArgument { field, message } => invalid_argument(field, message),
-            Error::InvalidCredentials | Error::InvalidRefreshToken => {
+            Error::InvalidCredentials | Error::InvalidRefreshToken | Error::InvalidApiKey => {
                 Status::unauthenticated(err.to_string())
             }
             Error::Suspended | Error::PermissionDenied(_) => {
@@ -66,6 +95,11 @@ impl From<Error> for Status {
             }
             Error::Unauthenticated(message) => Status::unauthenticated(message),
             Error::UsernameTaken => Status::already_exists(err.to_string()),
+            Error::NotFound(message) => Status::not_found(message),
+            Error::Status(status) => status,
+            Error::LimitReached(message) => Status::resource_exhausted(message),
+            Error::Busy(message) => Status::resource_exhausted(message),
+            Error::TooManyAttempts(_) => Status::resource_exhausted(err.to_string()),
             // The user service's answers about the request itself reach the
             // client as they are (with their BadRequest details); its
             // outages are ours too; anything else is a bug between us.
@@ -101,6 +135,12 @@ mod tests {
             (Error::InvalidRefreshToken, Code::Unauthenticated),
             (Error::Suspended, Code::PermissionDenied),
             (Error::UsernameTaken, Code::AlreadyExists),
+            (Error::InvalidApiKey, Code::Unauthenticated),
+            (Error::NotFound("no such key".into()), Code::NotFound),
+            (
+                Error::LimitReached("too many".into()),
+                Code::ResourceExhausted,
+            ),
             (
                 Error::UserService(Status::already_exists("username")),
                 Code::AlreadyExists,

@@ -13,10 +13,12 @@
 //! credential here, and removes it again if that fails.
 #![warn(missing_docs)]
 
+mod api_keys;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod revocations;
 pub mod store;
 
 use std::sync::Arc;
@@ -31,8 +33,10 @@ use parley_runtime::{
     client::{self, ClientOptions},
     grpc::{MAX_MESSAGE_BYTES, ServerOptions, Services},
     health::Readiness,
+    limits::KeyedLimit,
     serve::Listeners,
     storage::Database,
+    tls::ServiceTls,
     token::TokenVerifier,
 };
 
@@ -83,13 +87,17 @@ pub async fn with_listeners(
     }
     let readiness = Readiness::new();
 
+    let tls = ServiceTls::load(&config.auth.tls.files())?;
     let keys = Arc::new(keys::SigningKeys::load(&config.auth)?);
     let verifier = TokenVerifier::new();
     verifier.set_public_keys(&keys.public_keys());
     let users = UserServiceClient::new(client::connect(
         "user",
         &config.user_url,
-        &ClientOptions::default(),
+        &ClientOptions {
+            tls: tls.client.clone(),
+            ..ClientOptions::default()
+        },
     ));
     let database = Database::open(
         &config.auth.database_url,
@@ -100,15 +108,21 @@ pub async fn with_listeners(
     )
     .await
     .context("opening the auth database")?;
+    let store = store::AuthStore::new(database);
+    let feed = revocations::Feed::new(store.clone(), verifier.revocations().clone());
+    feed.spawn_reader(shutdown.clone());
     let service = grpc::AuthService::new(
-        store::AuthStore::new(database),
+        store,
         users,
         keys,
         verifier,
         grpc::TokenLifetimes {
             access: config.auth.access_token_ttl,
             refresh: config.auth.refresh_token_ttl,
+            api_key: config.auth.api_key_token_ttl,
         },
+        KeyedLimit::new(config.auth.login_attempts, config.auth.login_attempt_every),
+        feed,
     );
     let services = Services::new().with(
         AuthServiceServer::new(service)
@@ -122,6 +136,8 @@ pub async fn with_listeners(
         readiness,
         ServerOptions {
             shutdown_grace: config.shutdown_grace,
+            cors_origins: config.auth.cors_origins.clone(),
+            tls: tls.server,
             ..ServerOptions::default()
         },
         shutdown,

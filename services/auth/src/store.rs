@@ -103,7 +103,8 @@ impl AuthStore {
         Ok(timed("get_credential", query.fetch_optional(self.db.pool())).await?)
     }
 
-    /// Starts a token family with its first refresh token.
+    /// Starts a token family with its first refresh token; returns the
+    /// family's id.
     ///
     /// # Errors
     /// Database failures.
@@ -112,7 +113,7 @@ impl AuthStore {
         user_id: &str,
         token_hash: &str,
         expires_at: i64,
-    ) -> Result<(), Error> {
+    ) -> Result<String, Error> {
         let now = now_millis();
         let family_id = uuid::Uuid::now_v7().to_string();
         let mut tx = self.db.pool().begin().await?;
@@ -134,7 +135,7 @@ impl AuthStore {
         .execute(&mut *tx)
         .await?;
         timed("start_token_family", tx.commit()).await?;
-        Ok(())
+        Ok(family_id)
     }
 
     /// The state of the refresh token with this hash.
@@ -195,8 +196,8 @@ impl AuthStore {
         Ok(true)
     }
 
-    /// Deletes a user's credential and every refresh token family of
-    /// theirs (their tokens go with them), in one transaction.
+    /// Deletes a user's credential, API keys and every refresh token
+    /// family of theirs (their tokens go with them), in one transaction.
     ///
     /// # Errors
     /// Database failures.
@@ -210,7 +211,7 @@ impl AuthStore {
         .bind(user_id)
         .execute(&mut *tx)
         .await?;
-        for table in ["refresh_token_family", "credential"] {
+        for table in ["refresh_token_family", "credential", "api_key"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1"))
                 .bind(user_id)
                 .execute(&mut *tx)
@@ -235,4 +236,203 @@ impl AuthStore {
         timed("revoke_token_family", query.execute(self.db.pool())).await?;
         Ok(())
     }
+}
+
+/// A stored API key, without anything that would let it be used.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    /// Its id.
+    pub key_id: String,
+    /// The user it acts as.
+    pub user_id: String,
+    /// Its label.
+    pub name: String,
+    /// Space-separated scopes.
+    pub scopes: String,
+    /// SHA-256 of the secret, base64url.
+    pub secret_hash: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds; `None`: never.
+    pub expires_at: Option<i64>,
+    /// Unix milliseconds.
+    pub last_used_at: Option<i64>,
+    /// Unix milliseconds.
+    pub revoked_at: Option<i64>,
+}
+
+/// A stored revocation.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RevocationRow {
+    /// Its id (UUIDv7).
+    pub revocation_id: String,
+    /// `user`, `family` or `api_key`.
+    pub kind: String,
+    /// The user, family or key id.
+    pub subject: String,
+    /// Unix milliseconds.
+    pub revoked_at: i64,
+    /// Unix milliseconds.
+    pub until_at: i64,
+}
+
+const API_KEY_COLUMNS: &str = "key_id, user_id, name, scopes, secret_hash, created_at, \
+     expires_at, last_used_at, revoked_at";
+const REVOCATION_COLUMNS: &str = "revocation_id, kind, subject, revoked_at, until_at";
+
+impl AuthStore {
+    /// Stores a new key.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), Error> {
+        let sql = format!(
+            "INSERT INTO api_key ({API_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        );
+        let query = sqlx::query(&sql)
+            .bind(&key.key_id)
+            .bind(&key.user_id)
+            .bind(&key.name)
+            .bind(&key.scopes)
+            .bind(&key.secret_hash)
+            .bind(key.created_at)
+            .bind(key.expires_at)
+            .bind(key.last_used_at)
+            .bind(key.revoked_at);
+        timed("insert_api_key", query.execute(self.db.pool())).await?;
+        Ok(())
+    }
+
+    /// The key with `key_id`, revoked or not.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn api_key(&self, key_id: &str) -> Result<Option<ApiKeyRow>, Error> {
+        let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_key WHERE key_id = $1");
+        let query = sqlx::query_as::<_, ApiKeyRow>(&sql).bind(key_id);
+        Ok(timed("get_api_key", query.fetch_optional(self.db.pool())).await?)
+    }
+
+    /// A user's keys that are not revoked, newest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn api_keys_of(&self, user_id: &str) -> Result<Vec<ApiKeyRow>, Error> {
+        let sql = format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_key WHERE user_id = $1 AND revoked_at IS NULL \
+             ORDER BY created_at DESC, key_id DESC"
+        );
+        let query = sqlx::query_as::<_, ApiKeyRow>(&sql).bind(user_id);
+        Ok(timed("list_api_keys", query.fetch_all(self.db.pool())).await?)
+    }
+
+    /// How many keys a user has that are not revoked.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn count_api_keys(&self, user_id: &str) -> Result<i64, Error> {
+        let query = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM api_key WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id);
+        Ok(timed("count_api_keys", query.fetch_one(self.db.pool())).await?)
+    }
+
+    /// Marks a key revoked and records the revocation, in one transaction.
+    /// Returns false when it was already revoked.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn revoke_api_key(
+        &self,
+        key_id: &str,
+        revocation: &RevocationRow,
+    ) -> Result<bool, Error> {
+        let mut connection = self.db.pool().acquire().await?;
+        let mut tx = connection.begin().await?;
+        let done = sqlx::query(
+            "UPDATE api_key SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .bind(revocation.revoked_at)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        insert_revocation(&mut tx, revocation).await?;
+        timed("revoke_api_key", tx.commit()).await?;
+        Ok(true)
+    }
+
+    /// Notes that a key was exchanged now.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn touch_api_key(&self, key_id: &str, now: i64) -> Result<(), Error> {
+        let query = sqlx::query("UPDATE api_key SET last_used_at = $2 WHERE key_id = $1")
+            .bind(key_id)
+            .bind(now);
+        timed("touch_api_key", query.execute(self.db.pool())).await?;
+        Ok(())
+    }
+
+    /// Records a revocation.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn insert_revocation(&self, revocation: &RevocationRow) -> Result<(), Error> {
+        let mut connection = self.db.pool().acquire().await?;
+        let mut tx = connection.begin().await?;
+        insert_revocation(&mut tx, revocation).await?;
+        timed("insert_revocation", tx.commit()).await?;
+        Ok(())
+    }
+
+    /// Revocations recorded after `since` (Unix milliseconds) and still
+    /// in force at `now`, oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn revocations_since(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<RevocationRow>, Error> {
+        let sql = format!(
+            "SELECT {REVOCATION_COLUMNS} FROM revocation WHERE revoked_at > $1 AND until_at >= $2 \
+             ORDER BY revoked_at"
+        );
+        let query = sqlx::query_as::<_, RevocationRow>(&sql)
+            .bind(since)
+            .bind(now);
+        Ok(timed("list_revocations", query.fetch_all(self.db.pool())).await?)
+    }
+
+    /// Deletes revocations that ran out before `now`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn forget_revocations(&self, now: i64) -> Result<u64, Error> {
+        let query = sqlx::query("DELETE FROM revocation WHERE until_at < $1").bind(now);
+        Ok(timed("forget_revocations", query.execute(self.db.pool()))
+            .await?
+            .rows_affected())
+    }
+}
+
+async fn insert_revocation(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    revocation: &RevocationRow,
+) -> Result<(), Error> {
+    let sql = format!("INSERT INTO revocation ({REVOCATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5)");
+    sqlx::query(&sql)
+        .bind(&revocation.revocation_id)
+        .bind(&revocation.kind)
+        .bind(&revocation.subject)
+        .bind(revocation.revoked_at)
+        .bind(revocation.until_at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -24,8 +24,10 @@ use std::{collections::HashSet, time::Duration};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::{StreamExt as _, future::join_all};
+use hmac::{Hmac, Mac as _};
 use parley_proto::chat::v1::RoomEvent;
 use prost::Message as _;
+use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +83,8 @@ pub(crate) enum Bus {
 #[derive(Debug, Clone)]
 pub(crate) struct RedisBus {
     origin: Origin,
+    /// Signs what this replica publishes.
+    key: BusKey,
     /// Cluster channels carry the room id as a hash tag.
     sharded: bool,
     outbox: mpsc::Sender<Outgoing>,
@@ -99,6 +103,8 @@ pub(crate) enum Subscription {
 pub(crate) struct RedisBusTasks {
     target: RedisTarget,
     origin: Origin,
+    /// Checks what other replicas published.
+    key: BusKey,
     outbox: mpsc::Receiver<Outgoing>,
     subscriptions: mpsc::UnboundedReceiver<Subscription>,
 }
@@ -109,7 +115,11 @@ impl Bus {
     ///
     /// # Errors
     /// When the URL is unusable.
-    pub(crate) fn redis(url: &str, origin: Origin) -> anyhow::Result<(Self, RedisBusTasks)> {
+    pub(crate) fn redis(
+        url: &str,
+        origin: Origin,
+        key: BusKey,
+    ) -> anyhow::Result<(Self, RedisBusTasks)> {
         let target = RedisTarget::parse(url)
             .map_err(|err| anyhow::anyhow!("CHAT_REDIS_URL is unusable: {err}"))?;
         let (outbox, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -117,6 +127,7 @@ impl Bus {
         Ok((
             Self::Redis(RedisBus {
                 origin,
+                key: key.clone(),
                 sharded: target.is_cluster(),
                 outbox,
                 subscriptions,
@@ -124,6 +135,7 @@ impl Bus {
             RedisBusTasks {
                 target,
                 origin,
+                key,
                 outbox: outbox_rx,
                 subscriptions: subscriptions_rx,
             },
@@ -144,13 +156,10 @@ impl Bus {
         } else {
             tracing::info_span!(parent: parent, "redis.publish", otel.kind = "producer", db.system = "redis")
         };
-        let mut payload = BytesMut::with_capacity(16 + event.encoded_len());
-        payload.put_slice(&bus.origin);
-        // Encoding into a buffer sized for it cannot fail.
-        let _ = event.encode(&mut payload);
+        let payload = bus.key.encode(&bus.origin, event);
         if bus
             .outbox
-            .try_send((channel(&event.room_id, bus.sharded), payload.freeze(), span))
+            .try_send((channel(&event.room_id, bus.sharded), payload, span))
             .is_err()
         {
             metrics::counter!("parley_chat_bus_dropped_total").increment(1);
@@ -172,10 +181,72 @@ impl Bus {
     }
 }
 
-/// Splits a bus payload into its origin and event.
-pub(crate) fn decode(payload: &[u8]) -> Option<(Origin, RoomEvent)> {
+/// The secret replicas sign their bus events with (`CHAT_BUS_SECRET`), so
+/// whoever can publish to Redis cannot forge a message or a `seq` (README,
+/// "Redis outages"). Without one, payloads carry no signature.
+#[derive(Clone, Default)]
+pub(crate) struct BusKey(Option<std::sync::Arc<Hmac<Sha256>>>);
+
+impl std::fmt::Debug for BusKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BusKey(set)"
+        } else {
+            "BusKey(none)"
+        })
+    }
+}
+
+/// Bytes of a payload's signature.
+const TAG_BYTES: usize = 32;
+
+impl BusKey {
+    /// The key of `secret`; none for none.
+    pub(crate) fn new(secret: Option<&str>) -> Self {
+        Self(
+            secret
+                .and_then(|secret| Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok())
+                .map(std::sync::Arc::new),
+        )
+    }
+
+    /// `origin`, the signature (with a key) and `event`.
+    pub(crate) fn encode(&self, origin: &Origin, event: &RoomEvent) -> Bytes {
+        let tag_bytes = if self.0.is_some() { TAG_BYTES } else { 0 };
+        let mut payload = BytesMut::with_capacity(16 + tag_bytes + event.encoded_len());
+        payload.put_slice(origin);
+        let body = event.encode_to_vec();
+        if let Some(mac) = &self.0 {
+            let mut mac = Hmac::<Sha256>::clone(mac);
+            mac.update(origin);
+            mac.update(&body);
+            payload.put_slice(&mac.finalize().into_bytes());
+        }
+        payload.put_slice(&body);
+        payload.freeze()
+    }
+}
+
+/// Splits a bus payload into its origin and event; `None` when it is
+/// malformed or, with a key, not signed with it.
+pub(crate) fn decode(payload: &[u8], key: &BusKey) -> Option<(Origin, RoomEvent)> {
     let origin: Origin = payload.get(..16)?.try_into().ok()?;
-    let event = RoomEvent::decode(payload.get(16..)?).ok()?;
+    let body = match &key.0 {
+        Some(mac) => {
+            let tag = payload.get(16..16 + TAG_BYTES)?;
+            let body = payload.get(16 + TAG_BYTES..)?;
+            let mut mac = Hmac::<Sha256>::clone(mac);
+            mac.update(&origin);
+            mac.update(body);
+            if mac.verify_slice(tag).is_err() {
+                metrics::counter!("parley_chat_bus_rejected_total").increment(1);
+                return None;
+            }
+            body
+        }
+        None => payload.get(16..)?,
+    };
+    let event = RoomEvent::decode(body).ok()?;
     Some((origin, event))
 }
 
@@ -208,6 +279,7 @@ impl RedisBusTasks {
         let Self {
             target,
             origin,
+            key,
             outbox,
             subscriptions,
         } = self;
@@ -217,6 +289,7 @@ impl RedisBusTasks {
                 tokio::spawn(subscribe(
                     client,
                     origin,
+                    key,
                     subscriptions,
                     deliveries,
                     shutdown,
@@ -226,6 +299,7 @@ impl RedisBusTasks {
                 tokio::spawn(crate::bus_sharded::subscribe(
                     *client,
                     origin,
+                    key,
                     subscriptions,
                     deliveries,
                     shutdown,
@@ -321,6 +395,7 @@ async fn publish_batch(connection: &Commands, batch: &[Outgoing]) -> redis::Redi
 async fn subscribe(
     client: redis::Client,
     origin: Origin,
+    key: BusKey,
     mut changes: mpsc::UnboundedReceiver<Subscription>,
     deliveries: impl Deliveries,
     shutdown: CancellationToken,
@@ -368,7 +443,7 @@ async fn subscribe(
                     if payload.starts_with(&origin) {
                         continue;
                     }
-                    if let Some((_, event)) = decode(payload) {
+                    if let Some((_, event)) = decode(payload, &key) {
                         deliveries.on_event(event);
                     } else {
                         tracing::warn!(channel = message.get_channel_name(), "skipping a malformed bus event");
@@ -441,7 +516,7 @@ mod tests {
 
     #[test]
     fn payloads_carry_their_origin() {
-        let (bus, _tasks) = Bus::redis("redis://127.0.0.1:1", [7; 16]).unwrap();
+        let (bus, _tasks) = Bus::redis("redis://127.0.0.1:1", [7; 16], BusKey::default()).unwrap();
         let Bus::Redis(redis_bus) = &bus else {
             panic!("a Redis bus")
         };
@@ -452,10 +527,21 @@ mod tests {
         };
         let mut payload = redis_bus.origin.to_vec();
         event.encode(&mut payload).unwrap();
-        let (origin, decoded) = decode(&payload).unwrap();
+        let (origin, decoded) = decode(&payload, &BusKey::default()).unwrap();
         assert_eq!(origin, [7; 16]);
         assert_eq!(decoded, event);
-        assert!(decode(&[1, 2, 3]).is_none());
+        assert!(decode(&[1, 2, 3], &BusKey::default()).is_none());
+
+        // Signed: only the same secret reads it, and a change breaks it.
+        let key = BusKey::new(Some("replicas' secret"));
+        let signed = key.encode(&[7; 16], &event);
+        assert_eq!(decode(&signed, &key), Some(([7; 16], event.clone())));
+        assert_eq!(decode(&signed, &BusKey::new(Some("a guess"))), None);
+        assert_eq!(decode(&payload, &key), None, "an unsigned event is refused");
+        let mut forged = signed.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        assert_eq!(decode(&forged, &key), None);
     }
 
     /// What the subscriber handed over, in order.
@@ -529,7 +615,7 @@ mod tests {
             .await
             .expect("CLIENT ID");
 
-        let (bus, tasks) = Bus::redis(REDIS_URL, ours).expect("a bus");
+        let (bus, tasks) = Bus::redis(REDIS_URL, ours, BusKey::default()).expect("a bus");
         let (recorder, mut seen) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let _stop = shutdown.clone().drop_guard();

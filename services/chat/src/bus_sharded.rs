@@ -35,6 +35,7 @@ const RETRY_BATCH: usize = 64;
 pub(crate) async fn subscribe(
     client: ClusterClient,
     origin: Origin,
+    key: crate::bus::BusKey,
     mut changes: mpsc::UnboundedReceiver<Subscription>,
     deliveries: impl Deliveries,
     shutdown: CancellationToken,
@@ -53,7 +54,7 @@ pub(crate) async fn subscribe(
         tokio::select! {
             push = pushes.recv() => {
                 let Some(push) = push else { return };
-                match state.on_push(push, &origin) {
+                match state.on_push(push, &origin, &key) {
                     Pushed::Event(event) => deliveries.on_event(*event),
                     Pushed::Confirmed(room) => deliveries.resync(crate::bus::Resync::Room(room)),
                     Pushed::Lost => {
@@ -140,7 +141,7 @@ impl Subscriptions {
     }
 
     /// Reads one push.
-    fn on_push(&mut self, push: PushInfo, origin: &Origin) -> Pushed {
+    fn on_push(&mut self, push: PushInfo, origin: &Origin, key: &crate::bus::BusKey) -> Pushed {
         match push.kind {
             PushKind::SMessage => {
                 let Some(Value::BulkString(payload)) = push.data.get(1) else {
@@ -149,7 +150,7 @@ impl Subscriptions {
                 if payload.starts_with(origin) {
                     return Pushed::Nothing;
                 }
-                match decode(payload) {
+                match decode(payload, key) {
                     Some((_, event)) => Pushed::Event(Box::new(event)),
                     None => {
                         tracing::warn!("skipping a malformed bus event");
@@ -218,30 +219,38 @@ mod tests {
         let confirmed = state.on_push(
             push(PushKind::SSubscribe, vec![name("r1"), Value::Int(1)]),
             &ours,
+            &crate::bus::BusKey::default(),
         );
         assert_eq!(confirmed, Pushed::Confirmed(room.clone()));
         assert!(state.unconfirmed.is_empty());
         assert_eq!(
             state.on_push(
                 push(PushKind::SSubscribe, vec![name("other"), Value::Int(1)]),
-                &ours
+                &ours,
+                &crate::bus::BusKey::default()
             ),
             Pushed::Nothing,
             "an unwanted room"
         );
 
         assert_eq!(
-            state.on_push(push(PushKind::Disconnection, vec![]), &ours),
+            state.on_push(
+                push(PushKind::Disconnection, vec![]),
+                &ours,
+                &crate::bus::BusKey::default()
+            ),
             Pushed::Lost
         );
         assert!(state.unconfirmed.contains(&room));
         state.on_push(
             push(PushKind::SSubscribe, vec![name("r1"), Value::Int(1)]),
             &ours,
+            &crate::bus::BusKey::default(),
         );
         state.on_push(
             push(PushKind::SUnsubscribe, vec![name("r1"), Value::Int(0)]),
             &ours,
+            &crate::bus::BusKey::default(),
         );
         assert!(state.unconfirmed.contains(&room), "the slot moved away");
 
@@ -250,7 +259,8 @@ mod tests {
         assert_eq!(
             state.on_push(
                 push(PushKind::SMessage, vec![name("r1"), Value::BulkString(own)]),
-                &ours
+                &ours,
+                &crate::bus::BusKey::default()
             ),
             Pushed::Nothing
         );
@@ -267,7 +277,8 @@ mod tests {
                     PushKind::SMessage,
                     vec![name("r1"), Value::BulkString(theirs)]
                 ),
-                &ours
+                &ours,
+                &crate::bus::BusKey::default()
             ),
             Pushed::Event(Box::new(event))
         );

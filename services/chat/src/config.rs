@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
-use parley_runtime::config::{DatabaseUrl, ServiceUrl, parse_duration};
+use parley_runtime::config::{ChatTls, CorsOrigins, DatabaseUrl, ServiceUrl, parse_duration};
 
 /// Settings read from `CHAT_*` variables.
 #[derive(Debug, Clone, Args)]
@@ -98,6 +98,39 @@ pub struct ChatArgs {
     )]
     pub max_rooms_per_session: u32,
 
+    /// Sessions one user may hold on this replica at once, over every
+    /// gateway stream and `Chat` stream; one more is RESOURCE_EXHAUSTED.
+    #[arg(
+        id = "CHAT_MAX_SESSIONS_PER_USER",
+        long = "chat-max-sessions-per-user",
+        env = "CHAT_MAX_SESSIONS_PER_USER",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_sessions_per_user: u32,
+
+    /// Rooms one user may have created before a join of an unknown id (which
+    /// would create one more) is refused with RESOURCE_EXHAUSTED; admins
+    /// have no limit.
+    #[arg(
+        id = "CHAT_MAX_ROOMS_PER_CREATOR",
+        long = "chat-max-rooms-per-creator",
+        env = "CHAT_MAX_ROOMS_PER_CREATOR",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_rooms_per_creator: u32,
+
+    /// Sessions one gateway stream may carry at once.
+    #[arg(
+        id = "CHAT_MAX_SESSIONS_PER_STREAM",
+        long = "chat-max-sessions-per-stream",
+        env = "CHAT_MAX_SESSIONS_PER_STREAM",
+        default_value_t = 65_536,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_sessions_per_stream: u32,
+
     /// Frames queued on one outgoing stream before its reader counts as a
     /// slow consumer and the stream is cut. Must exceed `CHAT_MAX_REPLAY`.
     #[arg(
@@ -120,6 +153,42 @@ pub struct ChatArgs {
         value_parser = parse_duration
     )]
     pub presence_ttl: Duration,
+
+    /// Browser origins that may call with gRPC-Web: comma-separated, or
+    /// `*`; empty sends no CORS headers.
+    #[arg(
+        id = "CHAT_CORS_ORIGINS",
+        long = "chat-cors-origins",
+        env = "CHAT_CORS_ORIGINS",
+        default_value = ""
+    )]
+    pub cors_origins: CorsOrigins,
+
+    /// TLS on the gRPC port and for calls to `https://` services.
+    #[command(flatten)]
+    pub tls: ChatTls,
+
+    /// The secret every replica signs its Redis bus events with, and
+    /// checks theirs against: whoever can publish to Redis cannot forge a
+    /// message. Unset, events are not signed.
+    #[arg(
+        id = "CHAT_BUS_SECRET",
+        long = "chat-bus-secret",
+        env = "CHAT_BUS_SECRET",
+        hide_env_values = true
+    )]
+    pub bus_secret: Option<String>,
+
+    /// The secret gateways present to open `GatewayStream`s (the gateway
+    /// reads the same variable). Unset, only callers on this host or with
+    /// a client certificate (mTLS) may open one.
+    #[arg(
+        id = "CHAT_GATEWAY_STREAM_SECRET",
+        long = "chat-gateway-stream-secret",
+        env = "GATEWAY_STREAM_SECRET",
+        hide_env_values = true
+    )]
+    pub gateway_stream_secret: Option<String>,
 }
 
 fn parse_redis_url(value: &str) -> Result<String, String> {
@@ -133,6 +202,8 @@ pub struct Config {
     pub chat: ChatArgs,
     /// Where auth is, for public keys.
     pub auth_url: ServiceUrl,
+    /// Where media is, to check the attachments of sends.
+    pub media_url: ServiceUrl,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
 }

@@ -16,6 +16,9 @@ pub(crate) const MAX_ROOM_NAME_CHARS: usize = 100;
 pub(crate) const MAX_CLIENT_ID_BYTES: usize = 128;
 /// Longest private-room password, in bytes.
 pub(crate) const MAX_PASSWORD_BYTES: usize = 1024;
+/// Shortest password a private room may be given: a room password is
+/// guessed online, one join at a time, so it needs some length.
+pub(crate) const MIN_PASSWORD_BYTES: usize = 8;
 /// History page size when none is asked for.
 pub(crate) const DEFAULT_HISTORY_LIMIT: i64 = 50;
 /// Largest history page.
@@ -82,6 +85,9 @@ pub(crate) struct NewMessage {
     pub(crate) client_id: String,
     /// The seq of the message it replies to, 0 for none.
     pub(crate) reply_to: i64,
+    /// The files it carries: only their ids until
+    /// [`crate::engine::Engine::check_send`] fills in the rest from media.
+    pub(crate) attachments: Vec<parley_proto::chat::v1::MessageAttachment>,
 }
 
 /// A stored message, shared by every delivery of it.
@@ -336,6 +342,22 @@ pub(crate) fn validate_password(password: &str) -> Result<(), Error> {
         return Err(Error::invalid(
             "password",
             format!("must be at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password a room is given (created or changed): empty (public)
+/// or at least [`MIN_PASSWORD_BYTES`].
+///
+/// # Errors
+/// INVALID_ARGUMENT naming `password`.
+pub(crate) fn validate_new_password(password: &str) -> Result<(), Error> {
+    validate_password(password)?;
+    if !password.is_empty() && password.len() < MIN_PASSWORD_BYTES {
+        return Err(Error::invalid(
+            "password",
+            format!("must be at least {MIN_PASSWORD_BYTES} bytes (or empty for a public room)"),
         ));
     }
     Ok(())

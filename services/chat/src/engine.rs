@@ -8,14 +8,20 @@ use parley_proto::chat::v1::{
     ChatResponse, Left, Member, MemberAction, Presence as PresenceFrame, PresenceState, ReadNotice,
     RoomEvent, RoomSummary, TypingNotice, chat_response::Frame,
 };
-use parley_runtime::{password::Passwords, storage::now_millis, token::TokenVerifier};
+use parley_runtime::{
+    limits::{KeyedLimit, retry_in},
+    password::Passwords,
+    storage::now_millis,
+    token::TokenVerifier,
+};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::{
+    attachments::{self, Media},
     bus::Bus,
     domain::{
         self, HistoryQuery, JoinRequest, JoinTarget, NewMessage, Room, RoomId, StoredMessage,
-        validate_client_id, validate_content, validate_password,
+        validate_client_id, validate_content, validate_new_password,
     },
     error::Error,
     hub::Hub,
@@ -38,6 +44,13 @@ pub(crate) struct Limits {
     pub(crate) max_rooms_per_session: usize,
     /// Items queued per outgoing stream.
     pub(crate) stream_queue: usize,
+    /// Sessions one user may hold on this replica.
+    pub(crate) max_sessions_per_user: u32,
+    /// Sessions one gateway stream may carry.
+    pub(crate) max_sessions_per_stream: usize,
+    /// Rooms one user may have created when a join would create another
+    /// (admins: no limit).
+    pub(crate) max_rooms_per_creator: i64,
 }
 
 /// The user a request acts for, from their token.
@@ -78,9 +91,42 @@ struct EngineInner {
     passwords: Passwords,
     verifier: TokenVerifier,
     limits: Limits,
+    media: Media,
     /// Stream joins admitted at once (see [`JOINS_AT_ONCE`]).
     joins: Semaphore,
+    /// Password attempts per user and private room.
+    password_attempts: KeyedLimit<(Arc<str>, RoomId)>,
+    /// Joins (and leaves) per user.
+    joins_per_user: KeyedLimit<Arc<str>>,
+    /// Typing notices per user.
+    typing_per_user: KeyedLimit<Arc<str>>,
+    /// Lookups of rate-limited sends that may be retries, per user.
+    retry_lookups: KeyedLimit<Arc<str>>,
+    /// Sessions per user (`CHAT_MAX_SESSIONS_PER_USER`).
+    user_sessions: crate::session::quota::UserSessions,
 }
+
+/// Joins and leaves one user may make at once on a replica; then one more
+/// per [`JOIN_EVERY`]. Each join costs queries; a client rejoining its rooms
+/// after a reconnect stays well within it.
+pub(crate) const JOIN_BURST: u32 = 100;
+const JOIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Typing notices one user may send at once; then one per [`TYPING_EVERY`].
+/// Clients send one every few seconds while typing.
+pub(crate) const TYPING_BURST: u32 = 10;
+const TYPING_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Rate-limited sends one user may have looked up as possible retries at
+/// once; then one per [`RETRY_LOOKUP_EVERY`]. A client retrying a lost ack
+/// needs one lookup per message it retries.
+const RETRY_LOOKUP_BURST: u32 = 20;
+const RETRY_LOOKUP_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Password attempts one user may make on one private room at once; then
+/// one more per [`PASSWORD_ATTEMPT_EVERY`]. Room passwords are guessed
+/// online, so guessing must be slow.
+const PASSWORD_ATTEMPTS: u32 = 5;
+const PASSWORD_ATTEMPT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Stream joins this replica works on at once; the rest wait their turn
 /// here. A join takes about seven queries, one after another; when every
@@ -112,6 +158,21 @@ pub(crate) struct Parts {
     pub(crate) verifier: TokenVerifier,
     /// Limits.
     pub(crate) limits: Limits,
+    /// Where attachments are checked.
+    pub(crate) media: Media,
+}
+
+/// What a sender asks to store, before it is checked.
+#[derive(Debug, Default)]
+pub(crate) struct Draft {
+    /// The text.
+    pub(crate) content: String,
+    /// The idempotency key, "" for none.
+    pub(crate) client_id: String,
+    /// The seq it replies to, 0 for none.
+    pub(crate) reply_to: i64,
+    /// Attachment ids.
+    pub(crate) attachments: Vec<String>,
 }
 
 impl Engine {
@@ -127,6 +188,7 @@ impl Engine {
             passwords,
             verifier,
             limits,
+            media,
         } = parts;
         Self {
             inner: Arc::new(EngineInner {
@@ -139,7 +201,13 @@ impl Engine {
                 passwords,
                 verifier,
                 limits,
+                media,
                 joins: Semaphore::new(JOINS_AT_ONCE),
+                user_sessions: Default::default(),
+                joins_per_user: KeyedLimit::new(JOIN_BURST, JOIN_EVERY),
+                typing_per_user: KeyedLimit::new(TYPING_BURST, TYPING_EVERY),
+                retry_lookups: KeyedLimit::new(RETRY_LOOKUP_BURST, RETRY_LOOKUP_EVERY),
+                password_attempts: KeyedLimit::new(PASSWORD_ATTEMPTS, PASSWORD_ATTEMPT_EVERY),
             }),
         }
     }
@@ -170,6 +238,11 @@ impl Engine {
         self.inner.limits
     }
 
+    /// Sessions per user on this replica.
+    pub(crate) fn user_sessions(&self) -> &crate::session::quota::UserSessions {
+        &self.inner.user_sessions
+    }
+
     /// The token verifier.
     pub(crate) fn verifier(&self) -> &TokenVerifier {
         &self.inner.verifier
@@ -187,7 +260,7 @@ impl Engine {
         password: &str,
     ) -> Result<Room, Error> {
         let name = domain::room_name(name)?;
-        validate_password(password)?;
+        validate_new_password(password)?;
         let password_hash = if password.is_empty() {
             None
         } else {
@@ -213,10 +286,12 @@ impl Engine {
         user: &User,
         request: &JoinRequest,
     ) -> Result<(Room, MemberState), Error> {
+        self.joins_and_leaves(user)?;
         let store = &self.inner.store;
         let mut room = match &request.target {
             JoinTarget::Id(room_id) if request.password.is_empty() => {
-                store.room_or_create_public(room_id, &user.id).await?
+                let max = (!user.admin).then_some(self.inner.limits.max_rooms_per_creator);
+                store.room_or_create_public(room_id, &user.id, max).await?
             }
             JoinTarget::Id(room_id) => store
                 .room(room_id)
@@ -240,8 +315,19 @@ impl Engine {
             let peer = self.direct_peer(&room, user).await?;
             room.name = self.peer_name(&peer).await?;
         } else if room.is_private() && !store.is_member(&room.id, &user.id).await? {
+            // A missing and a wrong password get the same answer.
             if request.password.is_empty() {
-                return Err(Error::PasswordNeeded(given));
+                return Err(Error::WrongPassword(given));
+            }
+            if let Err(wait) = self
+                .inner
+                .password_attempts
+                .check(&(user.id.clone(), room.id.clone()))
+            {
+                return Err(Error::ResourceExhausted(format!(
+                    "too many password attempts for room {given}; {}",
+                    retry_in(wait)
+                )));
             }
             let matches = self
                 .inner
@@ -366,7 +452,7 @@ impl Engine {
             None => None,
             Some(password) if password.is_empty() => Some(None),
             Some(password) => {
-                validate_password(&password)?;
+                validate_new_password(&password)?;
                 Some(Some(self.inner.passwords.hash(password).await?))
             }
         };
@@ -437,8 +523,22 @@ impl Engine {
         });
     }
 
-    /// Tells the room's other members that `user` is typing.
+    /// Counts a join or leave of `user` against [`JOIN_BURST`].
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED, saying when to retry.
+    pub(crate) fn joins_and_leaves(&self, user: &User) -> Result<(), Error> {
+        self.inner.joins_per_user.check(&user.id).map_err(|wait| {
+            Error::ResourceExhausted(format!("too many joins and leaves; {}", retry_in(wait)))
+        })
+    }
+
+    /// Tells the room's other members that `user` is typing; past
+    /// [`TYPING_BURST`] at once, typing is dropped, as it may be anyway.
     pub(crate) fn typing(&self, room_id: &str, user: &User) {
+        if self.inner.typing_per_user.check(&user.id).is_err() {
+            return;
+        }
         self.broadcast(RoomEvent {
             room_id: room_id.to_owned(),
             response: Some(ChatResponse {
@@ -466,7 +566,8 @@ impl Engine {
     }
 
     /// Validates a send to a room the sender is in, and takes a
-    /// rate-limit token for it.
+    /// rate-limit token for it. Content may be empty when the message
+    /// carries attachments.
     ///
     /// # Errors
     /// INVALID_ARGUMENT for bad fields; RESOURCE_EXHAUSTED when the user is
@@ -476,11 +577,24 @@ impl Engine {
         &self,
         user: &User,
         room_id: RoomId,
-        content: String,
-        client_id: String,
-        reply_to: i64,
+        draft: Draft,
     ) -> Result<NewMessage, PrepareError> {
-        let checked = validate_content(&content, self.inner.limits.max_content_bytes)
+        let Draft {
+            content,
+            client_id,
+            reply_to,
+            attachments,
+        } = draft;
+        let attachments = match attachments::parse_ids(attachments) {
+            Ok(attachments) => attachments,
+            Err(err) => return Err(PrepareError::Invalid(err)),
+        };
+        let checked = if attachments.is_empty() || !content.is_empty() {
+            validate_content(&content, self.inner.limits.max_content_bytes)
+        } else {
+            Ok(())
+        };
+        let checked = checked
             .and_then(|()| validate_client_id(&client_id))
             .and_then(|()| {
                 if reply_to < 0 {
@@ -499,11 +613,12 @@ impl Engine {
             content,
             client_id,
             reply_to,
+            attachments,
         };
         if self.inner.limiter.try_take(&user.id) {
             Ok(message)
         } else {
-            Err(PrepareError::RateLimited(message))
+            Err(PrepareError::RateLimited(Box::new(message)))
         }
     }
 
@@ -513,7 +628,10 @@ impl Engine {
     /// # Errors
     /// RESOURCE_EXHAUSTED when it is not a retry; database failures.
     pub(crate) async fn find_retry(&self, message: &NewMessage) -> Result<StoredMessage, Error> {
+        // Looking a retry up costs a query: a sender far over the rate gets
+        // a few lookups, not one per refused send.
         if !message.client_id.is_empty()
+            && self.inner.retry_lookups.check(&message.sender_id).is_ok()
             && let Some(stored) = self
                 .inner
                 .store
@@ -525,11 +643,39 @@ impl Engine {
         Err(self.too_fast())
     }
 
+    /// Whether a prepared message needs [`Self::check_send`] before it is
+    /// stored: a reply or a message with attachments.
+    pub(crate) fn needs_check(message: &NewMessage) -> bool {
+        message.reply_to != 0 || !message.attachments.is_empty()
+    }
+
+    /// Checks what a prepared message refers to: its `reply_to` names a
+    /// message of its room, and its attachments are the sender's (asking
+    /// media with the sender's `token`), whose metadata it then carries.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT when either does not hold; UNAVAILABLE without
+    /// media; database failures.
+    pub(crate) async fn check_send(
+        &self,
+        message: &mut NewMessage,
+        token: &str,
+    ) -> Result<(), Error> {
+        self.check_reply(message).await?;
+        if !message.attachments.is_empty() {
+            self.inner
+                .media
+                .resolve(token, &message.sender_id, &mut message.attachments)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Checks that a message's `reply_to` names a message of its room.
     ///
     /// # Errors
     /// INVALID_ARGUMENT when it does not; database failures.
-    pub(crate) async fn check_reply(&self, message: &NewMessage) -> Result<(), Error> {
+    async fn check_reply(&self, message: &NewMessage) -> Result<(), Error> {
         if message.reply_to == 0
             || self
                 .inner
@@ -747,5 +893,5 @@ pub(crate) enum PrepareError {
     /// A bad field.
     Invalid(Error),
     /// Over the rate; the message, to check whether it is a retry.
-    RateLimited(NewMessage),
+    RateLimited(Box<NewMessage>),
 }

@@ -22,11 +22,9 @@ pub(crate) enum Error {
     /// No room has this short code.
     #[error("no room has the short code {0}")]
     NoSuchShortCode(String),
-    /// A private room joined without a password by a non-member.
-    #[error("room {0} is private: give its password")]
-    PasswordNeeded(String),
-    /// A private room joined with the wrong password.
-    #[error("wrong password for room {0}")]
+    /// A private room joined by a non-member without its password or with
+    /// a wrong one: the answer does not say which.
+    #[error("room {0} is private: its password is missing or wrong")]
     WrongPassword(String),
     /// A private room's history asked for by a non-member.
     #[error("room {0} is private: only members read its history")]
@@ -95,6 +93,9 @@ pub(crate) enum Error {
     /// A session that was never opened on its stream.
     #[error("no such session: open it first")]
     NoSuchSession,
+    /// A gateway opened a session under an id already open on its stream.
+    #[error("session id already open on this stream")]
+    SessionIdInUse,
     /// A stream frame with no kind.
     #[error("frame: a frame needs exactly one kind")]
     EmptyFrame,
@@ -107,6 +108,9 @@ pub(crate) enum Error {
     /// A rate or size limit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The token's scopes do not allow this (README, "Bots and API keys").
+    #[error("this token's scopes do not include {0}")]
+    MissingScope(parley_runtime::token::Scope),
     /// A bad or expired token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -156,14 +160,14 @@ impl From<Error> for Status {
             Error::RoomNotFound(_) | Error::NoSuchShortCode(_) | Error::NoSuchMessage { .. } => {
                 Status::not_found(err.to_string())
             }
-            Error::PasswordNeeded(_)
-            | Error::WrongPassword(_)
+            Error::WrongPassword(_)
             | Error::MembersOnly(_)
             | Error::NotYourMessage(_)
             | Error::NotAllowed(_)
             | Error::Muted(_)
             | Error::Banned(_)
-            | Error::OthersDirectRoom(_) => Status::permission_denied(err.to_string()),
+            | Error::OthersDirectRoom(_)
+            | Error::MissingScope(_) => Status::permission_denied(err.to_string()),
             Error::NotJoined(_)
             | Error::NotAMember(_)
             | Error::NotAMemberOf(_)
@@ -172,7 +176,8 @@ impl From<Error> for Status {
             | Error::RemovedSince(_)
             | Error::NotSanctioned { .. }
             | Error::DirectRoom(_)
-            | Error::NoSuchSession => Status::failed_precondition(err.to_string()),
+            | Error::NoSuchSession
+            | Error::SessionIdInUse => Status::failed_precondition(err.to_string()),
             Error::TooManyRooms(_) | Error::Backlogged => {
                 Status::resource_exhausted(err.to_string())
             }
@@ -185,6 +190,16 @@ impl From<Error> for Status {
             Error::Unavailable(message) => Status::unavailable(message),
             Error::Database(err) => database_error(&err, "chat database"),
             Error::Internal(err) => internal_error(&err),
+        }
+    }
+}
+
+impl From<parley_runtime::password::PasswordError> for Error {
+    fn from(err: parley_runtime::password::PasswordError) -> Self {
+        use parley_runtime::password::PasswordError;
+        match err {
+            PasswordError::Busy => Self::ResourceExhausted(err.to_string()),
+            PasswordError::Internal(err) => Self::Internal(err),
         }
     }
 }
@@ -207,7 +222,6 @@ mod tests {
             (Error::invalid("content", "empty"), Code::InvalidArgument),
             (Error::RoomNotFound("x".into()), Code::NotFound),
             (Error::NoSuchShortCode("ABCDEF".into()), Code::NotFound),
-            (Error::PasswordNeeded("x".into()), Code::PermissionDenied),
             (Error::WrongPassword("x".into()), Code::PermissionDenied),
             (Error::MembersOnly("x".into()), Code::PermissionDenied),
             (Error::NotJoined("x".into()), Code::FailedPrecondition),
@@ -226,6 +240,10 @@ mod tests {
             (Error::Muted("r".into()), Code::PermissionDenied),
             (Error::Banned("r".into()), Code::PermissionDenied),
             (Error::OthersDirectRoom("r".into()), Code::PermissionDenied),
+            (
+                Error::MissingScope(parley_runtime::token::Scope::ChatWrite),
+                Code::PermissionDenied,
+            ),
             (Error::NotInRoom("u".into()), Code::FailedPrecondition),
             (Error::RemovedSince("r".into()), Code::FailedPrecondition),
             (

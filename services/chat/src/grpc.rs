@@ -1,6 +1,8 @@
 //! The `parley.chat.v1.ChatService` handlers: thin adapters from protobuf
 //! to the [`Engine`].
 
+use std::sync::Arc;
+
 use futures_util::StreamExt as _;
 use parley_proto::chat::v1::{
     BanMemberRequest, BanMemberResponse, ChatRequest, ChatResponse, CreateRoomRequest,
@@ -17,19 +19,55 @@ use parley_proto::chat::v1::{
     UpdateRoomResponse, chat_response::Frame, chat_service_server,
     gateway_stream_request::Kind as GatewayIn, gateway_stream_response::Kind as GatewayOut,
 };
-use parley_runtime::{grpc::status::code_name, token::Caller};
+use parley_runtime::{
+    grpc::status::code_name,
+    token::{Caller, GATEWAY_SECRET_HEADER, Scope, bearer_token},
+};
+use subtle::ConstantTimeEq as _;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     domain::{HistoryQuery, JoinRequest, RoomId},
-    engine::{Engine, Moderation, PrepareError, User},
+    engine::{Draft, Engine, Moderation, PrepareError, User},
     error::Error,
     link::{Link, Outbound, OutboundStream},
     session::{Incoming, StreamActor},
     timeline::{Change, StoredEvent},
     writer::{Reply, Stored, Write},
 };
+
+/// Refuses a `GatewayStream` to anyone who does not prove to be a gateway
+/// (README, "How the gateway carries sessions"): with `GATEWAY_STREAM_SECRET` set, the caller must
+/// present it; without, it must have a client certificate (mTLS) or call
+/// from this host (the all-in-one, a laptop).
+fn gateway_only<T>(request: &Request<T>, secret: Option<&str>) -> Result<(), Status> {
+    if let Some(secret) = secret {
+        let presented = request
+            .metadata()
+            .get(GATEWAY_SECRET_HEADER)
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        return if bool::from(presented.ct_eq(secret.as_bytes())) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "GatewayStream is for gateways: present GATEWAY_STREAM_SECRET",
+            ))
+        };
+    }
+    let certified = request.peer_certs().is_some_and(|certs| !certs.is_empty());
+    let local = request
+        .remote_addr()
+        .is_some_and(|addr| addr.ip().is_loopback());
+    if certified || local {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "GatewayStream is for gateways: set GATEWAY_STREAM_SECRET on chat and the gateways, or use mTLS",
+        ))
+    }
+}
 
 /// Messages per `GetChatHistoryResponse`.
 const HISTORY_CHUNK: usize = 50;
@@ -38,19 +76,34 @@ const HISTORY_CHUNK: usize = 50;
 #[derive(Debug, Clone)]
 pub(crate) struct ChatService {
     engine: Engine,
+    /// `GATEWAY_STREAM_SECRET`, when set.
+    gateway_secret: Option<Arc<str>>,
 }
 
 impl ChatService {
-    /// Handlers over `engine`.
-    pub(crate) fn new(engine: Engine) -> Self {
-        Self { engine }
+    /// Handlers over `engine`; `GatewayStream` needs `gateway_secret` when
+    /// it is set.
+    pub(crate) fn new(engine: Engine, gateway_secret: Option<Arc<str>>) -> Self {
+        Self {
+            engine,
+            gateway_secret,
+        }
     }
 
     /// The caller, from the request's bearer token. Every method checks it
     /// itself (rather than through an interceptor) because
     /// `GatewayStream` authenticates each session instead of the stream.
-    fn caller<T>(&self, request: &Request<T>) -> Result<(Caller, User), Status> {
+    /// `scope` is what the method needs of the token (README, "Bots and
+    /// API keys"); `None` for the streams, which check each frame.
+    fn caller<T>(
+        &self,
+        request: &Request<T>,
+        scope: Option<Scope>,
+    ) -> Result<(Caller, User), Status> {
         let caller = self.engine.verifier().verify_metadata(request.metadata())?;
+        if let Some(scope) = scope {
+            caller.require(scope)?;
+        }
         let user = User::from(&caller);
         Ok((caller, user))
     }
@@ -95,7 +148,7 @@ impl ChatService {
         request: Request<T>,
         fields: impl FnOnce(T) -> (String, Moderation),
     ) -> Result<Option<MemberUpdate>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let (room_id, asked) = fields(request.into_inner());
         let room_id = RoomId::parse("room_id", &room_id)?;
         let event = self.engine.prepare_moderation(&user, room_id, asked)?;
@@ -137,7 +190,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<CreateRoomRequest>,
     ) -> Result<Response<CreateRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let request = request.into_inner();
         let room = self
             .engine
@@ -152,7 +205,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<JoinRoomRequest>,
     ) -> Result<Response<JoinRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatRead))?;
         let request = request.into_inner();
         let request = JoinRequest::parse(&request.room_id, &request.short_code, request.password)?;
         let (room, _) = self.engine.admit(&user, &request).await?;
@@ -165,7 +218,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<LeaveRoomRequest>,
     ) -> Result<Response<LeaveRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatRead))?;
         let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
         self.engine
             .leave(&user, &room_id, None)
@@ -178,7 +231,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<ListRoomMembersRequest>,
     ) -> Result<Response<ListRoomMembersResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatRead))?;
         let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
         self.engine.check_readable(&user, &room_id).await?;
         let members = self.engine.members(&room_id).await;
@@ -189,20 +242,26 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
+        let token = bearer_token(request.metadata())
+            .unwrap_or_default()
+            .to_owned();
         let request = request.into_inner();
         let room_id = RoomId::parse("room_id", &request.room_id)?;
         self.engine.check_sender(&user, &room_id).await?;
         let prepared = self.engine.prepare_send(
             &user,
             room_id,
-            request.content,
-            request.client_id,
-            request.reply_to,
+            Draft {
+                content: request.content,
+                client_id: request.client_id,
+                reply_to: request.reply_to,
+                attachments: request.attachments,
+            },
         );
         let message = match prepared {
-            Ok(message) => {
-                if let Err(err) = self.engine.check_reply(&message).await {
+            Ok(mut message) => {
+                if let Err(err) = self.engine.check_send(&mut message, &token).await {
                     self.engine.give_back(&user.id);
                     return Err(err.into());
                 }
@@ -228,7 +287,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<EditMessageRequest>,
     ) -> Result<Response<EditMessageResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let request = request.into_inner();
         let change = Change::Edit {
             content: request.content,
@@ -253,7 +312,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<DeleteMessageRequest>,
     ) -> Result<Response<DeleteMessageResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let request = request.into_inner();
         let stored = self
             .change(
@@ -275,7 +334,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<ReactToMessageRequest>,
     ) -> Result<Response<ReactToMessageResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let request = request.into_inner();
         let change = Change::React {
             emoji: request.emoji,
@@ -304,7 +363,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let request = request.into_inner();
         let room_id = RoomId::parse("room_id", &request.room_id)?;
         let read_seq = self.engine.mark_read(&user, &room_id, request.seq).await?;
@@ -315,7 +374,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<ListMyRoomsRequest>,
     ) -> Result<Response<ListMyRoomsResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatRead))?;
         let rooms = self.engine.my_rooms(&user).await?;
         Ok(Response::new(ListMyRoomsResponse { rooms }))
     }
@@ -414,7 +473,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<OpenDirectRoomRequest>,
     ) -> Result<Response<OpenDirectRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let r = request.into_inner();
         let (room, created) = self
             .engine
@@ -430,7 +489,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<UpdateRoomRequest>,
     ) -> Result<Response<UpdateRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let r = request.into_inner();
         let room_id = RoomId::parse("room_id", &r.room_id)?;
         let event = self
@@ -458,7 +517,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<DeleteRoomRequest>,
     ) -> Result<Response<DeleteRoomResponse>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatWrite))?;
         let room_id = RoomId::parse("room_id", &request.get_ref().room_id)?;
         self.engine.delete_room(&user, &room_id).await?;
         Ok(Response::new(DeleteRoomResponse {}))
@@ -471,7 +530,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<GetChatHistoryRequest>,
     ) -> Result<Response<Self::GetChatHistoryStream>, Status> {
-        let (_, user) = self.caller(&request)?;
+        let (_, user) = self.caller(&request, Some(Scope::ChatRead))?;
         let request = request.into_inner();
         let query = HistoryQuery::parse(&request.room_id, request.before_seq, request.limit)?;
         let (messages, has_more) = self.engine.history(&user, &query).await?;
@@ -500,13 +559,16 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<Streaming<ChatRequest>>,
     ) -> Result<Response<Self::ChatStream>, Status> {
-        let (caller, user) = self.caller(&request)?;
+        let (caller, user) = self.caller(&request, None)?;
         let (link, receiver, cut, controls) = Link::new(
             self.engine.limits().stream_queue,
             Some(user.id.clone()),
             "chat",
         );
-        let actor = StreamActor::client(self.engine.clone(), link, controls, &caller);
+        let token = bearer_token(request.metadata())
+            .unwrap_or_default()
+            .to_owned();
+        let actor = StreamActor::client(self.engine.clone(), link, controls, &caller, &token)?;
         let incoming = request
             .into_inner()
             .map(|frame| frame.map(|frame| Incoming::Frame(0, frame, Default::default())));
@@ -520,6 +582,7 @@ impl chat_service_server::ChatService for ChatService {
         &self,
         request: Request<Streaming<GatewayStreamRequest>>,
     ) -> Result<Response<Self::GatewayStreamStream>, Status> {
+        gateway_only(&request, self.gateway_secret.as_deref())?;
         let (link, receiver, cut, controls) =
             Link::new(self.engine.limits().stream_queue, None, "gateway");
         let actor = StreamActor::gateway(self.engine.clone(), link, controls);

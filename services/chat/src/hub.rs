@@ -136,7 +136,9 @@ impl Hub {
                             removed: false,
                         }));
                         rooms.insert(room_id.clone(), cell.clone());
-                        metrics::gauge!("parley_chat_room_subscriptions").set(rooms.len() as f64);
+                        // Counted up and down rather than set, so hubs that
+                        // share a process (the tests) add up.
+                        metrics::gauge!("parley_chat_room_subscriptions").increment(1.0);
                         (cell, true)
                     }
                 }
@@ -305,7 +307,7 @@ impl Hub {
         if state.is_idle() {
             state.removed = true;
             rooms.remove(room_id);
-            metrics::gauge!("parley_chat_room_subscriptions").set(rooms.len() as f64);
+            metrics::gauge!("parley_chat_room_subscriptions").decrement(1.0);
             self.inner.bus.unsubscribe(state.room_id.clone());
         }
     }
@@ -316,25 +318,14 @@ impl Hub {
         let Some(cell) = self.cell(event.room_id()) else {
             return;
         };
-        let mut state = lock(&cell);
-        self.deliver_locked(&mut state, event, stored_at, false);
-    }
-
-    fn deliver_locked(
-        &self,
-        state: &mut RoomState,
-        message: StoredEvent,
-        stored_at: Option<Instant>,
-        backfilled: bool,
-    ) {
-        let seq = message.seq();
+        let mut guard = lock(&cell);
+        let state = &mut *guard;
         let links = &state.links;
-        // The offered event goes out as stored (or backfilled) now; events
-        // that waited past the hole follow it.
-        let mut first = Some((stored_at, backfilled));
-        let hole = state.order.offer(seq, message, |event| {
-            let (stored_at, backfilled) = first.take().unwrap_or((None, false));
-            fan_out(links, &event, stored_at, backfilled);
+        // The offered event goes out now with its store time; events that
+        // waited past the hole follow it.
+        let mut first = Some(stored_at);
+        let hole = state.order.offer(event.seq(), event, |event| {
+            fan_out(links, &event, first.take().flatten(), false);
         });
         if hole && first.is_some() {
             // It waits past a hole: give the other path a moment first.
@@ -411,18 +402,21 @@ impl Hub {
             match self.inner.store.range(&room_id, from, to).await {
                 Ok(messages) => {
                     failures = 0;
-                    let mut state = lock(&cell);
-                    let before = state.order.delivered();
-                    for message in messages {
-                        self.deliver_locked(&mut state, message, None, true);
-                    }
-                    if state.order.delivered() == before && before < to {
-                        // Storage does not have what the seqs promise (a
-                        // room rewritten under us?): skip to what exists.
-                        tracing::error!(room = %room_id, from, to, "messages missing from storage; skipping the hole");
-                        state.order.skip_to(to);
-                        state.backfilling = false;
-                        return;
+                    let mut guard = lock(&cell);
+                    let state = &mut *guard;
+                    let links = &state.links;
+                    let unconfirmed = state.order.fill(
+                        from,
+                        to,
+                        messages.into_iter().map(|event| (event.seq(), event)),
+                        |event, from_storage| fan_out(links, &event, None, from_storage),
+                    );
+                    if unconfirmed > 0 {
+                        // Storage is the truth: what it does not hold was
+                        // forged or corrupted on the way.
+                        tracing::warn!(room = %room_id, from, to, unconfirmed, "events storage does not hold were dropped");
+                        metrics::counter!("parley_chat_unconfirmed_events_total")
+                            .increment(unconfirmed as u64);
                     }
                 }
                 Err(err) => {

@@ -46,6 +46,7 @@
 //! user's sessions and answers them `left`.
 #![warn(missing_docs)]
 
+mod attachments;
 mod bus;
 mod bus_sharded;
 mod config;
@@ -74,18 +75,21 @@ use anyhow::Context as _;
 use parley_proto::chat::v1::chat_service_server::ChatServiceServer;
 use parley_runtime::{
     CancellationToken,
+    client::{self, ClientOptions},
     config::DatabaseKind,
     grpc::{MAX_MESSAGE_BYTES, ServerOptions, Services},
     health::Readiness,
     password::Passwords,
     serve::Listeners,
     storage::Database,
+    tls::ServiceTls,
     token,
 };
 
 pub use config::{ChatArgs, Config};
 
 use crate::{
+    attachments::Media,
     bus::Bus,
     engine::{Engine, Limits, Parts},
     hub::Hub,
@@ -142,7 +146,8 @@ pub async fn with_listeners(
     register_metrics();
     let readiness = Readiness::new();
 
-    let verifier = token::verifier_for(&config.auth_url, &readiness, shutdown.clone());
+    let tls = ServiceTls::load(&config.chat.tls.files())?;
+    let verifier = token::verifier_for(&config.auth_url, &tls.client, &readiness, shutdown.clone());
 
     let database = Database::open(
         &config.chat.database_url,
@@ -163,7 +168,8 @@ pub async fn with_listeners(
     let replica = uuid::Uuid::new_v4();
     let (bus, presence, bus_tasks) = match &config.chat.redis_url {
         Some(url) => {
-            let (bus, tasks) = Bus::redis(url, *replica.as_bytes())?;
+            let key = bus::BusKey::new(config.chat.bus_secret.as_deref());
+            let (bus, tasks) = Bus::redis(url, *replica.as_bytes(), key)?;
             let presence =
                 RedisPresence::new(url, replica.simple().to_string(), config.chat.presence_ttl)?;
             (bus, Presence::Redis(presence), Some(tasks))
@@ -203,17 +209,31 @@ pub async fn with_listeners(
             max_content_bytes: config.chat.max_content_bytes as usize,
             max_replay: i64::from(config.chat.max_replay),
             max_rooms_per_session: config.chat.max_rooms_per_session as usize,
+            max_sessions_per_user: config.chat.max_sessions_per_user,
+            max_sessions_per_stream: config.chat.max_sessions_per_stream as usize,
+            max_rooms_per_creator: i64::from(config.chat.max_rooms_per_creator),
             stream_queue: config.chat.stream_queue as usize,
         },
+        media: Media::new(client::connect(
+            "media",
+            &config.media_url,
+            &ClientOptions {
+                tls: tls.client.clone(),
+                ..ClientOptions::default()
+            },
+        )),
     });
     tokio::spawn(heal_periodically(hub.clone(), shutdown.clone()));
     if let Presence::Redis(redis) = presence {
         tokio::spawn(keep_presence(engine.clone(), redis, shutdown.clone()));
     }
 
-    let server = ChatServiceServer::new(grpc::ChatService::new(engine))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let server = ChatServiceServer::new(grpc::ChatService::new(
+        engine,
+        config.chat.gateway_stream_secret.as_deref().map(Arc::from),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     Ok(Application::new(
         SERVICE_NAME,
         listeners,
@@ -221,6 +241,8 @@ pub async fn with_listeners(
         readiness,
         ServerOptions {
             shutdown_grace: config.shutdown_grace,
+            cors_origins: config.chat.cors_origins.clone(),
+            tls: tls.server,
             ..ServerOptions::default()
         },
         shutdown,

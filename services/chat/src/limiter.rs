@@ -19,7 +19,30 @@ const PRUNE_ABOVE: usize = 10_000;
 pub(crate) struct SendLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    by_user: HashMap<String, Bucket>,
+    /// The size at which full buckets are next forgotten: twice what a
+    /// sweep left, so a sweep that frees little (many users sending at
+    /// once) is not run again on the very next send, and the cost of
+    /// sweeping stays constant per send.
+    prune_above: usize,
+    #[cfg(test)]
+    sweeps: usize,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self {
+            by_user: HashMap::new(),
+            prune_above: PRUNE_ABOVE,
+            #[cfg(test)]
+            sweeps: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,11 +71,18 @@ impl SendLimiter {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if buckets.len() > PRUNE_ABOVE {
+        if buckets.by_user.len() > buckets.prune_above {
             let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, bucket| refilled(*bucket, now, rate, burst) < burst);
+            buckets
+                .by_user
+                .retain(|_, bucket| refilled(*bucket, now, rate, burst) < burst);
+            buckets.prune_above = PRUNE_ABOVE.max(buckets.by_user.len() * 2);
+            #[cfg(test)]
+            {
+                buckets.sweeps += 1;
+            }
         }
-        let bucket = buckets.entry(user_id.to_owned()).or_insert(Bucket {
+        let bucket = buckets.by_user.entry(user_id.to_owned()).or_insert(Bucket {
             tokens: self.burst,
             updated: now,
         });
@@ -72,7 +102,7 @@ impl SendLimiter {
             .buckets
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(bucket) = buckets.get_mut(user_id) {
+        if let Some(bucket) = buckets.by_user.get_mut(user_id) {
             bucket.tokens = (bucket.tokens + 1.0).min(self.burst);
         }
     }
@@ -103,6 +133,20 @@ mod tests {
         assert!(limiter.try_take_at("other", start), "buckets are per user");
         assert!(limiter.try_take_at("u", start + Duration::from_millis(100)));
         assert!(!limiter.try_take_at("u", start + Duration::from_millis(100)));
+    }
+
+    /// Many users sending at once (none of their buckets full) must not
+    /// make every send sweep them all: sweeps grow apart as buckets do.
+    #[test]
+    fn sweeps_stay_rare_when_many_users_are_sending() {
+        let limiter = SendLimiter::new(1, 2);
+        let start = Instant::now();
+        for user in 0..(PRUNE_ABOVE * 4) {
+            assert!(limiter.try_take_at(&format!("u{user}"), start));
+        }
+        let buckets = limiter.buckets.lock().unwrap();
+        assert_eq!(buckets.by_user.len(), PRUNE_ABOVE * 4, "none was full");
+        assert!(buckets.sweeps <= 3, "{} sweeps", buckets.sweeps);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use parley_runtime::config::{AuthUrl, CommonConfig};
+use parley_runtime::config::{AuthUrl, CommonConfig, MediaUrl};
 
 /// Parley's chat service: rooms, messages, presence over gRPC.
 #[derive(Debug, Parser)]
@@ -14,6 +14,8 @@ struct Cli {
     #[command(flatten)]
     auth: AuthUrl,
     #[command(flatten)]
+    media: MediaUrl,
+    #[command(flatten)]
     common: CommonConfig,
 }
 
@@ -22,6 +24,7 @@ fn main() -> ExitCode {
     let config = parley_chat::Config {
         chat: cli.chat,
         auth_url: cli.auth.auth_url,
+        media_url: cli.media.media_url,
         shutdown_grace: cli.common.shutdown_grace,
     };
     parley_runtime::process::run("parley-chat", &cli.common, |shutdown| {

@@ -18,7 +18,7 @@
 
 use std::borrow::Borrow;
 
-use parley_proto::chat::v1::{Joined, PresenceState};
+use parley_proto::chat::v1::{Joined, Member, PresenceState};
 use parley_runtime::storage::{now_millis, timestamp};
 
 use crate::{
@@ -97,8 +97,10 @@ impl Engine {
         } else {
             Some(self.enter(&room, user, to.link, &state).await)
         };
+        let (members, members_truncated) = capped(self.members(&room.id).await, &user.id);
         let joined = Joined {
-            members: self.members(&room.id).await,
+            members,
+            members_truncated,
             read_seq: state.read_seq,
             name: room.name.clone(),
             private: room.is_private(),
@@ -147,6 +149,9 @@ impl Engine {
         room_id: &RoomId,
         membership: Option<Membership>,
     ) -> Result<(), (Error, Option<Membership>)> {
+        if let Err(err) = self.joins_and_leaves(user) {
+            return Err((err, membership));
+        }
         if let Err(err) = self.store().remove_member(room_id, &user.id).await {
             return Err((err, membership));
         }
@@ -261,5 +266,55 @@ impl Borrow<str> for Membership {
 impl PartialEq for Membership {
     fn eq(&self, other: &Self) -> bool {
         self.room_id == other.room_id
+    }
+}
+
+/// Most members a `joined` frame lists: a huge room's whole list would
+/// outgrow a gRPC message and the gateway stream it shares with other
+/// sessions.
+pub(crate) const MAX_JOINED_MEMBERS: usize = 1000;
+
+/// The members a `joined` frame carries, in their order, the joining user
+/// always among them, and whether some were left out.
+fn capped(mut members: Vec<Member>, user_id: &str) -> (Vec<Member>, bool) {
+    let truncated = members.len() > MAX_JOINED_MEMBERS;
+    if truncated {
+        if let Some(at) = members.iter().position(|m| m.user_id == user_id)
+            && at >= MAX_JOINED_MEMBERS
+        {
+            members.swap(MAX_JOINED_MEMBERS - 1, at);
+        }
+        members.truncate(MAX_JOINED_MEMBERS);
+    }
+    (members, truncated)
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+
+    fn member(i: usize) -> Member {
+        Member {
+            user_id: format!("u{i}"),
+            name: format!("n{i}"),
+        }
+    }
+
+    #[test]
+    fn a_huge_room_lists_a_thousand_the_joiner_among_them() {
+        let everyone: Vec<Member> = (0..MAX_JOINED_MEMBERS + 500).map(member).collect();
+        let (listed, truncated) = capped(everyone, "u1400");
+        assert!(truncated);
+        assert_eq!(listed.len(), MAX_JOINED_MEMBERS);
+        assert!(
+            listed.iter().any(|m| m.user_id == "u1400"),
+            "the joiner is listed"
+        );
+        assert_eq!(listed[0].user_id, "u0", "the others keep their order");
+
+        let few: Vec<Member> = (0..3).map(member).collect();
+        let (listed, truncated) = capped(few.clone(), "u2");
+        assert!(!truncated);
+        assert_eq!(listed, few);
     }
 }

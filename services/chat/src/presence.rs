@@ -2,12 +2,15 @@
 //!
 //! In-process, the hub's own count of local sessions is the whole truth.
 //! With Redis, each room has a sorted set of `user_id|replica|name` entries
-//! scored by their expiry: every replica refreshes its own entries with a
-//! heartbeat and sweeps expired ones, so the members of a replica that
-//! crashed disappear within one TTL and their `left` presence is still
-//! announced. Scripts make "first connection of this user" and "last
-//! connection of this user" atomic across replicas. When Redis cannot be
-//! reached, presence degrades to what this replica knows.
+//! scored by their expiry, for listing, and each online user of the room a
+//! small one of their own `replica|name` entries, so "first connection of
+//! this user" and "last connection of this user" are answered atomically
+//! across replicas without reading the whole room: a join or a leave costs
+//! the same in a room of ten and of a hundred thousand. Every replica
+//! refreshes its own entries with a heartbeat and sweeps expired ones, so
+//! the members of a replica that crashed disappear within one TTL and
+//! their `left` presence is still announced. When Redis cannot be reached,
+//! presence degrades to what this replica knows.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -21,52 +24,49 @@ const KEY_PREFIX: &str = "parley:chat:presence:";
 /// How long one presence call may take before falling back to local
 /// knowledge.
 const CALL_TIMEOUT: Duration = Duration::from_millis(750);
+/// Expired entries one sweep takes from a room; the next sweep takes more.
+const SWEEP_BATCH: usize = 1000;
 
-/// Adds an entry; answers 1 when the user had no other live entry.
+/// Adds an entry to the room (KEYS[1]) and to the user's own set
+/// (KEYS[2]); answers 1 when the user had no other live entry.
 const JOIN_SCRIPT: &str = r"
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '+inf')
-local first = 1
-for _, member in ipairs(live) do
-  if member ~= ARGV[1] and string.sub(member, 1, string.len(ARGV[4])) == ARGV[4] then
-    first = 0
-    break
-  end
-end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return first
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+if redis.call('ZCARD', KEYS[2]) == 1 then return 1 end
+return 0
 ";
 
-/// Removes an entry; answers 1 when the user has no other live entry.
+/// Removes an entry from the room (KEYS[1]) and the user's set (KEYS[2]);
+/// answers 1 when the user has no other live entry.
 const LEAVE_SCRIPT: &str = r"
 redis.call('ZREM', KEYS[1], ARGV[1])
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[2], '+inf')
-for _, member in ipairs(live) do
-  if string.sub(member, 1, string.len(ARGV[3])) == ARGV[3] then
-    return 0
-  end
-end
-return 1
+redis.call('ZREM', KEYS[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2])
+if redis.call('ZCARD', KEYS[2]) == 0 then return 1 end
+return 0
 ";
 
-/// Removes expired entries; answers the `user_id|replica|name` of those
-/// whose user has no live entry left, one per user.
+/// Takes up to ARGV[2] expired entries out of the room (KEYS[1]) and
+/// answers them.
 const SWEEP_SCRIPT: &str = r"
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-if #expired == 0 then return {} end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
-local present = {}
-for _, member in ipairs(live) do
-  present[string.match(member, '^[^|]*')] = true
-end
-local gone = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[2])
 for _, member in ipairs(expired) do
-  local user = string.match(member, '^[^|]*')
-  if not present[user] then
-    present[user] = true
-    table.insert(gone, member)
-  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return expired
+";
+
+/// Takes swept entries (ARGV[1 + i]) out of their users' sets (KEYS[i])
+/// and answers, for each, 1 when that user has no live entry left.
+const GONE_SCRIPT: &str = r"
+local gone = {}
+for i, key in ipairs(KEYS) do
+  redis.call('ZREM', key, ARGV[i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. ARGV[1])
+  if redis.call('ZCARD', key) == 0 then gone[i] = 1 else gone[i] = 0 end
 end
 return gone
 ";
@@ -141,6 +141,7 @@ pub(crate) struct RedisPresence {
     join: std::sync::Arc<redis::Script>,
     leave: std::sync::Arc<redis::Script>,
     sweep: std::sync::Arc<redis::Script>,
+    gone: std::sync::Arc<redis::Script>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -160,9 +161,25 @@ fn key(room_id: &str, sharded: bool) -> String {
     }
 }
 
-/// `user_id|replica|name`.
+/// The set of one user's entries in a room: in the room's slot on a
+/// cluster. Room ids hold no `:`, so it never names a room's set.
+fn user_key(room_id: &str, user_id: &str, sharded: bool) -> String {
+    user_key_in(&key(room_id, sharded), user_id)
+}
+
+/// [`user_key`] from the room's own key.
+fn user_key_in(room_key: &str, user_id: &str) -> String {
+    format!("{room_key}:u:{user_id}")
+}
+
+/// `user_id|replica|name`, in the room's set.
 fn entry(user_id: &str, replica: &str, name: &str) -> String {
     format!("{user_id}|{replica}|{name}")
+}
+
+/// `replica|name`, in the user's set.
+fn own_entry(replica: &str, name: &str) -> String {
+    format!("{replica}|{name}")
 }
 
 /// The member an entry stands for.
@@ -200,6 +217,7 @@ impl RedisPresence {
             join: std::sync::Arc::new(redis::Script::new(JOIN_SCRIPT)),
             leave: std::sync::Arc::new(redis::Script::new(LEAVE_SCRIPT)),
             sweep: std::sync::Arc::new(redis::Script::new(SWEEP_SCRIPT)),
+            gone: std::sync::Arc::new(redis::Script::new(GONE_SCRIPT)),
         })
     }
 
@@ -219,10 +237,11 @@ impl RedisPresence {
         let first: i64 = self
             .join
             .key(key(room_id, self.sharded))
+            .key(user_key(room_id, user_id, self.sharded))
             .arg(entry(user_id, &self.replica, name))
             .arg(now + millis(self.ttl))
             .arg(now)
-            .arg(format!("{user_id}|"))
+            .arg(own_entry(&self.replica, name))
             .arg(millis(self.ttl) * 10)
             .invoke_async(&mut connection)
             .await?;
@@ -244,9 +263,10 @@ impl RedisPresence {
         let last: i64 = self
             .leave
             .key(key(room_id, self.sharded))
+            .key(user_key(room_id, user_id, self.sharded))
             .arg(entry(user_id, &self.replica, name))
             .arg(now_millis())
-            .arg(format!("{user_id}|"))
+            .arg(own_entry(&self.replica, name))
             .invoke_async(&mut connection)
             .await?;
         Ok(last == 1)
@@ -285,6 +305,14 @@ impl RedisPresence {
             add.arg(key);
             for (user_id, name) in users {
                 add.arg(expiry).arg(entry(user_id, &self.replica, name));
+                let own = user_key_in(key, user_id);
+                pipeline
+                    .cmd("ZADD")
+                    .arg(&own)
+                    .arg(expiry)
+                    .arg(own_entry(&self.replica, name))
+                    .ignore();
+                pipeline.cmd("PEXPIRE").arg(own).arg(keep).ignore();
             }
             pipeline.add_command(add).ignore();
             pipeline.cmd("PEXPIRE").arg(key).arg(keep).ignore();
@@ -299,13 +327,41 @@ impl RedisPresence {
     /// When Redis cannot be reached in time.
     pub(crate) async fn sweep(&self, room_id: &str) -> redis::RedisResult<Vec<Member>> {
         let mut connection = self.connection.clone();
-        let gone: Vec<String> = self
+        let now = now_millis();
+        let expired: Vec<String> = self
             .sweep
             .key(key(room_id, self.sharded))
-            .arg(now_millis())
+            .arg(now)
+            .arg(SWEEP_BATCH)
             .invoke_async(&mut connection)
             .await?;
-        Ok(gone.iter().filter_map(|e| parse_entry(e)).collect())
+        let swept: Vec<(String, String, String)> = expired
+            .iter()
+            .filter_map(|entry| {
+                let mut parts = entry.splitn(3, '|');
+                Some((
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                    parts.next()?.to_owned(),
+                ))
+            })
+            .collect();
+        if swept.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut gone = self.gone.prepare_invoke();
+        gone.arg(now);
+        for (user_id, replica, name) in &swept {
+            gone.key(user_key(room_id, user_id, self.sharded))
+                .arg(own_entry(replica, name));
+        }
+        let flags: Vec<i64> = gone.invoke_async(&mut connection).await?;
+        let members = swept
+            .into_iter()
+            .zip(flags)
+            .filter(|(_, flag)| *flag == 1)
+            .map(|((user_id, _, name), _)| Member { user_id, name });
+        Ok(dedupe(members))
     }
 
     /// Removes every entry of this replica in `rooms`, on shutdown.
@@ -322,6 +378,11 @@ impl RedisPresence {
                     .cmd("ZREM")
                     .arg(key)
                     .arg(entry(user_id, &self.replica, name))
+                    .ignore();
+                pipeline
+                    .cmd("ZREM")
+                    .arg(user_key_in(key, user_id))
+                    .arg(own_entry(&self.replica, name))
                     .ignore();
             }
         })
@@ -378,7 +439,156 @@ pub(crate) fn dedupe(members: impl Iterator<Item = Member>) -> Vec<Member> {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::StreamExt as _;
+
     use super::*;
+
+    /// The Redis the test suite runs against.
+    const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+    fn replica(name: &str, ttl: Duration) -> RedisPresence {
+        RedisPresence::new(REDIS_URL, name.to_owned(), ttl).expect("a Redis URL")
+    }
+
+    fn unique_room() -> String {
+        format!("presence-test-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    #[tokio::test]
+    async fn a_users_first_and_last_session_are_known_across_replicas() {
+        let room = unique_room();
+        let (one, two) = (
+            replica("one", Duration::from_secs(30)),
+            replica("two", Duration::from_secs(30)),
+        );
+        assert!(
+            one.join(&room, "u1", "ann").await.expect("Redis"),
+            "first anywhere"
+        );
+        assert!(
+            !two.join(&room, "u1", "ann").await.expect("Redis"),
+            "on one already"
+        );
+        assert!(
+            two.join(&room, "u2", "bob").await.expect("Redis"),
+            "bob's first"
+        );
+        let names: Vec<String> = one
+            .members(&room)
+            .await
+            .expect("Redis")
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["ann", "bob"]);
+        assert!(
+            !one.leave(&room, "u1", "ann").await.expect("Redis"),
+            "still on two"
+        );
+        assert!(
+            two.leave(&room, "u1", "ann").await.expect("Redis"),
+            "gone everywhere"
+        );
+        assert!(
+            one.join(&room, "u1", "ann").await.expect("Redis"),
+            "back: first again"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crashed_replicas_users_are_swept_once_unless_online_elsewhere() {
+        let room = unique_room();
+        // Entries that expire at once: a replica that stopped heartbeating.
+        let crashed = replica("crashed", Duration::from_millis(20));
+        let alive = replica("alive", Duration::from_secs(30));
+        crashed
+            .join(&room, "u1", "ann|with bar")
+            .await
+            .expect("Redis");
+        crashed.join(&room, "u2", "bob").await.expect("Redis");
+        alive.join(&room, "u2", "bob").await.expect("Redis");
+        // Past the crashed replica's expiry.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let gone = alive.sweep(&room).await.expect("Redis");
+        let names: Vec<&str> = gone.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["ann|with bar"], "bob is still on the live replica");
+        assert!(
+            alive.sweep(&room).await.expect("Redis").is_empty(),
+            "swept once"
+        );
+        assert!(
+            alive.leave(&room, "u2", "bob").await.expect("Redis"),
+            "bob's last"
+        );
+    }
+
+    /// A join or a leave touches the room's own set only with writes of one
+    /// entry, never a read of its members: their cost does not grow with
+    /// the room (README: "Limits").
+    #[tokio::test]
+    async fn joins_and_leaves_do_not_read_the_rooms_members() {
+        let room = unique_room();
+        let room_key = key(&room, false);
+        let client = redis::Client::open(REDIS_URL).expect("a Redis URL");
+        let mut control = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis on 127.0.0.1:6379");
+        let mut seed = redis::cmd("ZADD");
+        seed.arg(&room_key);
+        let far = now_millis() + 60_000;
+        for n in 0..1000 {
+            seed.arg(far)
+                .arg(entry(&format!("other{n}"), "elsewhere", "x"));
+        }
+        seed.query_async::<()>(&mut control).await.expect("seeded");
+
+        let mut monitor = client
+            .get_async_monitor()
+            .await
+            .expect("MONITOR")
+            .into_on_message::<String>();
+        let presence = replica("one", Duration::from_secs(30));
+        assert!(presence.join(&room, "u1", "ann").await.expect("Redis"));
+        assert!(presence.leave(&room, "u1", "ann").await.expect("Redis"));
+        let done = format!("done {room}");
+        redis::cmd("ECHO")
+            .arg(&done)
+            .query_async::<String>(&mut control)
+            .await
+            .expect("ECHO");
+
+        let quoted = format!("\"{room_key}\"");
+        let mut commands = Vec::new();
+        while let Some(line) = tokio::time::timeout(Duration::from_secs(10), monitor.next())
+            .await
+            .expect("MONITOR answers")
+        {
+            if line.contains(&done) {
+                break;
+            }
+            // `<time> [<db> <client>] "COMMAND" "first key" ...`
+            let mut tokens = line.split(' ').skip_while(|t| !t.starts_with('"'));
+            let (Some(command), Some(first)) = (tokens.next(), tokens.next()) else {
+                continue;
+            };
+            if first == quoted {
+                commands.push(command.trim_matches('"').to_ascii_uppercase());
+            }
+        }
+        assert!(commands.contains(&"ZADD".to_owned()), "seen: {commands:?}");
+        for command in &commands {
+            assert!(
+                ["ZADD", "ZREM", "PEXPIRE"].contains(&command.as_str()),
+                "{command} on the room's set: {commands:?}"
+            );
+        }
+        redis::cmd("DEL")
+            .arg(&room_key)
+            .query_async::<()>(&mut control)
+            .await
+            .expect("DEL");
+    }
 
     #[test]
     fn entries_round_trip_names_with_bars() {

@@ -82,13 +82,46 @@ impl<T> Sequencer<T> {
         self.has_hole().then_some((self.delivered, self.known))
     }
 
-    /// Storage does not hold what the seqs promise (a room rewritten under
-    /// us?): delivery goes on after `seq`, and what waited before it is
-    /// dropped.
-    pub(crate) fn skip_to(&mut self, seq: i64) {
-        self.delivered = self.delivered.max(seq.min(self.known));
-        let delivered = self.delivered;
-        self.pending.retain(|&seq, _| seq > delivered);
+    /// Fills the hole `(after, up_to]` with what storage holds there,
+    /// oldest first (`deliver` is told which events came from storage),
+    /// and returns how many waiting events storage did not
+    /// confirm.
+    ///
+    /// Storage is the truth for the whole hole: events that waited in it
+    /// are replaced by storage's copies, so an event storage does not hold
+    /// (a forged or corrupted bus event with a seq ahead of the room) is
+    /// never delivered and never makes the real message with that seq a
+    /// duplicate (README: "How a message travels"). Seqs storage lacks
+    /// below one it holds are skipped (a room rewritten under us); seqs
+    /// past the newest one it holds are forgotten, so the hole closes.
+    /// Events that arrived while storage was read, past `up_to`, wait on.
+    pub(crate) fn fill(
+        &mut self,
+        after: i64,
+        up_to: i64,
+        stored: impl IntoIterator<Item = (i64, T)>,
+        mut deliver: impl FnMut(T, bool),
+    ) -> usize {
+        let later = self.pending.split_off(&up_to.saturating_add(1));
+        let mut doubted = std::mem::replace(&mut self.pending, later);
+        for (seq, event) in stored {
+            doubted.remove(&seq);
+            if seq <= self.delivered.max(after) || seq > up_to {
+                continue;
+            }
+            self.delivered = seq;
+            deliver(event, true);
+        }
+        while let Some(next) = self.pending.remove(&(self.delivered + 1)) {
+            self.delivered += 1;
+            deliver(next, false);
+        }
+        // What storage did not hold is no longer known to exist; what
+        // was learnt or arrived past `up_to` while it was read still is.
+        if self.known <= up_to || self.known < self.delivered {
+            self.known = self.delivered;
+        }
+        doubted.len()
     }
 }
 
@@ -108,9 +141,42 @@ mod tests {
         assert!(order.offer(5, 5, |e| out.push(e)));
         assert!(!order.offer(4, 4, |e| out.push(e)), "the hole filled");
         assert_eq!(out, [4, 5, 6]);
-        assert!(order.learn(8));
-        order.skip_to(8);
-        assert_eq!((order.delivered(), order.hole()), (8, None));
+    }
+
+    #[test]
+    fn storage_decides_what_a_hole_holds() {
+        let mut order = Sequencer::new(5, 10);
+        let mut out = Vec::new();
+        // A forged event far ahead, and one just past a hole.
+        assert!(order.offer(1_000_000, "forged far", |e| out.push(e)));
+        assert!(order.offer(7, "forged next", |e| out.push(e)));
+        assert_eq!(order.hole(), Some((5, 1_000_000)));
+        // Storage holds 6 and nothing more: neither forgery goes out.
+        let dropped = order.fill(5, 1_000_000, [(6, "stored 6")], |e, _| out.push(e));
+        assert_eq!((dropped, order.delivered(), order.hole()), (2, 6, None));
+        assert_eq!(out, ["stored 6"]);
+        // The real 7 is not taken for a duplicate.
+        assert!(!order.offer(7, "stored 7", |e| out.push(e)));
+        assert_eq!(out, ["stored 6", "stored 7"]);
+    }
+
+    #[test]
+    fn storage_copies_replace_waiting_events_and_later_arrivals_wait_on() {
+        let mut order = Sequencer::new(0, 10);
+        let mut out = Vec::new();
+        order.offer(2, "bus 2", |e| out.push(e));
+        order.offer(9, "bus 9", |e| out.push(e));
+        // Read (0, 9]; 10 arrived meanwhile; storage lacks 3 (rewritten).
+        order.offer(10, "bus 10", |e| out.push(e));
+        let stored = [(1, "stored 1"), (2, "stored 2"), (4, "stored 4")];
+        let dropped = order.fill(0, 9, stored, |e, _| out.push(e));
+        assert_eq!(dropped, 1, "9 is not in storage");
+        assert_eq!(out, ["stored 1", "stored 2", "stored 4"]);
+        assert_eq!(order.hole(), Some((4, 10)), "10 waits for 5..9");
+        let stored = (5..=10).map(|seq| (seq, if seq == 10 { "stored 10" } else { "x" }));
+        order.fill(4, 10, stored, |e, _| out.push(e));
+        assert_eq!(out[3..], ["x", "x", "x", "x", "x", "stored 10"]);
+        assert_eq!(order.hole(), None);
     }
 
     proptest! {
@@ -148,12 +214,12 @@ mod tests {
         }
     }
 
-    /// Reads the hole from "storage" (every seq exists) and offers it.
+    /// Reads the hole from "storage" (every seq exists) and fills it.
     fn backfill(sequencer: &mut Sequencer<i64>, delivered: &mut Vec<i64>) {
         while let Some((after, up_to)) = sequencer.hole() {
-            for seq in after + 1..=up_to {
-                sequencer.offer(seq, seq, |e| delivered.push(e));
-            }
+            let stored = (after + 1..=up_to).map(|seq| (seq, seq));
+            let dropped = sequencer.fill(after, up_to, stored, |e, _| delivered.push(e));
+            assert_eq!(dropped, 0, "storage holds every seq");
         }
     }
 }

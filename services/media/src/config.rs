@@ -3,7 +3,9 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
-use parley_runtime::config::{BadValue, DatabaseUrl, ServiceUrl, parse_duration};
+use parley_runtime::config::{
+    BadValue, CorsOrigins, DatabaseUrl, MediaTls, ServiceUrl, parse_duration,
+};
 use secrecy::{ExposeSecret as _, SecretString};
 
 /// Settings read from `MEDIA_*` variables.
@@ -120,6 +122,20 @@ pub struct MediaArgs {
     /// chunk.
     #[arg(id = "MEDIA_UPLOAD_TTL", long = "media-upload-ttl", env = "MEDIA_UPLOAD_TTL", default_value = "1h", value_parser = parse_duration)]
     pub upload_ttl: Duration,
+
+    /// Browser origins that may call with gRPC-Web: comma-separated, or
+    /// `*`; empty sends no CORS headers.
+    #[arg(
+        id = "MEDIA_CORS_ORIGINS",
+        long = "media-cors-origins",
+        env = "MEDIA_CORS_ORIGINS",
+        default_value = ""
+    )]
+    pub cors_origins: CorsOrigins,
+
+    /// TLS on the gRPC port and for calls to `https://` services.
+    #[command(flatten)]
+    pub tls: MediaTls,
 }
 
 /// `MEDIA_STORE_URL`, checked.

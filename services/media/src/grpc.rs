@@ -15,7 +15,7 @@ use parley_proto::media::v1::{
 use parley_runtime::{
     grpc::status::code_name,
     storage::timestamp,
-    token::{Caller, caller},
+    token::{Caller, Scope, caller},
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -107,6 +107,16 @@ fn upload_chunks(
     })
 }
 
+/// Reading an attachment needs `chat:read` (it is part of a room's
+/// messages) or `media:write` (an uploader reads back what it stored).
+fn reader(caller: &Caller) -> Result<(), Status> {
+    if caller.has_scope(Scope::MediaWrite) {
+        Ok(())
+    } else {
+        caller.require(Scope::ChatRead)
+    }
+}
+
 #[tonic::async_trait]
 impl pb::media_service_server::MediaService for MediaService {
     async fn put_attachment(
@@ -114,6 +124,7 @@ impl pb::media_service_server::MediaService for MediaService {
         request: Request<PutAttachmentRequest>,
     ) -> Result<Response<PutAttachmentResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::MediaWrite)?;
         let PutAttachmentRequest { file, content } = request.into_inner();
         let stored = async {
             let file = file_info(file)?;
@@ -133,6 +144,7 @@ impl pb::media_service_server::MediaService for MediaService {
         request: Request<Streaming<UploadAttachmentRequest>>,
     ) -> Result<Response<UploadAttachmentResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::MediaWrite)?;
         let mut requests = request.into_inner();
         let stored = async {
             let file = match requests.message().await.map_err(Error::Stream)? {
@@ -164,6 +176,7 @@ impl pb::media_service_server::MediaService for MediaService {
         request: Request<Streaming<TransferAttachmentRequest>>,
     ) -> Result<Response<Self::TransferAttachmentStream>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::MediaWrite)?;
         let requests = request.into_inner();
         let (answers, stream) = mpsc::channel(4);
         let media = self.media.clone();
@@ -181,7 +194,8 @@ impl pb::media_service_server::MediaService for MediaService {
         &self,
         request: Request<GetAttachmentRequest>,
     ) -> Result<Response<GetAttachmentResponse>, Status> {
-        caller(&request)?;
+        let caller = caller(&request)?;
+        reader(&caller)?;
         let id = parse_id(&request.get_ref().id, "id", "attachment")?;
         let attachment = self.media.get(&id).await?;
         Ok(Response::new(GetAttachmentResponse {
@@ -195,7 +209,8 @@ impl pb::media_service_server::MediaService for MediaService {
         &self,
         request: Request<DownloadAttachmentRequest>,
     ) -> Result<Response<Self::DownloadAttachmentStream>, Status> {
-        caller(&request)?;
+        let caller = caller(&request)?;
+        reader(&caller)?;
         let DownloadAttachmentRequest {
             id,
             offset,
@@ -234,6 +249,7 @@ impl pb::media_service_server::MediaService for MediaService {
         request: Request<DeleteAttachmentRequest>,
     ) -> Result<Response<DeleteAttachmentResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::MediaWrite)?;
         let id = parse_id(&request.get_ref().id, "id", "attachment")?;
         self.media.delete(&caller, &id).await?;
         Ok(Response::new(DeleteAttachmentResponse {}))

@@ -40,6 +40,14 @@ pub enum Refused {
         /// As its header says.
         height: u32,
     },
+    /// It says it has no pixels (a zero width or height).
+    #[error("{width}x{height} has no pixels")]
+    Empty {
+        /// As its header or decoder says.
+        width: u32,
+        /// As its header or decoder says.
+        height: u32,
+    },
     /// It does not decode (truncated, corrupt, lying about its format, or
     /// over the decoder's limits).
     #[error("does not decode: {0}")]
@@ -58,6 +66,9 @@ pub fn inspect(file: &mut std::fs::File) -> Result<Inspected, Refused> {
     let (width, height) = ImageReader::new(BufReader::new(&*file))
         .with_guessed_format()?
         .into_dimensions()?;
+    if width == 0 || height == 0 {
+        return Err(Refused::Empty { width, height });
+    }
     if u64::from(width) * u64::from(height) > MAX_IMAGE_PIXELS {
         return Err(Refused::TooManyPixels { width, height });
     }
@@ -75,6 +86,13 @@ pub fn inspect(file: &mut std::fs::File) -> Result<Inspected, Refused> {
     let orientation = decoder.orientation()?;
     let mut image = DynamicImage::from_decoder(decoder)?;
     image.apply_orientation(orientation);
+    // The decoder may disagree with the header it was checked by.
+    if image.width() == 0 || image.height() == 0 {
+        return Err(Refused::Empty {
+            width: image.width(),
+            height: image.height(),
+        });
+    }
 
     // Shrunk to fit, never enlarged.
     let thumbnail = if image.width() > THUMBNAIL_SIDE || image.height() > THUMBNAIL_SIDE {
@@ -192,6 +210,17 @@ mod tests {
         lying.extend(encoded(&photo, ImageFormat::Jpeg));
         assert!(inspect(&mut spool(&lying)).is_err());
         assert!(inspect(&mut spool(b"not an image at all")).is_err());
+    }
+
+    /// Found by the fuzzer: a GIF whose screen is 3088x0 decodes to an
+    /// image without pixels, which has no thumbnail.
+    #[test]
+    fn an_image_without_pixels_is_refused() {
+        let gif = include_bytes!("../../../fuzz/corpus/image_decode/regression-gif-zero-height");
+        assert!(matches!(
+            inspect(&mut spool(gif)),
+            Err(Refused::Empty { height: 0, .. })
+        ));
     }
 
     /// Writes the image seeds of the fuzz targets `image_decode` and

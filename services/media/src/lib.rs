@@ -83,7 +83,8 @@ pub async fn with_listeners(
     parley_runtime::metrics::register_build_info(SERVICE_NAME);
     let readiness = Readiness::new();
 
-    let verifier = token::verifier_for(&config.auth_url, &readiness, shutdown.clone());
+    let tls = parley_runtime::tls::ServiceTls::load(&config.media.tls.files())?;
+    let verifier = token::verifier_for(&config.auth_url, &tls.client, &readiness, shutdown.clone());
     let blobs = blobs::Blobs::open(&config.media)?;
     let database = Database::open(
         &config.media.database_url,
@@ -120,6 +121,8 @@ pub async fn with_listeners(
         readiness,
         ServerOptions {
             shutdown_grace: config.shutdown_grace,
+            cors_origins: config.media.cors_origins.clone(),
+            tls: tls.server,
             ..ServerOptions::default()
         },
         shutdown,

@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use parley_runtime::{
     CancellationToken,
-    config::{AuthUrl, ChatUrl, CommonConfig, UserUrl},
+    config::{AuthUrl, ChatUrl, CommonConfig, MediaUrl, UserUrl},
 };
 
 /// Parley all-in-one: the auth, user, chat, media and WebSocket gateway
@@ -19,6 +19,10 @@ use parley_runtime::{
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about)]
 struct Cli {
+    /// A one-off task on the user database (`grant-admin USERNAME` makes
+    /// the first admin); without one, Parley runs.
+    #[command(subcommand)]
+    command: Option<parley_user::AdminCommand>,
     #[command(flatten)]
     auth: parley_auth::AuthArgs,
     #[command(flatten)]
@@ -36,11 +40,16 @@ struct Cli {
     #[command(flatten)]
     chat_url: ChatUrl,
     #[command(flatten)]
+    media_url: MediaUrl,
+    #[command(flatten)]
     common: CommonConfig,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return command.run("parley", &cli.user.database_url);
+    }
     // Replays pass through a connection's queue, so a queue no longer than
     // the longest replay would cut every client that rejoins after a while.
     if cli.gateway.send_queue <= cli.chat.max_replay {
@@ -63,6 +72,7 @@ fn main() -> ExitCode {
     let chat = parley_chat::Config {
         chat: cli.chat,
         auth_url: user.auth_url.clone(),
+        media_url: cli.media_url.media_url.clone(),
         shutdown_grace: cli.common.shutdown_grace,
     };
     let media = parley_media::Config {
@@ -75,6 +85,7 @@ fn main() -> ExitCode {
         auth_url: user.auth_url.clone(),
         user_url: auth.user_url.clone(),
         chat_url: cli.chat_url.chat_url,
+        media_url: cli.media_url.media_url,
         shutdown_grace: cli.common.shutdown_grace,
     };
     parley_runtime::process::run("parley", &cli.common, |shutdown| {

@@ -8,7 +8,7 @@
 //! only and are chosen at the call site with [`retry_idempotent`].
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
@@ -25,7 +25,12 @@ use tonic::{
 };
 use tower_service::Service;
 
-use crate::{config::ServiceUrl, grpc::Observe};
+use crate::{
+    circuit::{Breaker, BreakerSettings, is_failure},
+    config::ServiceUrl,
+    grpc::Observe,
+    tls::ClientTls,
+};
 
 /// Timings of a client channel.
 #[derive(Debug, Clone)]
@@ -42,6 +47,12 @@ pub struct ClientOptions {
     pub keep_alive_every: Duration,
     /// How long a ping may go unanswered before the connection is dropped.
     pub keep_alive_timeout: Duration,
+    /// The circuit breaker of a balanced channel (see [`crate::circuit`]);
+    /// `None` for none.
+    pub breaker: Option<BreakerSettings>,
+    /// What `https://` calls trust and present (README, "TLS"); unused for
+    /// `http://` URLs.
+    pub tls: ClientTls,
 }
 
 impl Default for ClientOptions {
@@ -52,6 +63,8 @@ impl Default for ClientOptions {
             resolve_every: Duration::from_secs(10),
             keep_alive_every: Duration::from_secs(30),
             keep_alive_timeout: Duration::from_secs(10),
+            breaker: Some(BreakerSettings::default()),
+            tls: ClientTls::default(),
         }
     }
 }
@@ -63,6 +76,7 @@ pub struct ClientChannel {
     inner: Observe<Channel>,
     target: Arc<str>,
     timeout: Duration,
+    breaker: Option<Breaker>,
 }
 
 /// Opens a lazy channel to `url`; connections are made on first use, so a
@@ -80,31 +94,45 @@ pub fn connect(target: &'static str, url: &ServiceUrl, options: &ClientOptions) 
         inner: Observe::client(channel),
         target: Arc::from(target),
         timeout: options.timeout,
+        breaker: options
+            .breaker
+            .map(|settings| Breaker::new(target, settings)),
     }
 }
 
 /// Opens a lazy, observed channel to one address, for callers that place
 /// work on a particular replica themselves (the gateway's chat streams).
+/// `host` is the name the address was found under, which a TLS certificate
+/// must carry; `tls` whether the URL said `https://`. The TLS files are
+/// read as they are now: callers make a new channel to reconnect.
 pub fn connect_one(
     target: &'static str,
     address: SocketAddr,
+    host: &str,
+    tls: bool,
     options: &ClientOptions,
 ) -> Result<ClientChannel, tonic::transport::Error> {
-    let channel = endpoint(address, options)?.connect_lazy();
+    let channel = endpoint(address, host, tls, options)?.connect_lazy();
+    // No breaker: its caller watches the one address itself and moves its
+    // work elsewhere when it fails.
     Ok(ClientChannel {
         inner: Observe::client(channel),
         target: Arc::from(target),
         timeout: options.timeout,
+        breaker: None,
     })
 }
 
-/// Every address `url` names now. A target that does not resolve is left
-/// out, with a warning.
-pub async fn resolve(target: &'static str, url: &ServiceUrl) -> HashSet<SocketAddr> {
-    let mut found = HashSet::new();
+/// Every address `url` names now, with the host name it was found under.
+/// A target that does not resolve is left out, with a warning.
+pub async fn resolve(target: &'static str, url: &ServiceUrl) -> HashMap<SocketAddr, Arc<str>> {
+    let mut found = HashMap::new();
     for t in url.targets() {
         match tokio::net::lookup_host((t.host.as_str(), t.port)).await {
-            Ok(addrs) => found.extend(addrs),
+            Ok(addrs) => {
+                let host: Arc<str> = Arc::from(t.host.as_str());
+                found.extend(addrs.map(|addr| (addr, host.clone())));
+            }
             Err(err) => {
                 tracing::warn!(%target, host = %t.host, error = %err, "cannot resolve service address")
             }
@@ -115,9 +143,17 @@ pub async fn resolve(target: &'static str, url: &ServiceUrl) -> HashSet<SocketAd
 
 fn endpoint(
     address: SocketAddr,
+    host: &str,
+    tls: bool,
     options: &ClientOptions,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{address}"))?
+    let scheme = if tls { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))?;
+    if tls {
+        // The certificate names the host, not the address it resolved to.
+        endpoint = endpoint.tls_config(options.tls.config(host).0)?;
+    }
+    Ok(endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(options.keep_alive_every)
@@ -133,7 +169,8 @@ async fn resolve_forever(
     options: ClientOptions,
     changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
 ) {
-    let mut known: HashSet<SocketAddr> = HashSet::new();
+    let mut known: HashMap<SocketAddr, Arc<str>> = HashMap::new();
+    let mut generation = options.tls.generation();
     let mut every = tokio::time::interval(options.resolve_every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -144,13 +181,23 @@ async fn resolve_forever(
         if found.is_empty() {
             continue;
         }
-        for gone in known.difference(&found) {
+        // Rotated TLS files: every endpoint is made again with them. Calls
+        // open on the old connections finish there.
+        if url.is_tls() && options.tls.generation() != generation {
+            generation = options.tls.generation();
+            tracing::info!(%target, "TLS files changed; reconnecting with them");
+            known.clear();
+        }
+        for gone in known.keys().filter(|address| !found.contains_key(address)) {
             if changes.send(Change::Remove(*gone)).await.is_err() {
                 return;
             }
         }
-        for new in found.difference(&known) {
-            let endpoint = match endpoint(*new, &options) {
+        for (new, host) in found
+            .iter()
+            .filter(|(address, _)| !known.contains_key(address))
+        {
+            let endpoint = match endpoint(*new, host, url.is_tls(), &options) {
                 Ok(endpoint) => endpoint,
                 Err(err) => {
                     tracing::warn!(%target, address = %new, error = %err, "unusable service address");
@@ -179,19 +226,44 @@ impl Service<http::Request<Body>> for ClientChannel {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // An open circuit answers at once, without touching the network.
+        let permit = match self.breaker.as_ref().map(Breaker::admit) {
+            Some(Err(refused)) => {
+                return Box::pin(async move { Err(Box::new(refused) as StdError) });
+            }
+            Some(Ok(permit)) => Some(permit),
+            None => None,
+        };
         let response = self.inner.call(request);
         let target = self.target.clone();
         let timeout = self.timeout;
         Box::pin(async move {
-            match tokio::time::timeout(timeout, response).await {
+            let result = match tokio::time::timeout(timeout, response).await {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(err)) => Err(unavailable(&target, err.into())),
                 Err(_) => Err(Box::new(Status::deadline_exceeded(format!(
                     "{target} did not answer within {timeout:?}"
                 ))) as StdError),
+            };
+            if let Some(permit) = permit {
+                let failed = match &result {
+                    Ok(response) => grpc_status(response).is_some_and(is_failure),
+                    Err(err) => err
+                        .downcast_ref::<Status>()
+                        .is_none_or(|status| is_failure(status.code())),
+                };
+                permit.record(failed);
             }
+            result
         })
     }
+}
+
+/// The status of an answer that came as headers only (a call refused at
+/// once); `None` when the status comes later, in the trailers.
+fn grpc_status(response: &http::Response<Body>) -> Option<Code> {
+    let value = response.headers().get("grpc-status")?.to_str().ok()?;
+    value.parse::<i32>().ok().map(Code::from_i32)
 }
 
 /// Transport failures become UNAVAILABLE naming the service, so callers can

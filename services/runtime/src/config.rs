@@ -7,7 +7,7 @@
 //! bad value stops the process with exit code 2 and a message naming the
 //! variable, before anything starts.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 /// A setting whose value is unusable, found after the command line was
 /// parsed (a key that does not parse, a file that cannot be read): the
@@ -166,12 +166,14 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
-/// Where callers find a service (`AUTH_URL`, `USER_URL`, `CHAT_URL`): one or
+/// Where callers find a service (`AUTH_URL`, `USER_URL`, `CHAT_URL`,
+/// `MEDIA_URL`): one or
 /// more `http://host:port`, separated by commas. A host name may resolve to
 /// several addresses (a headless Service); it is re-resolved periodically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceUrl {
     targets: Vec<Target>,
+    tls: bool,
 }
 
 /// One `host:port` of a [`ServiceUrl`].
@@ -189,6 +191,11 @@ impl ServiceUrl {
         &self.targets
     }
 
+    /// Whether the URL says `https://`: calls use TLS (README, "TLS").
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// A URL with one target, for tests and the all-in-one binary.
     pub fn from_addr(addr: std::net::SocketAddr) -> Self {
         Self {
@@ -196,6 +203,7 @@ impl ServiceUrl {
                 host: addr.ip().to_string(),
                 port: addr.port(),
             }],
+            tls: false,
         }
     }
 }
@@ -206,7 +214,8 @@ impl fmt::Display for ServiceUrl {
             if i > 0 {
                 f.write_str(",")?;
             }
-            write!(f, "http://{}:{}", target.host, target.port)?;
+            let scheme = if self.tls { "https" } else { "http" };
+            write!(f, "{scheme}://{}:{}", target.host, target.port)?;
         }
         Ok(())
     }
@@ -217,10 +226,19 @@ impl FromStr for ServiceUrl {
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         let mut targets = Vec::new();
+        let mut tls = None;
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let rest = part
-                .strip_prefix("http://")
-                .ok_or_else(|| format!("`{part}` must start with http://"))?;
+            let (secure, rest) = if let Some(rest) = part.strip_prefix("https://") {
+                (true, rest)
+            } else if let Some(rest) = part.strip_prefix("http://") {
+                (false, rest)
+            } else {
+                return Err(format!("`{part}` must start with http:// or https://"));
+            };
+            if tls.is_some_and(|tls| tls != secure) {
+                return Err("mixes http:// and https://; use one for all".into());
+            }
+            tls = Some(secure);
             let authority = rest.trim_end_matches('/');
             let (host, port) = authority
                 .rsplit_once(':')
@@ -240,7 +258,10 @@ impl FromStr for ServiceUrl {
         if targets.is_empty() {
             return Err("expected at least one http://host:port".into());
         }
-        Ok(Self { targets })
+        Ok(Self {
+            targets,
+            tls: tls.unwrap_or(false),
+        })
     }
 }
 
@@ -287,6 +308,146 @@ pub struct ChatUrl {
     pub chat_url: ServiceUrl,
 }
 
+/// Declares a service's `<SVC>_TLS_*` settings (README, "TLS").
+macro_rules! tls_args {
+    ($name:ident, $prefix:literal, $flag:literal, serves gRPC) => {
+        tls_args!(@struct $name, $prefix, $flag, {
+            /// CA whose certificates callers must present (mTLS); unset
+            /// accepts any caller.
+            #[arg(
+                id = concat!($prefix, "_TLS_CLIENT_CA_FILE"),
+                long = concat!($flag, "-tls-client-ca-file"),
+                env = concat!($prefix, "_TLS_CLIENT_CA_FILE")
+            )]
+            pub client_ca_file: Option<PathBuf>,
+        }, |args: &$name| crate::tls::TlsFile::new(concat!($prefix, "_TLS_CLIENT_CA_FILE"), args.client_ca_file.as_ref()));
+    };
+    ($name:ident, $prefix:literal, $flag:literal, serves HTTPS) => {
+        tls_args!(@struct $name, $prefix, $flag, {}, |_: &$name| None);
+    };
+    (@struct $name:ident, $prefix:literal, $flag:literal, { $($extra:tt)* }, $client_ca:expr) => {
+        #[doc = concat!("`", $prefix, "_TLS_*`: the certificate this service serves (and presents")]
+        /// under mTLS when it calls others) and the CA it trusts when it
+        /// calls `https://` services.
+        #[derive(Debug, Clone, Default, Args)]
+        pub struct $name {
+            /// Certificate chain (PEM) to serve TLS with; unset serves
+            /// plaintext. Re-read when the file changes.
+            #[arg(
+                id = concat!($prefix, "_TLS_CERT_FILE"),
+                long = concat!($flag, "-tls-cert-file"),
+                env = concat!($prefix, "_TLS_CERT_FILE")
+            )]
+            pub cert_file: Option<PathBuf>,
+
+            /// Private key (PEM) of the certificate.
+            #[arg(
+                id = concat!($prefix, "_TLS_KEY_FILE"),
+                long = concat!($flag, "-tls-key-file"),
+                env = concat!($prefix, "_TLS_KEY_FILE")
+            )]
+            pub key_file: Option<PathBuf>,
+
+            $($extra)*
+
+            /// CA (PEM) trusted besides the system roots when calling
+            /// `https://` services.
+            #[arg(
+                id = concat!($prefix, "_TLS_CA_FILE"),
+                long = concat!($flag, "-tls-ca-file"),
+                env = concat!($prefix, "_TLS_CA_FILE")
+            )]
+            pub ca_file: Option<PathBuf>,
+        }
+
+        impl $name {
+            /// The files, named by their variables.
+            pub fn files(&self) -> crate::tls::TlsFiles {
+                let client_ca = $client_ca;
+                crate::tls::TlsFiles {
+                    cert: crate::tls::TlsFile::new(concat!($prefix, "_TLS_CERT_FILE"), self.cert_file.as_ref()),
+                    key: crate::tls::TlsFile::new(concat!($prefix, "_TLS_KEY_FILE"), self.key_file.as_ref()),
+                    client_ca: client_ca(self),
+                    ca: crate::tls::TlsFile::new(concat!($prefix, "_TLS_CA_FILE"), self.ca_file.as_ref()),
+                }
+            }
+        }
+    };
+}
+
+tls_args!(AuthTls, "AUTH", "auth", serves gRPC);
+tls_args!(UserTls, "USER", "user", serves gRPC);
+tls_args!(ChatTls, "CHAT", "chat", serves gRPC);
+tls_args!(MediaTls, "MEDIA", "media", serves gRPC);
+tls_args!(GatewayTls, "GATEWAY", "gateway", serves HTTPS);
+
+/// `<SVC>_CORS_ORIGINS`: which browser origins may call a gRPC port with
+/// gRPC-Web (README, "gRPC-Web"): a comma-separated list of origins such as
+/// `https://chat.example.com`, or `*` for any. Empty (the default) sends no
+/// CORS headers, so only same-origin pages and non-browser clients call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// No CORS headers.
+    #[default]
+    None,
+    /// Any origin.
+    Any,
+    /// These origins.
+    List(Vec<String>),
+}
+
+impl FromStr for CorsOrigins {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let origins: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .collect();
+        if origins.is_empty() {
+            return Ok(Self::None);
+        }
+        if origins == ["*"] {
+            return Ok(Self::Any);
+        }
+        let mut list = Vec::new();
+        for origin in origins {
+            let rest = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or_else(|| {
+                    format!("`{origin}` must be `*` or an origin such as https://chat.example.com")
+                })?;
+            if rest.is_empty()
+                || rest.contains('/')
+                || !origin.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "`{origin}` is not an origin (scheme://host[:port], no path)"
+                ));
+            }
+            list.push(origin.to_owned());
+        }
+        Ok(Self::List(list))
+    }
+}
+
+/// `MEDIA_URL`: where the media service is (for chat, to check
+/// attachments, and for the gateway's attachment routes).
+#[derive(Debug, Clone, Args)]
+pub struct MediaUrl {
+    /// Where to find the media service: http://host:port, several
+    /// separated by commas, or a name resolving to several addresses.
+    #[arg(
+        id = "MEDIA_URL",
+        long = "media-url",
+        env = "MEDIA_URL",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub media_url: ServiceUrl,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,5 +483,17 @@ mod tests {
         assert!("a:1".parse::<ServiceUrl>().is_err());
         assert!("http://a".parse::<ServiceUrl>().is_err());
         assert!("".parse::<ServiceUrl>().is_err());
+        assert!(!url.is_tls());
+
+        let secure: ServiceUrl = "https://chat-0.chat:50053,https://chat-1.chat:50053"
+            .parse()
+            .unwrap();
+        assert!(secure.is_tls());
+        assert_eq!(
+            secure.to_string(),
+            "https://chat-0.chat:50053,https://chat-1.chat:50053"
+        );
+        let mixed = "http://a:1,https://b:2".parse::<ServiceUrl>().unwrap_err();
+        assert!(mixed.contains("mixes"), "{mixed}");
     }
 }

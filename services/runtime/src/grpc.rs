@@ -1,14 +1,16 @@
 //! Serving gRPC: every service goes through [`serve`], which adds health,
-//! reflection, metrics, tracing, limits and a bounded graceful shutdown.
+//! reflection, gRPC-Web (with CORS), metrics, tracing, limits and a bounded
+//! graceful shutdown.
 
 pub mod methods;
 pub(crate) mod observe;
 pub mod status;
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
@@ -16,7 +18,7 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 
-use crate::{health::Readiness, telemetry};
+use crate::{config::CorsOrigins, health::Readiness, telemetry, tls::ServerTls};
 
 pub use observe::Observe;
 
@@ -35,6 +37,10 @@ pub struct ServerOptions {
     pub max_connection_age: Duration,
     /// Calls served at once on one connection; more wait.
     pub concurrency_per_connection: usize,
+    /// Browser origins allowed to call with gRPC-Web (`<SVC>_CORS_ORIGINS`).
+    pub cors_origins: CorsOrigins,
+    /// TLS (and mTLS) on the gRPC port; `None` serves plaintext.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +49,8 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(20),
             max_connection_age: Duration::from_secs(300),
             concurrency_per_connection: 256,
+            cors_origins: CorsOrigins::None,
+            tls: None,
         }
     }
 }
@@ -142,8 +150,10 @@ pub async fn serve(
 
     let stop_accepting = CancellationToken::new();
     let cut_streams = CancellationToken::new();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let router = Server::builder()
+        // gRPC-Web arrives over HTTP/1.1 as well as HTTP/2 (README,
+        // "gRPC-Web"); native gRPC is unaffected.
+        .accept_http1(true)
         .max_connection_age(options.max_connection_age)
         .concurrency_limit_per_connection(options.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -159,12 +169,27 @@ pub async fn serve(
             telemetry::extract_context(request.headers(), &span);
             span
         })
+        .layer(tower::util::option_layer(cors_layer(&options.cors_origins)))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(observe::ServerLayer {
             drain: cut_streams.clone(),
         })
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
-    tokio::pin!(server);
+        .add_routes(routes.routes());
+    let stopped = stop_accepting.clone().cancelled_owned();
+    // Plaintext or TLS, the same server behind two kinds of connection.
+    let mut server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match options.tls {
+            None => {
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            Some(tls) => {
+                let accepted = tls.accept(listener);
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(accepted)
+                    .map(|(stream, _)| Ok::<_, std::io::Error>(stream));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
 
     tokio::select! {
         result = &mut server => return result.context("gRPC server failed"),
@@ -184,4 +209,42 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// The CORS answer for gRPC-Web callers from other origins; `None` when no
+/// origin is allowed, so no CORS header is ever sent.
+fn cors_layer(origins: &CorsOrigins) -> Option<tower_http::cors::CorsLayer> {
+    use http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+
+    let allow = match origins {
+        CorsOrigins::None => return None,
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    let headers = |names: &[&'static str]| -> Vec<HeaderName> {
+        names.iter().map(|n| HeaderName::from_static(n)).collect()
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::POST, Method::OPTIONS])
+            .allow_headers(headers(&[
+                "authorization",
+                "content-type",
+                "grpc-timeout",
+                "traceparent",
+                "x-grpc-web",
+                "x-user-agent",
+            ]))
+            .expose_headers(headers(&[
+                "grpc-status",
+                "grpc-message",
+                "grpc-status-details-bin",
+            ]))
+            .max_age(Duration::from_secs(3600)),
+    )
 }

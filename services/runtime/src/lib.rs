@@ -10,6 +10,8 @@
 //!   metrics, tracing, limits, drain) and status helpers.
 //! - [`client`]: balanced, observed channels to other services; retries.
 //! - [`password`]: Argon2id hashing off the async threads.
+//! - [`tls`]: certificates for servers and clients, re-read on rotation.
+//! - [`revocations`]: access tokens refused before their expiry.
 //! - [`token`]: access-token verification and the caller's identity.
 //! - [`storage`]: one sqlx code path for Postgres and SQLite, migrations.
 //! - [`admin`]: the `/metrics`, `/healthz`, `/readyz` HTTP server.
@@ -19,19 +21,23 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod circuit;
 pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod password;
 pub mod process;
+pub mod revocations;
 pub mod serve;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod tls;
 pub mod token;
 pub mod vec_set;
 

@@ -65,12 +65,31 @@ pub fn register_build_info(service: &'static str) {
     metrics::gauge!("parley_build_info", "service" => service, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// Counts a TLS handshake that failed or timed out: a plaintext client on a
+/// TLS port, a client certificate refused under mTLS, an untrusted server
+/// certificate on the client's side.
+pub(crate) fn tls_handshake_failed() {
+    metrics::counter!("parley_tls_handshake_failures_total").increment(1);
+}
+
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
     describe_gauge!(
         "parley_build_info",
         "Build of each service in this process."
+    );
+    describe_gauge!(
+        "parley_client_circuit_state",
+        "Circuit breaker of calls to a service: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        "parley_client_circuit_transitions_total",
+        "Circuit breaker state changes, by the state entered."
+    );
+    describe_counter!(
+        "parley_tls_handshake_failures_total",
+        "TLS handshakes this process refused or that timed out."
     );
     for side in ["server", "client"] {
         let name = |suffix: &str| -> String { format!("grpc_{side}_{suffix}") };

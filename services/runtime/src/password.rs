@@ -2,7 +2,12 @@
 //!
 //! Hashing costs tens of milliseconds and ~19 MiB by design, so it runs on
 //! the blocking pool, with a semaphore bounding how many run at once: a
-//! burst of logins queues instead of exhausting memory.
+//! burst of logins queues instead of exhausting memory. The queue itself is
+//! bounded too, in length and in time: past [`MAX_WAITING`] waiters, or
+//! after [`MAX_WAIT`] in line, a call is refused with
+//! [`PasswordError::Busy`] (RESOURCE_EXHAUSTED for the caller, who may
+//! retry), so a flood of logins cannot build a backlog that every honest
+//! login then waits behind.
 //!
 //! Each hash works in a memory buffer taken from a small pool and put back
 //! afterwards, never a fresh 19 MiB allocation. With fresh allocations the
@@ -13,7 +18,11 @@
 
 use std::{
     cell::RefCell,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -26,11 +35,32 @@ use argon2::{
 };
 use tokio::sync::Semaphore;
 
+/// Calls that may wait for a hashing slot at once, per process.
+pub const MAX_WAITING: usize = 64;
+/// Longest a call waits for a hashing slot.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a password could not be hashed or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// Too many hashes are waiting, or this one waited too long: retry
+    /// later.
+    #[error("too many password checks at once; retry in a moment")]
+    Busy,
+    /// A bug, or a malformed stored hash.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
 /// Hashes and verifies passwords (account passwords in auth, private-room
 /// passwords in chat). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
+    /// Calls waiting for a permit now.
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    max_wait: Duration,
     /// Argon2 memory buffers not in use; at most one per permit.
     buffers: Arc<Mutex<Vec<Vec<Block>>>>,
     /// The histogram each hash's time is recorded in, such as
@@ -44,8 +74,22 @@ impl Passwords {
     /// name ending in `_hash_seconds`, which gets hash buckets).
     pub fn new(metric: &'static str) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Self::bounded(metric, cores, MAX_WAITING, MAX_WAIT)
+    }
+
+    /// `slots` hashes at once, at most `max_waiting` calls waiting for one,
+    /// none of them longer than `max_wait`.
+    pub fn bounded(
+        metric: &'static str,
+        slots: usize,
+        max_waiting: usize,
+        max_wait: Duration,
+    ) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(cores)),
+            permits: Arc::new(Semaphore::new(slots.max(1))),
+            waiting: Arc::default(),
+            max_waiting,
+            max_wait,
             buffers: Arc::default(),
             metric,
         }
@@ -54,8 +98,9 @@ impl Passwords {
     /// Hashes `password` with a fresh salt (Argon2id, OWASP parameters).
     ///
     /// # Errors
-    /// Fails only on an internal error.
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+    /// [`PasswordError::Busy`] when the queue is full or the wait too long;
+    /// internal errors.
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         self.run(move |memory| {
             let salt = SaltString::generate(&mut OsRng);
             InBuffer::new(memory)
@@ -71,8 +116,13 @@ impl Passwords {
     /// failed login does not reveal whether the user exists.
     ///
     /// # Errors
-    /// Fails when the stored hash is malformed.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> anyhow::Result<bool> {
+    /// [`PasswordError::Busy`] as for [`Self::hash`]; a malformed stored
+    /// hash.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
         self.run(move |memory| {
             let known = stored.is_some();
             let stored = stored.unwrap_or_else(|| dummy_hash().to_owned());
@@ -90,12 +140,27 @@ impl Passwords {
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .context("password hashing is shut down")?;
+    ) -> Result<T, PasswordError> {
+        let _permit = match self.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // In line: counted, bounded, and given up after `max_wait`.
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    metrics::counter!("parley_password_hashes_refused_total").increment(1);
+                    return Err(PasswordError::Busy);
+                }
+                let acquired = tokio::time::timeout(self.max_wait, self.permits.acquire()).await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                match acquired {
+                    Ok(permit) => permit.context("password hashing is shut down")?,
+                    Err(_) => {
+                        metrics::counter!("parley_password_hashes_refused_total").increment(1);
+                        return Err(PasswordError::Busy);
+                    }
+                }
+            }
+        };
         let started = std::time::Instant::now();
         let buffers = Arc::clone(&self.buffers);
         let result = tokio::task::spawn_blocking(move || {
@@ -107,7 +172,7 @@ impl Passwords {
         .await
         .context("password hashing task panicked")?;
         metrics::histogram!(self.metric).record(started.elapsed().as_secs_f64());
-        result
+        Ok(result?)
     }
 }
 
@@ -232,6 +297,29 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    /// The line for a hashing slot is bounded: with no room to wait a
+    /// call is refused at once, and one that waits too long gives up.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_length_and_in_time() {
+        let no_line = Passwords::bounded("test_password_hash_seconds", 1, 0, MAX_WAIT);
+        let (first, second) =
+            tokio::join!(no_line.hash("first".into()), no_line.hash("second".into()));
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(PasswordError::Busy)), "{second:?}");
+
+        let short_wait =
+            Passwords::bounded("test_password_hash_seconds", 1, 8, Duration::from_millis(1));
+        let (first, second) = tokio::join!(
+            short_wait.hash("first".into()),
+            short_wait.verify("second".into(), None)
+        );
+        assert!(first.is_ok());
+        assert!(matches!(second, Err(PasswordError::Busy)), "{second:?}");
+        // Nobody is left counted as waiting.
+        assert!(short_wait.hash("third".into()).await.is_ok());
+        assert_eq!(short_wait.waiting.load(Ordering::Acquire), 0);
     }
 
     /// Hashes made in a pooled buffer are the crate's own: each verifies

@@ -208,6 +208,9 @@ fn sqlite_url(url: &DatabaseUrl) -> anyhow::Result<String> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {} for {url}", parent.display()))?;
     }
+    if let Some(path) = url.sqlite_path() {
+        owner_only(Path::new(path)).with_context(|| format!("securing {url}"))?;
+    }
     Ok(if raw.contains("mode=") {
         raw.to_owned()
     } else if raw.contains('?') {
@@ -215,6 +218,19 @@ fn sqlite_url(url: &DatabaseUrl) -> anyhow::Result<String> {
     } else {
         format!("{raw}?mode=rwc")
     })
+}
+
+/// Creates the SQLite file readable and writable by its owner only (or
+/// narrows an existing one to that): it holds password and token hashes.
+/// SQLite gives its `-wal` and `-shm` files the database file's mode.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 /// Runs a query future, recording its latency as

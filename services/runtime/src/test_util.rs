@@ -246,3 +246,68 @@ impl RunningBinary {
         assert!(status.success(), "kill -{name} {pid} failed");
     }
 }
+
+/// A certificate authority made for one test, issuing certificates for
+/// `localhost` and 127.0.0.1 that serve and call (server and client
+/// authentication), as a service's certificate under mTLS does.
+#[derive(Debug)]
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCa {
+    /// A new CA with its own key.
+    ///
+    /// # Panics
+    /// When key generation fails: the test cannot run.
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Parley test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let cert = params.self_signed(&key).expect("the CA certificate");
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            pem: cert.pem(),
+        }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// A certificate named `name` (its common name) for `localhost` and
+    /// 127.0.0.1, and its key: `(cert_pem, key_pem)`.
+    ///
+    /// # Panics
+    /// When signing fails: the test cannot run.
+    pub fn issue(&self, name: &str) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        (cert.pem(), key.serialize_pem())
+    }
+}

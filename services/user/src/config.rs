@@ -1,9 +1,9 @@
 //! The user service's settings.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
-use parley_runtime::config::{DatabaseUrl, ServiceUrl};
+use parley_runtime::config::{CorsOrigins, DatabaseUrl, ServiceUrl, UserTls};
 
 /// Settings read from `USER_*` variables.
 #[derive(Debug, Clone, Args)]
@@ -36,15 +36,19 @@ pub struct UserArgs {
     )]
     pub database_url: DatabaseUrl,
 
-    /// Usernames that get the `admin` role when created, comma-separated.
+    /// Browser origins that may call with gRPC-Web: comma-separated, or
+    /// `*`; empty sends no CORS headers.
     #[arg(
-        id = "USER_ADMIN_USERNAMES",
-        long = "user-admin-usernames",
-        env = "USER_ADMIN_USERNAMES",
-        default_value = "",
-        value_delimiter = ','
+        id = "USER_CORS_ORIGINS",
+        long = "user-cors-origins",
+        env = "USER_CORS_ORIGINS",
+        default_value = ""
     )]
-    pub admin_usernames: Vec<String>,
+    pub cors_origins: CorsOrigins,
+
+    /// TLS on the gRPC port and for calls to `https://` services.
+    #[command(flatten)]
+    pub tls: UserTls,
 }
 
 /// Everything the user service needs to run.
@@ -56,16 +60,4 @@ pub struct Config {
     pub auth_url: ServiceUrl,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
-}
-
-impl Config {
-    /// The configured admin usernames, lower-cased.
-    pub fn admin_usernames(&self) -> BTreeSet<String> {
-        self.user
-            .admin_usernames
-            .iter()
-            .map(|name| name.trim().to_lowercase())
-            .filter(|name| !name.is_empty())
-            .collect()
-    }
 }

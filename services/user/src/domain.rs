@@ -203,30 +203,22 @@ pub struct NewUser {
     pub roles: Vec<String>,
     /// Initial metadata.
     pub metadata: HashMap<String, String>,
+    /// A bot's owner; `None` for people.
+    pub owner_id: Option<String>,
 }
 
 impl NewUser {
-    /// Validates a creation request. Usernames in `admin_usernames` (lower
-    /// case) also get the `admin` role.
+    /// Validates a creation request.
     ///
     /// # Errors
     /// INVALID_ARGUMENT naming the first bad field.
-    pub fn parse(
-        request: pb::CreateUserRequest,
-        admin_usernames: &BTreeSet<String>,
-    ) -> Result<Self, Error> {
+    pub fn parse(request: pb::CreateUserRequest) -> Result<Self, Error> {
         let username = parse_username(&request.username)?;
         let display_name = parse_display_name(&request.display_name, &username)?;
         let email = parse_email(&request.email)?;
         let status =
             UserStatus::from_proto(request.status, "status")?.unwrap_or(UserStatus::Active);
-        let mut roles = parse_roles(request.roles)?;
-        if admin_usernames.contains(&username.to_lowercase())
-            && !roles.iter().any(|r| r == parley_runtime::token::ADMIN_ROLE)
-        {
-            roles.push(parley_runtime::token::ADMIN_ROLE.to_owned());
-            roles.sort();
-        }
+        let roles = parse_roles(request.roles)?;
         let metadata = parse_metadata(request.metadata)?;
         Ok(Self {
             username,
@@ -235,6 +227,26 @@ impl NewUser {
             status,
             roles,
             metadata,
+            owner_id: None,
+        })
+    }
+
+    /// Validates a bot owned by `owner_id`: a plain user (never `admin`,
+    /// whatever its name), active, without email or metadata.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT naming the first bad field.
+    pub fn bot(request: &pb::CreateBotRequest, owner_id: &str) -> Result<Self, Error> {
+        let username = parse_username(&request.username)?;
+        let display_name = parse_display_name(&request.display_name, &username)?;
+        Ok(Self {
+            username,
+            display_name,
+            email: String::new(),
+            status: UserStatus::Active,
+            roles: vec![parley_runtime::token::USER_ROLE.to_owned()],
+            metadata: HashMap::new(),
+            owner_id: Some(owner_id.to_owned()),
         })
     }
 }
@@ -260,6 +272,8 @@ pub struct User {
     pub created_at: i64,
     /// Last change, Unix milliseconds.
     pub updated_at: i64,
+    /// A bot's owner; `None` for people.
+    pub owner_id: Option<String>,
 }
 
 impl From<User> for pb::User {
@@ -274,6 +288,13 @@ impl From<User> for pb::User {
             metadata: user.metadata,
             created_at: Some(timestamp(user.created_at)),
             updated_at: Some(timestamp(user.updated_at)),
+            kind: if user.owner_id.is_some() {
+                pb::UserKind::Bot
+            } else {
+                pb::UserKind::Human
+            }
+            .into(),
+            owner_id: user.owner_id.unwrap_or_default(),
         }
     }
 }
@@ -308,14 +329,13 @@ mod tests {
     }
 
     #[test]
-    fn configured_admins_get_the_admin_role() {
-        let admins = BTreeSet::from(["root".to_owned()]);
+    fn a_new_user_gets_defaults() {
         let request = pb::CreateUserRequest {
             username: "Root".into(),
             ..Default::default()
         };
-        let user = NewUser::parse(request, &admins).unwrap();
-        assert_eq!(user.roles, vec!["admin", "user"]);
+        let user = NewUser::parse(request).unwrap();
+        assert_eq!(user.roles, vec!["user"]);
         assert_eq!(user.display_name, "Root");
         assert_eq!(user.status, UserStatus::Active);
     }

@@ -2,21 +2,21 @@
 //! Handlers parse, authorize, call the store and convert back; every error
 //! becomes a status in `error.rs`.
 
-use std::{collections::BTreeSet, sync::Arc};
-
 use futures_util::{StreamExt as _, stream::BoxStream};
-use parley_proto::auth::v1::{DeleteCredentialsRequest, auth_service_client::AuthServiceClient};
+use parley_proto::auth::v1::{
+    DeleteCredentialsRequest, RevokeUserTokensRequest, auth_service_client::AuthServiceClient,
+};
 use parley_proto::user::v1::{
-    self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateUserRequest,
-    CreateUserResponse, DeleteUserRequest, DeleteUserResponse, GetUserRequest, GetUserResponse,
-    ItemError, ListUsersRequest, ListUsersResponse, StreamUsersRequest, StreamUsersResponse,
-    UpdateUserRequest, UpdateUserResponse, batch_create_user_result::Outcome,
-    stream_users_response,
+    self as pb, BatchCreateUserResult, BatchCreateUsersResponse, CreateBotRequest,
+    CreateBotResponse, CreateUserRequest, CreateUserResponse, DeleteUserRequest,
+    DeleteUserResponse, GetUserRequest, GetUserResponse, ItemError, ListUsersRequest,
+    ListUsersResponse, StreamUsersRequest, StreamUsersResponse, UpdateUserRequest,
+    UpdateUserResponse, batch_create_user_result::Outcome, stream_users_response,
 };
 use parley_runtime::{
     client::{ClientChannel, retry_idempotent},
     grpc::status::{code_name, invalid_field},
-    token::{Caller, caller},
+    token::{Caller, Scope, caller},
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -25,39 +25,34 @@ use crate::{
         NewUser, User, UserStatus, parse_display_name, parse_email, parse_metadata, parse_roles,
     },
     error::Error,
-    store::UserStore,
+    store::{Start, UserStore},
 };
 
 /// Users per `ListUsers` page when the request says 0.
 pub const DEFAULT_PAGE_SIZE: i32 = 50;
+/// Most users `ListUsers`' `page` may skip: OFFSET reads every row it
+/// skips, so deeper listings continue with `after`.
+const MAX_SKIPPED: i64 = 10_000;
 /// Most users per `ListUsers` page.
 pub const MAX_PAGE_SIZE: i32 = 500;
 /// Most items one `BatchCreateUsers` call creates; later items fail
 /// in-band with RESOURCE_EXHAUSTED.
 pub const MAX_BATCH_ITEMS: usize = 10_000;
+/// Most bots one user owns (admins: no limit).
+pub const MAX_BOTS_PER_OWNER: i64 = 20;
 
 /// The user service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UserService {
     store: UserStore,
-    /// Lower-cased usernames that get `admin` when created.
-    admin_usernames: Arc<BTreeSet<String>>,
     /// Where a deleted user's credentials go too.
     auth: AuthServiceClient<ClientChannel>,
 }
 
 impl UserService {
     /// A service over `store`, deleting credentials through `auth`.
-    pub fn new(
-        store: UserStore,
-        admin_usernames: BTreeSet<String>,
-        auth: AuthServiceClient<ClientChannel>,
-    ) -> Self {
-        Self {
-            store,
-            admin_usernames: Arc::new(admin_usernames),
-            auth,
-        }
+    pub fn new(store: UserStore, auth: AuthServiceClient<ClientChannel>) -> Self {
+        Self { store, auth }
     }
 
     /// Deletes the user's credentials in auth, as the caller whose token
@@ -70,18 +65,54 @@ impl UserService {
         authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     ) -> Result<(), Error> {
         retry_idempotent(|| async {
-            let mut request = Request::new(DeleteCredentialsRequest {
-                user_id: user_id.to_owned(),
-            });
-            if let Some(value) = authorization.clone() {
-                request.metadata_mut().insert("authorization", value);
-            }
+            let request = as_caller(
+                DeleteCredentialsRequest {
+                    user_id: user_id.to_owned(),
+                },
+                authorization.as_ref(),
+            );
             self.auth.clone().delete_credentials(request).await
         })
         .await
         .map_err(Error::AuthService)?;
         Ok(())
     }
+
+    /// Revokes every access token of a suspended user in auth, as the
+    /// caller (an admin), so their connections and calls stop at once.
+    async fn revoke_tokens(
+        &self,
+        user_id: &str,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    ) -> Result<(), Error> {
+        retry_idempotent(|| async {
+            let request = as_caller(
+                RevokeUserTokensRequest {
+                    user_id: user_id.to_owned(),
+                },
+                authorization.as_ref(),
+            );
+            self.auth.clone().revoke_user_tokens(request).await
+        })
+        .await
+        .map_err(Error::AuthService)?;
+        Ok(())
+    }
+}
+
+/// `message` for auth, carrying the caller's own `authorization`, so auth
+/// decides what the caller may do there.
+fn as_caller<T>(
+    message: T,
+    authorization: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
 }
 
 fn require_admin_or_service(caller: &Caller) -> Result<(), Error> {
@@ -128,7 +159,7 @@ impl pb::user_service_server::UserService for UserService {
     ) -> Result<Response<CreateUserResponse>, Status> {
         let caller = caller(&request)?;
         require_admin_or_service(&caller)?;
-        let new = NewUser::parse(request.into_inner(), &self.admin_usernames)?;
+        let new = NewUser::parse(request.into_inner())?;
         let user = self.store.insert(new).await?;
         tracing::info!(user_id = %user.id, by = %caller.user_id, "user created");
         Ok(Response::new(CreateUserResponse {
@@ -141,6 +172,7 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::UsersRead)?;
         let id = request.into_inner().id;
         require_id(&id, "id")?;
         let user = self.store.get(&id).await?;
@@ -154,6 +186,8 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<UpdateUserResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require_account()?;
+        let authorization = request.metadata().get("authorization").cloned();
         let UpdateUserRequest { user, update_mask } = request.into_inner();
         let changes = user.ok_or_else(|| Error::invalid("user", "is required"))?;
         require_id(&changes.id, "user.id")?;
@@ -192,7 +226,12 @@ impl pb::user_service_server::UserService for UserService {
                 }
             }
         }
+        let suspended = user.status == UserStatus::Suspended;
         let user = self.store.update(user).await?;
+        if suspended && paths.iter().any(|path| path == "status") {
+            // Their tokens stop now, not when they expire.
+            self.revoke_tokens(&user.id, authorization).await?;
+        }
         Ok(Response::new(UpdateUserResponse {
             user: Some(view(user, &caller)),
         }))
@@ -203,13 +242,20 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
         let caller = caller(&request)?;
+        caller.require_account()?;
         let authorization = request.metadata().get("authorization").cloned();
         let id = request.into_inner().id;
         require_id(&id, "id")?;
         // Services may delete: auth undoes a half-finished registration
-        // (and keeps its own side itself).
+        // (and keeps its own side itself). Owners may delete their bots.
         if caller.user_id != id && !caller.is_admin() && !caller.is_service() {
-            return Err(Error::PermissionDenied("users may delete only themselves").into());
+            let target = self.store.get(&id).await?;
+            if target.owner_id.as_deref() != Some(caller.user_id.as_str()) {
+                return Err(Error::PermissionDenied(
+                    "users may delete only themselves and their bots",
+                )
+                .into());
+            }
         }
         if !caller.is_service() {
             // NOT_FOUND before anything is touched.
@@ -228,11 +274,29 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<ListUsersRequest>,
     ) -> Result<Response<Self::ListUsersStream>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::UsersRead)?;
         let ListUsersRequest {
             page,
             limit,
             filter,
+            owner_id,
+            after,
         } = request.into_inner();
+        if !owner_id.is_empty() {
+            if owner_id != caller.user_id && !caller.is_admin() {
+                return Err(Error::PermissionDenied("only admins list other users' bots").into());
+            }
+            let bots = self.store.bots_of(&owner_id).await?;
+            let page = ListUsersResponse {
+                total: bots.len() as i64,
+                users: bots.into_iter().map(|bot| view(bot, &caller)).collect(),
+                page: 1,
+                has_more: false,
+            };
+            return Ok(Response::new(
+                futures_util::stream::iter([Ok(page)]).boxed(),
+            ));
+        }
         if page < 0 {
             return Err(Error::invalid("page", "must not be negative").into());
         }
@@ -245,39 +309,56 @@ impl pb::user_service_server::UserService for UserService {
             limit.min(MAX_PAGE_SIZE)
         };
         let first_page = page.max(1);
+        let skipped = i64::from(first_page - 1) * i64::from(limit);
+        let start = if !after.is_empty() {
+            if page > 1 {
+                return Err(Error::invalid("page", "cannot be combined with after").into());
+            }
+            Start::After(after)
+        } else if skipped > MAX_SKIPPED {
+            return Err(Error::invalid(
+                "page",
+                format!("reaches past {MAX_SKIPPED} users; continue with after"),
+            )
+            .into());
+        } else {
+            Start::Skip(skipped)
+        };
         let filter = filter.trim().to_owned();
-        let total = self.store.count(&filter).await?;
+        // Emails are searched only by those who may read them.
+        let emails = caller.is_admin() || caller.is_service();
+        let total = self.store.count(&filter, emails).await?;
 
         struct Cursor {
             store: UserStore,
             caller: Caller,
             filter: String,
             page: i32,
-            done: bool,
+            start: Option<Start>,
         }
         let cursor = Cursor {
             store: self.store.clone(),
             caller,
             filter,
             page: first_page,
-            done: false,
+            start: Some(start),
         };
-        // Pages are read as the client pulls them: a slow or cancelled
-        // client never makes the server read ahead.
+        // Pages are read as the client pulls them, each after the last
+        // username of the one before (keyset: no page rereads what earlier
+        // ones read, and users added meanwhile never repeat one).
         let pages = futures_util::stream::unfold(cursor, move |mut cursor| async move {
-            if cursor.done {
-                return None;
-            }
-            let offset = i64::from(cursor.page - 1) * i64::from(limit);
+            let start = cursor.start.take()?;
             let item = match cursor
                 .store
-                .list(&cursor.filter, offset, i64::from(limit) + 1)
+                .list(&cursor.filter, emails, &start, i64::from(limit) + 1)
                 .await
             {
                 Ok(mut users) => {
                     let has_more = users.len() > limit as usize;
                     users.truncate(limit as usize);
-                    cursor.done = !has_more;
+                    if has_more {
+                        cursor.start = users.last().map(|user| Start::After(user.username.clone()));
+                    }
                     Ok(ListUsersResponse {
                         users: users
                             .into_iter()
@@ -288,10 +369,7 @@ impl pb::user_service_server::UserService for UserService {
                         total,
                     })
                 }
-                Err(err) => {
-                    cursor.done = true;
-                    Err(Status::from(err))
-                }
+                Err(err) => Err(Status::from(err)),
             };
             cursor.page += 1;
             Some((item, cursor))
@@ -309,15 +387,23 @@ impl pb::user_service_server::UserService for UserService {
         let mut response = BatchCreateUsersResponse::default();
         let mut index = 0usize;
         while let Some(item) = items.message().await? {
-            let outcome = if index >= MAX_BATCH_ITEMS {
-                Err(Status::resource_exhausted(format!(
-                    "a batch creates at most {MAX_BATCH_ITEMS} users"
-                )))
-            } else {
-                match NewUser::parse(item, &self.admin_usernames) {
-                    Ok(new) => self.store.insert(new).await.map_err(Status::from),
-                    Err(err) => Err(Status::from(err)),
-                }
+            if index >= MAX_BATCH_ITEMS {
+                // The batch ends here: one result says why, and nothing more
+                // is read, so a client that goes on streaming costs nothing.
+                response.failed_count += 1;
+                response.results.push(BatchCreateUserResult {
+                    index: i32::try_from(index).unwrap_or(i32::MAX),
+                    outcome: Some(Outcome::Error(item_error(&Status::resource_exhausted(
+                        format!(
+                            "a batch creates at most {MAX_BATCH_ITEMS} users; the rest was not read"
+                        ),
+                    )))),
+                });
+                break;
+            }
+            let outcome = match NewUser::parse(item) {
+                Ok(new) => self.store.insert(new).await.map_err(Status::from),
+                Err(err) => Err(Status::from(err)),
             };
             let outcome = match outcome {
                 Ok(user) => {
@@ -344,6 +430,36 @@ impl pb::user_service_server::UserService for UserService {
         Ok(Response::new(response))
     }
 
+    async fn create_bot(
+        &self,
+        request: Request<CreateBotRequest>,
+    ) -> Result<Response<CreateBotResponse>, Status> {
+        let caller = caller(&request)?;
+        caller.require_account()?;
+        if caller.is_service() {
+            return Err(Error::PermissionDenied("bots are owned by people").into());
+        }
+        let owner = self.store.get(&caller.user_id).await?;
+        if owner.owner_id.is_some() {
+            return Err(Error::PermissionDenied("bots cannot own bots").into());
+        }
+        let new = NewUser::bot(request.get_ref(), &caller.user_id)?;
+        let bot = self.store.insert(new).await?;
+        // Counted after the insert, so two at once cannot both slip under
+        // the limit: the one past it is taken back.
+        if !caller.is_admin() && self.store.count_bots(&caller.user_id).await? > MAX_BOTS_PER_OWNER
+        {
+            self.store.delete(&bot.id).await?;
+            return Err(Status::resource_exhausted(format!(
+                "a user may own at most {MAX_BOTS_PER_OWNER} bots"
+            )));
+        }
+        tracing::info!(bot_id = %bot.id, owner = %caller.user_id, "bot created");
+        Ok(Response::new(CreateBotResponse {
+            bot: Some(view(bot, &caller)),
+        }))
+    }
+
     type StreamUsersStream = BoxStream<'static, Result<StreamUsersResponse, Status>>;
 
     async fn stream_users(
@@ -351,6 +467,7 @@ impl pb::user_service_server::UserService for UserService {
         request: Request<Streaming<StreamUsersRequest>>,
     ) -> Result<Response<Self::StreamUsersStream>, Status> {
         let caller = caller(&request)?;
+        caller.require(Scope::UsersRead)?;
         let store = self.store.clone();
         // `then` handles one request at a time, so answers keep request order.
         let answers = request.into_inner().then(move |item| {

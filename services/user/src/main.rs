@@ -9,6 +9,8 @@ use parley_runtime::config::{AuthUrl, CommonConfig};
 #[derive(Debug, Parser)]
 #[command(name = "parley-user", version, about)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<parley_user::AdminCommand>,
     #[command(flatten)]
     user: parley_user::UserArgs,
     #[command(flatten)]
@@ -19,6 +21,9 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return command.run("parley-user", &cli.user.database_url);
+    }
     let config = parley_user::Config {
         user: cli.user,
         auth_url: cli.auth.auth_url,

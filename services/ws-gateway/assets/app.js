@@ -29,6 +29,9 @@
   const GROUP_WITHIN_MS = 5 * 60 * 1000; // one sender's messages this close share a header
   const URL_RE = /\bhttps?:\/\/[^\s<>"']+/g;
   const ROOMS_EVERY_MS = 30000; // the room list is fetched again this often (new direct rooms)
+  const MAX_ATTACHMENTS = 10; // files one message carries
+  const THUMBNAIL_BOX = 320; // the longest side of a thumbnail, in pixels
+  const SHOWN_INLINE = /^image\/(png|jpeg|gif|webp)$/; // images shown in place; others are links
   const DURATIONS = [
     ["", "until lifted"],
     ["10m", "for 10 minutes"],
@@ -127,6 +130,11 @@
     settingsDelete: $("settings-delete"),
     roomNotice: $("room-notice"),
     memberMenu: $("member-menu"),
+    room: $("room"),
+    dropZone: $("drop-zone"),
+    attach: $("attach-button"),
+    fileInput: $("file-input"),
+    tray: $("attachment-tray"),
   };
 
   // ---------------------------------------------------------------------------
@@ -157,6 +165,9 @@
     composing: null,
     moderations: new Map(), // client_id -> what it does, for the notice when acked
     roomsTimer: 0,
+    // Files chosen for the next message: {key, file, status, attachment, xhr, node, error}.
+    uploads: [],
+    uploadCounter: 0,
   };
 
   function newRoom(id, extra) {
@@ -564,6 +575,7 @@
   // Drop every piece of the signed-in state.
   function teardown() {
     state.loggedIn = false;
+    clearUploads();
     clearTimeout(state.refreshTimer);
     clearTimeout(state.reconnectTimer);
     clearTimeout(state.stableTimer);
@@ -599,6 +611,8 @@
   }
 
   function showAuth() {
+    $("keys-view").hidden = true;
+    $("key-secret-text").textContent = "";
     ui.chatView.hidden = true;
     ui.who.hidden = true;
     ui.authView.hidden = false;
@@ -1567,7 +1581,9 @@
     if (m.deleted) {
       children.push(el("div", { className: "content deleted", "data-testid": "message-deleted", text: "Message deleted" }));
     } else {
-      children.push(contentNode(m.content));
+      if (m.content) children.push(contentNode(m.content));
+      const files = attachmentsNode(m.attachments);
+      if (files) children.push(files);
       children.push(reactionRow(room, m));
     }
     const li = el(
@@ -1636,7 +1652,7 @@
     let text = "an earlier message";
     if (target) {
       const tm = target.msg;
-      text = (tm.sender_name || "unknown") + ": " + (tm.deleted ? "message deleted" : tm.content);
+      text = (tm.sender_name || "unknown") + ": " + (tm.deleted ? "message deleted" : summary(tm));
     }
     const quote = el("button", { type: "button", className: "reply-quote", "data-testid": "message-reply-quote", title: "Show the message", text });
     quote.addEventListener("click", () => {
@@ -1756,13 +1772,13 @@
     const target = room && room.bySeq.get(c.seq);
     const who = target ? target.msg.sender_name || "unknown" : "a message";
     ui.composeContextText.textContent =
-      c.mode === "edit" ? "Editing your message" : "Replying to " + who + (target ? ": " + target.msg.content : "");
+      c.mode === "edit" ? "Editing your message" : "Replying to " + who + (target ? ": " + summary(target.msg) : "");
     ui.composeContext.dataset.mode = c.mode;
     ui.composeContext.hidden = false;
     ui.input.focus();
   }
 
-  function pendingNode(clientId, content) {
+  function pendingNode(clientId, content, attachments) {
     const name = state.me ? state.me.username : "";
     return el(
       "li",
@@ -1779,7 +1795,8 @@
           el("span", { className: "sender", "data-testid": "message-sender", text: name }),
           el("span", { className: "time status-note", text: "sending…" }),
         ]),
-        contentNode(content),
+        content ? contentNode(content) : null,
+        attachmentsNode(attachments),
         el("div", { className: "failed-actions", "data-testid": "failed-actions" }, [
           el("span", { className: "failed-note", "data-testid": "failed-note" }),
           el("button", { type: "button", className: "btn btn-quiet small", "data-action": "retry", "data-testid": "failed-retry", text: "Retry" }),
@@ -1829,7 +1846,17 @@
     const room = currentRoom();
     if (!room) return;
     const content = ui.input.value;
-    if (!content.trim()) {
+    if (state.uploads.some((u) => u.status === "uploading")) {
+      showSendError("Wait for the files to finish uploading.");
+      return;
+    }
+    if (state.uploads.some((u) => u.status === "failed")) {
+      showSendError("Remove the files that could not be uploaded first.");
+      return;
+    }
+    const attachments = state.uploads.map((u) => u.attachment);
+    const editing = state.composing && state.composing.mode === "edit";
+    if (!content.trim() && (editing || attachments.length === 0)) {
       showSendError("Type a message first.");
       return;
     }
@@ -1853,7 +1880,8 @@
     const replyTo = composing && composing.mode === "reply" ? composing.seq : 0;
     setComposing(null);
     const clientId = newClientId();
-    const p = { content, replyTo, node: pendingNode(clientId, content), sentGen: -1, failed: false, roomId: room.id, clientId };
+    const p = { content, replyTo, attachments, node: pendingNode(clientId, content, attachments), sentGen: -1, failed: false, roomId: room.id, clientId };
+    clearUploads();
     p.node.addEventListener("click", (ev) => {
       const button = ev.target.closest("button[data-action]");
       if (button) onPendingAction(room, clientId, button.dataset.action);
@@ -1874,6 +1902,7 @@
     if (!room.joined) return; // flushed when the join answer comes
     const send = { room_id: room.id, content: p.content, client_id: p.clientId };
     if (p.replyTo) send.reply_to = p.replyTo;
+    if (p.attachments && p.attachments.length) send.attachments = p.attachments.map((a) => a.id);
     if (sendFrame({ send })) {
       p.sentGen = state.connGen;
     }
@@ -1909,6 +1938,187 @@
     const room = currentRoom();
     if (!room) return;
     for (const p of room.pending.values()) ui.pendingList.append(p.node);
+  }
+
+  // ---------------------------------------------------------------------------
+  // Attachments
+  // ---------------------------------------------------------------------------
+  function formatBytes(n) {
+    const units = ["B", "KB", "MB", "GB"];
+    let size = Number(n) || 0;
+    let unit = 0;
+    while (size >= 1024 && unit < units.length - 1) {
+      size /= 1024;
+      unit++;
+    }
+    return (unit === 0 ? String(size) : size.toFixed(size < 10 ? 1 : 0)) + " " + units[unit];
+  }
+
+  // A message in one line: its text, else the names of its files.
+  function summary(m) {
+    if (m.content) return m.content;
+    const files = Array.isArray(m.attachments) ? m.attachments : [];
+    return files.length ? "📎 " + files.map((a) => a.filename || "file").join(", ") : "";
+  }
+
+  // The bytes of an attachment (or its thumbnail) by URL, for <img> and
+  // links, which cannot send headers: the token rides in the query.
+  function attachmentUrl(id, thumbnail) {
+    const token = state.tokens ? state.tokens.access_token : "";
+    return API + "/attachments/" + encodeURIComponent(id) + (thumbnail ? "/thumbnail" : "") + "?token=" + encodeURIComponent(token);
+  }
+
+  function fileLink(a) {
+    const link = el("a", {
+      className: "att-file",
+      href: attachmentUrl(a.id),
+      download: a.filename || "file",
+      rel: "noopener",
+      "data-testid": "attachment-file",
+      title: "Download " + (a.filename || "file"),
+    }, [
+      el("span", { className: "att-icon", "aria-hidden": "true", text: "📄" }),
+      el("span", { className: "att-name", text: a.filename || "file" }),
+      el("span", { className: "att-size", text: formatBytes(a.size) }),
+    ]);
+    // The token in the URL may have been refreshed since it was drawn.
+    link.addEventListener("click", () => {
+      link.href = attachmentUrl(a.id);
+    });
+    return link;
+  }
+
+  // Images as thumbnails (sized before they load, so the list does not
+  // jump) that open the full image; everything else as a download link.
+  function attachmentsNode(list) {
+    if (!Array.isArray(list) || list.length === 0) return null;
+    const box = el("div", { className: "attachments", "data-testid": "message-attachments" });
+    for (const a of list) {
+      const width = Number(a.width) || 0;
+      const height = Number(a.height) || 0;
+      if (!SHOWN_INLINE.test(a.content_type || "") || width <= 0 || height <= 0) {
+        box.append(fileLink(a));
+        continue;
+      }
+      const scale = Math.min(1, THUMBNAIL_BOX / Math.max(width, height));
+      const img = el("img", {
+        src: attachmentUrl(a.id, true),
+        alt: a.filename || "image",
+        width: Math.max(1, Math.round(width * scale)),
+        height: Math.max(1, Math.round(height * scale)),
+        loading: "lazy",
+        decoding: "async",
+        "data-testid": "attachment-thumbnail",
+      });
+      const link = el("a", {
+        className: "att-image",
+        href: attachmentUrl(a.id),
+        target: "_blank",
+        rel: "noopener noreferrer",
+        title: (a.filename || "image") + " (" + width + "×" + height + ", " + formatBytes(a.size) + ")",
+        "data-testid": "attachment-image",
+      }, [img]);
+      link.addEventListener("click", () => {
+        link.href = attachmentUrl(a.id);
+      });
+      // No thumbnail after all: a plain link instead.
+      img.addEventListener("error", () => link.replaceWith(fileLink(a)), { once: true });
+      box.append(link);
+    }
+    return box;
+  }
+
+  function addFiles(files) {
+    const room = currentRoom();
+    if (!room || !state.loggedIn || room.muted) return;
+    for (const file of files) {
+      if (state.uploads.length >= MAX_ATTACHMENTS) {
+        showSendError("A message carries at most " + MAX_ATTACHMENTS + " files.");
+        break;
+      }
+      state.uploadCounter++;
+      const u = { key: state.uploadCounter, file, status: "uploading", attachment: null, xhr: null, node: null, error: "" };
+      u.node = trayNode(u);
+      state.uploads.push(u);
+      ui.tray.append(u.node);
+      upload(u, true);
+    }
+    ui.tray.hidden = state.uploads.length === 0;
+  }
+
+  function trayNode(u) {
+    const remove = el("button", { type: "button", className: "btn btn-quiet small", "aria-label": "Remove " + u.file.name, "data-testid": "attachment-remove", text: "✕" });
+    remove.addEventListener("click", () => removeUpload(u));
+    return el("li", { className: "tray-item", "data-testid": "attachment-upload", "data-status": "uploading" }, [
+      el("span", { className: "att-name", text: u.file.name || "pasted image" }),
+      el("span", { className: "att-size", text: formatBytes(u.file.size) }),
+      el("progress", { max: 100, value: 0, "data-testid": "attachment-progress" }),
+      el("span", { className: "tray-note", "data-testid": "attachment-note" }),
+      remove,
+    ]);
+  }
+
+  function setUploadStatus(u, status, note) {
+    u.status = status;
+    u.node.dataset.status = status;
+    u.node.querySelector(".tray-note").textContent = note || "";
+    if (status === "done") u.node.querySelector("progress").value = 100;
+  }
+
+  // XMLHttpRequest, not fetch: it reports upload progress.
+  function upload(u, mayRefresh) {
+    const xhr = new XMLHttpRequest();
+    u.xhr = xhr;
+    const name = u.file.name || "pasted-image." + ((u.file.type || "").split("/")[1] || "bin");
+    xhr.open("POST", API + "/attachments?filename=" + encodeURIComponent(name));
+    xhr.setRequestHeader("Authorization", "Bearer " + (state.tokens ? state.tokens.access_token : ""));
+    xhr.setRequestHeader("Content-Type", u.file.type || "application/octet-stream");
+    xhr.upload.addEventListener("progress", (ev) => {
+      if (ev.lengthComputable) u.node.querySelector("progress").value = Math.round((ev.loaded / ev.total) * 100);
+    });
+    xhr.addEventListener("load", () => {
+      if (u.xhr !== xhr) return;
+      let body = null;
+      try {
+        body = JSON.parse(xhr.responseText);
+      } catch (_) {
+        body = null;
+      }
+      if (xhr.status === 201 && body && body.id) {
+        u.attachment = body;
+        setUploadStatus(u, "done", "");
+      } else if (xhr.status === 401 && mayRefresh) {
+        refreshTokens().then(() => upload(u, false), () => setUploadStatus(u, "failed", "Signed out"));
+      } else if (xhr.status === 413) {
+        setUploadStatus(u, "failed", "Too large");
+      } else {
+        const message = body && body.error && body.error.message;
+        setUploadStatus(u, "failed", message || "Upload failed (" + xhr.status + ")");
+      }
+    });
+    xhr.addEventListener("error", () => {
+      if (u.xhr === xhr) setUploadStatus(u, "failed", "Network error");
+    });
+    xhr.send(u.file);
+  }
+
+  function removeUpload(u) {
+    if (u.xhr && u.status === "uploading") u.xhr.abort();
+    u.xhr = null;
+    u.node.remove();
+    state.uploads = state.uploads.filter((x) => x !== u);
+    ui.tray.hidden = state.uploads.length === 0;
+  }
+
+  // After a send the files belong to the message; the tray starts empty.
+  function clearUploads() {
+    for (const u of state.uploads) u.node.remove();
+    state.uploads = [];
+    ui.tray.hidden = true;
+  }
+
+  function hasFiles(ev) {
+    return !!ev.dataTransfer && [...(ev.dataTransfer.types || [])].includes("Files");
   }
 
   // ---------------------------------------------------------------------------
@@ -2260,6 +2470,7 @@
     const room = currentRoom();
     const usable = !!room && state.loggedIn && !room.muted;
     ui.input.disabled = !usable;
+    ui.attach.disabled = !usable;
     ui.send.disabled = !usable || byteLength(ui.input.value) > MAX_CONTENT_BYTES;
     ui.input.placeholder = !room
       ? "Join a room to chat"
@@ -2316,6 +2527,191 @@
   // ---------------------------------------------------------------------------
   ui.authForm.addEventListener("submit", onLogin);
   ui.registerBtn.addEventListener("click", onRegister);
+
+  // ---------------------------------------------------------------------------
+  // Bots and API keys (README, "Bots and API keys")
+  // ---------------------------------------------------------------------------
+  const keysUi = {
+    open: $("keys-button"),
+    view: $("keys-view"),
+    close: $("keys-close"),
+    botList: $("bot-list"),
+    noBots: $("no-bots"),
+    botForm: $("bot-form"),
+    botName: $("bot-name"),
+    owner: $("key-owner"),
+    keyList: $("key-list"),
+    noKeys: $("no-keys"),
+    keyForm: $("key-form"),
+    keyName: $("key-name"),
+    keyExpiry: $("key-expiry"),
+    secret: $("key-secret"),
+    secretText: $("key-secret-text"),
+    copy: $("key-copy"),
+    error: $("keys-error"),
+  };
+
+  function keysFailed(e) {
+    show(keysUi.error, e instanceof ApiError ? e.message : "Something went wrong. Try again.");
+  }
+
+  async function openKeys() {
+    keysUi.view.hidden = false;
+    keysUi.open.setAttribute("aria-expanded", "true");
+    show(keysUi.error, "");
+    keysUi.secret.hidden = true;
+    keysUi.secretText.textContent = "";
+    try {
+      await loadBots();
+      await loadKeys();
+    } catch (e) {
+      keysFailed(e);
+    }
+    keysUi.keyName.focus();
+  }
+
+  function closeKeys() {
+    keysUi.view.hidden = true;
+    keysUi.open.setAttribute("aria-expanded", "false");
+    // The secret is not kept around once the panel closes.
+    keysUi.secretText.textContent = "";
+    keysUi.secret.hidden = true;
+    keysUi.open.focus();
+  }
+
+  async function loadBots(select) {
+    const data = await api("GET", "/bots");
+    const bots = (data && data.bots) || [];
+    keysUi.botList.textContent = "";
+    for (const bot of bots) {
+      keysUi.botList.append(
+        el("li", { dataset: { botId: bot.id } }, [
+          el("span", { className: "key-meta" }, [
+            el("strong", { text: bot.username }),
+            el("span", { className: "muted small", text: "bot" }),
+          ]),
+        ]),
+      );
+    }
+    keysUi.noBots.hidden = bots.length > 0;
+    const chosen = select || keysUi.owner.value;
+    keysUi.owner.textContent = "";
+    keysUi.owner.append(el("option", { value: "", text: "you" }));
+    for (const bot of bots) keysUi.owner.append(el("option", { value: bot.id, text: bot.username }));
+    keysUi.owner.value = bots.some((b) => b.id === chosen) ? chosen : "";
+  }
+
+  async function loadKeys() {
+    const owner = keysUi.owner.value;
+    const data = await api("GET", "/api-keys" + (owner ? "?user_id=" + encodeURIComponent(owner) : ""));
+    const keys = (data && data.keys) || [];
+    keysUi.keyList.textContent = "";
+    for (const key of keys) {
+      const revoke = el("button", { type: "button", className: "btn btn-danger small", text: "Revoke", "data-testid": "key-revoke" });
+      revoke.addEventListener("click", () => revokeKey(key.id, revoke));
+      const when = key.last_used_at ? "last used " + new Date(key.last_used_at).toLocaleString() : "never used";
+      const until = key.expires_at ? ", expires " + new Date(key.expires_at).toLocaleDateString() : "";
+      keysUi.keyList.append(
+        el("li", { dataset: { keyId: key.id } }, [
+          el("span", { className: "key-meta" }, [
+            el("strong", { text: key.name }),
+            el("span", { className: "muted small", text: key.scopes.join(" ") }),
+            el("span", { className: "muted small", text: when + until }),
+          ]),
+          revoke,
+        ]),
+      );
+    }
+    keysUi.noKeys.hidden = keys.length > 0;
+  }
+
+  async function revokeKey(id, button) {
+    // A second click confirms, as for deleting a room.
+    if (button.dataset.armed !== "1") {
+      button.dataset.armed = "1";
+      button.textContent = "Revoke now?";
+      setTimeout(() => {
+        button.dataset.armed = "";
+        button.textContent = "Revoke";
+      }, CONFIRM_MS);
+      return;
+    }
+    button.disabled = true;
+    try {
+      await api("DELETE", "/api-keys/" + encodeURIComponent(id));
+      await loadKeys();
+    } catch (e) {
+      button.disabled = false;
+      keysFailed(e);
+    }
+  }
+
+  async function onMakeBot(event) {
+    event.preventDefault();
+    show(keysUi.error, "");
+    const username = keysUi.botName.value.trim();
+    if (!username) return show(keysUi.error, "Give the bot a username.");
+    try {
+      const bot = await api("POST", "/bots", { username });
+      keysUi.botName.value = "";
+      await loadBots(bot.id);
+      await loadKeys();
+    } catch (e) {
+      keysFailed(e);
+    }
+  }
+
+  async function onMakeKey(event) {
+    event.preventDefault();
+    show(keysUi.error, "");
+    const name = keysUi.keyName.value.trim();
+    const scopes = [...keysUi.keyForm.querySelectorAll("input[name=scope]:checked")].map((c) => c.value);
+    if (!name) return show(keysUi.error, "Give the key a name.");
+    if (!scopes.length) return show(keysUi.error, "Pick at least one scope.");
+    const body = { name, scopes };
+    if (keysUi.owner.value) body.user_id = keysUi.owner.value;
+    if (keysUi.keyExpiry.value) body.expires_at = keysUi.keyExpiry.value + "T00:00:00Z";
+    try {
+      const made = await api("POST", "/api-keys", body);
+      keysUi.secretText.textContent = made.secret;
+      keysUi.secret.hidden = false;
+      keysUi.copy.textContent = "Copy";
+      keysUi.keyName.value = "";
+      await loadKeys();
+    } catch (e) {
+      keysFailed(e);
+    }
+  }
+
+  async function onCopyKey() {
+    const text = keysUi.secretText.textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      keysUi.copy.textContent = "Copied";
+    } catch (_) {
+      // No clipboard (an insecure origin): select it for the user to copy.
+      const range = document.createRange();
+      range.selectNodeContents(keysUi.secretText);
+      const selection = getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      keysUi.copy.textContent = "Selected";
+    }
+  }
+
+  keysUi.open.addEventListener("click", openKeys);
+  keysUi.close.addEventListener("click", closeKeys);
+  keysUi.view.addEventListener("click", (event) => {
+    if (event.target === keysUi.view) closeKeys();
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !keysUi.view.hidden) closeKeys();
+  });
+  keysUi.botForm.addEventListener("submit", onMakeBot);
+  keysUi.keyForm.addEventListener("submit", onMakeKey);
+  keysUi.owner.addEventListener("change", () => loadKeys().catch(keysFailed));
+  keysUi.copy.addEventListener("click", onCopyKey);
+
   ui.logout.addEventListener("click", onLogout);
   ui.joinForm.addEventListener("submit", onJoinPublic);
   ui.privateForm.addEventListener("submit", onJoinPrivate);
@@ -2333,6 +2729,40 @@
     }
   });
   ui.composeContextCancel.addEventListener("click", () => setComposing(null));
+  ui.attach.addEventListener("click", () => ui.fileInput.click());
+  ui.fileInput.addEventListener("change", () => {
+    addFiles([...ui.fileInput.files]);
+    ui.fileInput.value = "";
+  });
+  // Drop files anywhere on the conversation, or paste an image.
+  let dragDepth = 0;
+  ui.room.addEventListener("dragenter", (ev) => {
+    if (!hasFiles(ev) || ui.attach.disabled) return;
+    dragDepth++;
+    ui.dropZone.hidden = false;
+  });
+  ui.room.addEventListener("dragover", (ev) => {
+    if (!hasFiles(ev) || ui.attach.disabled) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = "copy";
+  });
+  ui.room.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) ui.dropZone.hidden = true;
+  });
+  ui.room.addEventListener("drop", (ev) => {
+    dragDepth = 0;
+    ui.dropZone.hidden = true;
+    if (!hasFiles(ev) || ui.attach.disabled) return;
+    ev.preventDefault();
+    addFiles([...ev.dataTransfer.files]);
+  });
+  ui.input.addEventListener("paste", (ev) => {
+    const files = [...((ev.clipboardData && ev.clipboardData.files) || [])];
+    if (files.length === 0) return;
+    ev.preventDefault();
+    addFiles(files);
+  });
   document.addEventListener("visibilitychange", () => {
     const room = currentRoom();
     if (room && !document.hidden) markRead(room);

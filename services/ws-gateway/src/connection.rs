@@ -23,17 +23,18 @@ use axum::{
 };
 use futures_util::{SinkExt as _, StreamExt as _};
 use parley_proto::chat::v1::{ChatRequest, chat_request::Frame as In};
-use parley_runtime::token::{Caller, TokenError};
+use parley_runtime::token::{Caller, TokenError, chat_frame_scope};
 use serde::Deserialize;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::Code;
 
 use crate::{
     AppState,
+    api_keys::KeyTokens,
     error::ApiError,
     frames::{self, FrameError},
     metrics::{self, FrameKind},
-    session::{CloseReason, Outgoing, SessionHandle},
+    session::{CloseReason, Grant, Outgoing, SessionHandle},
 };
 
 /// Most queued frames written before one flush.
@@ -79,6 +80,19 @@ pub(crate) async fn upgrade(
             .into_response();
         }
     };
+    let header = |name: http::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if !crate::origins::allowed(
+        header(http::header::ORIGIN),
+        header(http::header::HOST),
+        &shared.allowed_origins,
+    ) {
+        metrics::upgrade("forbidden_origin");
+        return ApiError::new(
+            Code::PermissionDenied,
+            "this page's origin may not open WebSockets here (GATEWAY_ALLOWED_ORIGINS)",
+        )
+        .into_response();
+    }
     let query_token = query.ok().and_then(|Query(query)| query.token);
     let protocol_token = upgrade
         .requested_protocols()
@@ -94,11 +108,29 @@ pub(crate) async fn upgrade(
             return ApiError::from(TokenError::Missing).into_response();
         }
     };
-    let caller: Caller = match shared.verifier.verify(&token) {
-        Ok(claims) => claims.into(),
+    // An API key is exchanged for a token here; the connection then lives
+    // on tokens the gateway renews (README, "Bots and API keys").
+    // The key cache hands back the token's claims, verified.
+    let verified = if crate::api_keys::is_api_key(&token) {
+        shared.keys.token_for(&token).await.map(|(jwt, claims)| {
+            (
+                jwt.to_string(),
+                claims,
+                Some(Arc::<str>::from(token.as_str())),
+            )
+        })
+    } else {
+        shared
+            .verifier
+            .verify(&token)
+            .map(|claims| (token.clone(), claims, None))
+            .map_err(ApiError::from)
+    };
+    let (jwt, caller, api_key): (String, Caller, _) = match verified {
+        Ok((jwt, claims, api_key)) => (jwt, claims.into(), api_key),
         Err(err) => {
             metrics::upgrade("unauthenticated");
-            return ApiError::from(err).into_response();
+            return err.into_response();
         }
     };
     if !shared.upstream.is_available() {
@@ -140,8 +172,9 @@ pub(crate) async fn upgrade(
     }
     let in_flight = shared.tracker.token();
     let state = state.clone();
-    // Only the id and the expiry are needed from here on.
+    // Only the id, the expiry and the grant are needed from here on.
     let expires_at = caller.expires_at;
+    let grant = Grant::of(&caller, api_key);
     drop(caller);
     upgrade.on_upgrade(move |socket| {
         // The connection gets a task of its own rather than living inside
@@ -152,8 +185,8 @@ pub(crate) async fn upgrade(
             socket,
             state,
             user_id,
-            expires_at,
-            token,
+            (expires_at, grant),
+            jwt,
             (in_flight, slot),
         ));
         std::future::ready(())
@@ -202,7 +235,7 @@ fn serve(
     mut socket: WebSocket,
     state: AppState,
     user_id: Arc<str>,
-    expires_at: i64,
+    (expires_at, grant): (i64, Grant),
     token: String,
     held: (TaskTrackerToken, UserSlot),
 ) -> impl Future<Output = ()> {
@@ -214,6 +247,7 @@ fn serve(
             user_id.clone(),
             shared.limits.send_queue as usize,
             expires_at,
+            grant,
         );
         if Box::pin(shared.upstream.open(handle.clone(), token))
             .await
@@ -329,6 +363,8 @@ impl Connection {
                     Ok(claims) if *claims.sub == *self.user_id => {
                         self.handle.extend(claims.exp);
                         self.handle
+                            .set_grant(Grant::of(&Caller::from(claims.clone()), None));
+                        self.handle
                             .deliver(FrameKind::Refreshed, frames::refreshed(claims.exp));
                         // Chat extends its session too, and a move reopens
                         // it with the new token.
@@ -350,13 +386,56 @@ impl Connection {
                     }
                 }
             }
-            _ => self.forward(request).await,
+            other => {
+                // A token narrowed to scopes is held to them here too, so a
+                // refused frame never reaches chat.
+                if let Some(scope) = chat_frame_scope(other)
+                    && !self.handle.allows(scope)
+                {
+                    let (client_id, room_id) = other.echo();
+                    let error = FrameError {
+                        code: Code::PermissionDenied,
+                        message: format!("this token's scopes do not include {scope}"),
+                        client_id: client_id.to_owned(),
+                        room_id: room_id.to_owned(),
+                    };
+                    self.handle.deliver(FrameKind::Error, error.to_frame());
+                    return;
+                }
+                self.forward(request).await;
+            }
         }
     }
 
     async fn forward(&self, request: ChatRequest) {
         self.handle.forward(request).await;
     }
+}
+
+/// Renews the token of a connection opened with an API key: a fresh token
+/// for the key goes to chat as a `refresh` (the client sees `refreshed`).
+/// A key auth refuses now ends the connection with 4001; an unreachable
+/// auth is tried again at the next sweep, while the token lasts.
+pub(crate) async fn renew(keys: KeyTokens, handle: Arc<SessionHandle>, key: Arc<str>) {
+    match keys.token_for(&key).await {
+        Ok((token, claims)) => {
+            handle.set_grant(Grant::of(&Caller::from(claims.clone()), None));
+            let refresh = ChatRequest {
+                frame: Some(In::Refresh(parley_proto::chat::v1::Refresh {
+                    token: token.to_string(),
+                })),
+            };
+            handle.forward(refresh).await;
+            handle.extend(claims.exp);
+            // As for a client's own `refresh`: it learns the new expiry.
+            handle.deliver(FrameKind::Refreshed, frames::refreshed(claims.exp));
+        }
+        Err(err) if matches!(err.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+            handle.close(CloseReason::TokenRevoked);
+        }
+        Err(err) => tracing::debug!(code = ?err.code(), "cannot renew an API key's token yet"),
+    }
+    handle.renewed();
 }
 
 /// Writes a batch of queued frames, then flushes once.
@@ -458,7 +537,14 @@ mod tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: FnOnce(WebSocket, AppState, Arc<str>, i64, String, (TaskTrackerToken, UserSlot)) -> Fut,
+        F: FnOnce(
+            WebSocket,
+            AppState,
+            Arc<str>,
+            (i64, Grant),
+            String,
+            (TaskTrackerToken, UserSlot),
+        ) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

@@ -15,6 +15,8 @@ use tonic::{Code, Status};
 pub(crate) struct ApiError {
     code: Code,
     message: String,
+    /// A status other than the code's, where a route's contract says so.
+    status: Option<StatusCode>,
 }
 
 impl ApiError {
@@ -23,7 +25,21 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            status: None,
         }
+    }
+
+    /// The same error answered with `status` instead of its code's.
+    pub(crate) fn with_status(self, status: StatusCode) -> Self {
+        Self {
+            status: Some(status),
+            ..self
+        }
+    }
+
+    /// The gRPC code.
+    pub(crate) fn code(&self) -> Code {
+        self.code
     }
 
     /// INVALID_ARGUMENT (400).
@@ -33,7 +49,7 @@ impl ApiError {
 
     /// The HTTP status of the code.
     pub(crate) fn status(&self) -> StatusCode {
-        http_status(self.code)
+        self.status.unwrap_or_else(|| http_status(self.code))
     }
 }
 
@@ -89,17 +105,45 @@ impl From<TokenError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status(),
+        let status = self.status();
+        let mut response = (
+            status,
             Json(json!({ "error": { "code": code_name(self.code), "message": self.message } })),
         )
-            .into_response()
+            .into_response();
+        // A limit says when to try again; a second is the granularity of
+        // every Parley limit.
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after(&self.message)),
+            );
+        }
+        response
     }
+}
+
+/// Seconds until a limited caller may retry: what the service said ("...
+/// retry in N s"), else one.
+fn retry_after(message: &str) -> u64 {
+    message
+        .rsplit_once("retry in ")
+        .and_then(|(_, rest)| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_follows_the_message() {
+        assert_eq!(
+            retry_after("too many sign-in attempts; retry in 1800 s"),
+            1800
+        );
+        assert_eq!(retry_after("over the send rate"), 1);
+    }
 
     #[test]
     fn codes_map_to_the_statuses_of_the_design() {

@@ -95,6 +95,7 @@ struct SendIn {
     content: String,
     client_id: String,
     reply_to: i64,
+    attachments: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +246,7 @@ pub(crate) fn parse(text: &str) -> Result<ChatRequest, FrameError> {
                 content: send.content,
                 client_id: send.client_id,
                 reply_to: send.reply_to,
+                attachments: send.attachments,
             })
         }),
         "edit" => body_of::<EditIn>(&name, &body).map(|edit| {
@@ -350,6 +352,7 @@ pub(crate) fn encode_response(response: &ChatResponse) -> Option<Utf8Bytes> {
             role: &joined.role,
             muted: joined.muted,
             muted_until: rfc3339_millis(joined.muted_until.as_ref()),
+            members_truncated: joined.members_truncated,
         }),
         Out::Left(left) => ServerFrame::Left(RoomOut {
             room_id: &left.room_id,
@@ -580,6 +583,7 @@ struct JoinedOut<'a> {
     role: &'a str,
     muted: bool,
     muted_until: String,
+    members_truncated: bool,
 }
 
 #[derive(Serialize)]
@@ -608,6 +612,19 @@ pub(crate) struct MessageOut<'a> {
     edited_at: String,
     deleted: bool,
     reactions: Vec<ReactionCountOut<'a>>,
+    attachments: Vec<AttachmentOut<'a>>,
+}
+
+/// A file a message carries, as clients see it; its bytes are at
+/// `GET /api/v1/attachments/{id}`.
+#[derive(Debug, Serialize)]
+struct AttachmentOut<'a> {
+    id: &'a str,
+    filename: &'a str,
+    content_type: &'a str,
+    size: i64,
+    width: i32,
+    height: i32,
 }
 
 /// The reactions with one emoji, as messages carry them.
@@ -639,6 +656,18 @@ impl<'a> From<&'a ChatMessage> for MessageOut<'a> {
                     emoji: &r.emoji,
                     count: r.count,
                     user_ids: &r.user_ids,
+                })
+                .collect(),
+            attachments: message
+                .attachments
+                .iter()
+                .map(|a| AttachmentOut {
+                    id: &a.id,
+                    filename: &a.filename,
+                    content_type: &a.content_type,
+                    size: a.size,
+                    width: a.width,
+                    height: a.height,
                 })
                 .collect(),
         }
@@ -790,6 +819,7 @@ mod tests {
                 content: "x".into(),
                 client_id: String::new(),
                 reply_to: 41,
+                attachments: Vec::new(),
             })
         );
         assert!(matches!(

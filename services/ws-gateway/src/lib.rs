@@ -25,6 +25,9 @@
 //!   of every frame.
 #![warn(missing_docs)]
 
+mod api_keys;
+mod attachments;
+mod bots;
 mod config;
 mod connection;
 mod error;
@@ -32,6 +35,7 @@ mod frames;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod metrics;
+mod origins;
 mod rest;
 mod session;
 mod upstream;
@@ -58,20 +62,28 @@ use axum::{
 use parley_proto::{
     auth::v1::auth_service_client::AuthServiceClient,
     chat::v1::chat_service_client::ChatServiceClient,
+    media::v1::media_service_client::MediaServiceClient,
     user::v1::user_service_client::UserServiceClient,
 };
 use parley_runtime::{
     CancellationToken,
     client::{self, ClientChannel, ClientOptions},
     health::Readiness,
+    tls::{ServerTls, ServiceTls},
     token::{self, TokenVerifier},
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, GatewayArgs};
+pub use config::{ClientAddressHeader, Config, GatewayArgs};
 
 use crate::{connection::UserConnections, session::LiveSessions, upstream::Upstream};
+
+/// Longest an upload through `POST /api/v1/attachments` may take: media
+/// answers only after the last byte, so the usual call timeout would cut
+/// every large upload.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The service name in logs, metrics and traces.
 pub const SERVICE_NAME: &str = "gateway";
@@ -116,11 +128,23 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 pub(crate) struct Shared {
     verifier: TokenVerifier,
+    /// Tokens of the API keys clients present.
+    keys: api_keys::KeyTokens,
     upstream: Upstream,
     auth: AuthServiceClient<ClientChannel>,
     user: UserServiceClient<ClientChannel>,
     chat: ChatServiceClient<ClientChannel>,
+    /// Media, for metadata, downloads and deletes.
+    media: MediaServiceClient<ClientChannel>,
+    /// Media for uploads, whose answer comes only after the last byte.
+    media_uploads: MediaServiceClient<ClientChannel>,
     limits: Limits,
+    /// Other origins whose pages may open WebSockets.
+    allowed_origins: parley_runtime::config::CorsOrigins,
+    /// Sign-up, sign-in and refresh requests per client address.
+    auth_attempts: parley_runtime::limits::KeyedLimit<std::net::IpAddr>,
+    /// Where the client's address is read from, behind a proxy.
+    client_address_header: Option<http::HeaderName>,
     per_user: Arc<UserConnections>,
     /// Fires when the drain starts.
     drain: CancellationToken,
@@ -147,6 +171,8 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub struct Gateway {
     listeners: Listeners,
+    /// HTTPS and WSS; `None` for plain HTTP.
+    tls: Option<Arc<ServerTls>>,
     router: Router,
     readiness: Readiness,
     shared: Arc<Shared>,
@@ -180,12 +206,14 @@ pub fn with_listeners(
     parley_runtime::metrics::register_build_info(SERVICE_NAME);
     metrics::register();
     let readiness = Readiness::new();
-    let verifier = token::verifier_for(&config.auth_url, &readiness, shutdown.clone());
+    let tls = ServiceTls::load(&config.gateway.tls.files())?;
+    let verifier = token::verifier_for(&config.auth_url, &tls.client, &readiness, shutdown.clone());
     let options = ClientOptions {
         // A chat replica that died without closing its connections is
         // noticed within seconds, and its sessions move.
         keep_alive_every: Duration::from_secs(5),
         keep_alive_timeout: Duration::from_secs(5),
+        tls: tls.client.clone(),
         ..ClientOptions::default()
     };
     let streams_stop = CancellationToken::new();
@@ -195,21 +223,53 @@ pub fn with_listeners(
             streams_per_replica: config.gateway.streams_per_replica as usize,
             max_rooms_per_connection: config.gateway.max_rooms_per_connection as usize,
             client: options.clone(),
+            stream_secret: match &config.gateway.stream_secret {
+                Some(secret) => {
+                    Some(
+                        secret
+                            .parse()
+                            .map_err(|_| parley_runtime::config::BadValue {
+                                variable: "GATEWAY_STREAM_SECRET",
+                                message: "must be printable ASCII".into(),
+                            })?,
+                    )
+                }
+                None => None,
+            },
         },
         readiness.condition("chat"),
         streams_stop.clone(),
     );
+    let auth = AuthServiceClient::new(client::connect("auth", &config.auth_url, &options));
     let shared = Arc::new(Shared {
+        keys: api_keys::KeyTokens::new(auth.clone(), verifier.clone(), streams_stop.clone()),
         verifier,
         upstream,
-        auth: AuthServiceClient::new(client::connect("auth", &config.auth_url, &options)),
+        auth,
         user: UserServiceClient::new(client::connect("user", &config.user_url, &options)),
         chat: ChatServiceClient::new(client::connect("chat", &config.chat_url, &options)),
+        media: MediaServiceClient::new(client::connect("media", &config.media_url, &options)),
+        media_uploads: MediaServiceClient::new(client::connect(
+            "media",
+            &config.media_url,
+            &ClientOptions {
+                timeout: UPLOAD_TIMEOUT,
+                // The other media channel's breaker speaks for the service.
+                breaker: None,
+                ..options.clone()
+            },
+        )),
         limits: Limits {
             max_frame_bytes: config.gateway.max_frame_bytes as usize,
             send_queue: config.gateway.send_queue,
             max_connections_per_user: config.gateway.max_connections_per_user,
         },
+        allowed_origins: config.gateway.allowed_origins.clone(),
+        auth_attempts: parley_runtime::limits::KeyedLimit::new(
+            config.gateway.auth_attempts,
+            config.gateway.auth_attempt_every,
+        ),
+        client_address_header: config.gateway.client_address_header.0.clone(),
         per_user: Arc::default(),
         drain: shutdown.clone(),
         live: Arc::default(),
@@ -221,6 +281,7 @@ pub fn with_listeners(
     });
     Ok(Gateway {
         listeners,
+        tls: tls.server,
         router,
         readiness,
         shared,
@@ -234,7 +295,9 @@ pub fn with_listeners(
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(connection::upgrade))
-        .merge(rest::router())
+        .merge(rest::router(state.clone()))
+        .merge(attachments::router())
+        .merge(bots::router())
         .merge(web::router())
         .route("/api/{*rest}", axum::routing::any(rest::not_found))
         .layer(axum::middleware::from_fn(observe))
@@ -291,6 +354,7 @@ impl Gateway {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listeners,
+            tls,
             router,
             readiness,
             shared,
@@ -306,21 +370,43 @@ impl Gateway {
             "listening"
         );
         let admin = parley_runtime::admin::start(listeners.admin, &readiness, &shutdown);
+        let keys = shared.keys.clone();
+        let renew = move |handle: Arc<session::SessionHandle>, key: Arc<str>| {
+            tokio::spawn(connection::renew(keys.clone(), handle, key));
+        };
         let supervisor = tokio::spawn(shared.live.clone().supervise(
             shutdown.clone(),
             drain_spread,
             streams_stop.clone(),
+            shared.verifier.revocations().subscribe(),
+            renew,
         ));
-        // Frames are small and latency matters: no Nagle delay on sockets.
-        let http = listeners.http.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        // The peer address reaches the handlers, for per-address limits.
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let stopped = shutdown.clone().cancelled_owned();
+        let served = match tls {
+            None => {
+                // Frames are small and latency matters: no Nagle delay.
+                let http = listeners.http.tap_io(|tcp| {
+                    if let Err(err) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(http, app).with_graceful_shutdown(stopped).await
             }
-        });
-        let served = axum::serve(http, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("the HTTP server failed");
+            Some(tls) => {
+                let https = TlsListener {
+                    local: listeners.http.local_addr()?,
+                    accepted: tls.accept(listeners.http),
+                };
+                // The accept loop set TCP_NODELAY; the tap only lets the
+                // peer address through as connect info.
+                axum::serve(https.tap_io(|_| {}), app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        }
+        .context("the HTTP server failed");
         // The server also returns when it fails: drain either way.
         shutdown.cancel();
         shared.tracker.close();
@@ -347,6 +433,30 @@ impl Gateway {
         admin_result?;
         tracing::info!(service = SERVICE_NAME, "stopped");
         Ok(())
+    }
+}
+
+/// Connections whose TLS handshake is done, as axum takes them.
+struct TlsListener {
+    local: SocketAddr,
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop ends only with this receiver: wait for the
+            // shutdown that drops it.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use parley_runtime::config::{AuthUrl, ChatUrl, CommonConfig, UserUrl};
+use parley_runtime::config::{AuthUrl, ChatUrl, CommonConfig, MediaUrl, UserUrl};
 
 /// Parley's WebSocket gateway: WebSocket and REST edge, and the web client.
 #[derive(Debug, Parser)]
@@ -18,6 +18,8 @@ struct Cli {
     #[command(flatten)]
     chat: ChatUrl,
     #[command(flatten)]
+    media: MediaUrl,
+    #[command(flatten)]
     common: CommonConfig,
 }
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         auth_url: cli.auth.auth_url,
         user_url: cli.user.user_url,
         chat_url: cli.chat.chat_url,
+        media_url: cli.media.media_url,
         shutdown_grace: cli.common.shutdown_grace,
     };
     parley_runtime::process::run("parley-gateway", &cli.common, |shutdown| {

@@ -8,6 +8,7 @@ use axum::{
         FromRequest, FromRequestParts, Path, Query, Request, State, rejection::QueryRejection,
     },
     http::{StatusCode, request::Parts},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, patch, post},
 };
@@ -17,7 +18,7 @@ use parley_proto::{
         CreateRoomRequest, DeleteRoomRequest, GetChatHistoryRequest, ListMyRoomsRequest,
         OpenDirectRoomRequest, Room, UpdateRoomRequest,
     },
-    user::v1::{GetUserRequest, User},
+    user::v1::{GetUserRequest, User, UserKind},
 };
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -30,11 +31,16 @@ use crate::{
 };
 
 /// The `/api/v1` routes.
-pub(crate) fn router() -> Router<AppState> {
-    Router::new()
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    // Routes that cost a password hash, or hand out tokens, are limited
+    // per client address (README, "REST API").
+    let limited = Router::new()
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/refresh", post(refresh))
+        .route_layer(axum::middleware::from_fn_with_state(state, per_address));
+    Router::new()
+        .merge(limited)
         .route("/api/v1/auth/logout", post(logout))
         .route("/api/v1/me", get(me))
         .route("/api/v1/rooms", post(create_room).get(my_rooms))
@@ -46,9 +52,42 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/v1/rooms/{room_id}/messages", get(messages))
 }
 
+/// Refuses a client address past `GATEWAY_AUTH_ATTEMPTS` with 429.
+async fn per_address(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let shared = &state.shared;
+    let from_header = shared.client_address_header.as_ref().and_then(|name| {
+        let value = request.headers().get(name)?.to_str().ok()?;
+        // The last address is the one the nearest proxy saw; earlier ones
+        // came from the client and may be made up.
+        value
+            .rsplit(',')
+            .next()?
+            .trim()
+            .parse::<std::net::IpAddr>()
+            .ok()
+    });
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(address) = from_header.or(peer)
+        && let Err(wait) = shared.auth_attempts.check(&address)
+    {
+        return ApiError::new(
+            Code::ResourceExhausted,
+            format!(
+                "too many sign-in requests from this address; {}",
+                parley_runtime::limits::retry_in(wait)
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// A JSON body whose problems (wrong content type, bad JSON, a missing or
 /// mistyped field) are answered 400 with the REST error body.
-pub(crate) struct JsonBody<T>(T);
+pub(crate) struct JsonBody<T>(pub(crate) T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -117,11 +156,7 @@ impl FromRequestParts<AppState> for Bearer {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)
             .ok_or_else(|| ApiError::from(parley_runtime::token::TokenError::Missing))?;
-        let claims = state.shared.verifier.verify(&token)?;
-        Ok(Self {
-            user_id: claims.sub,
-            token,
-        })
+        Self::verified(state, token).await
     }
 }
 
@@ -136,8 +171,33 @@ pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Bearer {
+    /// The caller's user id.
+    pub(crate) fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// The caller of `token`, verified locally; an API key is exchanged
+    /// for its token first (README, "Bots and API keys").
+    ///
+    /// # Errors
+    /// UNAUTHENTICATED for a bad or expired token or key.
+    pub(crate) async fn verified(state: &AppState, token: String) -> Result<Self, ApiError> {
+        if crate::api_keys::is_api_key(&token) {
+            let (token, claims) = state.shared.keys.token_for(&token).await?;
+            return Ok(Self {
+                user_id: claims.sub,
+                token: token.to_string(),
+            });
+        }
+        let claims = state.shared.verifier.verify(&token)?;
+        Ok(Self {
+            user_id: claims.sub,
+            token,
+        })
+    }
+
     /// `message` as a gRPC request carrying the caller's token.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Ok(value) = format!("Bearer {}", self.token).parse() {
             request.metadata_mut().insert("authorization", value);
@@ -462,9 +522,14 @@ fn tokens_json(tokens: Option<TokenPair>) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-/// A user as REST shows it: `status` without the protobuf enum prefix.
-fn user_json(user: &User) -> Value {
+/// A user as REST shows it: `status` and `kind` without the protobuf
+/// enum prefix, in lower case for `kind` (README, "Bots and API keys").
+pub(crate) fn user_json(user: &User) -> Value {
     let status = user.status().as_str_name();
+    let kind = match user.kind() {
+        UserKind::Bot => "bot",
+        UserKind::Human | UserKind::Unspecified => "human",
+    };
     json!({
         "id": user.id,
         "username": user.username,
@@ -474,6 +539,8 @@ fn user_json(user: &User) -> Value {
         "roles": user.roles,
         "metadata": user.metadata,
         "created_at": rfc3339_millis(user.created_at.as_ref()),
+        "kind": kind,
+        "owner_id": user.owner_id,
     })
 }
 

@@ -17,6 +17,12 @@ use futures_util::task::AtomicWaker;
 use parley_runtime::CancellationToken;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use parley_runtime::{
+    revocations::{Revoked, TokenFacts},
+    token::{Caller, Scope},
+};
+use tokio::sync::broadcast;
+
 use crate::{metrics::FrameKind, upstream::Route};
 
 /// Identifies a session on its chat stream; unique within the gateway.
@@ -35,6 +41,9 @@ pub(crate) enum CloseReason {
     TryAgainLater,
     /// 4001: the access token expired without a `refresh`.
     TokenExpired,
+    /// 4001: the access token was revoked (its user suspended or deleted,
+    /// its login logged out, its API key revoked).
+    TokenRevoked,
     /// 4008: the client did not read fast enough.
     SlowConsumer,
 }
@@ -47,7 +56,7 @@ impl CloseReason {
             Self::TooBig => 1009,
             Self::ServerError => 1011,
             Self::TryAgainLater => 1013,
-            Self::TokenExpired => 4001,
+            Self::TokenExpired | Self::TokenRevoked => 4001,
             Self::SlowConsumer => 4008,
         }
     }
@@ -60,6 +69,7 @@ impl CloseReason {
             Self::ServerError => "chat ended the session",
             Self::TryAgainLater => "no chat replica available; try again later",
             Self::TokenExpired => "access token expired",
+            Self::TokenRevoked => "access token revoked",
             Self::SlowConsumer => "too slow: reconnect and rejoin with since_seq",
         }
     }
@@ -72,6 +82,7 @@ impl CloseReason {
             Self::ServerError => "chat_closed",
             Self::TryAgainLater => "unavailable",
             Self::TokenExpired => "token_expired",
+            Self::TokenRevoked => "token_revoked",
             Self::SlowConsumer => "slow_consumer",
         }
     }
@@ -108,6 +119,41 @@ pub(crate) struct SessionHandle {
     ended: AtomicBool,
     /// When the access token runs out (Unix seconds); a `refresh` moves it.
     expires_at: AtomicI64,
+    /// What the token grants and what revokes it; a `refresh` replaces it.
+    grant: Mutex<Grant>,
+}
+
+/// What a connection's token grants, and what would revoke it (README,
+/// "Bots and API keys").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Grant {
+    /// `iat`, seconds.
+    pub issued_at: i64,
+    /// The login's refresh-token family.
+    pub family: Option<Arc<str>>,
+    /// The API key the token came from.
+    pub key_id: Option<Arc<str>>,
+    /// What the token may do; `None`: everything.
+    pub scopes: Option<Arc<[Scope]>>,
+    /// The API key the connection was opened with: the gateway renews the
+    /// token itself before it runs out.
+    pub api_key: Option<Arc<str>>,
+    /// A renewal is under way.
+    pub renewing: bool,
+}
+
+impl Grant {
+    /// The grant of `caller`'s token; `api_key` when the client gave one.
+    pub(crate) fn of(caller: &Caller, api_key: Option<Arc<str>>) -> Self {
+        Self {
+            issued_at: caller.issued_at,
+            family: caller.family.as_deref().map(Arc::from),
+            key_id: caller.key_id.as_deref().map(Arc::from),
+            scopes: caller.scopes.as_deref().map(Arc::from),
+            api_key,
+            renewing: false,
+        }
+    }
 }
 
 impl SessionHandle {
@@ -117,6 +163,7 @@ impl SessionHandle {
         user_id: Arc<str>,
         capacity: usize,
         expires_at: i64,
+        grant: Grant,
     ) -> Arc<Self> {
         Arc::new(Self {
             id,
@@ -128,7 +175,63 @@ impl SessionHandle {
             route: Mutex::new(None),
             ended: AtomicBool::new(false),
             expires_at: AtomicI64::new(expires_at),
+            grant: Mutex::new(grant),
         })
+    }
+
+    /// Replaces the grant after a `refresh`, keeping the API key.
+    pub(crate) fn set_grant(&self, grant: Grant) {
+        let mut current = self.lock_grant();
+        let api_key = current.api_key.take();
+        *current = Grant { api_key, ..grant };
+    }
+
+    /// Whether the token allows `scope`.
+    pub(crate) fn allows(&self, scope: Scope) -> bool {
+        self.lock_grant()
+            .scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(&scope))
+    }
+
+    /// Whether `revoked` names the session's token.
+    fn revoked_by(&self, revoked: &Revoked) -> bool {
+        let grant = self.lock_grant();
+        revoked.covers(&TokenFacts {
+            user_id: &self.user_id,
+            issued_at: grant.issued_at,
+            family: grant.family.as_deref(),
+            key_id: grant.key_id.as_deref(),
+        })
+    }
+
+    /// The API key to renew the token with, when a third of the token's
+    /// life is left and no renewal runs; marks one as running. The key
+    /// cache hands out only tokens with more than half their life left, so
+    /// a renewal always brings a newer token.
+    fn due_for_renewal(&self, now_ms: i64) -> Option<Arc<str>> {
+        let mut grant = self.lock_grant();
+        let expires_at = self.expires_at().saturating_mul(1000);
+        let lifetime = expires_at - grant.issued_at.saturating_mul(1000);
+        let due = expires_at - now_ms < lifetime / 3;
+        if !due || grant.renewing {
+            return None;
+        }
+        let key = grant.api_key.clone()?;
+        grant.renewing = true;
+        Some(key)
+    }
+
+    /// A renewal ended.
+    pub(crate) fn renewed(&self) {
+        self.lock_grant().renewing = false;
+    }
+
+    fn lock_grant(&self) -> std::sync::MutexGuard<'_, Grant> {
+        // Replaced whole: a poisoned lock still holds a consistent grant.
+        self.grant
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// When the session's access token runs out (Unix seconds).
@@ -270,15 +373,19 @@ impl LiveSessions {
     }
 
     /// Watches the sessions until `stop` fires. A session is closed with
-    /// 4001 once its token has expired. Once `drain` fires, each session is
-    /// closed with 1001 at its own random point within `spread`, so
-    /// clients do not all reconnect at once; sessions that open during the
-    /// drain get a point too.
+    /// 4001 once its token has expired, or at once when a revocation names
+    /// it; one opened with an API key has its token renewed by `renew`
+    /// before it runs out. Once `drain` fires, each session is closed with
+    /// 1001 at its own random point within `spread`, so clients do not all
+    /// reconnect at once; sessions that open during the drain get a point
+    /// too.
     pub(crate) async fn supervise(
         self: Arc<Self>,
         drain: CancellationToken,
         spread: Duration,
         stop: CancellationToken,
+        mut revocations: broadcast::Receiver<Revoked>,
+        renew: impl Fn(Arc<SessionHandle>, Arc<str>),
     ) {
         let mut ticks = tokio::time::interval(SWEEP_EVERY);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -291,6 +398,24 @@ impl LiveSessions {
                 () = drain.cancelled(), if drain_started.is_none() => {
                     drain_started = Some(Instant::now());
                 }
+                revoked = revocations.recv() => {
+                    match revoked {
+                        Ok(revoked) => {
+                            for handle in self.lock().values() {
+                                if handle.revoked_by(&revoked) {
+                                    handle.close(CloseReason::TokenRevoked);
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "missed revocations; their sessions close when their tokens expire");
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            revocations = broadcast::channel(1).1;
+                        }
+                    }
+                    continue;
+                }
                 _ = ticks.tick() => {}
             }
             let now = Instant::now();
@@ -299,6 +424,8 @@ impl LiveSessions {
             for (id, handle) in sessions.iter() {
                 if handle.expires_at().saturating_mul(1000) <= now_ms {
                     handle.close(CloseReason::TokenExpired);
+                } else if let Some(key) = handle.due_for_renewal(now_ms) {
+                    renew(handle.clone(), key);
                 } else if let Some(started) = drain_started {
                     let deadline = *drain_deadlines
                         .entry(*id)

@@ -31,6 +31,13 @@ pub(crate) fn router() -> Router<AppState> {
         )
 }
 
+/// What the page may load and who may frame it: its own script, style,
+/// images and WebSocket, nothing inline, nothing from elsewhere, and no
+/// framing (README, "Web client").
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -39,6 +46,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             // an upgrade is picked up at once.
             (header::CACHE_CONTROL, "no-cache"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            // Image URLs carry `?token=`: no page address, and so no token,
+            // leaves with a request.
+            (header::REFERRER_POLICY, "no-referrer"),
         ],
         body,
     )

@@ -110,6 +110,38 @@ async fn register_creates_a_profile_and_a_credential(backend: DatabaseBackend) {
         .await
         .unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+
+    // Ada's email, given by someone else: the registration answers as any
+    // other does (no email in either answer), and the address stays ada's.
+    let mallory = stack
+        .auth
+        .register(RegisterRequest {
+            username: "mallory".into(),
+            password: PASSWORD.into(),
+            email: "ADA@example.com".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("a known email is not refused")
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!((mallory.email.as_str(), ada.email.as_str()), ("", ""));
+    let token = stack.login("mallory").await.access_token;
+    let kept = stack
+        .users
+        .get_user(authed(
+            GetUserRequest {
+                id: mallory.id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(kept.email, "", "the email stays with its first account");
     stack.stop().await;
 }
 
@@ -415,5 +447,87 @@ async fn suspended_users_cannot_log_in_or_refresh(backend: DatabaseBackend) {
         .await
         .unwrap_err();
     assert_eq!(refresh.code(), Code::PermissionDenied);
+    stack.stop().await;
+}
+
+/// SQLite files hold password and token hashes: only their owner may read
+/// them, whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let stack = TestStack::start(DatabaseBackend::Sqlite).await;
+    for service in ["auth", "user"] {
+        let url = stack.database_url(service);
+        let path = url.sqlite_path().expect("a SQLite file");
+        let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{service}'s {path} is {mode:o}");
+    }
+    stack.stop().await;
+}
+
+/// Access tokens name their issuer and audience and are not valid before
+/// their `nbf`; only tokens for the service audience make a service, so a
+/// user token carrying the `service` role is still a user's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_for_issuer_audience_and_nbf() {
+    use parley_proto::user::v1::CreateUserRequest;
+    use parley_runtime::token::{
+        AccessClaims, ISSUER, SERVICE_AUDIENCE, SERVICE_ROLE, USER_AUDIENCE,
+    };
+
+    let stack = TestStack::start(DatabaseBackend::Sqlite).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |aud: &str, iss: &str, nbf: i64| AccessClaims {
+        sub: "00000000-0000-0000-0000-0000000000aa".into(),
+        name: "mallory".into(),
+        roles: vec![SERVICE_ROLE.into()],
+        iat: now,
+        nbf,
+        exp: now + 300,
+        jti: format!("t-{aud}-{iss}-{nbf}"),
+        iss: iss.into(),
+        aud: aud.into(),
+        scope: None,
+        fam: None,
+        key: None,
+    };
+    let create = |token: String| {
+        let mut users = stack.users.clone();
+        async move {
+            users
+                .create_user(authed(
+                    CreateUserRequest {
+                        username: "made_by_token".into(),
+                        ..Default::default()
+                    },
+                    &token,
+                ))
+                .await
+        }
+    };
+    // The `service` role in a user token makes no service.
+    let user_token = stack.sign(&claims(USER_AUDIENCE, ISSUER, now));
+    assert_eq!(
+        create(user_token).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // Another issuer, another audience, or a token not valid yet: refused.
+    for token in [
+        stack.sign(&claims(SERVICE_AUDIENCE, "someone-else", now)),
+        stack.sign(&claims("elsewhere", ISSUER, now)),
+        stack.sign(&claims(SERVICE_AUDIENCE, ISSUER, now + 600)),
+    ] {
+        assert_eq!(
+            create(token).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    // The real thing works.
+    let service = stack.sign(&claims(SERVICE_AUDIENCE, ISSUER, now));
+    assert!(create(service).await.is_ok());
     stack.stop().await;
 }

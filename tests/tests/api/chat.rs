@@ -31,6 +31,7 @@ on_both_backends!(
     unary_send_and_history_page_through_a_room,
     a_slow_consumer_is_cut_without_delaying_others,
     gateway_streams_carry_many_sessions,
+    a_session_id_opened_twice_is_refused,
     unary_edits_deletions_reactions_and_the_room_list,
     unary_moderation_direct_rooms_and_room_changes,
 );
@@ -182,6 +183,7 @@ async fn a_retried_client_id_is_stored_and_delivered_once(backend: DatabaseBacke
                 content: "again".into(),
                 client_id: "c-1".into(),
                 reply_to: 0,
+                attachments: Vec::new(),
             },
             &alice_token,
         ))
@@ -298,9 +300,50 @@ async fn private_rooms_need_their_password_once(backend: DatabaseBackend) {
         password: password.into(),
     };
     let mut other = cluster.client(1);
+    // A missing and a wrong password get one answer, which tells nothing.
+    let mut refusals = Vec::new();
+    for password in ["", "wrong", "hunter2"] {
+        let status = other
+            .join_room(authed(join(&room.id, "", password), &guest_token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        refusals.push(status.message().to_owned());
+    }
+    assert!(refusals.iter().all(|m| *m == refusals[0]), "{refusals:?}");
+    // Guessing is slow: five attempts per user and room, then even the
+    // right password waits.
+    let (_, prober) = cluster.stack.signed_up("prober").await;
+    for attempt in 0..5 {
+        let status = other
+            .join_room(authed(
+                join(&room.id, "", &format!("guess {attempt}")),
+                &prober,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+    let limited = other
+        .join_room(authed(join(&room.id, "", "hunter22"), &prober))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert!(limited.message().contains("retry in"), "{limited:?}");
+    // Too short a password for a room is refused where it is set.
+    let short = client
+        .create_room(authed(
+            CreateRoomRequest {
+                name: "Weak".into(),
+                password: "1234567".into(),
+            },
+            &owner_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), Code::InvalidArgument);
+    assert!(short.message().contains("at least 8"), "{short:?}");
     for (request, code) in [
-        (join(&room.id, "", ""), Code::PermissionDenied),
-        (join(&room.id, "", "wrong"), Code::PermissionDenied),
         (join(&room.id, &room.short_code, ""), Code::InvalidArgument),
         (join("", "", ""), Code::InvalidArgument),
         (join("", "ZZZZZZ", "x"), Code::NotFound),
@@ -622,6 +665,7 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
                 content: "over".into(),
                 client_id: String::new(),
                 reply_to: 0,
+                attachments: Vec::new(),
             },
             &token,
         ))
@@ -661,6 +705,7 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
                 content: "hi".into(),
                 client_id: String::new(),
                 reply_to: 0,
+                attachments: Vec::new(),
             },
             &token,
         ))
@@ -690,6 +735,7 @@ async fn unary_send_and_history_page_through_a_room(backend: DatabaseBackend) {
                     content: format!("n{i}"),
                     client_id: String::new(),
                     reply_to: 0,
+                    attachments: Vec::new(),
                 },
                 &token,
             ))
@@ -935,9 +981,382 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
         })
         .await;
     assert_eq!(presence.user_id, bob.id);
+
     let _ = alice;
     drop(requests);
     cluster.stop().await;
+}
+
+/// A session id opened again on a gateway stream while its join is still
+/// running is refused, and the session it named ends, so the join can never
+/// become another user's membership (a second user could otherwise send to
+/// a private room they never joined).
+async fn a_session_id_opened_twice_is_refused(backend: DatabaseBackend) {
+    use parley_proto::chat::v1::{
+        ChatRequest, GatewayStreamRequest, OpenSession, SessionRequest,
+        gateway_stream_request::Kind as GwIn, gateway_stream_response::Kind as GwOut,
+    };
+    let mut cluster = ChatCluster::start(backend).await;
+    let (_, alice_token) = cluster.stack.signed_up("alice").await;
+    let (_, mallory_token) = cluster.stack.signed_up("mallory").await;
+    let room = room_id("private");
+    let created = cluster
+        .client(0)
+        .create_room(authed(
+            parley_proto::chat::v1::CreateRoomRequest {
+                name: "secret plans".into(),
+                password: "a long enough password".into(),
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    let _ = room;
+    let frame = |frame: In| GatewayStreamRequest {
+        kind: Some(GwIn::SessionRequest(SessionRequest {
+            session_id: 7,
+            request: Some(ChatRequest { frame: Some(frame) }),
+            trace_context: Default::default(),
+        })),
+    };
+    let open = |token: &str| GatewayStreamRequest {
+        kind: Some(GwIn::OpenSession(OpenSession {
+            session_id: 7,
+            access_token: token.to_owned(),
+        })),
+    };
+    // Alice's join and mallory's open of the same id arrive together, so
+    // the open lands while the join runs; then mallory sends.
+    let requests = vec![
+        open(&alice_token),
+        frame(In::Join(parley_proto::chat::v1::Join {
+            room_id: created.id.clone(),
+            ..Default::default()
+        })),
+        open(&mallory_token),
+        frame(In::Send(parley_proto::chat::v1::Send {
+            room_id: created.id.clone(),
+            content: "mallory was here".into(),
+            client_id: "m1".into(),
+            ..Default::default()
+        })),
+    ];
+    let mut responses = cluster
+        .client(0)
+        .gateway_stream(tokio_stream::StreamExt::chain(
+            tokio_stream::iter(requests),
+            tokio_stream::pending(),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        let next = tokio::time::timeout(parley_tests::chat::FRAME_TIMEOUT, responses.message())
+            .await
+            .expect("a frame in time")
+            .expect("the stream is open")
+            .expect("the stream has not ended");
+        match next.kind.expect("a kind") {
+            GwOut::SessionClosed(closed) => codes.push(closed.code),
+            GwOut::SessionResponse(response) => {
+                if let Some(Out::Ack(ack)) = response.response.and_then(|r| r.frame) {
+                    panic!("mallory's send was stored: {ack:?}");
+                }
+            }
+            GwOut::RoomEvent(_) => {}
+        }
+    }
+    // The second open ends the session; mallory's frame finds none.
+    assert_eq!(codes, ["FAILED_PRECONDITION", "FAILED_PRECONDITION"]);
+    let history = cluster
+        .client(0)
+        .get_chat_history(authed(
+            GetChatHistoryRequest {
+                room_id: created.id.clone(),
+                ..Default::default()
+            },
+            &alice_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .map(|page| page.messages.len())
+        .unwrap_or(0);
+    assert_eq!(history, 0, "nothing was stored in alice's private room");
+    cluster.stop().await;
+}
+
+/// `GatewayStream` is for gateways: with `GATEWAY_STREAM_SECRET` set, a
+/// stream without the secret, or with another, is refused, even from this
+/// host; with it, sessions open as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_streams_need_the_gateway_secret() {
+    use parley_proto::chat::v1::{
+        GatewayStreamRequest, OpenSession, gateway_stream_request::Kind as GwIn,
+        gateway_stream_response::Kind as GwOut,
+    };
+    let mut stack = parley_tests::TestStack::start(DatabaseBackend::Sqlite).await;
+    let mut args = parley_tests::chat::test_args(&stack, None);
+    args.gateway_stream_secret = Some("the gateways' secret".into());
+    let replica = parley_tests::chat::ChatReplica::start(&stack, args).await;
+    let (_, token) = stack.signed_up("alice").await;
+    let open = move || {
+        tokio_stream::iter([GatewayStreamRequest {
+            kind: Some(GwIn::OpenSession(OpenSession {
+                session_id: 1,
+                access_token: token.clone(),
+            })),
+        }])
+    };
+    for secret in [None, Some("a guess")] {
+        let mut request = tonic::Request::new(tokio_stream::StreamExt::chain(
+            open(),
+            tokio_stream::pending(),
+        ));
+        if let Some(secret) = secret {
+            request.metadata_mut().insert(
+                parley_runtime::token::GATEWAY_SECRET_HEADER,
+                secret.parse().unwrap(),
+            );
+        }
+        let refused = replica
+            .client
+            .clone()
+            .gateway_stream(request)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "{secret:?}: {refused:?}"
+        );
+    }
+    // With the secret: the session opens and answers a ping.
+    let ping = GatewayStreamRequest {
+        kind: Some(GwIn::SessionRequest(
+            parley_proto::chat::v1::SessionRequest {
+                session_id: 1,
+                request: Some(parley_proto::chat::v1::ChatRequest {
+                    frame: Some(In::Ping(parley_proto::chat::v1::Ping { nonce: "n".into() })),
+                }),
+                trace_context: Default::default(),
+            },
+        )),
+    };
+    let mut request = tonic::Request::new(tokio_stream::StreamExt::chain(
+        tokio_stream::StreamExt::chain(open(), tokio_stream::iter([ping])),
+        tokio_stream::pending(),
+    ));
+    request.metadata_mut().insert(
+        parley_runtime::token::GATEWAY_SECRET_HEADER,
+        "the gateways' secret".parse().unwrap(),
+    );
+    let mut responses = replica
+        .client
+        .clone()
+        .gateway_stream(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = tokio::time::timeout(parley_tests::chat::FRAME_TIMEOUT, responses.message())
+        .await
+        .expect("an answer in time")
+        .unwrap()
+        .unwrap();
+    match answer.kind {
+        Some(GwOut::SessionResponse(response)) => assert!(
+            matches!(response.response.and_then(|r| r.frame), Some(Out::Pong(_))),
+            "a pong"
+        ),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    replica.stop().await;
+    stack.stop().await;
+}
+
+/// Sessions are capped per user on a replica (over `Chat` streams and
+/// gateway streams alike) and per gateway stream: one more is
+/// RESOURCE_EXHAUSTED, and a closed session gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_capped_per_user_and_per_stream() {
+    use parley_proto::chat::v1::{
+        GatewayStreamRequest, OpenSession, gateway_stream_request::Kind as GwIn,
+        gateway_stream_response::Kind as GwOut,
+    };
+    let mut stack = parley_tests::TestStack::start(DatabaseBackend::Sqlite).await;
+    let mut args = parley_tests::chat::test_args(&stack, None);
+    args.max_sessions_per_user = 2;
+    args.max_sessions_per_stream = 3;
+    let replica = parley_tests::chat::ChatReplica::start(&stack, args).await;
+    let (_, alice) = stack.signed_up("alice").await;
+    let (_, bob) = stack.signed_up("bob").await;
+    let (_, carol) = stack.signed_up("carol").await;
+    let (_, dave) = stack.signed_up("dave").await;
+
+    // Two `Chat` streams of alice's; a third is refused.
+    let first = parley_tests::chat::ChatStream::open(replica.client.clone(), &alice).await;
+    let second = parley_tests::chat::ChatStream::open(replica.client.clone(), &alice).await;
+    let third = replica
+        .client
+        .clone()
+        .chat(authed(tokio_stream::pending(), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+
+    // A gateway stream: bob's third session is refused, and the stream's
+    // fourth; every other opens (carol's answers a ping).
+    let (requests, receiver) = tokio::sync::mpsc::channel(16);
+    let mut responses = replica
+        .client
+        .clone()
+        .gateway_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    let open = |id: u64, token: &str| GatewayStreamRequest {
+        kind: Some(GwIn::OpenSession(OpenSession {
+            session_id: id,
+            access_token: token.to_owned(),
+        })),
+    };
+    for (id, token) in [(1, &bob), (2, &bob), (3, &bob), (4, &carol), (5, &dave)] {
+        requests.send(open(id, token)).await.unwrap();
+    }
+    requests
+        .send(GatewayStreamRequest {
+            kind: Some(GwIn::SessionRequest(
+                parley_proto::chat::v1::SessionRequest {
+                    session_id: 4,
+                    request: Some(parley_proto::chat::v1::ChatRequest {
+                        frame: Some(In::Ping(parley_proto::chat::v1::Ping { nonce: "c".into() })),
+                    }),
+                    trace_context: Default::default(),
+                },
+            )),
+        })
+        .await
+        .unwrap();
+    let mut closed = Vec::new();
+    let mut pong = false;
+    while closed.len() < 2 || !pong {
+        let next = tokio::time::timeout(parley_tests::chat::FRAME_TIMEOUT, responses.message())
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .unwrap();
+        match next.kind {
+            Some(GwOut::SessionClosed(session)) => closed.push((session.session_id, session.code)),
+            Some(GwOut::SessionResponse(response)) => {
+                pong |= response.session_id == 4
+                    && matches!(response.response.and_then(|r| r.frame), Some(Out::Pong(_)));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        closed,
+        [
+            (3, "RESOURCE_EXHAUSTED".to_owned()),
+            (5, "RESOURCE_EXHAUSTED".to_owned())
+        ],
+        "bob past his two, then the stream past its three"
+    );
+    drop((first, second, requests));
+    replica.stop().await;
+    stack.stop().await;
+}
+
+/// Joins and leaves, typing and rooms made by joining are bounded per
+/// user: past `CHAT_MAX_ROOMS_PER_CREATOR` a join of an unknown id is
+/// refused (a known room still opens), past the join burst joins are
+/// RESOURCE_EXHAUSTED, and a typing flood reaches others only in part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_typing_and_rooms_made_by_joining_are_bounded() {
+    let mut stack = parley_tests::TestStack::start(DatabaseBackend::Sqlite).await;
+    let mut args = parley_tests::chat::test_args(&stack, None);
+    args.max_rooms_per_creator = 2;
+    let replica = parley_tests::chat::ChatReplica::start(&stack, args).await;
+    let (_, alice) = stack.signed_up("alice").await;
+    let (_, bob) = stack.signed_up("bob").await;
+    let mut chat = replica.client.clone();
+    let join = |room: &str, token: &str| {
+        authed(
+            JoinRoomRequest {
+                room_id: room.into(),
+                ..JoinRoomRequest::default()
+            },
+            token,
+        )
+    };
+    let bobs = room_id("bobs");
+    chat.join_room(join(&bobs, &bob)).await.unwrap();
+    for made in ["made-1", "made-2"] {
+        chat.join_room(join(&room_id(made), &alice)).await.unwrap();
+    }
+    let third = chat
+        .join_room(join(&room_id("made-3"), &alice))
+        .await
+        .unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    assert!(third.message().contains("at most 2 rooms"), "{third:?}");
+    chat.join_room(join(&bobs, &alice))
+        .await
+        .expect("a known room opens");
+
+    // A typing flood: bob hears some, not all, before alice's message.
+    let mut on_alice = parley_tests::chat::ChatStream::open(chat.clone(), &alice).await;
+    let mut on_bob = parley_tests::chat::ChatStream::open(chat.clone(), &bob).await;
+    on_alice.join(&bobs, 0).await;
+    on_bob.join(&bobs, 0).await;
+    for _ in 0..50 {
+        on_alice
+            .send_frame(In::Typing(parley_proto::chat::v1::Typing {
+                room_id: bobs.clone(),
+            }))
+            .await;
+    }
+    on_alice.say(&bobs, "done typing", "t1").await;
+    let mut heard = 0;
+    on_bob
+        .next_matching(|frame| match frame {
+            Out::Typing(_) => {
+                heard += 1;
+                None
+            }
+            Out::Message(message) => Some(message),
+            _ => None,
+        })
+        .await;
+    assert!(
+        (1..=30).contains(&heard),
+        "bob heard {heard} of 50 typing notices"
+    );
+
+    // Joins past the burst are refused, saying when to retry.
+    let mut refused = None;
+    for _ in 0..400 {
+        if let Err(status) = chat.join_room(join(&bobs, &alice)).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("joins are limited");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("retry in"), "{refused:?}");
+    replica.stop().await;
+    stack.stop().await;
 }
 
 /// The conversation RPCs for bots and grpcurl: each change a timeline
@@ -967,6 +1386,7 @@ async fn unary_edits_deletions_reactions_and_the_room_list(backend: DatabaseBack
         content: content.into(),
         client_id: String::new(),
         reply_to,
+        attachments: Vec::new(),
     };
     let first = chat
         .send_message(authed(send("first", 0), &alice_token))

@@ -259,6 +259,7 @@ async fn a_crashed_replicas_members_leave_within_seconds() {
             ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
             ("CHAT_DATABASE_URL", database_url.expose()),
             ("CHAT_REDIS_URL", REDIS_URL),
+            ("CHAT_BUS_SECRET", parley_tests::chat::BUS_SECRET),
             ("CHAT_PRESENCE_TTL", "1500ms"),
             ("AUTH_URL", &auth_url),
         ],
@@ -324,6 +325,105 @@ async fn a_crashed_replicas_members_leave_within_seconds() {
     );
     survivor.stop().await;
     stack.stop().await;
+}
+
+/// Publishes an unsigned message event with `seq` to the room's channel,
+/// as another replica would, and checks a replica listens.
+async fn publish_unsigned(room: &str, seq: i64) {
+    use parley_proto::prost::Message as _;
+    let forged = parley_proto::chat::v1::RoomEvent {
+        room_id: room.to_owned(),
+        response: Some(parley_proto::chat::v1::ChatResponse {
+            frame: Some(Out::Message(parley_proto::chat::v1::ChatMessage {
+                room_id: room.to_owned(),
+                seq,
+                content: format!("forged {seq}"),
+                sender_id: "someone".into(),
+                ..Default::default()
+            })),
+        }),
+        except_user_id: String::new(),
+    };
+    // Another replica's origin, and no signature.
+    let mut payload = vec![9u8; 16];
+    forged.encode(&mut payload).unwrap();
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let receivers: i64 = redis::cmd("PUBLISH")
+        .arg(format!("parley:chat:room:{room}"))
+        .arg(payload)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(receivers >= 1, "the replica listens to the room");
+}
+
+/// Events on Redis are signed (`CHAT_BUS_SECRET`): one published by
+/// someone without the secret, however well formed, reaches no member,
+/// and the room's real next message keeps its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_bus_events_are_not_delivered() {
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let replica = ChatReplica::start(&stack, test_args(&stack, Some(REDIS_URL))).await;
+    let (_, token) = stack.signed_up("alice").await;
+    let room = room_id("forged");
+    let mut stream = ChatStream::open(replica.client.clone(), &token).await;
+    stream.join(&room, 0).await;
+
+    // A message event as a replica would publish it, with no signature.
+    publish_unsigned(&room, 1).await;
+
+    // The real first message is the first the member sees, with seq 1.
+    stream.say(&room, "real", "r1").await;
+    let first = stream.next_message().await;
+    assert_eq!((first.seq, first.content.as_str()), (1, "real"));
+    stack.stop().await;
+    replica.stop().await;
+}
+
+/// Without a bus secret anyone who can publish to Redis is believed, but
+/// only as far as storage confirms: an event whose `seq` opens a hole is
+/// checked against storage, and what storage does not hold (here a
+/// forged event at seq 2 and one a million ahead) is dropped instead of
+/// delivered or of making the room skip its real messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_events_storage_does_not_confirm_are_dropped() {
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    let mut args = test_args(&stack, Some(REDIS_URL));
+    args.bus_secret = None;
+    let replica = ChatReplica::start(&stack, args).await;
+    let (_, token) = stack.signed_up("alice").await;
+    let room = room_id("unconfirmed");
+    let mut stream = ChatStream::open(replica.client.clone(), &token).await;
+    stream.join(&room, 0).await;
+
+    for seq in [2, 1_000_000] {
+        publish_unsigned(&room, seq).await;
+    }
+    // The replica reads the hole back from storage and drops both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, scrape) = http_get(replica.admin, "/metrics").await;
+        let unconfirmed = "parley_chat_unconfirmed_events_total";
+        if scrape.contains(unconfirmed) && metric(&scrape, unconfirmed) >= 2.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forged events were never checked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The room's real messages keep their seqs and reach the member.
+    stream.say(&room, "real one", "r1").await;
+    stream.say(&room, "real two", "r2").await;
+    let first = stream.next_message().await;
+    let second = stream.next_message().await;
+    assert_eq!((first.seq, first.content.as_str()), (1, "real one"));
+    assert_eq!((second.seq, second.content.as_str()), (2, "real two"));
+    stack.stop().await;
+    replica.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

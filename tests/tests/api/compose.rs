@@ -15,15 +15,16 @@ fn compose() -> String {
         .unwrap_or_else(|_| "/usr/local/lib/docker/cli-plugins/docker-compose".into())
 }
 
-async fn resolved_compose_file() -> Value {
+/// `docker compose config` of docker-compose.yml with the `overrides`
+/// (paths from the repository's root) on top.
+async fn resolved_compose_file(overrides: &[&str]) -> Value {
+    let mut args = vec!["-f".to_owned(), format!("{ROOT}/docker-compose.yml")];
+    for file in overrides {
+        args.extend(["-f".to_owned(), format!("{ROOT}/{file}")]);
+    }
     let output = tokio::process::Command::new(compose())
-        .args([
-            "-f",
-            &format!("{ROOT}/docker-compose.yml"),
-            "config",
-            "--format",
-            "json",
-        ])
+        .args(&args)
+        .args(["config", "--format", "json"])
         .output()
         .await
         .expect("docker compose runs (`make tools` installs it)");
@@ -61,7 +62,7 @@ fn host_of(url: &str) -> &str {
 
 #[tokio::test]
 async fn compose_wires_the_services_the_way_the_binaries_read_them() {
-    let file = resolved_compose_file().await;
+    let file = resolved_compose_file(&[]).await;
     let services = file["services"].as_object().expect("services");
     let names: HashSet<&str> = services.keys().map(String::as_str).collect();
     let init_sql = std::fs::read_dir(format!("{ROOT}/deploy/postgres"))
@@ -152,9 +153,14 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
         let wanted: &[&str] = match *program {
             "parley-auth" => &["AUTH_DATABASE_URL", "USER_URL"],
             "parley-user" => &["USER_DATABASE_URL", "AUTH_URL"],
-            "parley-chat" => &["CHAT_DATABASE_URL", "CHAT_REDIS_URL", "AUTH_URL"],
+            "parley-chat" => &[
+                "CHAT_DATABASE_URL",
+                "CHAT_REDIS_URL",
+                "AUTH_URL",
+                "MEDIA_URL",
+            ],
             "parley-media" => &["MEDIA_DATABASE_URL", "MEDIA_STORE_URL", "AUTH_URL"],
-            _ => &["AUTH_URL", "USER_URL", "CHAT_URL"],
+            _ => &["AUTH_URL", "USER_URL", "CHAT_URL", "MEDIA_URL"],
         };
         for key in wanted {
             assert!(env.contains_key(*key), "{name} sets {key}");
@@ -178,6 +184,20 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
         published.contains(&8080),
         "the web client at http://localhost:8080"
     );
+    // Only the gateway's public port listens on every interface; gRPC,
+    // admin ports, Prometheus, Grafana and Jaeger stay on this machine.
+    for (name, service) in services {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let published = port["published"].as_str().unwrap_or_default();
+            let public = name == "gateway" && published == "8080";
+            assert_eq!(
+                port["host_ip"].as_str(),
+                if public { None } else { Some("127.0.0.1") },
+                "{name} publishes {published} on {}",
+                port["host_ip"]
+            );
+        }
+    }
     assert!(
         names.contains("prometheus") && names.contains("grafana"),
         "Prometheus and Grafana"
@@ -194,4 +214,165 @@ async fn compose_wires_the_services_the_way_the_binaries_read_them() {
             "Prometheus scrapes {name} on {port}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_s3_override_puts_media_on_minio_with_its_bucket_made_first() {
+    let file = resolved_compose_file(&["deploy/compose.s3.yml"]).await;
+    let services = file["services"].as_object().expect("services");
+    let media = &services["media"];
+    let env = media["environment"].as_object().expect("media's variables");
+    let help = help_of("parley-media").await;
+    for key in env.keys() {
+        assert!(
+            help.contains(key.as_str()),
+            "media sets {key}, which parley-media does not read"
+        );
+    }
+    let store = env["MEDIA_STORE_URL"].as_str().unwrap_or_default();
+    let bucket = store
+        .strip_prefix("s3://")
+        .unwrap_or_else(|| panic!("media on S3, not {store}"));
+    let endpoint = env["MEDIA_S3_ENDPOINT"].as_str().unwrap_or_default();
+    assert!(
+        services.contains_key(host_of(endpoint)),
+        "MEDIA_S3_ENDPOINT {endpoint} is a compose service"
+    );
+    assert!(
+        env.contains_key("MEDIA_S3_ACCESS_KEY_ID")
+            && env.contains_key("MEDIA_S3_SECRET_ACCESS_KEY"),
+        "media has the store's keys"
+    );
+    assert_eq!(
+        media["depends_on"]["minio-setup"]["condition"], "service_completed_successfully",
+        "media starts once the bucket exists"
+    );
+    let setup = services["minio-setup"]["command"].to_string();
+    assert!(
+        setup.contains(&format!("mc mb --ignore-existing local/{bucket}")),
+        "the setup makes {bucket}: {setup}"
+    );
+    assert_eq!(
+        services["minio-setup"]["depends_on"]["minio"]["condition"],
+        "service_healthy"
+    );
+    // The volume of the main file stays declared; the override adds its own.
+    assert!(file["volumes"]["minio-data"].is_object());
+}
+
+#[tokio::test]
+async fn the_tls_override_wires_every_service_to_the_files_make_certs_writes() {
+    let file = resolved_compose_file(&["deploy/compose.tls.yml"]).await;
+    let services = file["services"].as_object().expect("services");
+    for (service, prefix) in [
+        ("auth", "AUTH"),
+        ("user", "USER"),
+        ("chat", "CHAT"),
+        ("media", "MEDIA"),
+        ("gateway", "GATEWAY"),
+    ] {
+        let env = services[service]["environment"]
+            .as_object()
+            .expect("variables");
+        let help = help_of(&format!("parley-{service}")).await;
+        for (key, value) in env {
+            assert!(help.contains(key.as_str()), "{service} sets {key}, unread");
+            let url = value.as_str().unwrap_or_default();
+            let parley = ["auth", "user", "chat", "media"].contains(&host_of(url));
+            if key.ends_with("_URL") && parley {
+                assert!(url.starts_with("https://"), "{service} {key}={url}");
+            }
+        }
+        for name in ["CERT", "KEY", "CA"] {
+            let path = env[&format!("{prefix}_TLS_{name}_FILE")]
+                .as_str()
+                .expect("a path");
+            let mounted = services[service]["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|volume| volume["target"] == path)
+                .unwrap_or_else(|| panic!("{service} does not mount {path}"));
+            let source = mounted["source"].as_str().unwrap_or_default();
+            let written = path.rsplit('/').next().unwrap_or_default();
+            assert!(
+                source.ends_with(&format!("/deploy/tls/{written}")),
+                "{service}: {path} comes from {source}"
+            );
+        }
+        assert_eq!(
+            env.contains_key(&format!("{prefix}_TLS_CLIENT_CA_FILE")),
+            service != "gateway",
+            "mTLS on the gRPC ports, not on the gateway's public one"
+        );
+    }
+
+    // The script's certificate serves and calls under every service name,
+    // and a second run renews it under the same CA.
+    let dir = tempfile::tempdir().unwrap();
+    let make = || async {
+        let output = tokio::process::Command::new(format!("{ROOT}/deploy/make-certs.sh"))
+            .arg(dir.path())
+            .output()
+            .await
+            .expect("the script runs (openssl comes from `make tools`)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            std::fs::read(dir.path().join("ca.crt")).unwrap(),
+            std::fs::read(dir.path().join("tls.crt")).unwrap(),
+        )
+    };
+    let (ca, first) = make().await;
+    accepted_everywhere(dir.path());
+    let (same_ca, renewed) = make().await;
+    assert_eq!(ca, same_ca, "the CA is kept");
+    assert_ne!(first, renewed, "the certificate is renewed");
+    accepted_everywhere(dir.path());
+}
+
+/// The files in `dir` load as a service's TLS, and the certificate is
+/// valid for every compose service name, as a server and as a client.
+fn accepted_everywhere(dir: &std::path::Path) {
+    use parley_runtime::tls::{ServiceTls, TlsFile, TlsFiles};
+    use rustls::{
+        client::{WebPkiServerVerifier, danger::ServerCertVerifier as _},
+        pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _},
+        server::WebPkiClientVerifier,
+    };
+    let file = |variable: &'static str, name: &str| TlsFile::new(variable, Some(&dir.join(name)));
+    let files = TlsFiles {
+        cert: file("X_TLS_CERT_FILE", "tls.crt"),
+        key: file("X_TLS_KEY_FILE", "tls.key"),
+        client_ca: file("X_TLS_CLIENT_CA_FILE", "ca.crt"),
+        ca: file("X_TLS_CA_FILE", "ca.crt"),
+    };
+    let tls = ServiceTls::load(&files).expect("the files load");
+    assert!(tls.server.is_some());
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(dir.join("ca.crt")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let roots = std::sync::Arc::new(roots);
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let servers = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .unwrap();
+    let clients = WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .unwrap();
+    let leaf = CertificateDer::from_pem_file(dir.join("tls.crt")).unwrap();
+    for name in ["auth", "user", "chat", "media", "gateway", "localhost"] {
+        let name = ServerName::try_from(name).unwrap();
+        servers
+            .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+            .unwrap_or_else(|err| panic!("not a server certificate for {name:?}: {err}"));
+    }
+    clients
+        .verify_client_cert(&leaf, &[], UnixTime::now())
+        .expect("a client certificate");
 }

@@ -25,6 +25,7 @@ on_both_topologies!(
     every_frame_gets_its_answer,
     bad_frames_get_error_frames_and_the_connection_stays,
     upgrades_need_a_valid_token_in_one_of_three_places,
+    pages_of_other_origins_cannot_open_websockets,
     limits_answer_with_429_1009_and_error_frames,
     an_expired_token_closes_with_4001_unless_refreshed,
     a_client_that_stops_reading_is_closed_with_4008,
@@ -119,6 +120,7 @@ async fn a_join_with_since_seq_replays_and_lists_members(topology: Topology) {
     let joined = on_a.join(&room, 0).await;
     assert_eq!(joined["last_seq"], 0);
     assert_eq!(joined["replay_truncated"], false);
+    assert_eq!(joined["members_truncated"], false, "every member is listed");
     for i in 1..=5 {
         on_a.say(&room, &format!("m{i}"), "").await;
         assert_eq!(on_a.next_kind("ack").await["seq"], i);
@@ -607,6 +609,39 @@ async fn the_gateway_exports_its_metrics(topology: Topology) {
                 && line.contains("grpc_code=\"OK\"")),
         "the gateway's calls to auth are counted"
     );
+    ws.close().await;
+    deployment.stop().await;
+}
+
+/// A page of another site is refused with 403 before any WebSocket opens;
+/// the gateway's own pages and clients that send no `Origin` get through.
+async fn pages_of_other_origins_cannot_open_websockets(topology: Topology) {
+    let (deployment, alice, _) = Deployment::start_with_pair(topology, &Settings::default()).await;
+    let gateway = deployment.gateway(0);
+    let query = format!("?token={}", alice.access_token);
+    let with_origin = |origin: &str| {
+        let mut request = Ws::request(gateway, &query);
+        request
+            .headers_mut()
+            .insert("Origin", origin.parse().expect("a header value"));
+        request
+    };
+    for foreign in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        let Err(err) = Ws::try_connect(with_origin(foreign)).await else {
+            panic!("an upgrade from {foreign} was accepted");
+        };
+        let tungstenite::Error::Http(response) = *err else {
+            panic!("expected an HTTP refusal for {foreign}, got {err}");
+        };
+        assert_eq!(response.status(), 403, "{foreign}");
+    }
+    let (ws, _) = Ws::try_connect(with_origin(&format!("http://{gateway}")))
+        .await
+        .expect("the gateway's own page connects");
+    ws.close().await;
+    let (ws, _) = Ws::try_connect(Ws::request(gateway, &query))
+        .await
+        .expect("a client without Origin connects");
     ws.close().await;
     deployment.stop().await;
 }

@@ -5,14 +5,19 @@
 #![allow(clippy::unwrap_used)]
 
 mod abuse;
+mod api_keys;
+mod attachments;
 mod auth;
 mod chat;
 mod chat_cluster;
+mod circuits;
+mod client;
 mod compose;
 mod conversations;
 mod faults;
 mod gateway;
 mod gateway_cluster;
+mod grpc_web;
 mod media;
 mod moderation;
 mod observability;
@@ -21,6 +26,7 @@ mod readme;
 mod redis_cluster;
 mod rest;
 mod storm;
+mod tls;
 mod traces;
 mod user;
 mod web_client;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use image::ImageFormat;
 use parley_proto::media::v1::{
     Attachment, BeginTransfer, DeleteAttachmentRequest, DownloadAttachmentRequest, DownloadHeader,
     FileInfo, GetAttachmentRequest, PutAttachmentRequest, ResumeTransfer,
@@ -19,7 +19,7 @@ use parley_runtime::{grpc::status::invalid_field, test_util::RunningBinary};
 use parley_tests::{
     DatabaseBackend, TestStack, authed, binary, channel,
     gateway::wait_until_ready,
-    media::{MediaServer, Store},
+    media::{MediaServer, Store, noise, picture, watch_memory},
     rss_kib,
 };
 use sha2::{Digest as _, Sha256};
@@ -74,28 +74,6 @@ mod every_rpc_on_the_other_pairs {
 
 fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
-}
-
-/// Bytes that compress badly and differ per seed (xorshift).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
-fn picture(width: u32, height: u32, format: ImageFormat) -> Vec<u8> {
-    let image = DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
-        Rgb([(x % 256) as u8, (y % 256) as u8, 90])
-    }));
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut bytes, format).unwrap();
-    bytes.into_inner()
 }
 
 fn file(filename: &str, content_type: &str) -> Option<FileInfo> {
@@ -700,22 +678,6 @@ async fn hostile_images_are_stored_as_plain_files() {
 
     media.stop().await;
     stack.stop().await;
-}
-
-/// The highest resident memory of `pid` until `done` is cancelled, sampled
-/// every 20 ms.
-fn watch_memory(
-    pid: u32,
-    done: tokio_util::sync::CancellationToken,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut peak = 0;
-        while !done.is_cancelled() {
-            peak = peak.max(rss_kib(pid));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        peak.max(rss_kib(pid))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,35 +92,6 @@ async fn send(ws: &mut Ws, room: &str, content: &str, client_id: &str) {
     ws.say(room, content, client_id).await;
 }
 
-/// The global admin, signed up if the deployment has not done so.
-async fn admin(deployment: &Deployment) -> Account {
-    let _ = http_json(
-        deployment.gateway(0),
-        "POST",
-        "/api/v1/auth/register",
-        None,
-        &json!({ "username": parley_tests::ADMIN, "password": parley_tests::PASSWORD }),
-    )
-    .await;
-    let tokens = deployment.log_in(parley_tests::ADMIN).await;
-    let token = tokens["access_token"].as_str().unwrap().to_owned();
-    let me = http_json(
-        deployment.gateway(0),
-        "GET",
-        "/api/v1/me",
-        Some(&token),
-        &Value::Null,
-    )
-    .await;
-    assert_eq!(me.status, 200, "{}", me.body);
-    Account {
-        user_id: me.json()["id"].as_str().unwrap().to_owned(),
-        username: parley_tests::ADMIN.to_owned(),
-        access_token: token,
-        refresh_token: tokens["refresh_token"].as_str().unwrap().to_owned(),
-    }
-}
-
 /// A REST call on gateway `index`.
 async fn rest(
     deployment: &Deployment,
@@ -309,7 +280,7 @@ async fn who_may_moderate_whom(topology: Topology) {
         deployment.sign_up(&username("carol")).await,
         deployment.sign_up(&username("dave")).await,
     );
-    let admin = admin(&deployment).await;
+    let admin = deployment.admin().await;
     let room = room_id("ranks");
     let mut ann = deployment.ws(0, &alice).await;
     ann.join(&room, 0).await;
@@ -396,6 +367,8 @@ async fn who_may_moderate_whom(topology: Topology) {
     deployment.stop().await;
 }
 
+/// The sanctions last 3 s: long enough that the refused send and join are
+/// answered inside them even on a loaded machine, short enough to wait out.
 async fn bans_and_mutes_end_by_themselves(topology: Topology) {
     let (deployment, alice, bob) =
         Deployment::start_with_pair(topology, &Settings::default()).await;
@@ -410,7 +383,7 @@ async fn bans_and_mutes_end_by_themselves(topology: Topology) {
         &room,
         &bob,
         "mute",
-        json!({"duration": "700ms"}),
+        json!({"duration": "3s"}),
         "m1",
     )
     .await;
@@ -431,7 +404,7 @@ async fn bans_and_mutes_end_by_themselves(topology: Topology) {
         &room,
         &bob,
         "ban",
-        json!({"duration": "700ms"}),
+        json!({"duration": "3s"}),
         "m2",
     )
     .await;

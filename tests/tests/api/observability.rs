@@ -1,15 +1,14 @@
 //! The deploy artifacts against a running Parley: Prometheus (Debian's,
-//! started here) scrapes the distributed topology and a media service with
+//! started here) scrapes the distributed topology, media included, with
 //! the repository's scrape config, promtool checks the alert rules, and
 //! every query of every Grafana dashboard panel returns data after some
-//! traffic.
+//! traffic (messages and attachments).
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use parley_tests::{
     chat::room_id,
     gateway::{Deployment, Settings, Topology, free_ports, http, http_json, try_http},
-    media::{MediaServer, Store},
 };
 use serde_json::{Value, json};
 
@@ -106,9 +105,11 @@ async fn query(prometheus: SocketAddr, promql: &str) -> Value {
 async fn until_series(prometheus: SocketAddr, promql: &str, count: usize) {
     let found = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            // Refused until Prometheus listens.
+            // Refused until Prometheus listens, 503 until its storage is
+            // ready.
             let path = format!("/api/v1/query?query={}", encode(promql));
             if let Ok(response) = try_http(prometheus, "GET", &path, &[], None).await
+                && response.status == 200
                 && response.json()["data"]["result"]
                     .as_array()
                     .is_some_and(|r| r.len() >= count)
@@ -209,8 +210,43 @@ async fn traffic(deployment: &Deployment) {
     )
     .await;
     assert_eq!(history.status, 200);
+    attachments(gateway, &alice).await;
     on_b.close().await;
     on_a.close().await;
+}
+
+/// An image uploaded through the gateway, downloaded and thumbnailed: every
+/// media metric and the attachment routes get samples.
+async fn attachments(gateway: SocketAddr, account: &parley_tests::gateway::Account) {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(400, 300, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+    }))
+    .write_to(&mut png, image::ImageFormat::Png)
+    .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{gateway}/api/v1/attachments");
+    let stored: Value = client
+        .post(format!("{base}?filename=o.png"))
+        .bearer_auth(&account.access_token)
+        .body(png.into_inner())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = stored["id"].as_str().expect("an attachment id");
+    for path in [format!("{base}/{id}"), format!("{base}/{id}/thumbnail")] {
+        let response = client
+            .get(path)
+            .bearer_auth(&account.access_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(!response.bytes().await.unwrap().is_empty());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,17 +267,11 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
     .await;
 
     let deployment = Deployment::start(Topology::Distributed, &Settings::default()).await;
-    let media = MediaServer::start(
-        deployment.stack().expect("a distributed deployment"),
-        Store::Folder,
-        |_| {},
-    )
-    .await;
     let targets = vec![
         ("auth", vec![deployment.auth_admin]),
         ("user", vec![deployment.user_admin]),
         ("chat", deployment.chat_admins.clone()),
-        ("media", vec![media.admin]),
+        ("media", vec![deployment.media_admin]),
         ("gateway", deployment.gateway_admins.clone()),
     ];
     let dir = tempfile_dir();
@@ -287,7 +317,7 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
         .filter(|path| path.extension().is_some_and(|e| e == "json"))
         .collect();
     dashboards.sort();
-    assert!(dashboards.len() >= 6, "six dashboards: {dashboards:?}");
+    assert!(dashboards.len() >= 7, "seven dashboards: {dashboards:?}");
     let mut queries = Vec::new();
     for path in &dashboards {
         let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
@@ -334,7 +364,6 @@ async fn prometheus_scrapes_parley_and_every_dashboard_panel_has_data() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _ = server.kill().await;
-    media.stop().await;
     deployment.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

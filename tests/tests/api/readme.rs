@@ -31,7 +31,10 @@ fn readme_script(name: &str) -> String {
 /// succeeded (`tools` names what it needs), and returns its stdout and
 /// stderr.
 async fn run(script: &str, env: &[(&str, &str)], tools: &str) -> (String, String) {
+    // Files the examples write land in a folder of their own.
+    let dir = tempfile::tempdir().expect("a temporary folder");
     let output = tokio::process::Command::new("bash")
+        .current_dir(dir.path())
         .arg("-c")
         .arg(format!("set -euo pipefail\n{script}"))
         .envs(env.iter().copied())
@@ -89,11 +92,18 @@ async fn the_readme_chat_grpcurl_examples_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_rest_examples_work() {
     let deployment = Deployment::start(Topology::AllInOne, &Settings::default()).await;
-    let script =
-        readme_script("rest-curl").replace("localhost:8080", &deployment.gateway(0).to_string());
-    // Every call must succeed, and the last answer is shown.
+    // The attachment, bot and key examples go on with the REST examples'
+    // $API and $TOKEN.
     let script = format!(
-        "{}\necho \"$ROOM\"; echo \"$PAIR\"",
+        "{}\n{}\n{}",
+        readme_script("rest-curl"),
+        readme_script("attachments-curl"),
+        readme_script("bots-curl")
+    )
+    .replace("localhost:8080", &deployment.gateway(0).to_string());
+    // Every call must succeed, and the last answers are shown.
+    let script = format!(
+        "{}\necho \"$ROOM\"; echo \"$PAIR\"; echo \"$FILE\"",
         script.replace("curl -s ", "curl -sS --fail-with-body ")
     );
     let (stdout, _) = run(&script, &[], "curl and jq are needed").await;
@@ -104,6 +114,16 @@ async fn the_readme_rest_examples_work() {
         r#""token_type":"Bearer""#,
         r#""name":"Launch day""#,
         r#""direct":true"#,
+        r#""filename":"notes.txt""#,
+        r#""content_type":"text/plain""#,
+        "meeting notes: ship it\n",
+        "\nmeeting\n",
+        "\n204\n",
+        r#""kind":"bot""#,
+        r#""name":"Bot corner""#,
+        "\n403\n",
+        r#""scopes":["chat:read","chat:write"]"#,
+        "\n401\n",
     ] {
         assert!(
             stdout.contains(expected),

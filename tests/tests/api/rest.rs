@@ -217,7 +217,7 @@ async fn room_and_history_routes(topology: Topology) {
         "POST",
         "/api/v1/rooms",
         Some(&alice.access_token),
-        &json!({"name": "Den", "password": "s3cret"}),
+        &json!({"name": "Den", "password": "s3cret-pass"}),
     )
     .await
     .json();

@@ -294,6 +294,7 @@ async fn list_users_streams_pages_with_a_filter(backend: DatabaseBackend) {
                 page: 1,
                 limit: 2,
                 filter: "ZED_".into(),
+                ..Default::default()
             },
             &stack.admin_token,
         ))
@@ -317,6 +318,7 @@ async fn list_users_streams_pages_with_a_filter(backend: DatabaseBackend) {
                 page: 2,
                 limit: 4,
                 filter: "zed".into(),
+                ..Default::default()
             },
             &stack.admin_token,
         ))
@@ -327,6 +329,55 @@ async fn list_users_streams_pages_with_a_filter(backend: DatabaseBackend) {
     assert_eq!(page.users.len(), 1);
     assert!(!page.has_more);
     assert!(from_page_2.message().await.unwrap().is_none());
+
+    // Keyset: after a username (any case), whatever came before it.
+    let mut after = stack
+        .users
+        .list_users(list(
+            ListUsersRequest {
+                limit: 2,
+                filter: "zed".into(),
+                after: "ZED_B".into(),
+                ..Default::default()
+            },
+            &stack.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = Vec::new();
+    while let Some(page) = after.message().await.unwrap() {
+        seen.extend(page.users.into_iter().map(|u| u.username));
+    }
+    assert_eq!(seen, vec!["zed_c", "zed_d", "zed_e"]);
+
+    // Pages skip by counting rows only so far: deeper, `after` goes on.
+    for (request, field) in [
+        (
+            ListUsersRequest {
+                page: 10_000,
+                limit: 500,
+                ..Default::default()
+            },
+            "page",
+        ),
+        (
+            ListUsersRequest {
+                page: 2,
+                after: "zed_a".into(),
+                ..Default::default()
+            },
+            "page",
+        ),
+    ] {
+        let refused = stack
+            .users
+            .list_users(list(request, &stack.admin_token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(invalid_field(&refused).as_deref(), Some(field));
+    }
 
     let negative = stack
         .users
@@ -341,6 +392,28 @@ async fn list_users_streams_pages_with_a_filter(backend: DatabaseBackend) {
         .unwrap_err();
     assert_eq!(negative.code(), Code::InvalidArgument);
     assert_eq!(invalid_field(&negative).as_deref(), Some("limit"));
+
+    // Emails are searched only for those who may read them: anyone else
+    // cannot probe a hidden email a substring at a time.
+    let (_, peeker) = stack.signed_up("peeker").await;
+    for (token, expected) in [(&peeker, 0), (&stack.admin_token, 1)] {
+        let mut pages = stack
+            .users
+            .list_users(list(
+                ListUsersRequest {
+                    page: 1,
+                    limit: 50,
+                    filter: "zed_c@example".into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let page = pages.message().await.unwrap().unwrap();
+        assert_eq!(page.total, expected);
+    }
     stack.stop().await;
 }
 
@@ -396,6 +469,28 @@ async fn batch_create_users_reports_each_item(backend: DatabaseBackend) {
             (3, "ALREADY_EXISTS:".to_owned()),
         ]
     );
+
+    // Past the cap the batch ends: one result says so, and what the client
+    // goes on streaming is not read (nor answered, nor kept).
+    const CAP: usize = 10_000;
+    let flood = std::iter::repeat_with(|| CreateUserRequest {
+        username: "!".into(),
+        ..Default::default()
+    })
+    .take(CAP + 500);
+    let response = stack
+        .users
+        .batch_create_users(authed(tokio_stream::iter(flood), &stack.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.results.len(), CAP + 1);
+    let last = response.results.last().unwrap();
+    assert_eq!(last.index, CAP as i32);
+    match last.outcome.as_ref().unwrap() {
+        Outcome::Error(error) => assert_eq!(error.code, "RESOURCE_EXHAUSTED"),
+        Outcome::User(user) => panic!("created {user:?} past the cap"),
+    }
     stack.stop().await;
 }
 
@@ -448,5 +543,66 @@ async fn stream_users_answers_in_order_and_in_band(backend: DatabaseBackend) {
         answers.message().await.unwrap().is_none(),
         "stream ends when the client does"
     );
+    stack.stop().await;
+}
+
+/// On Postgres, `ListUsers`' substring filter reads trigram indexes (made
+/// by the service after its migrations) instead of every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_search_reads_trigram_indexes_on_postgres() {
+    use parley_runtime::{health::Readiness, storage::Database};
+    let mut stack = TestStack::start(DatabaseBackend::Postgres).await;
+    stack.register("zed_indexed").await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let database = Database::open(
+        &stack.database_url("user"),
+        "users",
+        &parley_user::MIGRATOR,
+        &Readiness::new(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let made: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_indexes WHERE schemaname = 'users' \
+             AND indexname IN ('user_profile_username_trgm', 'user_profile_display_trgm', \
+             'user_profile_email_trgm')",
+        )
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+        if made == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never made its search indexes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Only bitmap scans left to the planner: one exists only with an index
+    // that answers LIKE '%...%'.
+    let mut connection = database.pool().acquire().await.unwrap();
+    for setting in ["SET enable_seqscan = off", "SET enable_indexscan = off"] {
+        sqlx::query(setting)
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+    }
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN SELECT user_id FROM user_profile \
+         WHERE username_key LIKE '%zed%' OR lower(display_name) LIKE '%zed%'",
+    )
+    .fetch_all(&mut *connection)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    for index in ["user_profile_username_trgm", "user_profile_display_trgm"] {
+        assert!(plan.contains(index), "{index} unused:\n{plan}");
+    }
+    drop(connection);
+    shutdown.cancel();
     stack.stop().await;
 }

@@ -20,6 +20,18 @@ async fn two_browser_pages_chat_through_the_web_client() {
             .unwrap()
             .starts_with("text/html")
     );
+    // The page runs only its own script, cannot be framed, and sends no
+    // referrer (image URLs carry tokens).
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
     for asset in ["/app.js", "/app.css"] {
         assert!(page.body.contains(asset), "the page loads {asset}");
         assert_eq!(

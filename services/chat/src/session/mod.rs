@@ -18,11 +18,13 @@ mod history;
 mod join;
 mod leave;
 mod moderate;
+pub(crate) mod quota;
 mod read;
 mod send;
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
@@ -33,7 +35,11 @@ use parley_proto::chat::v1::{
     ChatRequest, ChatResponse, Left, Pong, Refreshed, Typing, chat_request::Frame as In,
     chat_response::Frame as Out,
 };
-use parley_runtime::{storage::timestamp, token::Caller, vec_set::VecSet};
+use parley_runtime::{
+    storage::timestamp,
+    token::{Caller, Scope, chat_frame_scope},
+    vec_set::VecSet,
+};
 use tonic::Status;
 
 use crate::{
@@ -69,7 +75,16 @@ pub(crate) enum Incoming {
 #[derive(Debug)]
 struct Session {
     user: User,
+    /// The access token it was opened or last refreshed with, passed on
+    /// to media when a send carries attachments.
+    token: Arc<str>,
     expires_at: i64,
+    /// What its token may do; `None`: everything.
+    scopes: Option<Vec<Scope>>,
+    /// Unique within the stream, so an id opened again is told apart.
+    generation: u64,
+    /// Its place among its user's sessions on this replica.
+    _slot: quota::Slot,
     rooms: VecSet<Membership>,
     busy: bool,
     backlog: VecDeque<(ChatRequest, TraceContext)>,
@@ -87,6 +102,10 @@ enum Effect {
 /// the effect undoes it.
 struct Done {
     session: SessionId,
+    /// The generation of the session the frame came from: a session opened
+    /// again under the same id is a new one, and must not get what the
+    /// old one's frame did.
+    generation: u64,
     effect: Effect,
 }
 
@@ -124,6 +143,11 @@ impl Context<'_> {
     }
 
     /// What a slow frame's future takes along.
+    /// The session's access token (see [`Session::token`]).
+    fn token(&self) -> Arc<str> {
+        self.session.token.clone()
+    }
+
     fn owned(&self) -> (Engine, Link, SessionId, User) {
         (
             self.engine.clone(),
@@ -141,6 +165,8 @@ pub(crate) struct StreamActor {
     /// `Chat` streams end with their only session; gateway streams do not.
     single_session: bool,
     sessions: HashMap<SessionId, Session>,
+    /// The generation the next session gets.
+    next_generation: u64,
     expiries: BTreeSet<(i64, SessionId)>,
     ops: FuturesUnordered<BoxFuture<'static, Done>>,
     controls: tokio::sync::mpsc::Receiver<Control>,
@@ -171,6 +197,7 @@ impl StreamActor {
             link,
             single_session: false,
             sessions: HashMap::new(),
+            next_generation: 0,
             expiries: BTreeSet::new(),
             ops: FuturesUnordered::new(),
             controls,
@@ -183,27 +210,53 @@ impl StreamActor {
         link: Link,
         controls: tokio::sync::mpsc::Receiver<Control>,
         caller: &Caller,
-    ) -> Self {
+        token: &str,
+    ) -> Result<Self, Error> {
         let mut actor = Self {
             single_session: true,
             ..Self::gateway(engine, link, controls)
         };
-        actor.add_session(0, caller);
-        actor
+        actor.add_session(0, caller, Arc::from(token))?;
+        Ok(actor)
     }
 
-    fn add_session(&mut self, id: SessionId, caller: &Caller) {
+    /// Starts a session of `caller`, unless the user holds
+    /// `CHAT_MAX_SESSIONS_PER_USER` on this replica already.
+    fn add_session(
+        &mut self,
+        id: SessionId,
+        caller: &Caller,
+        token: Arc<str>,
+    ) -> Result<(), Error> {
+        let limits = self.engine.limits();
+        let user = User::from(caller);
+        let slot = self
+            .engine
+            .user_sessions()
+            .acquire(&user.id, limits.max_sessions_per_user)
+            .ok_or_else(|| {
+                Error::ResourceExhausted(format!(
+                    "a user holds at most {} sessions on one chat replica",
+                    limits.max_sessions_per_user
+                ))
+            })?;
+        self.next_generation += 1;
         self.expiries.insert((caller.expires_at, id));
         self.sessions.insert(
             id,
             Session {
-                user: User::from(caller),
+                user,
+                _slot: slot,
+                token,
                 expires_at: caller.expires_at,
+                scopes: caller.scopes.clone(),
+                generation: self.next_generation,
                 rooms: VecSet::new(),
                 busy: false,
                 backlog: VecDeque::new(),
             },
         );
+        Ok(())
     }
 
     /// Serves the stream until the client goes away, then cleans up every
@@ -257,10 +310,29 @@ impl StreamActor {
 
     fn receive(&mut self, item: Incoming) {
         match item {
+            // An id already open names a session whose frames may still be
+            // running (a join); taking it over could hand their effect to
+            // another user. Gateways never reuse ids, so both end.
+            Incoming::Open(id, _) if self.sessions.contains_key(&id) => {
+                self.remove_session(id);
+                self.close_session(id, Error::SessionIdInUse);
+            }
+            Incoming::Open(id, _)
+                if self.sessions.len() >= self.engine.limits().max_sessions_per_stream =>
+            {
+                self.close_session(
+                    id,
+                    Error::ResourceExhausted(format!(
+                        "a gateway stream carries at most {} sessions",
+                        self.engine.limits().max_sessions_per_stream
+                    )),
+                );
+            }
             Incoming::Open(id, token) => match self.engine.verifier().verify(&token) {
                 Ok(claims) => {
-                    self.remove_session(id);
-                    self.add_session(id, &claims.into());
+                    if let Err(err) = self.add_session(id, &claims.into(), Arc::from(token)) {
+                        self.close_session(id, err);
+                    }
                 }
                 Err(err) => self.close_session(id, Error::from(err)),
             },
@@ -365,9 +437,14 @@ impl StreamActor {
     }
 
     fn finish(&mut self, done: Done) {
-        let Some(session) = self.sessions.get_mut(&done.session) else {
-            // The session closed while its frame ran: dropping the effect
-            // undoes a join.
+        let Some(session) = self
+            .sessions
+            .get_mut(&done.session)
+            .filter(|session| session.generation == done.generation)
+        else {
+            // The session closed while its frame ran, or its id now names
+            // another session (of perhaps another user): dropping the
+            // effect undoes a join.
             return;
         };
         session.busy = false;
@@ -389,12 +466,15 @@ impl StreamActor {
     }
 
     fn start(&mut self, id: SessionId, op: Op) {
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.busy = true;
-        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.busy = true;
+        let generation = session.generation;
         self.ops.push(
             op.map(move |effect| Done {
                 session: id,
+                generation,
                 effect,
             })
             .boxed(),
@@ -414,6 +494,19 @@ impl StreamActor {
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
+        if let Some(scope) = chat_frame_scope(&frame_in)
+            && session
+                .scopes
+                .as_ref()
+                .is_some_and(|scopes| !scopes.contains(&scope))
+        {
+            let (client_id, room_id) = frame_in.echo();
+            self.link.send_to(
+                id,
+                Error::MissingScope(scope).into_frame(client_id, room_id),
+            );
+            return;
+        }
         let mut cx = Context {
             engine: &self.engine,
             link: &self.link,
@@ -465,6 +558,8 @@ impl StreamActor {
         };
         let reply = match verified {
             Ok(claims) if claims.sub == *session.user.id => {
+                session.scopes = parley_runtime::token::Caller::from(claims.clone()).scopes;
+                session.token = Arc::from(token);
                 self.expiries.remove(&(session.expires_at, id));
                 session.expires_at = claims.exp;
                 self.expiries.insert((claims.exp, id));

@@ -7,7 +7,7 @@ use parley_proto::chat::v1::{Ack, Send as SendFrame, chat_response::Frame as Out
 use super::{Context, Effect, Op, TraceContext, frame};
 use crate::{
     domain::RoomId,
-    engine::PrepareError,
+    engine::{Draft, Engine, PrepareError},
     error::Error,
     writer::{Reply, Write},
 };
@@ -34,12 +34,15 @@ pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) ->
     let prepared = cx.engine.prepare_send(
         &cx.session.user,
         room_id,
-        send.content,
-        send.client_id,
-        send.reply_to,
+        Draft {
+            content: send.content,
+            client_id: send.client_id,
+            reply_to: send.reply_to,
+            attachments: send.attachments,
+        },
     );
     match prepared {
-        Ok(message) if message.reply_to == 0 => {
+        Ok(message) if !Engine::needs_check(&message) => {
             let reply = Reply::Session {
                 link: cx.link.clone(),
                 session: cx.id,
@@ -47,13 +50,14 @@ pub(super) fn handle(cx: &Context<'_>, send: SendFrame, trace: &TraceContext) ->
             cx.engine.submit(Write::Message(message), reply, span);
             None
         }
-        Ok(message) => {
-            // A reply: its target is checked first, while the session's
+        Ok(mut message) => {
+            // A reply or attachments: checked first, while the session's
             // later frames wait.
+            let token = cx.token();
             let (engine, link, id, _) = cx.owned();
             Some(
                 async move {
-                    match engine.check_reply(&message).await {
+                    match engine.check_send(&mut message, &token).await {
                         Ok(()) => {
                             let reply = Reply::Session {
                                 link: link.clone(),

@@ -20,12 +20,14 @@ use parley_runtime::{
     storage::{now_millis, timed, timestamp, unique_violation},
 };
 
-use super::{ChatStore, MESSAGE_COLUMNS, MessageRow, placeholders};
+use super::{
+    ChatStore, MESSAGE_COLUMNS, MessageRow, decode_attachments, encode_attachments, placeholders,
+};
 use crate::{domain::NewMessage, error::Error, timeline::StoredEvent};
 
 /// The columns a new message is inserted with.
 const INSERT_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
-     client_id, sent_at, reply_to, ordinal";
+     client_id, sent_at, reply_to, ordinal, attachments";
 
 /// Rows per statement on SQLite, for the multi-row `INSERT` and the
 /// lookups. Kept small because binding costs grow with the square of a
@@ -60,6 +62,7 @@ struct BatchRow {
     content: String,
     sent_at: i64,
     reply_to: i64,
+    attachments: Option<String>,
 }
 
 type IdempotencyKey<'a> = (&'a str, &'a str, &'a str);
@@ -169,6 +172,7 @@ impl ChatStore {
             content: &'a str,
             client_id: Option<&'a str>,
             reply_to: i64,
+            attachments: Option<String>,
         }
         // Every table is reached through its index (a lateral probe per
         // key, `= ANY` for rooms): the plan is prepared once, often while
@@ -180,11 +184,14 @@ impl ChatStore {
             WITH input AS MATERIALIZED ( \
                 SELECT * FROM json_to_recordset($1::json) AS t( \
                     ord BIGINT, message_id TEXT, room_id TEXT, sender_id TEXT, \
-                    sender_name TEXT, content TEXT, client_id TEXT, reply_to BIGINT)), \
+                    sender_name TEXT, content TEXT, client_id TEXT, reply_to BIGINT, \
+                    attachments TEXT)), \
             known AS MATERIALIZED ( \
-                SELECT i.ord, m.seq, m.message_id, m.sender_name, m.content, m.sent_at, m.reply_to \
+                SELECT i.ord, m.seq, m.message_id, m.sender_name, m.content, m.sent_at, \
+                    m.reply_to, m.attachments \
                 FROM input i CROSS JOIN LATERAL ( \
-                    SELECT seq, message_id, sender_name, content, sent_at, reply_to FROM message \
+                    SELECT seq, message_id, sender_name, content, sent_at, reply_to, attachments \
+                    FROM message \
                     WHERE room_id = i.room_id AND sender_id = i.sender_id \
                         AND client_id = i.client_id \
                     LIMIT 1) m \
@@ -207,13 +214,14 @@ impl ChatStore {
                     jsonb_object_agg(room_id, counted) AS counted FROM bumped), \
             stored AS ( \
                 INSERT INTO message (message_id, room_id, seq, sender_id, sender_name, content, \
-                    client_id, sent_at, reply_to, ordinal) \
+                    client_id, sent_at, reply_to, ordinal, attachments) \
                 SELECT f.message_id, f.room_id, \
                     (s.before ->> f.room_id)::BIGINT \
                         + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord), \
                     f.sender_id, f.sender_name, f.content, f.client_id, $2, f.reply_to, \
                     (s.counted ->> f.room_id)::BIGINT \
-                        + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord) \
+                        + row_number() OVER (PARTITION BY f.room_id ORDER BY f.ord), \
+                    f.attachments \
                 FROM fresh f CROSS JOIN seqs s WHERE s.before ? f.room_id \
                 RETURNING message_id, seq, room_id, sender_id), \
             marked AS ( \
@@ -222,10 +230,11 @@ impl ChatStore {
                     GROUP BY room_id, sender_id) w \
                 WHERE m.room_id = w.room_id AND m.user_id = w.sender_id AND m.read_seq < w.seq) \
             SELECT NULL::BIGINT AS ord, seq, TRUE AS stored, message_id, '' AS sender_name, \
-                '' AS content, $2 AS sent_at, 0::BIGINT AS reply_to \
+                '' AS content, $2 AS sent_at, 0::BIGINT AS reply_to, NULL::TEXT AS attachments \
                 FROM stored \
             UNION ALL \
-            SELECT ord, seq, FALSE, message_id, sender_name, content, sent_at, reply_to FROM known";
+            SELECT ord, seq, FALSE, message_id, sender_name, content, sent_at, reply_to, \
+                attachments FROM known";
 
         let rows: Vec<Row<'_>> = unique
             .iter()
@@ -240,6 +249,7 @@ impl ChatStore {
                     content: &message.content,
                     client_id: key_of(message).map(|key| key.2),
                     reply_to: message.reply_to,
+                    attachments: encode_attachments(&message.attachments),
                 }
             })
             .collect();
@@ -286,6 +296,7 @@ impl ChatStore {
                     content: row.content,
                     sent_at: Some(timestamp(row.sent_at)),
                     reply_to: row.reply_to,
+                    attachments: decode_attachments(row.attachments.as_deref()),
                     ..new_row(batch[index], sent_at)
                 };
                 written.push((
@@ -392,9 +403,9 @@ impl ChatStore {
         for chunk in rows.chunks(SQLITE_CHUNK) {
             let sql = format!(
                 "INSERT INTO message ({INSERT_COLUMNS}) VALUES {}",
-                placeholders(chunk.len(), 10, ", ", |sql, n| {
+                placeholders(chunk.len(), 11, ", ", |sql, n| {
                     sql.push('(');
-                    for i in n..n + 10 {
+                    for i in n..n + 11 {
                         let _ = write!(sql, "{}${i}", if i > n { ", " } else { "" });
                     }
                     sql.push(')');
@@ -412,7 +423,8 @@ impl ChatStore {
                     .bind((!message.client_id.is_empty()).then_some(message.client_id.as_str()))
                     .bind(sent_at)
                     .bind(message.reply_to)
-                    .bind(*ordinal);
+                    .bind(*ordinal)
+                    .bind(encode_attachments(&message.attachments));
             }
             query.execute(&mut *tx).await?;
         }
@@ -463,6 +475,7 @@ fn new_row(message: &NewMessage, sent_at: i64) -> ChatMessage {
         client_id: message.client_id.clone(),
         sent_at: Some(timestamp(sent_at)),
         reply_to: message.reply_to,
+        attachments: message.attachments.clone(),
         ..ChatMessage::default()
     }
 }

@@ -13,7 +13,7 @@ mod tests;
 
 use std::{collections::HashMap, fmt::Write as _, sync::Arc};
 
-use parley_proto::chat::v1::{ChatMessage, ReactionCount};
+use parley_proto::chat::v1::{ChatMessage, MessageAttachment, ReactionCount};
 use parley_runtime::{
     config::DatabaseKind,
     storage::{Database, now_millis, timed, timestamp, unique_violation},
@@ -29,7 +29,7 @@ use crate::{
 const ROOM_COLUMNS: &str =
     "room_id, name, short_code, password_hash, created_by, created_at, last_seq, direct";
 const MESSAGE_COLUMNS: &str = "message_id, room_id, seq, sender_id, sender_name, content, \
-     client_id, sent_at, reply_to, edited_at, original_content, deleted_at";
+     client_id, sent_at, reply_to, edited_at, original_content, deleted_at, attachments";
 const EVENT_COLUMNS: &str =
     "room_id, seq, kind, target_seq, actor_id, actor_name, detail, created_at";
 /// Room ids or idempotency keys looked up per query.
@@ -82,6 +82,7 @@ struct MessageRow {
     edited_at: Option<i64>,
     original_content: Option<String>,
     deleted_at: Option<i64>,
+    attachments: Option<String>,
 }
 
 impl MessageRow {
@@ -102,6 +103,7 @@ impl MessageRow {
             edited_at: self.edited_at.map(timestamp),
             deleted,
             reactions: Vec::new(),
+            attachments: decode_attachments(self.attachments.as_deref()),
         }
     }
 
@@ -127,6 +129,64 @@ impl MessageRow {
             edited_at: None,
             deleted,
             reactions: Vec::new(),
+            attachments: decode_attachments(self.attachments.as_deref()),
+        }
+    }
+}
+
+/// One attachment as the `attachments` column keeps it (a JSON array).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AttachmentColumn {
+    id: String,
+    filename: String,
+    content_type: String,
+    size: i64,
+    width: i32,
+    height: i32,
+}
+
+/// The `attachments` column of a message: `None` (NULL) when it has none,
+/// which keeps messages without attachments as cheap as before.
+fn encode_attachments(attachments: &[MessageAttachment]) -> Option<String> {
+    if attachments.is_empty() {
+        return None;
+    }
+    let column: Vec<AttachmentColumn> = attachments
+        .iter()
+        .map(|a| AttachmentColumn {
+            id: a.id.clone(),
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            size: a.size,
+            width: a.width,
+            height: a.height,
+        })
+        .collect();
+    serde_json::to_string(&column).ok()
+}
+
+/// The attachments of a stored message. The column is only ever written
+/// by [`encode_attachments`]; should it not parse, the message is still
+/// served, without them, and the fault logged.
+fn decode_attachments(column: Option<&str>) -> Vec<MessageAttachment> {
+    let Some(column) = column else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Vec<AttachmentColumn>>(column) {
+        Ok(list) => list
+            .into_iter()
+            .map(|a| MessageAttachment {
+                id: a.id,
+                filename: a.filename,
+                content_type: a.content_type,
+                size: a.size,
+                width: a.width,
+                height: a.height,
+            })
+            .collect(),
+        Err(err) => {
+            tracing::error!(%err, "a message's attachments column does not parse");
+            Vec::new()
         }
     }
 }
@@ -250,9 +310,24 @@ impl ChatStore {
         &self,
         room_id: &str,
         creator: &str,
+        max_created: Option<i64>,
     ) -> Result<Room, Error> {
         if let Some(room) = self.room(room_id).await? {
             return Ok(room);
+        }
+        if let Some(max) = max_created {
+            let made: i64 = timed(
+                "count_rooms_by_creator",
+                sqlx::query_scalar("SELECT COUNT(*) FROM room WHERE created_by = $1")
+                    .bind(creator)
+                    .fetch_one(self.db.pool()),
+            )
+            .await?;
+            if made >= max {
+                return Err(Error::ResourceExhausted(format!(
+                    "a user may create at most {max} rooms; join an existing one"
+                )));
+            }
         }
         // A deleted room's id stays unused: its join is NOT_FOUND.
         timed(

@@ -35,6 +35,7 @@ fn message(room: &str, sender: &str, content: &str, client_id: &str) -> NewMessa
         content: content.to_owned(),
         client_id: client_id.to_owned(),
         reply_to: 0,
+        attachments: Vec::new(),
     }
 }
 
@@ -69,7 +70,7 @@ async fn a_mixed_batch_gets_one_outcome_each(backend: Backend) {
     let store = open_store(&database).await;
     for room in ["lobby", "dev"] {
         store
-            .room_or_create_public(room, "u1")
+            .room_or_create_public(room, "u1", None)
             .await
             .unwrap_or_else(|err| panic!("creating {room}: {err}"));
     }
@@ -148,7 +149,7 @@ async fn overlapping_batches_on_two_pools_never_deadlock() {
     let rooms: Vec<String> = (0..10).map(|i| format!("room-{i}")).collect();
     for room in &rooms {
         stores[0]
-            .room_or_create_public(room, "u1")
+            .room_or_create_public(room, "u1", None)
             .await
             .expect("a room");
     }
@@ -243,7 +244,7 @@ async fn timeline_events_on(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let store = open_store(&database).await;
     let lobby = store
-        .room_or_create_public("lobby", "u1")
+        .room_or_create_public("lobby", "u1", None)
         .await
         .expect("a room");
     for user in ["u1", "u2"] {
@@ -450,7 +451,7 @@ async fn moderation_on(backend: Backend) {
     let database = TestDatabase::new(backend).await;
     let store = open_store(&database).await;
     let room = store
-        .room_or_create_public("hall", "owner")
+        .room_or_create_public("hall", "owner", None)
         .await
         .expect("a room");
     for user in ["owner", "mod", "m1"] {
@@ -547,7 +548,7 @@ async fn moderation_on(backend: Backend) {
     assert!(store.room("hall").await.expect("a read").is_none());
     assert!(
         store
-            .room_or_create_public("hall", "someone")
+            .room_or_create_public("hall", "someone", None)
             .await
             .is_err(),
         "a deleted id is not created again"

@@ -104,6 +104,8 @@ pub(crate) struct Settings {
     pub(crate) max_rooms_per_connection: usize,
     /// Timeouts and keepalive of the connections to chat.
     pub(crate) client: ClientOptions,
+    /// What proves to chat that this is a gateway (`GATEWAY_STREAM_SECRET`).
+    pub(crate) stream_secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 /// No chat stream is open to take a session.
@@ -230,44 +232,59 @@ impl Upstream {
                 continue;
             }
             replicas.retain(|address, streams| {
-                let keep = found.contains(address);
+                let keep = found.contains_key(address);
                 if !keep {
                     tracing::info!(%address, "chat replica no longer resolved; moving its sessions");
                     streams.cancel();
                 }
                 keep
             });
-            for address in found {
+            for (address, host) in found {
                 if replicas.contains_key(&address) {
                     continue;
                 }
                 let streams = stop.child_token();
                 for _ in 0..self.inner.settings.streams_per_replica {
-                    tokio::spawn(self.clone().keep_stream(address, streams.clone()));
+                    tokio::spawn(self.clone().keep_stream(
+                        address,
+                        host.clone(),
+                        url.is_tls(),
+                        streams.clone(),
+                    ));
                 }
                 replicas.insert(address, streams);
             }
         }
     }
 
-    /// Keeps one stream to `address` open until `stop`, reopening it with
-    /// backoff when it breaks.
-    async fn keep_stream(self, address: SocketAddr, stop: CancellationToken) {
-        let channel = match client::connect_one("chat", address, &self.inner.settings.client) {
-            Ok(channel) => channel,
-            Err(err) => {
-                tracing::warn!(%address, error = %err, "unusable chat address");
-                return;
-            }
-        };
+    /// Keeps one stream to `address` (found under `host`) open until
+    /// `stop`, reopening it with backoff when it breaks.
+    async fn keep_stream(
+        self,
+        address: SocketAddr,
+        host: Arc<str>,
+        tls: bool,
+        stop: CancellationToken,
+    ) {
         let mut failures: u32 = 0;
         while !stop.is_cancelled() {
+            // A channel per stream, so a reopened stream uses the TLS files
+            // as they are now (README, "TLS").
+            let channel =
+                match client::connect_one("chat", address, &host, tls, &self.inner.settings.client)
+                {
+                    Ok(channel) => channel,
+                    Err(err) => {
+                        tracing::warn!(%address, error = %err, "unusable chat address");
+                        return;
+                    }
+                };
             let (requests, outgoing) = mpsc::channel(REQUEST_QUEUE);
             let mut chat = ChatServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let opened = tokio::select! {
-                opened = chat.gateway_stream(ReceiverStream::new(outgoing)) => opened,
+                opened = chat.gateway_stream(self.stream_request(ReceiverStream::new(outgoing))) => opened,
                 () = stop.cancelled() => return,
             };
             let responses = match opened {
@@ -299,6 +316,17 @@ impl Upstream {
             let orphans = run(stream, inbox, responses, &stop, address).await;
             self.stream_closed(slot, orphans);
         }
+    }
+
+    /// The request opening a stream, with the gateway's secret.
+    fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(secret) = &self.inner.settings.stream_secret {
+            request
+                .metadata_mut()
+                .insert(parley_runtime::token::GATEWAY_SECRET_HEADER, secret.clone());
+        }
+        request
     }
 
     fn stream_opened(&self, commands: mpsc::Sender<Command>, load: Arc<AtomicUsize>) -> u64 {

@@ -607,6 +607,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::session::Grant;
 
     /// A stream's state with the receiving end of its requests to chat.
     struct Rig {
@@ -636,7 +637,13 @@ mod tests {
         }
 
         fn open(&mut self, id: SessionId) -> Arc<SessionHandle> {
-            let handle = SessionHandle::new(id, Arc::from(format!("u{id}")), 64, i64::MAX);
+            let handle = SessionHandle::new(
+                id,
+                Arc::from(format!("u{id}")),
+                64,
+                i64::MAX,
+                Grant::default(),
+            );
             self.stream.command(Command::Open {
                 handle: handle.clone(),
                 token: format!("token-{id}"),
@@ -703,6 +710,7 @@ mod tests {
             content: "hi".into(),
             client_id: client_id.into(),
             reply_to: 0,
+            attachments: Vec::new(),
         }
     }
 
@@ -731,7 +739,7 @@ mod tests {
 
     #[test]
     fn cursors_drop_what_a_client_already_has() {
-        let handle = SessionHandle::new(1, Arc::from("u"), 4, i64::MAX);
+        let handle = SessionHandle::new(1, Arc::from("u"), 4, i64::MAX, Grant::default());
         let mut recipient = Recipient {
             handle,
             cursor: None,

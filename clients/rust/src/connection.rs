@@ -1,0 +1,704 @@
+//! The WebSocket, kept open. One task owns it: it reconnects with backoff
+//! and jitter, rejoins every room with `since_seq` (so no timeline event
+//! is lost or repeated), resends unacknowledged sends with their
+//! `client_id` (so a retry never stores a second message), and renews the
+//! token in band before it expires (README: "WebSocket protocol").
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use futures_util::{Sink, SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::{
+    self, Message, client::IntoClientRequest as _, http::HeaderValue,
+};
+
+use crate::{
+    error::{Action, Error, Result},
+    events::{Ack, Event, TIMELINE, TimelineEvent, split},
+    rest::Client,
+};
+
+/// How long opening the WebSocket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the connection is pinged; silence for three of these counts
+/// as a lost connection (a peer that vanished sends no close).
+const PING_EVERY: Duration = Duration::from_secs(15);
+/// Backoff between reconnects: doubling from the first, up to the most.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MOST: Duration = Duration::from_secs(30);
+/// Most messages history may return at once (README: "WebSocket protocol").
+const HISTORY_LIMIT: i64 = 200;
+
+/// Where the connection stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Opening the first connection.
+    Connecting,
+    /// Open: rooms are joined and sends go out.
+    Connected,
+    /// Lost; the next attempt comes after a backoff. Sends wait meanwhile.
+    Reconnecting {
+        /// Attempts since the connection was last open.
+        attempt: u32,
+        /// Why the last one failed.
+        reason: String,
+    },
+    /// Given up: the credentials were refused. Sign in again.
+    Failed(String),
+}
+
+/// A live connection to the gateway. Dropping every handle (this and its
+/// rooms) closes it.
+#[derive(Debug)]
+pub struct Connection {
+    commands: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<ConnectionState>,
+}
+
+/// One joined room: send to it and read its events.
+#[derive(Debug)]
+pub struct Room {
+    id: String,
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+type Events = mpsc::UnboundedReceiver<Event>;
+
+#[derive(Debug)]
+enum Command {
+    Join {
+        room_id: String,
+        reply: oneshot::Sender<Result<Events>>,
+    },
+    Send {
+        room_id: String,
+        content: String,
+        client_id: String,
+        reply: oneshot::Sender<Result<Ack>>,
+    },
+    Leave {
+        room_id: String,
+    },
+}
+
+impl Connection {
+    pub(crate) fn spawn(client: Client) -> Self {
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (state, state_rx) = watch::channel(ConnectionState::Connecting);
+        let task = Task {
+            client,
+            commands: commands_rx,
+            state,
+            rooms: HashMap::new(),
+            sends: VecDeque::new(),
+        };
+        tokio::spawn(task.run());
+        Self {
+            commands,
+            state: state_rx,
+        }
+    }
+
+    /// Joins `room_id` (a public room is created by its first join) and
+    /// returns its handle; its events start after the join.
+    ///
+    /// # Errors
+    /// The server's refusal (NOT_FOUND, PERMISSION_DENIED for a private
+    /// room), or [`Error::Closed`].
+    pub async fn join(&self, room_id: &str) -> Result<Room> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Join {
+                room_id: room_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        let events = answer.await.map_err(|_| Error::Closed)??;
+        Ok(Room {
+            id: room_id.to_owned(),
+            commands: self.commands.clone(),
+            events,
+        })
+    }
+
+    /// The connection's state, to watch for changes.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.state.clone()
+    }
+}
+
+impl Room {
+    /// The room's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends a message with a fresh `client_id` and waits for the server
+    /// to store it; across reconnects it is resent with the same id, so it
+    /// is stored once.
+    ///
+    /// # Errors
+    /// The server's refusal (INVALID_ARGUMENT for empty or long content,
+    /// RESOURCE_EXHAUSTED past the rate limit, PERMISSION_DENIED when
+    /// muted), or [`Error::Closed`].
+    pub async fn send(&self, content: &str) -> Result<Ack> {
+        self.send_with_id(content, &uuid::Uuid::new_v4().to_string())
+            .await
+    }
+
+    /// Sends with the caller's `client_id`: sending again with the same
+    /// one returns the first message instead of storing another.
+    ///
+    /// # Errors
+    /// As [`Room::send`].
+    pub async fn send_with_id(&self, content: &str, client_id: &str) -> Result<Ack> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                room_id: self.id.clone(),
+                content: content.to_owned(),
+                client_id: client_id.to_owned(),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The room's next event; `None` once the connection is closed or the
+    /// room was left.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Leave {
+            room_id: std::mem::take(&mut self.id),
+        });
+    }
+}
+
+/// A room as the task keeps it.
+#[derive(Debug)]
+struct RoomState {
+    /// The newest timeline `seq` delivered: a rejoin replays after it.
+    last_seq: i64,
+    events: mpsc::UnboundedSender<Event>,
+    /// The join's answer and the events it hands over, until `joined`.
+    joining: Option<(oneshot::Sender<Result<Events>>, Events)>,
+    /// Joined on the current socket: sends go out at once.
+    live: bool,
+    /// Timeline events held while history fills what a rejoin missed.
+    held: Option<Vec<TimelineEvent>>,
+}
+
+/// A send not acknowledged yet.
+#[derive(Debug)]
+struct PendingSend {
+    room_id: String,
+    client_id: String,
+    frame: String,
+    reply: oneshot::Sender<Result<Ack>>,
+}
+
+/// Why serving a socket ended.
+enum Ended {
+    /// Every handle is gone.
+    Stopped,
+    /// The connection broke: reconnect.
+    Lost(String),
+    /// The credentials were refused: nothing to retry.
+    Refused(Error),
+}
+
+struct Task {
+    client: Client,
+    commands: mpsc::UnboundedReceiver<Command>,
+    state: watch::Sender<ConnectionState>,
+    rooms: HashMap<String, RoomState>,
+    sends: VecDeque<PendingSend>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Task {
+    async fn run(mut self) {
+        let mut attempt = 0u32;
+        loop {
+            let ended = match self.open().await {
+                Ok(socket) => {
+                    attempt = 0;
+                    self.state.send_replace(ConnectionState::Connected);
+                    self.serve(socket).await
+                }
+                Err(err) if err.action() == Action::SignIn => Ended::Refused(err),
+                Err(err) => Ended::Lost(err.to_string()),
+            };
+            let reason = match ended {
+                Ended::Stopped => return,
+                Ended::Refused(err) => {
+                    self.state
+                        .send_replace(ConnectionState::Failed(err.to_string()));
+                    self.fail_all(&err);
+                    return;
+                }
+                Ended::Lost(reason) => reason,
+            };
+            attempt = attempt.saturating_add(1);
+            self.state
+                .send_replace(ConnectionState::Reconnecting { attempt, reason });
+            let wait = tokio::time::sleep(backoff(attempt));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    () = &mut wait => break,
+                    command = self.commands.recv() => match command {
+                        Some(command) => self.take(command),
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn open(&mut self) -> Result<Socket> {
+        let token = self.client.bearer().await?;
+        let mut request = self
+            .client
+            .ws_url()
+            .into_client_request()
+            .map_err(|err| Error::Url(err.to_string()))?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|err| Error::Transport(err.to_string()))?;
+        request.headers_mut().insert("authorization", bearer);
+        let connecting = tokio_tungstenite::connect_async(request);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Err(_) => Err(Error::Transport("timed out opening the WebSocket".into())),
+            Ok(Ok((socket, _))) => Ok(socket),
+            Ok(Err(tungstenite::Error::Http(response))) if response.status() == 401 => {
+                Err(Error::Server {
+                    status: Some(401),
+                    code: "UNAUTHENTICATED".into(),
+                    message: "the server refused the credentials".into(),
+                })
+            }
+            Ok(Err(err)) => Err(Error::Transport(err.to_string())),
+        }
+    }
+
+    /// Serves one socket until it ends.
+    async fn serve(&mut self, socket: Socket) -> Ended {
+        let (mut sink, mut stream) = socket.split();
+        // Every room again, from where it was; sends go out once joined.
+        let mut rejoins = Vec::new();
+        for (room_id, room) in &mut self.rooms {
+            room.live = false;
+            rejoins.push(join_frame(room_id, room.last_seq));
+        }
+        for frame in rejoins {
+            if let Err(reason) = send(&mut sink, frame).await {
+                return Ended::Lost(reason);
+            }
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut heard = Instant::now();
+        loop {
+            let renew_at = self.client.renew_at().await;
+            let renewal = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let step = tokio::select! {
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        heard = Instant::now();
+                        self.on_frame(text.as_str(), &mut sink).await
+                    }
+                    Some(Ok(Message::Close(frame))) => Err(match frame {
+                        Some(frame) => format!("closed by the server ({}: {})", u16::from(frame.code), frame.reason),
+                        None => "closed by the server".to_owned(),
+                    }),
+                    Some(Ok(_)) => {
+                        heard = Instant::now();
+                        Ok(())
+                    }
+                    Some(Err(err)) => Err(err.to_string()),
+                    None => Err("connection closed".to_owned()),
+                },
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command, &mut sink).await,
+                    None => {
+                        let _ = sink.send(Message::Close(None)).await;
+                        return Ended::Stopped;
+                    }
+                },
+                () = renewal => match self.client.bearer().await {
+                    Ok(token) => send(&mut sink, json!({"refresh": {"token": token}})).await,
+                    Err(err) if err.action() == Action::SignIn => return Ended::Refused(err),
+                    Err(err) => Err(err.to_string()),
+                },
+                _ = ping.tick() => {
+                    if heard.elapsed() > PING_EVERY * 3 {
+                        Err("the server stopped answering".to_owned())
+                    } else {
+                        send(&mut sink, json!({"ping": {"nonce": "keepalive"}})).await
+                    }
+                }
+            };
+            if let Err(reason) = step {
+                return Ended::Lost(reason);
+            }
+        }
+    }
+
+    /// Takes a command while there is no socket: it is carried out when
+    /// the next one opens.
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Join { room_id, reply } => {
+                self.add_room(room_id, reply);
+            }
+            Command::Send {
+                room_id,
+                content,
+                client_id,
+                reply,
+            } => self
+                .sends
+                .push_back(pending(room_id, content, client_id, reply)),
+            Command::Leave { room_id } => self.remove_room(&room_id),
+        }
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        sink: &mut (impl Sink<Message, Error = tungstenite::Error> + Unpin),
+    ) -> std::result::Result<(), String> {
+        match command {
+            Command::Join { room_id, reply } => {
+                if self.add_room(room_id.clone(), reply) {
+                    send(sink, join_frame(&room_id, 0)).await?;
+                }
+            }
+            Command::Send {
+                room_id,
+                content,
+                client_id,
+                reply,
+            } => {
+                let send_now = self.rooms.get(&room_id).is_some_and(|room| room.live);
+                let frame = pending(room_id, content, client_id, reply);
+                if send_now {
+                    sink.send(Message::Text(frame.frame.clone().into()))
+                        .await
+                        .map_err(|err| err.to_string())?;
+                }
+                self.sends.push_back(frame);
+            }
+            Command::Leave { room_id } => {
+                if self.rooms.contains_key(&room_id) {
+                    self.remove_room(&room_id);
+                    send(sink, json!({"leave": {"room_id": room_id}})).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a room to join; false (and the join refused) when this
+    /// connection has it already.
+    fn add_room(&mut self, room_id: String, reply: oneshot::Sender<Result<Events>>) -> bool {
+        if self.rooms.contains_key(&room_id) {
+            let _ = reply.send(Err(Error::Server {
+                status: None,
+                code: "FAILED_PRECONDITION".into(),
+                message: format!("{room_id} is joined on this connection already"),
+            }));
+            return false;
+        }
+        let (events, events_rx) = mpsc::unbounded_channel();
+        self.rooms.insert(
+            room_id,
+            RoomState {
+                last_seq: 0,
+                events,
+                joining: Some((reply, events_rx)),
+                live: false,
+                held: None,
+            },
+        );
+        true
+    }
+
+    fn remove_room(&mut self, room_id: &str) {
+        self.rooms.remove(room_id);
+        let (gone, kept) = std::mem::take(&mut self.sends)
+            .into_iter()
+            .partition(|send| send.room_id == room_id);
+        self.sends = kept;
+        for send in gone {
+            let _ = send.reply.send(Err(Error::Closed));
+        }
+    }
+
+    fn fail_all(&mut self, err: &Error) {
+        for send in self.sends.drain(..) {
+            let _ = send.reply.send(Err(err.clone()));
+        }
+        for (_, room) in self.rooms.drain() {
+            if let Some((reply, _)) = room.joining {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+
+    async fn on_frame(
+        &mut self,
+        text: &str,
+        sink: &mut (impl Sink<Message, Error = tungstenite::Error> + Unpin),
+    ) -> std::result::Result<(), String> {
+        let Some((kind, frame)) = split(text) else {
+            return Ok(());
+        };
+        let room_id = frame["room_id"].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "joined" => return self.joined(&room_id, &frame, sink).await,
+            "ack" => {
+                let client_id = frame["client_id"].as_str().unwrap_or_default();
+                if let Some(at) = self.sends.iter().position(|s| s.client_id == client_id)
+                    && let Some(send) = self.sends.remove(at)
+                {
+                    let _ = send.reply.send(Ok(Ack {
+                        message_id: frame["message_id"].as_str().unwrap_or_default().to_owned(),
+                        seq: frame["seq"].as_i64().unwrap_or_default(),
+                        client_id: send.client_id,
+                    }));
+                }
+            }
+            "error" => self.error(&room_id, &frame),
+            "left" => {
+                if let Some(room) = self.rooms.get(&room_id) {
+                    let _ = room.events.send(Event::Left);
+                }
+                self.remove_room(&room_id);
+            }
+            "history" => self.history(&room_id, &frame),
+            "typing" | "presence" | "read" => {
+                if let Some(room) = self.rooms.get(&room_id) {
+                    let _ = room.events.send(Event::Ephemeral { kind, frame });
+                }
+            }
+            kind if TIMELINE.contains(&kind) => {
+                let seq = frame["seq"].as_i64().unwrap_or_default();
+                let event = TimelineEvent {
+                    kind: kind.to_owned(),
+                    seq,
+                    frame,
+                };
+                if let Some(room) = self.rooms.get_mut(&room_id) {
+                    match &mut room.held {
+                        Some(held) => held.push(event),
+                        None => deliver(room, event),
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn joined(
+        &mut self,
+        room_id: &str,
+        frame: &Value,
+        sink: &mut (impl Sink<Message, Error = tungstenite::Error> + Unpin),
+    ) -> std::result::Result<(), String> {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return Ok(());
+        };
+        room.live = true;
+        let last_seq = frame["last_seq"].as_i64().unwrap_or_default();
+        let truncated = frame["replay_truncated"].as_bool() == Some(true);
+        if let Some((reply, events)) = room.joining.take() {
+            // The first join: events start after what the room holds now.
+            room.last_seq = last_seq;
+            let _ = reply.send(Ok(events));
+        } else if last_seq > room.last_seq && (truncated || room.last_seq == 0) {
+            // The replay cannot cover what was missed: more than the
+            // server replays, or nothing to replay after (the room was
+            // empty at the first join). History fills it, and what arrives
+            // meanwhile waits so the order holds.
+            let missed = last_seq - room.last_seq;
+            if missed > HISTORY_LIMIT {
+                let _ = room.events.send(Event::ReplayTruncated);
+            }
+            room.held = Some(Vec::new());
+            let request = json!({"get_chat_history": {
+                "room_id": room_id,
+                "limit": missed.min(HISTORY_LIMIT),
+                "before_seq": last_seq + 1,
+            }});
+            send(sink, request).await?;
+        }
+        for pending in self.sends.iter().filter(|s| s.room_id == room_id) {
+            sink.send(Message::Text(pending.frame.clone().into()))
+                .await
+                .map_err(|err| err.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn history(&mut self, room_id: &str, frame: &Value) {
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let Some(held) = room.held.take() else {
+            return;
+        };
+        let mut messages: Vec<TimelineEvent> = frame["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|message| TimelineEvent {
+                kind: "message".to_owned(),
+                seq: message["seq"].as_i64().unwrap_or_default(),
+                frame: message.clone(),
+            })
+            .collect();
+        messages.sort_by_key(|event| event.seq);
+        for event in messages.into_iter().chain(held) {
+            deliver(room, event);
+        }
+    }
+
+    fn error(&mut self, room_id: &str, frame: &Value) {
+        let code = frame["code"].as_str().unwrap_or("UNKNOWN").to_owned();
+        let message = frame["message"].as_str().unwrap_or_default().to_owned();
+        let client_id = frame["client_id"].as_str().unwrap_or_default();
+        if !client_id.is_empty()
+            && let Some(at) = self.sends.iter().position(|s| s.client_id == client_id)
+            && let Some(send) = self.sends.remove(at)
+        {
+            let _ = send.reply.send(Err(Error::Server {
+                status: None,
+                code,
+                message,
+            }));
+            return;
+        }
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        if let Some((reply, _)) = room.joining.take() {
+            let _ = reply.send(Err(Error::Server {
+                status: None,
+                code,
+                message,
+            }));
+            self.remove_room(room_id);
+        } else {
+            let _ = room.events.send(Event::Error { code, message });
+        }
+    }
+}
+
+/// Hands a timeline event to the room once: what was delivered already
+/// (a replay overlapping what arrived live) is dropped.
+fn deliver(room: &mut RoomState, event: TimelineEvent) {
+    if event.seq <= room.last_seq {
+        return;
+    }
+    room.last_seq = event.seq;
+    let _ = room.events.send(Event::Timeline(event));
+}
+
+fn join_frame(room_id: &str, since_seq: i64) -> Value {
+    json!({"join": {"room_id": room_id, "since_seq": since_seq}})
+}
+
+fn pending(
+    room_id: String,
+    content: String,
+    client_id: String,
+    reply: oneshot::Sender<Result<Ack>>,
+) -> PendingSend {
+    let frame = json!({"send": {"room_id": room_id, "content": content, "client_id": client_id}})
+        .to_string();
+    PendingSend {
+        room_id,
+        client_id,
+        frame,
+        reply,
+    }
+}
+
+async fn send(
+    sink: &mut (impl Sink<Message, Error = tungstenite::Error> + Unpin),
+    frame: Value,
+) -> std::result::Result<(), String> {
+    sink.send(Message::Text(frame.to_string().into()))
+        .await
+        .map_err(|err| err.to_string())
+}
+
+/// The wait before reconnect `attempt` (from 1): doubling, capped, and
+/// between half and all of that at random, so clients cut off together do
+/// not come back together.
+fn backoff(attempt: u32) -> Duration {
+    let full = BACKOFF_FIRST
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MOST);
+    let random = (uuid::Uuid::new_v4().as_u128() % 1000) as u32;
+    full / 2 + full / 2 * random / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_most_with_jitter() {
+        for attempt in 1..40 {
+            let full = (BACKOFF_FIRST * 2u32.pow((attempt - 1).min(16))).min(BACKOFF_MOST);
+            let wait = backoff(attempt);
+            assert!(wait >= full / 2 && wait <= full, "{attempt}: {wait:?}");
+        }
+    }
+
+    #[test]
+    fn a_timeline_event_is_delivered_once() {
+        let (events, mut seen) = mpsc::unbounded_channel();
+        let mut room = RoomState {
+            last_seq: 4,
+            events,
+            joining: None,
+            live: true,
+            held: None,
+        };
+        for seq in [3, 5, 5, 6, 4] {
+            deliver(
+                &mut room,
+                TimelineEvent {
+                    kind: "message".into(),
+                    seq,
+                    frame: Value::Null,
+                },
+            );
+        }
+        let mut seqs = Vec::new();
+        while let Ok(Event::Timeline(event)) = seen.try_recv() {
+            seqs.push(event.seq);
+        }
+        assert_eq!(seqs, [5, 6]);
+    }
+}
