@@ -6,7 +6,7 @@ PSQL  ?= psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q
 # docker compose v2, as a CLI plugin; it also runs on its own for `config`.
 COMPOSE ?= /usr/local/lib/docker/cli-plugins/docker-compose
 
-.PHONY: run run-local test fuzz fuzz-tools chaos soak bench capacity lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
+.PHONY: run run-local test client-build fuzz fuzz-tools chaos soak bench capacity lint fmt tools deploy-tools deploy-check images compose-up compose-down helm-check clean-test-databases
 
 ## Run every service in one process (SQLite under ./data).
 run:
@@ -85,6 +85,8 @@ tools:
 	  || (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 	@test -d tests/grpc-web/node_modules/@connectrpc/connect-node \
 	  || (cd tests/grpc-web && npm ci --no-audit --no-fund --loglevel=error)
+	@test -d clients/typescript/node_modules/typescript \
+	  || (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
 	@$(MAKE) --no-print-directory deploy-tools
 
 ## Tools that check the deploy artifacts: docker compose v2 (for `config`),
@@ -179,6 +181,13 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## Rebuild the TypeScript client (clients/typescript) into its committed
+## dist/, which the gateway serves to the web client as /parley-client.js.
+client-build:
+	@test -d clients/typescript/node_modules/typescript \
+	  || (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error)
+	cd clients/typescript && node node_modules/typescript/bin/tsc -p .
 
 ## Drop the per-test Postgres databases earlier runs left behind.
 clean-test-databases:

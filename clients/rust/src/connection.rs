@@ -73,17 +73,41 @@ type Events = mpsc::UnboundedReceiver<Event>;
 enum Command {
     Join {
         room_id: String,
+        password: Option<String>,
         reply: oneshot::Sender<Result<Events>>,
     },
-    Send {
-        room_id: String,
-        content: String,
-        client_id: String,
-        reply: oneshot::Sender<Result<Ack>>,
-    },
-    Leave {
-        room_id: String,
-    },
+    /// A frame the server acknowledges by its `client_id`: send, edit,
+    /// delete, react.
+    Call(PendingSend),
+    /// A frame with no answer (typing, read): dropped while disconnected.
+    Notify { room_id: String, frame: Value },
+    /// Leave the room: the user is no longer a member.
+    Leave { room_id: String },
+    /// The handle was dropped: stop following the room here.
+    Forget { room_id: String },
+}
+
+/// A message to send: text, a reply, attachments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Draft {
+    /// The text; may be empty when there are attachments.
+    pub content: String,
+    /// The `seq` of the message this answers; 0 for none.
+    pub reply_to: i64,
+    /// Ids of attachments the sender uploaded (at most 10).
+    pub attachments: Vec<String>,
+    /// The idempotency key; a fresh one when `None`.
+    pub client_id: Option<String>,
+}
+
+impl Draft {
+    /// A plain text message.
+    pub fn text(content: impl Into<String>) -> Self {
+        Self {
+            content: content.into(),
+            ..Self::default()
+        }
+    }
 }
 
 impl Connection {
@@ -111,10 +135,20 @@ impl Connection {
     /// The server's refusal (NOT_FOUND, PERMISSION_DENIED for a private
     /// room), or [`Error::Closed`].
     pub async fn join(&self, room_id: &str) -> Result<Room> {
+        self.join_with_password(room_id, None).await
+    }
+
+    /// Joins a private room with its password; rejoins after a reconnect
+    /// use it again.
+    ///
+    /// # Errors
+    /// As [`Connection::join`]; PERMISSION_DENIED for a wrong password.
+    pub async fn join_with_password(&self, room_id: &str, password: Option<&str>) -> Result<Room> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(Command::Join {
                 room_id: room_id.to_owned(),
+                password: password.map(str::to_owned),
                 reply,
             })
             .map_err(|_| Error::Closed)?;
@@ -147,8 +181,7 @@ impl Room {
     /// RESOURCE_EXHAUSTED past the rate limit, PERMISSION_DENIED when
     /// muted), or [`Error::Closed`].
     pub async fn send(&self, content: &str) -> Result<Ack> {
-        self.send_with_id(content, &uuid::Uuid::new_v4().to_string())
-            .await
+        self.send_draft(Draft::text(content)).await
     }
 
     /// Sends with the caller's `client_id`: sending again with the same
@@ -157,14 +190,98 @@ impl Room {
     /// # Errors
     /// As [`Room::send`].
     pub async fn send_with_id(&self, content: &str, client_id: &str) -> Result<Ack> {
+        self.send_draft(Draft {
+            content: content.to_owned(),
+            client_id: Some(client_id.to_owned()),
+            ..Draft::default()
+        })
+        .await
+    }
+
+    /// Sends a message with a reply, attachments or a chosen `client_id`;
+    /// stored once, like [`Room::send`].
+    ///
+    /// # Errors
+    /// As [`Room::send`]; INVALID_ARGUMENT for an attachment that is
+    /// unknown or someone else's, or a `reply_to` not in the room.
+    pub async fn send_draft(&self, draft: Draft) -> Result<Ack> {
+        let client_id = draft.client_id.unwrap_or_else(new_client_id);
+        let mut send = json!({"room_id": self.id, "content": draft.content, "client_id": client_id});
+        if draft.reply_to > 0 {
+            send["reply_to"] = json!(draft.reply_to);
+        }
+        if !draft.attachments.is_empty() {
+            send["attachments"] = json!(draft.attachments);
+        }
+        self.call(client_id, json!({ "send": send })).await
+    }
+
+    /// Replaces the text of one's own message `seq`.
+    ///
+    /// # Errors
+    /// PERMISSION_DENIED for someone else's message, NOT_FOUND or
+    /// FAILED_PRECONDITION for one that is gone.
+    pub async fn edit(&self, seq: i64, content: &str) -> Result<Ack> {
+        let client_id = new_client_id();
+        let frame = json!({"edit": {"room_id": self.id, "seq": seq, "content": content, "client_id": client_id}});
+        self.call(client_id, frame).await
+    }
+
+    /// Deletes message `seq` (one's own, or any as a moderator).
+    ///
+    /// # Errors
+    /// As [`Room::edit`].
+    pub async fn delete(&self, seq: i64) -> Result<Ack> {
+        let client_id = new_client_id();
+        let frame = json!({"delete": {"room_id": self.id, "seq": seq, "client_id": client_id}});
+        self.call(client_id, frame).await
+    }
+
+    /// Adds a reaction to message `seq`, or takes it back with `remove`.
+    ///
+    /// # Errors
+    /// INVALID_ARGUMENT past 20 distinct emoji or 64 bytes; NOT_FOUND.
+    pub async fn react(&self, seq: i64, emoji: &str, remove: bool) -> Result<Ack> {
+        let client_id = new_client_id();
+        let frame = json!({"react": {"room_id": self.id, "seq": seq, "emoji": emoji, "remove": remove, "client_id": client_id}});
+        self.call(client_id, frame).await
+    }
+
+    /// Tells the other members the user is typing; dropped while
+    /// disconnected (it means nothing later).
+    pub fn typing(&self) {
+        self.notify(json!({"typing": {"room_id": self.id}}));
+    }
+
+    /// Moves the user's read marker to `seq`; dropped while disconnected.
+    pub fn read(&self, seq: i64) {
+        self.notify(json!({"read": {"room_id": self.id, "seq": seq}}));
+    }
+
+    /// Leaves the room: the user is no longer a member (a private room
+    /// then needs its password again). Dropping a handle only stops
+    /// following the room here.
+    pub fn leave(mut self) {
+        let room_id = std::mem::take(&mut self.id);
+        let _ = self.commands.send(Command::Leave { room_id });
+    }
+
+    fn notify(&self, frame: Value) {
+        let _ = self.commands.send(Command::Notify {
+            room_id: self.id.clone(),
+            frame,
+        });
+    }
+
+    async fn call(&self, client_id: String, frame: Value) -> Result<Ack> {
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::Send {
+            .send(Command::Call(PendingSend {
                 room_id: self.id.clone(),
-                content: content.to_owned(),
-                client_id: client_id.to_owned(),
+                client_id,
+                frame: frame.to_string(),
                 reply,
-            })
+            }))
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
@@ -178,9 +295,12 @@ impl Room {
 
 impl Drop for Room {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Leave {
-            room_id: std::mem::take(&mut self.id),
-        });
+        // Empty after `leave`, which said so already.
+        if !self.id.is_empty() {
+            let _ = self.commands.send(Command::Forget {
+                room_id: std::mem::take(&mut self.id),
+            });
+        }
     }
 }
 
@@ -196,9 +316,12 @@ struct RoomState {
     live: bool,
     /// Timeline events held while history fills what a rejoin missed.
     held: Option<Vec<TimelineEvent>>,
+    /// A private room's password, for rejoins.
+    password: Option<String>,
 }
 
-/// A send not acknowledged yet.
+/// A call (send, edit, delete, react) not acknowledged yet; its frame
+/// goes out again after every rejoin until the answer comes.
 #[derive(Debug)]
 struct PendingSend {
     room_id: String,
@@ -300,7 +423,7 @@ impl Task {
         let mut rejoins = Vec::new();
         for (room_id, room) in &mut self.rooms {
             room.live = false;
-            rejoins.push(join_frame(room_id, room.last_seq));
+            rejoins.push(join_frame(room_id, room.last_seq, room.password.as_deref()));
         }
         for frame in rejoins {
             if let Err(reason) = send(&mut sink, frame).await {
@@ -364,18 +487,19 @@ impl Task {
     /// the next one opens.
     fn take(&mut self, command: Command) {
         match command {
-            Command::Join { room_id, reply } => {
-                self.add_room(room_id, reply);
-            }
-            Command::Send {
+            Command::Join {
                 room_id,
-                content,
-                client_id,
+                password,
                 reply,
-            } => self
-                .sends
-                .push_back(pending(room_id, content, client_id, reply)),
-            Command::Leave { room_id } => self.remove_room(&room_id),
+            } => {
+                self.add_room(room_id, password, reply);
+            }
+            Command::Call(call) => self.sends.push_back(call),
+            Command::Notify { .. } => {}
+            // Not a member once the next socket opens: it never rejoins.
+            Command::Leave { room_id } | Command::Forget { room_id } => {
+                self.remove_room(&room_id);
+            }
         }
     }
 
@@ -385,25 +509,28 @@ impl Task {
         sink: &mut (impl Sink<Message, Error = tungstenite::Error> + Unpin),
     ) -> std::result::Result<(), String> {
         match command {
-            Command::Join { room_id, reply } => {
-                if self.add_room(room_id.clone(), reply) {
-                    send(sink, join_frame(&room_id, 0)).await?;
-                }
-            }
-            Command::Send {
+            Command::Join {
                 room_id,
-                content,
-                client_id,
+                password,
                 reply,
             } => {
-                let send_now = self.rooms.get(&room_id).is_some_and(|room| room.live);
-                let frame = pending(room_id, content, client_id, reply);
-                if send_now {
-                    sink.send(Message::Text(frame.frame.clone().into()))
+                let frame = join_frame(&room_id, 0, password.as_deref());
+                if self.add_room(room_id, password, reply) {
+                    send(sink, frame).await?;
+                }
+            }
+            Command::Call(call) => {
+                if self.rooms.get(&call.room_id).is_some_and(|room| room.live) {
+                    sink.send(Message::Text(call.frame.clone().into()))
                         .await
                         .map_err(|err| err.to_string())?;
                 }
-                self.sends.push_back(frame);
+                self.sends.push_back(call);
+            }
+            Command::Notify { room_id, frame } => {
+                if self.rooms.get(&room_id).is_some_and(|room| room.live) {
+                    send(sink, frame).await?;
+                }
             }
             Command::Leave { room_id } => {
                 if self.rooms.contains_key(&room_id) {
@@ -411,13 +538,19 @@ impl Task {
                     send(sink, json!({"leave": {"room_id": room_id}})).await?;
                 }
             }
+            Command::Forget { room_id } => self.remove_room(&room_id),
         }
         Ok(())
     }
 
     /// Adds a room to join; false (and the join refused) when this
     /// connection has it already.
-    fn add_room(&mut self, room_id: String, reply: oneshot::Sender<Result<Events>>) -> bool {
+    fn add_room(
+        &mut self,
+        room_id: String,
+        password: Option<String>,
+        reply: oneshot::Sender<Result<Events>>,
+    ) -> bool {
         if self.rooms.contains_key(&room_id) {
             let _ = reply.send(Err(Error::Server {
                 status: None,
@@ -435,6 +568,7 @@ impl Task {
                 joining: Some((reply, events_rx)),
                 live: false,
                 held: None,
+                password,
             },
         );
         true
@@ -529,6 +663,8 @@ impl Task {
         room.live = true;
         let last_seq = frame["last_seq"].as_i64().unwrap_or_default();
         let truncated = frame["replay_truncated"].as_bool() == Some(true);
+        // Members online, role, name: first, so they come before events.
+        let _ = room.events.send(Event::Joined(frame.clone()));
         if let Some((reply, events)) = room.joining.take() {
             // The first join: events start after what the room holds now.
             room.last_seq = last_seq;
@@ -622,24 +758,17 @@ fn deliver(room: &mut RoomState, event: TimelineEvent) {
     let _ = room.events.send(Event::Timeline(event));
 }
 
-fn join_frame(room_id: &str, since_seq: i64) -> Value {
-    json!({"join": {"room_id": room_id, "since_seq": since_seq}})
+fn join_frame(room_id: &str, since_seq: i64, password: Option<&str>) -> Value {
+    let mut join = json!({"room_id": room_id, "since_seq": since_seq});
+    if let Some(password) = password {
+        join["password"] = json!(password);
+    }
+    json!({ "join": join })
 }
 
-fn pending(
-    room_id: String,
-    content: String,
-    client_id: String,
-    reply: oneshot::Sender<Result<Ack>>,
-) -> PendingSend {
-    let frame = json!({"send": {"room_id": room_id, "content": content, "client_id": client_id}})
-        .to_string();
-    PendingSend {
-        room_id,
-        client_id,
-        frame,
-        reply,
-    }
+/// A fresh idempotency key.
+fn new_client_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 async fn send(
@@ -684,6 +813,7 @@ mod tests {
             joining: None,
             live: true,
             held: None,
+            password: None,
         };
         for seq in [3, 5, 5, 6, 4] {
             deliver(

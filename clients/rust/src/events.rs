@@ -19,6 +19,10 @@ pub(crate) const TIMELINE: [&str; 6] = [
 pub enum Event {
     /// A timeline event, each exactly once and in `seq` order.
     Timeline(TimelineEvent),
+    /// The server's answer to a join, again after every rejoin: the
+    /// members online now (`members`), the user's `role`, the room's
+    /// `name`, `last_seq` and `read_seq`.
+    Joined(Value),
     /// Typing, presence or a read marker: live only, never replayed.
     Ephemeral {
         /// The frame's name: `typing`, `presence` or `read`.

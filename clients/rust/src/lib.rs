@@ -18,19 +18,23 @@
 //! let mut room = connection.join("general").await?;
 //! let ack = room.send("hello").await?;
 //! println!("stored as #{}", ack.seq);
-//! while let Some(Event::Timeline(event)) = room.next_event().await {
-//!     println!("{}: {}", event.sender_name(), event.content());
+//! while let Some(event) = room.next_event().await {
+//!     if let Event::Timeline(event) = event {
+//!         println!("{}: {}", event.sender_name(), event.content());
+//!     }
 //! }
 //! # Ok(())
 //! # }
 //! ```
 
+mod attachments;
 mod connection;
 mod error;
 mod events;
 mod rest;
 
-pub use connection::{Connection, ConnectionState, Room};
+pub use attachments::Attachment;
+pub use connection::{Connection, ConnectionState, Draft, Room};
 pub use error::{Action, Error, Result};
 pub use events::{Ack, Event, TimelineEvent};
 pub use rest::{Client, HistoryPage, RoomInfo, Session, User};

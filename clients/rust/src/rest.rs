@@ -45,9 +45,9 @@ enum Credentials {
 /// credentials, so a refresh by one serves all.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     /// `http(s)://host:port`, without a trailing slash.
-    base: Arc<str>,
+    pub(crate) base: Arc<str>,
     credentials: Arc<tokio::sync::Mutex<Credentials>>,
 }
 
@@ -69,7 +69,8 @@ pub struct RoomInfo {
     pub id: String,
     /// Its name.
     pub name: String,
-    /// The 6-character join code.
+    /// The 6-character join code; `""` for a direct room.
+    #[serde(default)]
     pub short_code: String,
     /// Whether it needs a password.
     pub private: bool,
@@ -256,6 +257,17 @@ impl Client {
         self.call(reqwest::Method::GET, &path, None, true).await
     }
 
+    /// The direct room of the caller and `user_id` (made on first use):
+    /// private to the two, no password.
+    ///
+    /// # Errors
+    /// NOT_FOUND for an unknown user, INVALID_ARGUMENT for oneself.
+    pub async fn open_direct(&self, user_id: &str) -> Result<RoomInfo> {
+        let body = json!({ "user_id": user_id });
+        self.call(reqwest::Method::POST, "/api/v1/dms", Some(body), true)
+            .await
+    }
+
     /// Opens the WebSocket: a [`Connection`] that reconnects and resumes by
     /// itself until its last handle is dropped.
     ///
@@ -349,13 +361,13 @@ fn tokens(answer: TokenAnswer, issued: Instant) -> Tokens {
     }
 }
 
-fn transport(err: reqwest::Error) -> Error {
+pub(crate) fn transport(err: reqwest::Error) -> Error {
     Error::Transport(err.to_string())
 }
 
 /// The body of a successful answer, or the server's error. `empty`
 /// answers (204) read as `null`.
-async fn answer<T: DeserializeOwned>(response: reqwest::Response, empty: bool) -> Result<T> {
+pub(crate) async fn answer<T: DeserializeOwned>(response: reqwest::Response, empty: bool) -> Result<T> {
     let status = response.status();
     let bytes = response.bytes().await.map_err(transport)?;
     if status.is_success() {

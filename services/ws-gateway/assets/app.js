@@ -1,24 +1,20 @@
-// Parley web client: plain JS, no build step, no dependencies.
-// Talks to the gateway it is served from: REST under /api/v1, WebSocket at /ws
-// (authenticated with the subprotocol "bearer.<access token>").
-"use strict";
+// Parley web client: plain JS, no build step. It talks to the gateway it is
+// served from through @parley/client (clients/typescript, served as
+// /parley-client.js): REST under /api/v1 with tokens renewed before they
+// expire, and the WebSocket at /ws, reconnected with backoff and jitter and
+// handed renewed tokens in band. The rooms' state (joins with since_seq,
+// pending sends, history) is kept here, where it is rendered.
+import { ParleyClient, ParleyError } from "/parley-client.js";
 
 (function () {
   // ---------------------------------------------------------------------------
   // Constants
   // ---------------------------------------------------------------------------
-  const API = "/api/v1";
-  const WS_URL = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/ws";
   const ROOM_ID_RE = /^[A-Za-z0-9_.-]{1,64}$/;
   const SHORT_CODE_RE = /^[ABCDEFGHJKLMNPQRSTUVWXYZ23456789]{6}$/;
   const HISTORY_PAGE = 50;
   const TYPING_SEND_EVERY_MS = 2000;
   const TYPING_SHOW_MS = 3000;
-  const PING_EVERY_MS = 25000;
-  const BACKOFF_BASE_MS = 500;
-  const BACKOFF_CAP_MS = 10000;
-  const STABLE_AFTER_MS = 5000; // a connection open this long resets the backoff
-  const REFRESH_AT = 0.8; // refresh the access token at 80% of its lifetime
   const STORE_TOKENS = "parley.tokens";
   const STORE_ROOMS = "parley.rooms";
   const STORE_CURRENT = "parley.current";
@@ -141,21 +137,13 @@
   // State
   // ---------------------------------------------------------------------------
   const state = {
-    tokens: null, // {access_token, refresh_token, expires_in, issued_at}
+    client: null, // the ParleyClient: signed in, or not yet
+    conn: null, // its Connection while signed in
     me: null, // {id, username, display_name}
     rooms: new Map(), // room_id -> Room
     current: null, // room_id shown
-    ws: null,
-    connGen: 0, // increases with every socket
+    connGen: 0, // increases every time the connection is (re)opened
     status: "offline",
-    attempt: 0,
-    reconnectTimer: 0,
-    stableTimer: 0,
-    pingTimer: 0,
-    awaitingPong: null,
-    pingCounter: 0,
-    refreshTimer: 0,
-    refreshPromise: null,
     loggedIn: false,
     shortJoins: [], // short-code joins in flight: [{short_code, password}]
     pendingLeaves: new Set(), // leaves to send when the socket is back
@@ -165,7 +153,7 @@
     composing: null,
     moderations: new Map(), // client_id -> what it does, for the notice when acked
     roomsTimer: 0,
-    // Files chosen for the next message: {key, file, status, attachment, xhr, node, error}.
+    // Files chosen for the next message: {key, file, status, attachment, abort, node, error}.
     uploads: [],
     uploadCounter: 0,
   };
@@ -215,15 +203,16 @@
   // ---------------------------------------------------------------------------
   // Session storage
   // ---------------------------------------------------------------------------
-  function saveTokens() {
-    if (state.tokens) sessionStorage.setItem(STORE_TOKENS, JSON.stringify(state.tokens));
+  function saveTokens(session) {
+    if (session) sessionStorage.setItem(STORE_TOKENS, JSON.stringify(session));
     else sessionStorage.removeItem(STORE_TOKENS);
   }
 
+  // The session of this tab: {accessToken, refreshToken, expiresAt}.
   function loadTokens() {
     try {
       const t = JSON.parse(sessionStorage.getItem(STORE_TOKENS) || "null");
-      if (t && typeof t.access_token === "string" && typeof t.refresh_token === "string") return t;
+      if (t && typeof t.accessToken === "string" && typeof t.refreshToken === "string" && Number(t.expiresAt) > 0) return t;
     } catch (_) {
       /* ignore a corrupt entry */
     }
@@ -259,122 +248,32 @@
   }
 
   // ---------------------------------------------------------------------------
-  // REST
+  // REST, through the client
   // ---------------------------------------------------------------------------
-  class ApiError extends Error {
-    constructor(status, code, message) {
-      super(message);
-      this.status = status;
-      this.code = code;
-    }
+  // A client of this origin, resuming `session` if given. Its renewed
+  // sessions are kept for a reload; a session it ends (a refused renewal)
+  // signs the page out.
+  function newClient(session) {
+    const client = new ParleyClient({ session: session || undefined });
+    client.on("session", (s) => {
+      if (client !== state.client) return;
+      saveTokens(s);
+      if (!s && state.loggedIn) sessionEnded("Your session has expired. Please log in again.");
+    });
+    return client;
   }
 
-  async function rawRequest(method, path, body, token) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (token) headers.Authorization = "Bearer " + token;
-    let res;
-    try {
-      res = await fetch(API + path, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        cache: "no-store",
-        credentials: "same-origin",
-      });
-    } catch (_) {
-      throw new ApiError(0, "NETWORK", "Cannot reach the server. Check your connection and try again.");
+  // An authenticated call: on 401 the client renews the tokens once and retries.
+  function api(method, path, body) {
+    if (!state.client || !state.client.signedIn) {
+      return Promise.reject(new ParleyError("UNAUTHENTICATED", "You are signed out.", 401));
     }
-    if (res.status === 204) return null;
-    const text = await res.text().catch(() => "");
-    let data = null;
-    if (text) {
-      try {
-        data = JSON.parse(text);
-      } catch (_) {
-        data = null;
-      }
-    }
-    if (!res.ok) {
-      const err = data && data.error;
-      if (err && typeof err.message === "string") {
-        throw new ApiError(res.status, String(err.code || "UNKNOWN"), err.message);
-      }
-      throw new ApiError(res.status, "HTTP_" + res.status, "The server answered " + res.status + " " + (res.statusText || "") + ".");
-    }
-    if (data === null && text) {
-      throw new ApiError(res.status, "BAD_RESPONSE", "The server sent a response this page does not understand.");
-    }
-    return data;
+    return state.client.request(method, path, body);
   }
 
-  // An authenticated call: on 401 it refreshes the tokens once and retries.
-  async function api(method, path, body) {
-    if (!state.tokens) throw new ApiError(401, "UNAUTHENTICATED", "You are signed out.");
-    try {
-      return await rawRequest(method, path, body, state.tokens.access_token);
-    } catch (e) {
-      if (!(e instanceof ApiError) || e.status !== 401) throw e;
-      await refreshTokens();
-      return rawRequest(method, path, body, state.tokens.access_token);
-    }
-  }
-
-  function setTokens(pair) {
-    state.tokens = {
-      access_token: pair.access_token,
-      refresh_token: pair.refresh_token,
-      expires_in: Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900,
-      issued_at: Date.now(),
-    };
-    saveTokens();
-    scheduleRefresh();
-  }
-
-  function scheduleRefresh() {
-    clearTimeout(state.refreshTimer);
-    if (!state.tokens) return;
-    const t = state.tokens;
-    const due = t.issued_at + t.expires_in * 1000 * REFRESH_AT;
-    state.refreshTimer = setTimeout(() => {
-      refreshTokens().catch(() => {
-        /* handled inside */
-      });
-    }, Math.max(0, due - Date.now()));
-  }
-
-  function tokenExpired() {
-    const t = state.tokens;
-    return !t || Date.now() >= t.issued_at + t.expires_in * 1000 - 5000;
-  }
-
-  // One refresh at a time: the refresh token is single use.
-  function refreshTokens() {
-    if (state.refreshPromise) return state.refreshPromise;
-    if (!state.tokens) return Promise.reject(new ApiError(401, "UNAUTHENTICATED", "You are signed out."));
-    const spent = state.tokens.refresh_token;
-    state.refreshPromise = (async () => {
-      try {
-        const pair = await rawRequest("POST", "/auth/refresh", { refresh_token: spent });
-        if (!state.loggedIn) return; // logged out meanwhile
-        setTokens(pair);
-        if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-          sendFrame({ refresh: { token: state.tokens.access_token } });
-        }
-      } catch (e) {
-        if (e instanceof ApiError && e.status === 401) {
-          sessionEnded("Your session has expired. Please log in again.");
-        } else {
-          // Server unreachable: try again soon while the access token may still work.
-          clearTimeout(state.refreshTimer);
-          state.refreshTimer = setTimeout(() => refreshTokens().catch(() => {}), 5000 + Math.random() * 5000);
-        }
-        throw e;
-      } finally {
-        state.refreshPromise = null;
-      }
-    })();
-    return state.refreshPromise;
+  function accessToken() {
+    const session = state.client && state.client.session;
+    return session ? session.accessToken : "";
   }
 
   // Claims from the access token, used until /me answers.
@@ -443,7 +342,7 @@
     if (!f) return;
     authBusy(true);
     try {
-      const user = await rawRequest("POST", "/auth/register", { username: f.username, password: f.password });
+      const user = await state.client.register(f.username, f.password);
       const name = (user && user.username) || f.username;
       show(ui.authNotice, "Account “" + name + "” created. Logging you in…");
       authBusy(false);
@@ -466,16 +365,12 @@
   async function logIn(f) {
     authBusy(true);
     try {
-      const pair = await rawRequest("POST", "/auth/login", { username: f.username, password: f.password });
-      if (!pair || !pair.access_token || !pair.refresh_token) {
-        throw new ApiError(500, "BAD_RESPONSE", "The server did not return a token.");
-      }
+      await state.client.login(f.username, f.password);
       ui.password.value = "";
       // A new user in this tab: forget the rooms of whoever was here before.
       sessionStorage.removeItem(STORE_ROOMS);
       sessionStorage.removeItem(STORE_CURRENT);
       state.loggedIn = true;
-      setTokens(pair);
       await startSession();
     } catch (e) {
       state.loggedIn = false;
@@ -486,13 +381,13 @@
   }
 
   async function startSession() {
-    const claims = tokenClaims(state.tokens.access_token);
+    const claims = tokenClaims(accessToken());
     state.me = { id: claims.sub || "", username: claims.name || "", display_name: claims.name || "" };
     try {
       const user = await api("GET", "/me");
       if (user && user.id) state.me = user;
     } catch (e) {
-      if (e instanceof ApiError && e.status === 401) throw e;
+      if (e instanceof ParleyError && e.status === 401) throw e;
       banner("Could not load your profile: " + e.message);
     }
     if (!state.loggedIn) return;
@@ -527,7 +422,7 @@
     try {
       list = await api("GET", "/rooms");
     } catch (e) {
-      if (e instanceof ApiError && e.status === 401) throw e;
+      if (e instanceof ParleyError && e.status === 401) throw e;
       banner("Could not load your rooms: " + e.message);
       return;
     }
@@ -558,17 +453,14 @@
   }
 
   async function onLogout() {
-    const refresh = state.tokens && state.tokens.refresh_token;
+    const client = state.client;
+    state.loggedIn = false;
+    // Forgets the session here at once, then tells the server.
+    const done = client ? client.logout().catch(() => {}) : Promise.resolve();
     teardown();
     clearSession();
     showAuth();
-    if (refresh) {
-      try {
-        await rawRequest("POST", "/auth/logout", { refresh_token: refresh });
-      } catch (_) {
-        /* the local session is gone either way */
-      }
-    }
+    await done;
     show(ui.authNotice, "You have been logged out.");
   }
 
@@ -576,21 +468,12 @@
   function teardown() {
     state.loggedIn = false;
     clearUploads();
-    clearTimeout(state.refreshTimer);
-    clearTimeout(state.reconnectTimer);
-    clearTimeout(state.stableTimer);
-    clearInterval(state.pingTimer);
     clearInterval(state.roomsTimer);
-    const ws = state.ws;
-    state.ws = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      try {
-        ws.close(1000, "logout");
-      } catch (_) {
-        /* already closed */
-      }
-    }
+    // A fresh client for the next sign-in; the old one closes its connection.
+    const client = state.client;
+    state.conn = null;
+    state.client = newClient(null);
+    if (client) client.end();
     for (const room of state.rooms.values()) {
       for (const t of room.typing.values()) clearTimeout(t.timer);
       clearTimeout(room.mutedTimer);
@@ -598,7 +481,6 @@
     state.rooms.clear();
     state.moderations.clear();
     state.current = null;
-    state.tokens = null;
     state.me = null;
     state.shortJoins = [];
     state.pendingLeaves.clear();
@@ -627,177 +509,58 @@
   // WebSocket
   // ---------------------------------------------------------------------------
   function sendFrame(obj) {
-    const ws = state.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    try {
-      ws.send(JSON.stringify(obj));
-      return true;
-    } catch (_) {
-      return false;
-    }
+    return !!state.conn && state.conn.sendFrame(obj);
   }
 
-  async function connect() {
-    if (!state.loggedIn) return;
-    clearTimeout(state.reconnectTimer);
-    state.reconnectTimer = 0;
-    if (state.ws) return;
-    if (tokenExpired()) {
-      try {
-        await refreshTokens();
-      } catch (e) {
-        if (state.loggedIn) scheduleReconnect();
-        return;
-      }
-      if (!state.loggedIn || state.ws) return;
-    }
-    setStatus(state.attempt > 0 ? "reconnecting" : "connecting");
-    let ws;
-    try {
-      ws = new WebSocket(WS_URL, ["bearer." + state.tokens.access_token]);
-    } catch (e) {
-      banner("Cannot open a WebSocket: " + e.message);
-      scheduleReconnect();
+  function socketOpen() {
+    return !!state.conn && state.conn.isOpen;
+  }
+
+  // The connection reconnects by itself until the page signs out.
+  function connect() {
+    if (!state.loggedIn || state.conn) return;
+    const conn = state.client.connect();
+    state.conn = conn;
+    conn.on("frame", (frame) => {
+      if (state.conn === conn) handleFrame(frame);
+    });
+    conn.on("state", (change) => {
+      if (state.conn === conn) onConnectionState(change);
+    });
+  }
+
+  function onConnectionState(change) {
+    if (change.state === "online") {
+      state.connGen++;
+      setStatus("online");
+      for (const id of state.pendingLeaves) sendFrame({ leave: { room_id: id } });
+      state.pendingLeaves.clear();
+      for (const room of state.rooms.values()) joinRoom(room);
       return;
     }
-    const gen = ++state.connGen;
-    const tokenUsed = state.tokens.access_token;
-    let opened = false;
-    state.ws = ws;
+    // Not online: nothing is joined until the next open.
     for (const room of state.rooms.values()) {
       room.joined = false;
       room.joining = false;
       room.historyInFlight = false;
+      clearTyping(room);
     }
     state.shortJoins = [];
-
-    ws.onopen = () => {
-      if (gen !== state.connGen) return;
-      opened = true;
-      setStatus("online");
-      clearTimeout(state.stableTimer);
-      state.stableTimer = setTimeout(() => {
-        state.attempt = 0;
-      }, STABLE_AFTER_MS);
-      startPing();
-      // The tokens were renewed while this socket was connecting.
-      if (state.tokens && state.tokens.access_token !== tokenUsed) {
-        sendFrame({ refresh: { token: state.tokens.access_token } });
-      }
-      for (const id of state.pendingLeaves) sendFrame({ leave: { room_id: id } });
-      state.pendingLeaves.clear();
-      for (const room of state.rooms.values()) joinRoom(room);
-    };
-
-    ws.onmessage = (ev) => {
-      if (gen !== state.connGen) return;
-      if (typeof ev.data !== "string") return;
-      let frame;
-      try {
-        frame = JSON.parse(ev.data);
-      } catch (_) {
-        return;
-      }
-      handleFrame(frame);
-    };
-
-    ws.onclose = (ev) => {
-      if (gen !== state.connGen) return;
-      state.ws = null;
-      clearInterval(state.pingTimer);
-      clearTimeout(state.stableTimer);
-      for (const room of state.rooms.values()) {
-        room.joined = false;
-        room.joining = false;
-        room.historyInFlight = false;
-        clearTyping(room);
-      }
-      renderRoomView();
-      if (!state.loggedIn) return;
-      onSocketClosed(ev.code, ev.reason, opened);
-    };
-
-    ws.onerror = () => {
-      /* onclose follows and handles it */
-    };
-  }
-
-  async function onSocketClosed(code, reason, opened) {
-    if (code === 4001) {
-      // Token expired: refresh, then reconnect straight away.
-      setStatus("reconnecting", "Session expired, renewing…");
-      try {
-        await refreshTokens();
-        state.attempt = 0;
-        connect();
-      } catch (_) {
-        if (state.loggedIn) scheduleReconnect();
-      }
+    renderRoomView();
+    if (change.state === "closed") {
+      // The credentials were refused.
+      state.conn = null;
+      if (state.loggedIn) sessionEnded("Your session has expired. Please log in again.");
       return;
     }
-    if (code === 1001) setStatus("reconnecting", "Server restarting, reconnecting…");
-    else if (code === 4008) setStatus("reconnecting", "Connection too slow, reconnecting…");
-    else if (code === 1009) banner("A frame was too large for the server; reconnecting.");
-    if (!opened) {
-      // The upgrade was refused (a browser cannot tell why). A stale token is
-      // the one cause this page can fix: check it before the next try.
-      try {
-        await rawRequest("GET", "/me", undefined, state.tokens && state.tokens.access_token);
-      } catch (e) {
-        if (e instanceof ApiError && e.status === 401 && state.loggedIn) {
-          try {
-            await refreshTokens();
-          } catch (_) {
-            /* handled by refreshTokens */
-          }
-        }
-      }
+    if (change.state === "connecting") {
+      setStatus("connecting");
+      return;
     }
-    if (state.loggedIn) scheduleReconnect(code);
+    const secs = Math.max(1, Math.round(change.retryInMs / 1000));
+    const why = change.reason && change.reason !== "opening" ? change.reason.charAt(0).toUpperCase() + change.reason.slice(1) : "";
+    setStatus("reconnecting", change.retryInMs > 0 ? (why || "Connection lost") + ", retrying in " + secs + " s…" : "Reconnecting…");
   }
-
-  function scheduleReconnect(code) {
-    clearTimeout(state.reconnectTimer);
-    const exp = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, state.attempt));
-    const delay = Math.round(exp / 2 + (Math.random() * exp) / 2); // jitter: 50–100%
-    state.attempt = Math.min(state.attempt + 1, 20);
-    const secs = Math.max(1, Math.round(delay / 1000));
-    const why = code === 1001 ? "Server restarting" : code === 4008 ? "Connection too slow" : "Connection lost";
-    setStatus("reconnecting", why + ", retrying in " + secs + " s…");
-    state.reconnectTimer = setTimeout(() => {
-      state.reconnectTimer = 0;
-      connect();
-    }, delay);
-  }
-
-  function startPing() {
-    clearInterval(state.pingTimer);
-    state.awaitingPong = null;
-    state.pingTimer = setInterval(() => {
-      const ws = state.ws;
-      if (!ws || ws.readyState !== WebSocket.OPEN) return;
-      if (state.awaitingPong !== null) {
-        // The last ping got no answer in a whole interval: the link is dead.
-        try {
-          ws.close(4000, "ping timeout");
-        } catch (_) {
-          /* ignore */
-        }
-        return;
-      }
-      const nonce = String(++state.pingCounter);
-      state.awaitingPong = nonce;
-      sendFrame({ ping: { nonce } });
-    }, PING_EVERY_MS);
-  }
-
-  // Back online after the laptop slept or the network came back: retry now.
-  window.addEventListener("online", () => {
-    if (state.loggedIn && !state.ws) {
-      state.attempt = 0;
-      connect();
-    }
-  });
 
   // ---------------------------------------------------------------------------
   // Frames from the server
@@ -822,8 +585,6 @@
       case "history":
         return onHistory(body);
       case "pong":
-        if (body.nonce === state.awaitingPong) state.awaitingPong = null;
-        return;
       case "refreshed":
         return;
       case "error":
@@ -1296,7 +1057,7 @@
 
   function joinRoom(room) {
     if (room.joined || room.joining) return;
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return; // joined on open
+    if (!socketOpen()) return; // joined on open
     const join = { room_id: room.id };
     if (room.maxSeq > 0) join.since_seq = room.maxSeq;
     if (room.password) join.password = room.password;
@@ -1307,7 +1068,7 @@
 
   function requestHistory(room, beforeSeq) {
     if (room.historyInFlight) return;
-    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+    if (!socketOpen()) return;
     room.historyInFlight = true;
     sendFrame({ get_chat_history: { room_id: room.id, limit: HISTORY_PAGE, before_seq: beforeSeq } });
     if (room.id === state.current) renderHistoryBar();
@@ -1362,7 +1123,7 @@
     }
     const code = raw.toUpperCase();
     if (SHORT_CODE_RE.test(code) && !state.rooms.has(raw)) {
-      if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+      if (!socketOpen()) {
         showSidebarError("Not connected yet; try again in a moment.");
         return;
       }
@@ -1964,8 +1725,7 @@
   // The bytes of an attachment (or its thumbnail) by URL, for <img> and
   // links, which cannot send headers: the token rides in the query.
   function attachmentUrl(id, thumbnail) {
-    const token = state.tokens ? state.tokens.access_token : "";
-    return API + "/attachments/" + encodeURIComponent(id) + (thumbnail ? "/thumbnail" : "") + "?token=" + encodeURIComponent(token);
+    return state.client.attachmentUrl(id, { thumbnail });
   }
 
   function fileLink(a) {
@@ -2037,11 +1797,11 @@
         break;
       }
       state.uploadCounter++;
-      const u = { key: state.uploadCounter, file, status: "uploading", attachment: null, xhr: null, node: null, error: "" };
+      const u = { key: state.uploadCounter, file, status: "uploading", attachment: null, abort: null, node: null, error: "" };
       u.node = trayNode(u);
       state.uploads.push(u);
       ui.tray.append(u.node);
-      upload(u, true);
+      upload(u);
     }
     ui.tray.hidden = state.uploads.length === 0;
   }
@@ -2065,46 +1825,40 @@
     if (status === "done") u.node.querySelector("progress").value = 100;
   }
 
-  // XMLHttpRequest, not fetch: it reports upload progress.
-  function upload(u, mayRefresh) {
-    const xhr = new XMLHttpRequest();
-    u.xhr = xhr;
+  // The client reports progress as the bytes leave, and renews a token
+  // the gateway refused before it gives up.
+  function upload(u) {
+    const abort = new AbortController();
+    u.abort = abort;
     const name = u.file.name || "pasted-image." + ((u.file.type || "").split("/")[1] || "bin");
-    xhr.open("POST", API + "/attachments?filename=" + encodeURIComponent(name));
-    xhr.setRequestHeader("Authorization", "Bearer " + (state.tokens ? state.tokens.access_token : ""));
-    xhr.setRequestHeader("Content-Type", u.file.type || "application/octet-stream");
-    xhr.upload.addEventListener("progress", (ev) => {
-      if (ev.lengthComputable) u.node.querySelector("progress").value = Math.round((ev.loaded / ev.total) * 100);
-    });
-    xhr.addEventListener("load", () => {
-      if (u.xhr !== xhr) return;
-      let body = null;
-      try {
-        body = JSON.parse(xhr.responseText);
-      } catch (_) {
-        body = null;
-      }
-      if (xhr.status === 201 && body && body.id) {
-        u.attachment = body;
-        setUploadStatus(u, "done", "");
-      } else if (xhr.status === 401 && mayRefresh) {
-        refreshTokens().then(() => upload(u, false), () => setUploadStatus(u, "failed", "Signed out"));
-      } else if (xhr.status === 413) {
-        setUploadStatus(u, "failed", "Too large");
-      } else {
-        const message = body && body.error && body.error.message;
-        setUploadStatus(u, "failed", message || "Upload failed (" + xhr.status + ")");
-      }
-    });
-    xhr.addEventListener("error", () => {
-      if (u.xhr === xhr) setUploadStatus(u, "failed", "Network error");
-    });
-    xhr.send(u.file);
+    const bar = u.node.querySelector("progress");
+    state.client
+      .upload(u.file, {
+        filename: name,
+        contentType: u.file.type || "application/octet-stream",
+        signal: abort.signal,
+        onProgress: (sent, total) => {
+          if (total > 0) bar.value = Math.round((sent / total) * 100);
+        },
+      })
+      .then(
+        (attachment) => {
+          if (u.abort !== abort) return;
+          u.attachment = attachment;
+          setUploadStatus(u, "done", "");
+        },
+        (e) => {
+          if (u.abort !== abort || e.code === "CANCELLED") return;
+          const note =
+            e.status === 413 ? "Too large" : e.code === "NETWORK" ? "Network error" : e.status === 401 ? "Signed out" : e.message || "Upload failed";
+          setUploadStatus(u, "failed", note);
+        }
+      );
   }
 
   function removeUpload(u) {
-    if (u.xhr && u.status === "uploading") u.xhr.abort();
-    u.xhr = null;
+    if (u.abort && u.status === "uploading") u.abort.abort();
+    u.abort = null;
     u.node.remove();
     state.uploads = state.uploads.filter((x) => x !== u);
     ui.tray.hidden = state.uploads.length === 0;
@@ -2291,7 +2045,7 @@
   }
 
   function isAdmin() {
-    const roles = state.tokens ? tokenClaims(state.tokens.access_token).roles : null;
+    const roles = accessToken() ? tokenClaims(accessToken()).roles : null;
     return Array.isArray(roles) && roles.includes("admin");
   }
 
@@ -2552,7 +2306,7 @@
   };
 
   function keysFailed(e) {
-    show(keysUi.error, e instanceof ApiError ? e.message : "Something went wrong. Try again.");
+    show(keysUi.error, e instanceof ParleyError ? e.message : "Something went wrong. Try again.");
   }
 
   async function openKeys() {
@@ -2811,18 +2565,17 @@
     setSidebar(true);
     renderRoomView();
     const tokens = loadTokens();
+    state.client = newClient(tokens);
     if (!tokens) {
       showAuth();
       return;
     }
-    state.tokens = tokens;
     state.loggedIn = true;
     try {
-      if (tokenExpired()) await refreshTokens();
-      else scheduleRefresh();
+      await state.client.bearer(); // renews an expired token first
       await startSession();
     } catch (e) {
-      if (e instanceof ApiError && e.status === 401) {
+      if (e instanceof ParleyError && e.status === 401) {
         sessionEnded("Your session has expired. Please log in again.");
       } else if (state.loggedIn) {
         // Server unreachable: keep the session and let the socket retry.

@@ -1,5 +1,6 @@
-//! The web client, embedded in the binary: one page, one script, one
-//! stylesheet, no build step.
+//! The web client, embedded in the binary: one page, its script and
+//! stylesheet, and the `@parley/client` module it imports (built from
+//! `clients/typescript` and committed, so serving it needs no build step).
 
 use axum::{
     Router,
@@ -13,8 +14,9 @@ use crate::AppState;
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const APP_CSS: &str = include_str!("../assets/app.css");
+const CLIENT_JS: &str = include_str!("../../../clients/typescript/dist/parley-client.js");
 
-/// `GET /`, `/app.js` and `/app.css`.
+/// `GET /`, `/app.js`, `/app.css` and `/parley-client.js`.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route(
@@ -28,6 +30,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", APP_CSS) }),
+        )
+        .route(
+            "/parley-client.js",
+            get(|| async { asset("text/javascript; charset=utf-8", CLIENT_JS) }),
         )
 }
 

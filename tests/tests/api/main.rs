@@ -28,5 +28,6 @@ mod rest;
 mod storm;
 mod tls;
 mod traces;
+mod typescript_client;
 mod user;
 mod web_client;

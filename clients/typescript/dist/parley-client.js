@@ -1,0 +1,971 @@
+/**
+ * `@parley/client`: Parley's public gateway (REST and WebSocket) for
+ * browsers and Node.js, with the server's guarantees carried to your code:
+ *
+ * - a room's timeline events (messages, edits, deletions, reactions, member
+ *   and room updates) arrive once each and in `seq` order, across
+ *   reconnects: the connection reconnects by itself with backoff and
+ *   jitter and rejoins every room with `since_seq`;
+ * - a send is stored once: its `client_id` is resent after every reconnect
+ *   until the server acknowledges it;
+ * - the access token is renewed before it expires and handed to the live
+ *   connection in a `refresh` frame, so it is never closed for an expired
+ *   token;
+ * - errors say what to do: retry, sign in again, or fix the input.
+ *
+ * The wire formats are the README's "WebSocket protocol" and "REST API".
+ *
+ * @packageDocumentation
+ */
+/** Codes whose cause passes: the same call may succeed later. */
+const TRANSIENT = new Set(["UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED", "INTERNAL", "NETWORK"]);
+/**
+ * An error from the server (its gRPC status name as `code`, and the HTTP
+ * status for REST calls) or from the network (`code` "NETWORK").
+ */
+export class ParleyError extends Error {
+    /** The gRPC status name the server gave, or "NETWORK". */
+    code;
+    /** The HTTP status of a REST answer; 0 for WebSocket errors and the network. */
+    status;
+    constructor(code, message, status = 0) {
+        super(message);
+        this.name = "ParleyError";
+        this.code = code;
+        this.status = status;
+    }
+    /** What to do: retry later, sign in again, or change the request. */
+    get action() {
+        if (this.code === "UNAUTHENTICATED")
+            return "sign_in";
+        if (TRANSIENT.has(this.code) || this.status >= 500)
+            return "retry";
+        return "fix_input";
+    }
+}
+const TIMELINE = new Set([
+    "message",
+    "message_edited",
+    "message_deleted",
+    "reaction",
+    "member_update",
+    "room_updated",
+]);
+/** Listeners by event name; `on` returns the function that removes one. */
+class Emitter {
+    listeners = new Map();
+    /** Calls `listener` for every `event` until the returned function is called. */
+    on(event, listener) {
+        let set = this.listeners.get(event);
+        if (!set)
+            this.listeners.set(event, (set = new Set()));
+        set.add(listener);
+        return () => set.delete(listener);
+    }
+    emit(event, value) {
+        for (const listener of [...(this.listeners.get(event) ?? [])]) {
+            try {
+                listener(value);
+            }
+            catch (err) {
+                // One listener's bug must not stop the others or the connection.
+                queueMicrotask(() => {
+                    throw err;
+                });
+            }
+        }
+    }
+}
+// ---------------------------------------------------------------------------
+// Timing
+// ---------------------------------------------------------------------------
+/** The share of a token's life after which it is renewed. */
+const RENEW_AT = 2 / 3;
+/** Backoff between reconnects: doubling from the first, up to the most. */
+const BACKOFF_FIRST_MS = 250;
+const BACKOFF_MOST_MS = 30_000;
+/** A connection open this long resets the backoff. */
+const STABLE_AFTER_MS = 5_000;
+/** How often the connection is pinged; an unanswered ping by the next one means the link is dead. */
+const PING_EVERY_MS = 15_000;
+/** Most messages history returns at once. */
+const HISTORY_LIMIT = 200;
+/** The wait before reconnect attempt `attempt` (1-based): full jitter over the upper half. */
+export function backoff(attempt, random = Math.random) {
+    const full = Math.min(BACKOFF_MOST_MS, BACKOFF_FIRST_MS * 2 ** Math.min(Math.max(attempt - 1, 0), 16));
+    return Math.round(full / 2 + (full / 2) * random());
+}
+/** A timer that does not keep Node's process alive on its own. */
+function timer(callback, ms) {
+    const handle = setTimeout(callback, ms);
+    handle.unref?.();
+    return handle;
+}
+let clientIds = 0;
+/** A fresh `client_id`: unique per page or process, and across restarts. */
+export function newClientId() {
+    clientIds += 1;
+    const random = Math.random().toString(36).slice(2, 10);
+    return `c-${Date.now().toString(36)}-${random}-${clientIds}`;
+}
+/**
+ * A client of one gateway for one user. Sign in with {@link login}, an API
+ * key, or a kept {@link Session}; then call the REST helpers or
+ * {@link connect} for the live connection.
+ */
+export class ParleyClient extends Emitter {
+    /** The gateway's base URL, without a trailing slash. */
+    server;
+    apiKey;
+    fetchImpl;
+    socketImpl;
+    current;
+    renewing = null;
+    renewTimer;
+    connections = new Set();
+    constructor(options = {}) {
+        super();
+        const origin = globalThis.location?.origin;
+        const server = options.server ?? origin;
+        if (!server)
+            throw new ParleyError("INVALID_ARGUMENT", "no server: pass `server`, e.g. http://localhost:8080");
+        this.server = server.replace(/\/+$/, "");
+        this.apiKey = options.apiKey ?? null;
+        const fetchImpl = options.fetch ?? globalThis.fetch;
+        this.fetchImpl = fetchImpl.bind(globalThis);
+        this.socketImpl = options.WebSocket ?? globalThis.WebSocket;
+        this.current = options.session ?? null;
+        this.scheduleRenewal();
+    }
+    /** The session now, or `null` (signed out, or signed in with an API key). */
+    get session() {
+        return this.current;
+    }
+    /** Whether the client has credentials: a session or an API key. */
+    get signedIn() {
+        return this.apiKey !== null || this.current !== null;
+    }
+    /** Creates an account (`POST /api/v1/auth/register`); it does not sign in. */
+    register(username, password, email) {
+        return this.call("POST", "/auth/register", { username, password, email }, null);
+    }
+    /** Signs in with a password; the session is renewed from now on. */
+    async login(username, password) {
+        const pair = await this.call("POST", "/auth/login", { username, password }, null);
+        return this.setSession(pair);
+    }
+    /** Ends the session on the server and here; live connections close. */
+    async logout() {
+        const session = this.current;
+        this.end();
+        if (session)
+            await this.call("POST", "/auth/logout", { refresh_token: session.refreshToken }, null);
+    }
+    /** Forgets the credentials here and closes every connection, without telling the server. */
+    end() {
+        clearTimeout(this.renewTimer);
+        for (const connection of [...this.connections])
+            connection.close();
+        if (this.current) {
+            this.current = null;
+            this.emit("session", null);
+        }
+    }
+    /**
+     * A bearer credential usable now: the API key, or the access token,
+     * renewed first when it is about to expire.
+     */
+    async bearer() {
+        if (this.apiKey !== null)
+            return this.apiKey;
+        const session = this.current;
+        if (!session)
+            throw new ParleyError("UNAUTHENTICATED", "signed out: log in first", 401);
+        if (Date.now() >= session.expiresAt - 5_000)
+            return (await this.renew()).accessToken;
+        return session.accessToken;
+    }
+    /**
+     * Renews the access token with the refresh token (one renewal at a time:
+     * a refresh token is single use). A refused refresh ends the session.
+     */
+    renew() {
+        if (this.renewing)
+            return this.renewing;
+        const spent = this.current?.refreshToken;
+        if (!spent)
+            return Promise.reject(new ParleyError("UNAUTHENTICATED", "no session to renew", 401));
+        this.renewing = (async () => {
+            try {
+                const pair = await this.call("POST", "/auth/refresh", { refresh_token: spent }, null);
+                // Signed out meanwhile: the new tokens are not wanted.
+                if (this.current?.refreshToken !== spent) {
+                    throw new ParleyError("UNAUTHENTICATED", "signed out", 401);
+                }
+                return this.setSession(pair);
+            }
+            catch (err) {
+                if (err instanceof ParleyError && err.action === "sign_in")
+                    this.end();
+                else
+                    this.scheduleRenewal(5_000 + Math.random() * 5_000);
+                throw err;
+            }
+            finally {
+                this.renewing = null;
+            }
+        })();
+        return this.renewing;
+    }
+    /**
+     * An authenticated REST call under `/api/v1`: JSON in and out; a 401 is
+     * answered by one renewal and one retry.
+     */
+    async request(method, path, body) {
+        const token = await this.bearer();
+        try {
+            return await this.call(method, path, body, token);
+        }
+        catch (err) {
+            if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
+                throw err;
+            return this.call(method, path, body, (await this.renew()).accessToken);
+        }
+    }
+    /** The signed-in user. */
+    me() {
+        return this.request("GET", "/me");
+    }
+    /** Creates a room; with a password it is private. */
+    createRoom(name, password) {
+        return this.request("POST", "/rooms", password ? { name, password } : { name });
+    }
+    /** The user's rooms, latest activity first. */
+    async myRooms() {
+        const answer = await this.request("GET", "/rooms");
+        return answer.rooms ?? [];
+    }
+    /** The direct room with `userId`, made on first use. */
+    openDirect(userId) {
+        return this.request("POST", "/dms", { user_id: userId });
+    }
+    /** A page of a room's history before `beforeSeq` (0: the newest), oldest first. */
+    history(roomId, options = {}) {
+        const query = new URLSearchParams({
+            limit: String(options.limit ?? 50),
+            before_seq: String(options.beforeSeq ?? 0),
+        });
+        return this.request("GET", `/rooms/${encodeURIComponent(roomId)}/messages?${query}`);
+    }
+    /**
+     * Uploads a file as an attachment (`POST /api/v1/attachments`), streamed
+     * by the gateway. In browsers progress is reported as bytes leave.
+     */
+    async upload(data, options = {}) {
+        const blob = data instanceof Blob ? data : new Blob([data]);
+        const filename = options.filename ?? data.name ?? "file";
+        const contentType = options.contentType || blob.type || "application/octet-stream";
+        const path = `/attachments?filename=${encodeURIComponent(filename)}`;
+        const send = async (token) => {
+            const progress = options.onProgress;
+            if (progress && typeof XMLHttpRequest !== "undefined") {
+                return this.uploadWithProgress(path, blob, contentType, token, progress, options.signal);
+            }
+            const answer = await this.send("POST", path, blob, contentType, token, options.signal);
+            progress?.(blob.size, blob.size);
+            return answer;
+        };
+        const token = await this.bearer();
+        try {
+            return await send(token);
+        }
+        catch (err) {
+            if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
+                throw err;
+            return send((await this.renew()).accessToken);
+        }
+    }
+    /** Downloads an attachment (or its thumbnail) as a streaming `Response`. */
+    async download(id, options = {}) {
+        const path = `/attachments/${encodeURIComponent(id)}${options.thumbnail ? "/thumbnail" : ""}`;
+        const fetchWith = async (token) => {
+            let response;
+            try {
+                response = await this.fetchImpl(`${this.server}/api/v1${path}`, {
+                    headers: { Authorization: `Bearer ${token}` },
+                    cache: "no-store",
+                });
+            }
+            catch {
+                throw networkError();
+            }
+            if (!response.ok)
+                throw await errorOf(response);
+            return response;
+        };
+        const token = await this.bearer();
+        try {
+            return await fetchWith(token);
+        }
+        catch (err) {
+            if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
+                throw err;
+            return fetchWith((await this.renew()).accessToken);
+        }
+    }
+    /**
+     * A URL of an attachment for an `<img>` or a link: it carries the current
+     * access token, so it works until that token expires.
+     */
+    attachmentUrl(id, options = {}) {
+        const token = this.apiKey ?? this.current?.accessToken ?? "";
+        const path = `/api/v1/attachments/${encodeURIComponent(id)}${options.thumbnail ? "/thumbnail" : ""}`;
+        return `${this.server}${path}?token=${encodeURIComponent(token)}`;
+    }
+    /** Opens the live connection; it stays open, reconnecting, until closed. */
+    connect() {
+        if (!this.socketImpl) {
+            throw new ParleyError("FAILED_PRECONDITION", "no WebSocket here: pass `WebSocket` (Node 20: run with --experimental-websocket, or use the `ws` package)");
+        }
+        const connection = new Connection(this, this.socketImpl, (closed) => this.connections.delete(closed));
+        this.connections.add(connection);
+        return connection;
+    }
+    /** The gateway's WebSocket URL. */
+    get socketUrl() {
+        return `${this.server.replace(/^http/, "ws")}/ws`;
+    }
+    setSession(pair) {
+        const lifetime = Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900;
+        this.current = {
+            accessToken: pair.access_token,
+            refreshToken: pair.refresh_token,
+            expiresAt: Date.now() + lifetime * 1000,
+        };
+        this.scheduleRenewal();
+        this.emit("session", this.current);
+        for (const connection of this.connections)
+            connection.tokenRenewed(this.current.accessToken);
+        return this.current;
+    }
+    scheduleRenewal(after) {
+        clearTimeout(this.renewTimer);
+        const session = this.current;
+        if (!session)
+            return;
+        // Renew once two thirds of the token's life are gone.
+        const life = Math.max(0, session.expiresAt - Date.now());
+        const wait = after ?? life * RENEW_AT;
+        this.renewTimer = timer(() => {
+            this.renew().catch(() => {
+                /* renew() handled it: a new attempt or the end of the session */
+            });
+        }, wait);
+    }
+    /** One REST call; `token` null for the calls that take none. */
+    async call(method, path, body, token) {
+        const json = body === undefined ? undefined : JSON.stringify(body);
+        return (await this.send(method, path, json, json === undefined ? undefined : "application/json", token));
+    }
+    async send(method, path, body, contentType, token, signal) {
+        const headers = { Accept: "application/json" };
+        if (contentType)
+            headers["Content-Type"] = contentType;
+        if (token)
+            headers.Authorization = `Bearer ${token}`;
+        let response;
+        try {
+            response = await this.fetchImpl(`${this.server}/api/v1${path}`, { method, headers, body, cache: "no-store", signal });
+        }
+        catch {
+            throw signal?.aborted ? cancelled() : networkError();
+        }
+        if (!response.ok)
+            throw await errorOf(response);
+        if (response.status === 204)
+            return null;
+        const text = await response.text();
+        if (!text)
+            return null;
+        try {
+            return JSON.parse(text);
+        }
+        catch {
+            throw new ParleyError("INTERNAL", "the server sent a body that is not JSON", response.status);
+        }
+    }
+    uploadWithProgress(path, blob, contentType, token, progress, signal) {
+        return new Promise((resolve, reject) => {
+            if (signal?.aborted)
+                return reject(cancelled());
+            const xhr = new XMLHttpRequest();
+            signal?.addEventListener("abort", () => {
+                xhr.abort();
+                reject(cancelled());
+            });
+            xhr.open("POST", `${this.server}/api/v1${path}`);
+            xhr.setRequestHeader("Authorization", `Bearer ${token}`);
+            xhr.setRequestHeader("Content-Type", contentType);
+            xhr.upload.onprogress = (event) => progress(event.loaded, event.total || blob.size);
+            xhr.onerror = () => reject(networkError());
+            xhr.onload = () => {
+                let body = null;
+                try {
+                    body = JSON.parse(xhr.responseText);
+                }
+                catch {
+                    /* checked below */
+                }
+                if (xhr.status >= 200 && xhr.status < 300 && body) {
+                    progress(blob.size, blob.size);
+                    resolve(body);
+                }
+                else {
+                    reject(errorFromBody(xhr.status, body));
+                }
+            };
+            xhr.send(blob);
+        });
+    }
+}
+function cancelled() {
+    return new ParleyError("CANCELLED", "the upload was cancelled");
+}
+function networkError() {
+    return new ParleyError("NETWORK", "cannot reach the server; check the connection and try again");
+}
+async function errorOf(response) {
+    let body = null;
+    try {
+        body = JSON.parse(await response.text());
+    }
+    catch {
+        /* not the error body */
+    }
+    return errorFromBody(response.status, body);
+}
+function errorFromBody(status, body) {
+    const error = body?.error;
+    if (error && typeof error.message === "string") {
+        return new ParleyError(String(error.code ?? "UNKNOWN"), error.message, status);
+    }
+    const code = status === 401 ? "UNAUTHENTICATED" : status === 429 ? "RESOURCE_EXHAUSTED" : status >= 500 ? "UNAVAILABLE" : "UNKNOWN";
+    return new ParleyError(code, `the server answered ${status}`, status);
+}
+/**
+ * The live WebSocket, kept open: it reconnects with backoff and jitter,
+ * rejoins every room with `since_seq`, resends unacknowledged sends with
+ * their `client_id`, answers silence with a reconnect, and hands renewed
+ * tokens to the server in band.
+ */
+export class Connection extends Emitter {
+    client;
+    Socket;
+    onClosed;
+    socket = null;
+    current = "connecting";
+    attempt = 0;
+    closed = false;
+    reconnectTimer;
+    stableTimer;
+    pingTimer;
+    awaitingPong = null;
+    pings = 0;
+    tokenUsed = "";
+    rooms = new Map();
+    /** Sends and other acknowledged frames not answered yet, in the order made. */
+    pending = new Map();
+    online;
+    /** @internal Made by {@link ParleyClient.connect}. */
+    constructor(client, Socket, onClosed) {
+        super();
+        this.client = client;
+        this.Socket = Socket;
+        this.onClosed = onClosed;
+        this.online = () => {
+            // Back online after sleep or a network change: try now, not after the backoff.
+            if (!this.closed && !this.socket) {
+                this.attempt = 0;
+                void this.open();
+            }
+        };
+        globalEvents()?.addEventListener("online", this.online);
+        void this.open();
+    }
+    /** Where the connection stands now. */
+    get state() {
+        return this.current;
+    }
+    /** Whether frames go out now. */
+    get isOpen() {
+        return this.socket !== null && this.socket.readyState === 1 && this.current === "online";
+    }
+    /**
+     * Joins a room (a password for a private one) and resolves once the server
+     * answers `joined`; from then on its events arrive on the room, also
+     * across reconnects. Joining a room already joined returns it.
+     */
+    join(roomId, options = {}) {
+        const known = this.rooms.get(roomId);
+        if (known)
+            return known.ready;
+        const room = new Room(this, roomId, options.password);
+        this.rooms.set(roomId, room);
+        if (this.isOpen)
+            this.sendJoin(room);
+        return room.ready;
+    }
+    /** A room joined on this connection. */
+    room(roomId) {
+        return this.rooms.get(roomId);
+    }
+    /** Every room joined on this connection. */
+    get joinedRooms() {
+        return [...this.rooms.values()];
+    }
+    /**
+     * Sends a raw frame now (`false` while disconnected). The room API is
+     * the safe way; this is for frames that need no guarantee (typing, read).
+     */
+    sendFrame(frame) {
+        return this.sendText(JSON.stringify(frame));
+    }
+    sendText(text) {
+        const socket = this.socket;
+        if (!socket || socket.readyState !== 1)
+            return false;
+        try {
+            socket.send(text);
+            return true;
+        }
+        catch {
+            return false;
+        }
+    }
+    /**
+     * Sends `frame` (whose body carries `client_id`) until the server
+     * acknowledges it: it goes out now if the room is joined, else after the
+     * next (re)join, and again after every reconnect until its `ack` or `error`.
+     */
+    call(roomId, clientId, frame) {
+        if (this.closed)
+            return Promise.reject(new ParleyError("CANCELLED", "the connection is closed"));
+        const known = this.pending.get(clientId);
+        if (known) {
+            // The same client_id again: one stored result, one answer.
+            return new Promise((resolve, reject) => {
+                const { resolve: first, reject: firstReject } = known;
+                known.resolve = (ack) => (first(ack), resolve(ack));
+                known.reject = (err) => (firstReject(err), reject(err));
+            });
+        }
+        return new Promise((resolve, reject) => {
+            const call = { roomId, clientId, frame: JSON.stringify(frame), resolve, reject };
+            this.pending.set(clientId, call);
+            if (this.rooms.get(roomId)?.live)
+                this.sendText(call.frame);
+        });
+    }
+    /** Closes the connection for good; pending calls are rejected. */
+    close() {
+        if (this.closed)
+            return;
+        this.closed = true;
+        this.stop();
+        globalEvents()?.removeEventListener("online", this.online);
+        const socket = this.socket;
+        this.socket = null;
+        if (socket) {
+            socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+            try {
+                socket.close(1000, "closed");
+            }
+            catch {
+                /* already closed */
+            }
+        }
+        const cancelled = new ParleyError("CANCELLED", "the connection was closed");
+        for (const call of this.pending.values())
+            call.reject(cancelled);
+        this.pending.clear();
+        for (const room of this.rooms.values())
+            room.failJoin(cancelled);
+        this.setState("closed", "closed");
+        this.onClosed(this);
+    }
+    /** @internal The client renewed the token: the live socket gets it in band. */
+    tokenRenewed(token) {
+        if (this.isOpen && token !== this.tokenUsed) {
+            this.tokenUsed = token;
+            this.sendFrame({ refresh: { token } });
+        }
+    }
+    /** @internal A room asks to leave. */
+    leaveRoom(room) {
+        this.rooms.delete(room.id);
+        for (const [id, call] of this.pending) {
+            if (call.roomId === room.id) {
+                call.reject(new ParleyError("CANCELLED", "the room was left"));
+                this.pending.delete(id);
+            }
+        }
+        this.sendFrame({ leave: { room_id: room.id } });
+    }
+    setState(state, reason = "", retryInMs = 0) {
+        this.current = state;
+        this.emit("state", { state, reason, attempt: this.attempt, retryInMs });
+    }
+    stop() {
+        clearTimeout(this.reconnectTimer);
+        clearTimeout(this.stableTimer);
+        clearInterval(this.pingTimer);
+    }
+    async open() {
+        if (this.closed || this.socket)
+            return;
+        clearTimeout(this.reconnectTimer);
+        let token;
+        try {
+            token = await this.client.bearer();
+        }
+        catch (err) {
+            const error = err instanceof ParleyError ? err : networkError();
+            if (error.action === "sign_in")
+                return this.refuse(error);
+            return this.lost(error.message);
+        }
+        if (this.closed || this.socket)
+            return;
+        this.setState(this.attempt > 0 ? "reconnecting" : "connecting", this.attempt > 0 ? "opening" : "");
+        let socket;
+        try {
+            socket = new this.Socket(this.client.socketUrl, [`bearer.${token}`]);
+        }
+        catch (err) {
+            return this.lost(`cannot open a WebSocket: ${String(err)}`);
+        }
+        this.socket = socket;
+        this.tokenUsed = token;
+        let opened = false;
+        socket.onopen = () => {
+            opened = true;
+            this.stableTimer = timer(() => (this.attempt = 0), STABLE_AFTER_MS);
+            this.setState("online");
+            this.startPing();
+            // Renewed while this socket was opening.
+            const now = this.client.session?.accessToken;
+            if (now && now !== this.tokenUsed)
+                this.tokenRenewed(now);
+            for (const room of this.rooms.values())
+                this.sendJoin(room);
+        };
+        socket.onmessage = (event) => {
+            if (typeof event.data !== "string")
+                return;
+            let frame;
+            try {
+                frame = JSON.parse(event.data);
+            }
+            catch {
+                return;
+            }
+            if (frame && typeof frame === "object")
+                this.handle(frame);
+        };
+        socket.onerror = () => {
+            /* onclose follows */
+        };
+        socket.onclose = (event) => {
+            if (this.socket !== socket)
+                return;
+            this.socket = null;
+            this.stop();
+            for (const room of this.rooms.values())
+                room.live = false;
+            if (this.closed)
+                return;
+            void this.closedWith(event.code, event.reason, opened);
+        };
+    }
+    async closedWith(code, reason, opened) {
+        if (code === 4001 || !opened) {
+            // An expired token, or an upgrade refused (a browser cannot say why):
+            // a stale token is the one cause the client can fix.
+            try {
+                const me = await this.client.request("GET", "/me").then(() => null, (err) => err);
+                if (me instanceof ParleyError && me.action === "sign_in")
+                    return this.refuse(me);
+            }
+            catch {
+                /* the next attempt tells */
+            }
+            if (code === 4001)
+                this.attempt = 0;
+        }
+        const why = code === 1001
+            ? "the server is restarting"
+            : code === 4008
+                ? "the connection was too slow"
+                : code === 4001
+                    ? "the token expired"
+                    : reason || `connection lost (${code})`;
+        this.lost(why);
+    }
+    lost(reason) {
+        if (this.closed)
+            return;
+        this.attempt = Math.min(this.attempt + 1, 30);
+        const wait = backoff(this.attempt);
+        this.setState("reconnecting", reason, wait);
+        this.reconnectTimer = timer(() => void this.open(), wait);
+    }
+    /** The credentials were refused: nothing to retry. */
+    refuse(error) {
+        this.emit("error", error);
+        this.close();
+    }
+    startPing() {
+        clearInterval(this.pingTimer);
+        this.awaitingPong = null;
+        this.pingTimer = setInterval(() => {
+            if (this.awaitingPong !== null) {
+                // No answer in a whole interval: the link is dead though no close came.
+                this.socket?.close(4000, "ping timeout");
+                const socket = this.socket;
+                if (socket?.onclose)
+                    socket.onclose({ code: 4000, reason: "no answer to a ping" });
+                return;
+            }
+            this.pings += 1;
+            this.awaitingPong = String(this.pings);
+            this.sendFrame({ ping: { nonce: this.awaitingPong } });
+        }, PING_EVERY_MS);
+        this.pingTimer.unref?.();
+    }
+    sendJoin(room) {
+        const join = { room_id: room.id };
+        if (room.lastSeq > 0)
+            join.since_seq = room.lastSeq;
+        if (room.password)
+            join.password = room.password;
+        this.sendFrame({ join });
+    }
+    handle(frame) {
+        this.emit("frame", frame);
+        const kind = Object.keys(frame)[0];
+        if (!kind)
+            return;
+        const body = frame[kind] ?? {};
+        const room = typeof body.room_id === "string" ? this.rooms.get(body.room_id) : undefined;
+        switch (kind) {
+            case "joined":
+                if (room)
+                    this.joined(room, body);
+                return;
+            case "ack":
+                return this.acked(body);
+            case "error":
+                return this.failed(body, room);
+            case "pong":
+                if (body.nonce === this.awaitingPong)
+                    this.awaitingPong = null;
+                return;
+            case "left":
+                if (room) {
+                    this.rooms.delete(room.id);
+                    room.removed();
+                }
+                return;
+            case "history":
+                room?.historyArrived(body);
+                return;
+            default:
+                if (room && TIMELINE.has(kind))
+                    room.timeline(kind, body);
+                else
+                    room?.ephemeral(kind, body);
+        }
+    }
+    joined(room, body) {
+        const fill = room.joinedAnswer(body);
+        if (fill)
+            this.sendFrame({ get_chat_history: fill });
+        for (const call of this.pending.values()) {
+            if (call.roomId === room.id)
+                this.sendText(call.frame);
+        }
+    }
+    acked(body) {
+        const clientId = String(body.client_id ?? "");
+        const call = this.pending.get(clientId);
+        if (!call)
+            return;
+        this.pending.delete(clientId);
+        call.resolve({ client_id: clientId, message_id: String(body.message_id ?? ""), seq: Number(body.seq) || 0 });
+    }
+    failed(body, room) {
+        const error = Object.assign(new ParleyError(String(body.code ?? "UNKNOWN"), String(body.message ?? "")), {
+            roomId: String(body.room_id ?? ""),
+            clientId: String(body.client_id ?? ""),
+        });
+        const call = error.clientId ? this.pending.get(error.clientId) : undefined;
+        if (call) {
+            this.pending.delete(error.clientId);
+            call.reject(error);
+            return;
+        }
+        if (room && room.failJoin(error)) {
+            this.rooms.delete(room.id);
+            return;
+        }
+        this.emit("error", error);
+    }
+}
+/** The page's `window` events, where there is a page. */
+function globalEvents() {
+    const scope = globalThis;
+    return scope.document && scope.addEventListener && scope.removeEventListener ? scope : undefined;
+}
+/**
+ * A room joined on a {@link Connection}: its timeline events, in order and
+ * once each, and the calls that change it.
+ */
+export class Room extends Emitter {
+    connection;
+    id;
+    password;
+    /** The newest timeline `seq` delivered: a rejoin replays after it. */
+    lastSeq = 0;
+    /** Joined on the current socket: calls go out at once. */
+    live = false;
+    /** Resolves on the first `joined`, rejects if the first join fails. */
+    ready;
+    settle = null;
+    /** Timeline events held while history fills what a rejoin missed. */
+    held = null;
+    /** @internal Made by {@link Connection.join}. */
+    constructor(connection, 
+    /** The room's id. */
+    id, 
+    /** @internal The password rejoins use. */
+    password) {
+        super();
+        this.connection = connection;
+        this.id = id;
+        this.password = password;
+        this.ready = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+        // A failed first join is also reported to whoever awaits `ready`; this
+        // keeps a rejection nobody awaits from being reported as unhandled.
+        this.ready.catch(() => { });
+    }
+    /**
+     * Sends a message; resolves with its `seq` once stored. Safe to retry:
+     * the same `clientId` never stores a second message.
+     */
+    send(content, options = {}) {
+        const clientId = options.clientId ?? newClientId();
+        const send = { room_id: this.id, content, client_id: clientId };
+        if (options.replyTo)
+            send.reply_to = options.replyTo;
+        if (options.attachments?.length)
+            send.attachments = options.attachments;
+        return this.connection.call(this.id, clientId, { send });
+    }
+    /** Replaces the text of one's own message `seq`. */
+    edit(seq, content, clientId = newClientId()) {
+        return this.connection.call(this.id, clientId, { edit: { room_id: this.id, seq, content, client_id: clientId } });
+    }
+    /** Deletes message `seq` (one's own, or as a moderator). */
+    delete(seq, clientId = newClientId()) {
+        return this.connection.call(this.id, clientId, { delete: { room_id: this.id, seq, client_id: clientId } });
+    }
+    /** Adds (or with `remove`, takes back) a reaction to message `seq`. */
+    react(seq, emoji, remove = false, clientId = newClientId()) {
+        return this.connection.call(this.id, clientId, {
+            react: { room_id: this.id, seq, emoji, remove, client_id: clientId },
+        });
+    }
+    /** Tells the other members the user is typing (droppable: `false` while disconnected). */
+    typing() {
+        return this.live && this.connection.sendFrame({ typing: { room_id: this.id } });
+    }
+    /** Moves the user's read marker to `seq` (droppable, like typing). */
+    read(seq) {
+        return this.live && this.connection.sendFrame({ read: { room_id: this.id, seq } });
+    }
+    /** Leaves the room: the user is no longer a member. */
+    leave() {
+        this.live = false;
+        this.connection.leaveRoom(this);
+    }
+    /** @internal The answer to a (re)join; returns the history request that fills a gap, if one is needed. */
+    joinedAnswer(body) {
+        this.live = true;
+        const lastSeq = Number(body.last_seq) || 0;
+        const truncated = body.replay_truncated === true;
+        let fill = null;
+        if (this.settle) {
+            // The first join: events start after what the room holds now.
+            this.lastSeq = lastSeq;
+            this.settle.resolve(this);
+            this.settle = null;
+        }
+        else if (lastSeq > this.lastSeq && (truncated || this.lastSeq === 0)) {
+            // The replay cannot cover what was missed (more than the server
+            // replays, or nothing to replay after): history fills it, and what
+            // arrives meanwhile waits so the order holds.
+            const missed = lastSeq - this.lastSeq;
+            if (missed > HISTORY_LIMIT)
+                this.emit("truncated", { fromSeq: this.lastSeq + 1, toSeq: lastSeq - HISTORY_LIMIT });
+            this.held = [];
+            fill = { room_id: this.id, limit: Math.min(missed, HISTORY_LIMIT), before_seq: lastSeq + 1 };
+        }
+        this.emit("joined", body);
+        return fill;
+    }
+    /** @internal A first join refused: reject `ready`. Returns whether this was a first join. */
+    failJoin(error) {
+        if (!this.settle)
+            return false;
+        this.settle.reject(error);
+        this.settle = null;
+        return true;
+    }
+    /** @internal */
+    timeline(kind, data) {
+        const event = { kind, seq: Number(data.seq) || 0, data };
+        if (this.held)
+            this.held.push(event);
+        else
+            this.deliver(event);
+    }
+    /** @internal */
+    historyArrived(body) {
+        const held = this.held;
+        if (!held)
+            return;
+        this.held = null;
+        const messages = (Array.isArray(body.messages) ? body.messages : []);
+        const filled = messages
+            .map((data) => ({ kind: "message", seq: Number(data.seq) || 0, data }))
+            .sort((a, b) => a.seq - b.seq);
+        for (const event of [...filled, ...held])
+            this.deliver(event);
+    }
+    /** @internal */
+    ephemeral(kind, data) {
+        this.emit("ephemeral", { kind, data });
+    }
+    /** @internal */
+    removed() {
+        this.live = false;
+        this.emit("removed", undefined);
+    }
+    /** Hands an event on once: what was delivered already (a replay overlapping live events) is dropped. */
+    deliver(event) {
+        if (event.seq <= this.lastSeq)
+            return;
+        this.lastSeq = event.seq;
+        this.emit("event", event);
+    }
+}
