@@ -173,11 +173,13 @@ capacity:
 	$(CARGO) build --release --workspace --bins
 	ulimit -n $$(ulimit -Hn); $(TARGET_DIR)/release/parley-bench capacity $(CAPACITY_ARGS)
 
-## Formatting and lints, as CI checks them.
+## Formatting and lints, as CI checks them, and the client crate's docs
+## without a warning.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p parley-gateway -p parley-chat --features fuzzing --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc -p parley-client --no-deps
 
 fmt:
 	$(CARGO) fmt --all

@@ -3,12 +3,13 @@
 //! the exit code says what failed: 3 the request (fix it), 4 the sign-in
 //! (log in again), 5 the server or the network (retry), 1 anything else.
 
+mod chat;
 mod credentials;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use parley_client::{Action, Client, Error, Event};
+use parley_client::{Action, Client, Draft, Error, Event};
 use serde_json::json;
 
 /// Parley from a terminal and from scripts.
@@ -45,12 +46,40 @@ enum Command {
         #[command(subcommand)]
         command: RoomsCommand,
     },
-    /// Sends TEXT to ROOM and prints its seq.
+    /// Sends TEXT (with any --file attached) to ROOM and prints its seq.
     Send {
         /// The room's id.
         room: String,
-        /// The message.
+        /// The message; may be empty with files.
         text: String,
+        /// A file to upload and attach (up to 10).
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<std::path::PathBuf>,
+        /// The seq of the message this answers.
+        #[arg(long, default_value_t = 0)]
+        reply_to: i64,
+    },
+    /// Uploads a file as an attachment and prints its id.
+    Upload {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// Writes an attachment to a file (or standard output with `-`).
+    Download {
+        /// The attachment's id.
+        id: String,
+        /// Where to write it: a path, or `-`.
+        #[arg(long, short, default_value = "-")]
+        output: String,
+        /// The thumbnail instead of the file.
+        #[arg(long)]
+        thumbnail: bool,
+    },
+    /// An interactive chat in ROOM: messages with replies, edits and
+    /// reactions, members, typing, and the connection's state.
+    Chat {
+        /// The room's id.
+        room: String,
     },
     /// Prints ROOM's latest messages, oldest first.
     History {
@@ -78,6 +107,20 @@ enum RoomsCommand {
         /// Makes it private: others need this to join.
         #[arg(long)]
         password: Option<String>,
+    },
+    /// Joins a room, which makes you a member (a public room is created by
+    /// its first join).
+    Join {
+        /// The room's id.
+        room: String,
+        /// A private room's password.
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// The direct room with a user (made on first use); prints its id.
+    Dm {
+        /// The other user's id.
+        user_id: String,
     },
 }
 
@@ -162,16 +205,84 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     let room = client.create_room(&name, password.as_deref()).await?;
                     print(json, &json!(room), &room.id);
                 }
+                RoomsCommand::Join { room, password } => {
+                    let connection = client.connect().await?;
+                    let joined = connection
+                        .join_with_password(&room, password.as_deref())
+                        .await?;
+                    print(json, &json!({"id": joined.id()}), joined.id());
+                }
+                RoomsCommand::Dm { user_id } => {
+                    let room = client.open_direct(&user_id).await?;
+                    print(json, &json!(room), &room.id);
+                }
             }
         }
-        Command::Send { room, text } => {
+        Command::Send {
+            room,
+            text,
+            files,
+            reply_to,
+        } => {
             let client = signed_in(&cli.server).await?;
+            let mut attachments = Vec::new();
+            for path in &files {
+                attachments.push(client.upload_file(path, None, |_, _| {}).await?.id);
+            }
             let connection = client.connect().await?;
             let room = connection.join(&room).await?;
-            let ack = room.send(&text).await?;
+            let ack = room
+                .send_draft(Draft {
+                    content: text,
+                    reply_to,
+                    attachments,
+                    client_id: None,
+                })
+                .await?;
             let answer =
                 json!({"seq": ack.seq, "message_id": ack.message_id, "client_id": ack.client_id});
             print(json, &answer, &ack.seq.to_string());
+        }
+        Command::Upload { path } => {
+            let client = signed_in(&cli.server).await?;
+            let attachment = client.upload_file(&path, None, |_, _| {}).await?;
+            print(json, &json!(attachment), &attachment.id);
+        }
+        Command::Download {
+            id,
+            output,
+            thumbnail,
+        } => {
+            let client = signed_in(&cli.server).await?;
+            let written = if output == "-" {
+                let mut out = tokio::io::stdout();
+                client.download(&id, thumbnail, &mut out, |_, _| {}).await?
+            } else {
+                // Written beside the target and renamed when whole, so a
+                // failed download leaves no half file under its name.
+                let partial = format!("{output}.part");
+                let mut file = tokio::fs::File::create(&partial).await?;
+                let written = client.download(&id, thumbnail, &mut file, |_, _| {}).await;
+                drop(file);
+                match written {
+                    Ok(written) => {
+                        tokio::fs::rename(&partial, &output).await?;
+                        written
+                    }
+                    Err(err) => {
+                        let _ = tokio::fs::remove_file(&partial).await;
+                        return Err(err.into());
+                    }
+                }
+            };
+            if output != "-" {
+                let answer = json!({"id": id, "path": output, "bytes": written});
+                print(json, &answer, &format!("{written} bytes to {output}"));
+            }
+        }
+        Command::Chat { room } => {
+            let client = signed_in(&cli.server).await?;
+            chat::run(&client, &room).await?;
         }
         Command::History { room, limit } => {
             let client = signed_in(&cli.server).await?;

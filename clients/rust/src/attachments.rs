@@ -57,9 +57,10 @@ impl Client {
             .await
             .map_err(|err| Error::Transport(format!("{}: {err}", path.display())))?
             .len();
-        let filename = path
-            .file_name()
-            .map_or_else(|| "file".to_owned(), |name| name.to_string_lossy().into_owned());
+        let filename = path.file_name().map_or_else(
+            || "file".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
         self.upload(file, size, &filename, content_type, progress)
             .await
     }

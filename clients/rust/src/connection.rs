@@ -59,12 +59,20 @@ pub struct Connection {
     state: watch::Receiver<ConnectionState>,
 }
 
-/// One joined room: send to it and read its events.
+/// One joined room: read its events, and (through [`RoomSender`], which
+/// it derefs to) send to it.
 #[derive(Debug)]
 pub struct Room {
+    sender: RoomSender,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+/// What can be done in a joined room besides reading its events. Cheap to
+/// clone, so other tasks can send while one reads.
+#[derive(Debug, Clone)]
+pub struct RoomSender {
     id: String,
     commands: mpsc::UnboundedSender<Command>,
-    events: mpsc::UnboundedReceiver<Event>,
 }
 
 type Events = mpsc::UnboundedReceiver<Event>;
@@ -154,8 +162,10 @@ impl Connection {
             .map_err(|_| Error::Closed)?;
         let events = answer.await.map_err(|_| Error::Closed)??;
         Ok(Room {
-            id: room_id.to_owned(),
-            commands: self.commands.clone(),
+            sender: RoomSender {
+                id: room_id.to_owned(),
+                commands: self.commands.clone(),
+            },
             events,
         })
     }
@@ -167,6 +177,35 @@ impl Connection {
 }
 
 impl Room {
+    /// A handle to send with from another task.
+    pub fn sender(&self) -> RoomSender {
+        self.sender.clone()
+    }
+
+    /// The room's next event; `None` once the connection is closed or the
+    /// room was left.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+
+    /// Leaves the room: the user is no longer a member (a private room
+    /// then needs its password again). Dropping a handle only stops
+    /// following the room here.
+    pub fn leave(mut self) {
+        let room_id = std::mem::take(&mut self.sender.id);
+        let _ = self.sender.commands.send(Command::Leave { room_id });
+    }
+}
+
+impl std::ops::Deref for Room {
+    type Target = RoomSender;
+
+    fn deref(&self) -> &RoomSender {
+        &self.sender
+    }
+}
+
+impl RoomSender {
     /// The room's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -188,7 +227,7 @@ impl Room {
     /// one returns the first message instead of storing another.
     ///
     /// # Errors
-    /// As [`Room::send`].
+    /// As [`RoomSender::send`].
     pub async fn send_with_id(&self, content: &str, client_id: &str) -> Result<Ack> {
         self.send_draft(Draft {
             content: content.to_owned(),
@@ -199,14 +238,15 @@ impl Room {
     }
 
     /// Sends a message with a reply, attachments or a chosen `client_id`;
-    /// stored once, like [`Room::send`].
+    /// stored once, like [`RoomSender::send`].
     ///
     /// # Errors
-    /// As [`Room::send`]; INVALID_ARGUMENT for an attachment that is
+    /// As [`RoomSender::send`]; INVALID_ARGUMENT for an attachment that is
     /// unknown or someone else's, or a `reply_to` not in the room.
     pub async fn send_draft(&self, draft: Draft) -> Result<Ack> {
         let client_id = draft.client_id.unwrap_or_else(new_client_id);
-        let mut send = json!({"room_id": self.id, "content": draft.content, "client_id": client_id});
+        let mut send =
+            json!({"room_id": self.id, "content": draft.content, "client_id": client_id});
         if draft.reply_to > 0 {
             send["reply_to"] = json!(draft.reply_to);
         }
@@ -230,7 +270,7 @@ impl Room {
     /// Deletes message `seq` (one's own, or any as a moderator).
     ///
     /// # Errors
-    /// As [`Room::edit`].
+    /// As [`RoomSender::edit`].
     pub async fn delete(&self, seq: i64) -> Result<Ack> {
         let client_id = new_client_id();
         let frame = json!({"delete": {"room_id": self.id, "seq": seq, "client_id": client_id}});
@@ -258,14 +298,6 @@ impl Room {
         self.notify(json!({"read": {"room_id": self.id, "seq": seq}}));
     }
 
-    /// Leaves the room: the user is no longer a member (a private room
-    /// then needs its password again). Dropping a handle only stops
-    /// following the room here.
-    pub fn leave(mut self) {
-        let room_id = std::mem::take(&mut self.id);
-        let _ = self.commands.send(Command::Leave { room_id });
-    }
-
     fn notify(&self, frame: Value) {
         let _ = self.commands.send(Command::Notify {
             room_id: self.id.clone(),
@@ -285,20 +317,14 @@ impl Room {
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
-
-    /// The room's next event; `None` once the connection is closed or the
-    /// room was left.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
-    }
 }
 
 impl Drop for Room {
     fn drop(&mut self) {
         // Empty after `leave`, which said so already.
-        if !self.id.is_empty() {
-            let _ = self.commands.send(Command::Forget {
-                room_id: std::mem::take(&mut self.id),
+        if !self.sender.id.is_empty() {
+            let _ = self.sender.commands.send(Command::Forget {
+                room_id: std::mem::take(&mut self.sender.id),
             });
         }
     }

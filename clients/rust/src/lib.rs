@@ -34,7 +34,7 @@ mod events;
 mod rest;
 
 pub use attachments::Attachment;
-pub use connection::{Connection, ConnectionState, Draft, Room};
+pub use connection::{Connection, ConnectionState, Draft, Room, RoomSender};
 pub use error::{Action, Error, Result};
 pub use events::{Ack, Event, TimelineEvent};
 pub use rest::{Client, HistoryPage, RoomInfo, Session, User};

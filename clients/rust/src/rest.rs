@@ -367,7 +367,10 @@ pub(crate) fn transport(err: reqwest::Error) -> Error {
 
 /// The body of a successful answer, or the server's error. `empty`
 /// answers (204) read as `null`.
-pub(crate) async fn answer<T: DeserializeOwned>(response: reqwest::Response, empty: bool) -> Result<T> {
+pub(crate) async fn answer<T: DeserializeOwned>(
+    response: reqwest::Response,
+    empty: bool,
+) -> Result<T> {
     let status = response.status();
     let bytes = response.bytes().await.map_err(transport)?;
     if status.is_success() {

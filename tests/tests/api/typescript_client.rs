@@ -46,7 +46,10 @@ async fn the_typescript_client_passes_its_tests_against_parley(topology: Topolog
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "the package's tests failed:\n{report}");
+    assert!(
+        output.status.success(),
+        "the package's tests failed:\n{report}"
+    );
     assert!(report.contains("# fail 0"), "{report}");
     assert!(report.contains("# pass 5"), "every test ran:\n{report}");
     deployment.stop().await;
@@ -72,8 +75,8 @@ async fn the_committed_build_matches_the_source() {
     );
     for file in ["parley-client.js", "parley-client.d.ts"] {
         let built = std::fs::read_to_string(out.path().join(file)).unwrap();
-        let committed = std::fs::read_to_string(Path::new(PACKAGE).join("dist").join(file))
-            .unwrap_or_default();
+        let committed =
+            std::fs::read_to_string(Path::new(PACKAGE).join("dist").join(file)).unwrap_or_default();
         assert!(
             built == committed,
             "clients/typescript/dist/{file} is not the build of src/: run `make client-build`"
