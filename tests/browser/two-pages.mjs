@@ -342,7 +342,10 @@ async function main() {
       { timeout: TIMEOUT }
     );
     const href = await shown.locator(tid("attachment-image")).getAttribute("href");
-    if (!/^\/api\/v1\/attachments\/[0-9a-f]{32}\?token=/.test(href)) fail(`the thumbnail links to ${href}`);
+    const full = new URL(href, B.page.url());
+    if (full.origin !== new URL(B.page.url()).origin || !/^\/api\/v1\/attachments\/[0-9a-f]{32}$/.test(full.pathname) || !full.searchParams.get("token")) {
+      fail(`the thumbnail links to ${href}`);
+    }
     if ((await A.page.locator(tid("attachment-upload")).count()) !== 0) fail("the composer's tray is not empty after sending");
   });
 
@@ -361,7 +364,7 @@ async function main() {
   });
 
   await step("uploaded pages cannot run in Parley's origin", "an HTML and an SVG attachment opened by URL are downloaded, not rendered, and no script of theirs touches the origin's storage", async () => {
-    const token = await A.page.evaluate(() => JSON.parse(sessionStorage.getItem("parley.tokens")).access_token);
+    const token = await A.page.evaluate(() => JSON.parse(sessionStorage.getItem("parley.tokens")).accessToken);
     const hostile = [
       ["evil.html", "text/html", "<html><body><script>localStorage.setItem('owned', 'html')</script>hi</body></html>"],
       ["evil.svg", "image/svg+xml", '<svg xmlns="http://www.w3.org/2000/svg"><script>localStorage.setItem("owned", "svg")</script></svg>'],

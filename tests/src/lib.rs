@@ -24,6 +24,7 @@ pub use parley_runtime::test_util::Backend as DatabaseBackend;
 pub mod chat;
 pub mod gateway;
 pub mod media;
+pub mod proxy;
 pub mod redis_cluster;
 
 /// The username that gets `admin` in every test stack.

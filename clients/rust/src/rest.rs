@@ -11,8 +11,14 @@ use serde_json::json;
 
 use crate::{
     connection::Connection,
-    error::{Error, Result},
+    error::{Action, Error, Result},
 };
+
+/// How often a read is tried before its error is returned, and the
+/// backoff between tries (README: "Client libraries").
+const READ_TRIES: u32 = 6;
+const READ_RETRY_FIRST: Duration = Duration::from_millis(250);
+const READ_RETRY_MOST: Duration = Duration::from_secs(2);
 
 /// A signed-in user's tokens.
 #[derive(Debug, Clone)]
@@ -333,7 +339,38 @@ impl Client {
         Ok(tokens(answer, issued))
     }
 
+    /// One REST call. A read (GET) the server could not serve for a
+    /// passing reason (a replica restarting, a busy service) is tried
+    /// again with backoff: it changes nothing, so repeating it is safe.
     async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        authorized: bool,
+    ) -> Result<T> {
+        let mut wait = READ_RETRY_FIRST;
+        let mut tries = 1;
+        loop {
+            match self
+                .call_once(method.clone(), path, body.clone(), authorized)
+                .await
+            {
+                Err(err)
+                    if method == reqwest::Method::GET
+                        && err.action() == Action::Retry
+                        && tries < READ_TRIES =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(READ_RETRY_MOST);
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -213,6 +213,7 @@ export declare class ParleyClient extends Emitter<ClientEvents> {
      * answered by one renewal and one retry.
      */
     request<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
+    private requestOnce;
     /** The signed-in user. */
     me(): Promise<User>;
     /** Creates a room; with a password it is private. */
@@ -246,6 +247,7 @@ export declare class ParleyClient extends Emitter<ClientEvents> {
     connect(): Connection;
     /** The gateway's WebSocket URL. */
     get socketUrl(): string;
+    /** Keeps new tokens; their life is counted from `issued`, before the request, so a renewal is never late. */
     private setSession;
     private scheduleRenewal;
     /** One REST call; `token` null for the calls that take none. */

@@ -88,6 +88,14 @@ const BACKOFF_MOST_MS = 30_000;
 const STABLE_AFTER_MS = 5_000;
 /** How often the connection is pinged; an unanswered ping by the next one means the link is dead. */
 const PING_EVERY_MS = 15_000;
+/** How often a read (GET) is tried before its error is returned, and the backoff between tries. */
+const READ_TRIES = 6;
+const READ_RETRY_FIRST_MS = 250;
+const READ_RETRY_MOST_MS = 2_000;
+/** How long a REST call (not an upload or a download) may take. */
+const REQUEST_TIMEOUT_MS = 30_000;
+/** How long opening the WebSocket may take before it counts as lost. */
+const OPEN_TIMEOUT_MS = 10_000;
 /** Most messages history returns at once. */
 const HISTORY_LIMIT = 200;
 /** The wait before reconnect attempt `attempt` (1-based): full jitter over the upper half. */
@@ -151,8 +159,9 @@ export class ParleyClient extends Emitter {
     }
     /** Signs in with a password; the session is renewed from now on. */
     async login(username, password) {
+        const issued = Date.now();
         const pair = await this.call("POST", "/auth/login", { username, password }, null);
-        return this.setSession(pair);
+        return this.setSession(pair, issued);
     }
     /** Ends the session on the server and here; live connections close. */
     async logout() {
@@ -197,12 +206,13 @@ export class ParleyClient extends Emitter {
             return Promise.reject(new ParleyError("UNAUTHENTICATED", "no session to renew", 401));
         this.renewing = (async () => {
             try {
+                const issued = Date.now();
                 const pair = await this.call("POST", "/auth/refresh", { refresh_token: spent }, null);
                 // Signed out meanwhile: the new tokens are not wanted.
                 if (this.current?.refreshToken !== spent) {
                     throw new ParleyError("UNAUTHENTICATED", "signed out", 401);
                 }
-                return this.setSession(pair);
+                return this.setSession(pair, issued);
             }
             catch (err) {
                 if (err instanceof ParleyError && err.action === "sign_in")
@@ -222,6 +232,21 @@ export class ParleyClient extends Emitter {
      * answered by one renewal and one retry.
      */
     async request(method, path, body) {
+        // A read the server could not serve for a passing reason (a replica
+        // restarting, a busy service) is tried again with backoff: it changes
+        // nothing, so repeating it is safe.
+        for (let tries = 1, wait = READ_RETRY_FIRST_MS;; tries++, wait = Math.min(wait * 2, READ_RETRY_MOST_MS)) {
+            try {
+                return await this.requestOnce(method, path, body);
+            }
+            catch (err) {
+                if (method !== "GET" || !(err instanceof ParleyError) || err.action !== "retry" || tries >= READ_TRIES)
+                    throw err;
+                await new Promise((resolve) => setTimeout(resolve, wait));
+            }
+        }
+    }
+    async requestOnce(method, path, body) {
         const token = await this.bearer();
         try {
             return await this.call(method, path, body, token);
@@ -335,12 +360,13 @@ export class ParleyClient extends Emitter {
     get socketUrl() {
         return `${this.server.replace(/^http/, "ws")}/ws`;
     }
-    setSession(pair) {
+    /** Keeps new tokens; their life is counted from `issued`, before the request, so a renewal is never late. */
+    setSession(pair, issued) {
         const lifetime = Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900;
         this.current = {
             accessToken: pair.access_token,
             refreshToken: pair.refresh_token,
-            expiresAt: Date.now() + lifetime * 1000,
+            expiresAt: issued + lifetime * 1000,
         };
         this.scheduleRenewal();
         this.emit("session", this.current);
@@ -373,9 +399,12 @@ export class ParleyClient extends Emitter {
             headers["Content-Type"] = contentType;
         if (token)
             headers.Authorization = `Bearer ${token}`;
+        // A call that stalls fails rather than hanging; an upload has only
+        // its caller's signal, since a large file may take long.
+        const limit = signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS);
         let response;
         try {
-            response = await this.fetchImpl(`${this.server}/api/v1${path}`, { method, headers, body, cache: "no-store", signal });
+            response = await this.fetchImpl(`${this.server}/api/v1${path}`, { method, headers, body, cache: "no-store", signal: limit });
         }
         catch {
             throw signal?.aborted ? cancelled() : networkError();
@@ -647,7 +676,20 @@ export class Connection extends Emitter {
         this.socket = socket;
         this.tokenUsed = token;
         let opened = false;
+        const openTimer = timer(() => {
+            // Neither open nor refused: a silent network. Count it as lost.
+            if (!opened && this.socket === socket) {
+                try {
+                    socket.close();
+                }
+                catch {
+                    /* already closing */
+                }
+                socket.onclose?.({ code: 4000, reason: "timed out opening the connection" });
+            }
+        }, OPEN_TIMEOUT_MS);
         socket.onopen = () => {
+            clearTimeout(openTimer);
             opened = true;
             this.stableTimer = timer(() => (this.attempt = 0), STABLE_AFTER_MS);
             this.setState("online");
@@ -676,6 +718,7 @@ export class Connection extends Emitter {
             /* onclose follows */
         };
         socket.onclose = (event) => {
+            clearTimeout(openTimer);
             if (this.socket !== socket)
                 return;
             this.socket = null;

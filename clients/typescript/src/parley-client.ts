@@ -214,6 +214,14 @@ const BACKOFF_MOST_MS = 30_000;
 const STABLE_AFTER_MS = 5_000;
 /** How often the connection is pinged; an unanswered ping by the next one means the link is dead. */
 const PING_EVERY_MS = 15_000;
+/** How often a read (GET) is tried before its error is returned, and the backoff between tries. */
+const READ_TRIES = 6;
+const READ_RETRY_FIRST_MS = 250;
+const READ_RETRY_MOST_MS = 2_000;
+/** How long a REST call (not an upload or a download) may take. */
+const REQUEST_TIMEOUT_MS = 30_000;
+/** How long opening the WebSocket may take before it counts as lost. */
+const OPEN_TIMEOUT_MS = 10_000;
 /** Most messages history returns at once. */
 const HISTORY_LIMIT = 200;
 
@@ -328,8 +336,9 @@ export class ParleyClient extends Emitter<ClientEvents> {
 
   /** Signs in with a password; the session is renewed from now on. */
   async login(username: string, password: string): Promise<Session> {
+    const issued = Date.now();
     const pair = await this.call<TokenPair>("POST", "/auth/login", { username, password }, null);
-    return this.setSession(pair);
+    return this.setSession(pair, issued);
   }
 
   /** Ends the session on the server and here; live connections close. */
@@ -371,12 +380,13 @@ export class ParleyClient extends Emitter<ClientEvents> {
     if (!spent) return Promise.reject(new ParleyError("UNAUTHENTICATED", "no session to renew", 401));
     this.renewing = (async () => {
       try {
+        const issued = Date.now();
         const pair = await this.call<TokenPair>("POST", "/auth/refresh", { refresh_token: spent }, null);
         // Signed out meanwhile: the new tokens are not wanted.
         if (this.current?.refreshToken !== spent) {
           throw new ParleyError("UNAUTHENTICATED", "signed out", 401);
         }
-        return this.setSession(pair);
+        return this.setSession(pair, issued);
       } catch (err) {
         if (err instanceof ParleyError && err.action === "sign_in") this.end();
         else this.scheduleRenewal(5_000 + Math.random() * 5_000);
@@ -393,6 +403,20 @@ export class ParleyClient extends Emitter<ClientEvents> {
    * answered by one renewal and one retry.
    */
   async request<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {
+    // A read the server could not serve for a passing reason (a replica
+    // restarting, a busy service) is tried again with backoff: it changes
+    // nothing, so repeating it is safe.
+    for (let tries = 1, wait = READ_RETRY_FIRST_MS; ; tries++, wait = Math.min(wait * 2, READ_RETRY_MOST_MS)) {
+      try {
+        return await this.requestOnce<T>(method, path, body);
+      } catch (err) {
+        if (method !== "GET" || !(err instanceof ParleyError) || err.action !== "retry" || tries >= READ_TRIES) throw err;
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+    }
+  }
+
+  private async requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
     const token = await this.bearer();
     try {
       return await this.call<T>(method, path, body, token);
@@ -512,12 +536,13 @@ export class ParleyClient extends Emitter<ClientEvents> {
     return `${this.server.replace(/^http/, "ws")}/ws`;
   }
 
-  private setSession(pair: TokenPair): Session {
+  /** Keeps new tokens; their life is counted from `issued`, before the request, so a renewal is never late. */
+  private setSession(pair: TokenPair, issued: number): Session {
     const lifetime = Number(pair.expires_in) > 0 ? Number(pair.expires_in) : 900;
     this.current = {
       accessToken: pair.access_token,
       refreshToken: pair.refresh_token,
-      expiresAt: Date.now() + lifetime * 1000,
+      expiresAt: issued + lifetime * 1000,
     };
     this.scheduleRenewal();
     this.emit("session", this.current);
@@ -556,9 +581,12 @@ export class ParleyClient extends Emitter<ClientEvents> {
     const headers: Record<string, string> = { Accept: "application/json" };
     if (contentType) headers["Content-Type"] = contentType;
     if (token) headers.Authorization = `Bearer ${token}`;
+    // A call that stalls fails rather than hanging; an upload has only
+    // its caller's signal, since a large file may take long.
+    const limit = signal ?? AbortSignal.timeout(REQUEST_TIMEOUT_MS);
     let response: Response;
     try {
-      response = await this.fetchImpl(`${this.server}/api/v1${path}`, { method, headers, body, cache: "no-store", signal });
+      response = await this.fetchImpl(`${this.server}/api/v1${path}`, { method, headers, body, cache: "no-store", signal: limit });
     } catch {
       throw signal?.aborted ? cancelled() : networkError();
     }
@@ -857,7 +885,19 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.socket = socket;
     this.tokenUsed = token;
     let opened = false;
+    const openTimer = timer(() => {
+      // Neither open nor refused: a silent network. Count it as lost.
+      if (!opened && this.socket === socket) {
+        try {
+          socket.close();
+        } catch {
+          /* already closing */
+        }
+        socket.onclose?.({ code: 4000, reason: "timed out opening the connection" });
+      }
+    }, OPEN_TIMEOUT_MS);
     socket.onopen = () => {
+      clearTimeout(openTimer);
       opened = true;
       this.stableTimer = timer(() => (this.attempt = 0), STABLE_AFTER_MS);
       this.setState("online");
@@ -881,6 +921,7 @@ export class Connection extends Emitter<ConnectionEvents> {
       /* onclose follows */
     };
     socket.onclose = (event) => {
+      clearTimeout(openTimer);
       if (this.socket !== socket) return;
       this.socket = null;
       this.stop();

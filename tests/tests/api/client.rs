@@ -4,19 +4,20 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use parley_client::{Client, ConnectionState, Event, Room};
+use parley_client::{Client, ConnectionState, Draft, Event, Room};
 use parley_tests::{
     PASSWORD,
     gateway::{Deployment, Settings, Topology, username},
     on_both_topologies,
+    proxy::Proxy,
 };
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 
 on_both_topologies!(
     messages_cross_gateways_with_their_seqs,
     cut_connections_lose_and_repeat_nothing,
+    a_send_whose_ack_is_lost_is_stored_once,
     tokens_expire_under_a_live_connection_without_a_disconnect,
+    attachments_go_up_and_come_down_whole,
 );
 
 /// Long enough for anything on loopback; a failing test fails here.
@@ -79,43 +80,6 @@ async fn messages_cross_gateways_with_their_seqs(topology: Topology) {
     deployment.stop().await;
 }
 
-/// A TCP proxy whose connections the test cuts, as a network would.
-struct Proxy {
-    addr: SocketAddr,
-    cut: std::sync::Arc<std::sync::Mutex<CancellationToken>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
-        let current = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let token = current.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        () = token.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut }
-    }
-
-    /// Drops every connection open now; new ones pass.
-    fn cut(&self) {
-        let mut token = self.cut.lock().unwrap();
-        token.cancel();
-        *token = CancellationToken::new();
-    }
-}
-
 async fn cut_connections_lose_and_repeat_nothing(topology: Topology) {
     let deployment = Deployment::start(topology, &Settings::default()).await;
     let proxy = Proxy::start(deployment.gateway(1)).await;
@@ -173,6 +137,111 @@ async fn cut_connections_lose_and_repeat_nothing(topology: Topology) {
     assert_eq!(alices_seen, expected);
     let page = alice.history(&room_id, 0, 200).await.unwrap();
     assert_eq!(page.messages.len() as i64, total, "no send stored twice");
+    drop((at_alice, at_bob, alices, bobs));
+    deployment.stop().await;
+}
+
+async fn a_send_whose_ack_is_lost_is_stored_once(topology: Topology) {
+    let deployment = Deployment::start(topology, &Settings::default()).await;
+    let proxy = Proxy::start(deployment.gateway(0)).await;
+    let bob = signed_in(proxy.addr, "bob").await;
+    let room_id = username("lost");
+    let connection = bob.connect().await.unwrap();
+    let room = connection.join(&room_id).await.unwrap();
+    let mut state = connection.state();
+    for n in 1..=5 {
+        // The frame is on its way when the connection drops: the ack (if
+        // the server stored it at all) is lost, and the send goes out
+        // again after the rejoin, with the same client_id.
+        let sender = room.sender();
+        let sent = tokio::spawn(async move { sender.send(&format!("once {n}")).await });
+        tokio::time::timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Connected))
+            .await
+            .expect("connected")
+            .unwrap();
+        proxy.cut();
+        let ack = tokio::time::timeout(WAIT, sent)
+            .await
+            .expect("the ack after the rejoin")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.seq, n);
+    }
+    let page = bob.history(&room_id, 0, 50).await.unwrap();
+    let contents: Vec<&str> = page
+        .messages
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["once 1", "once 2", "once 3", "once 4", "once 5"]);
+    drop((room, connection));
+    deployment.stop().await;
+}
+
+async fn attachments_go_up_and_come_down_whole(topology: Topology) {
+    let deployment = Deployment::start(topology, &Settings::default()).await;
+    let alice = signed_in(deployment.gateway(0), "alice").await;
+    let bob = signed_in(deployment.gateway(1), "bob").await;
+    // Larger than one chunk each way, with a byte pattern that shows a
+    // chunk out of place.
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = progress.clone();
+    let attachment = alice
+        .upload_file(&path, None, move |sent, total| {
+            seen.lock().unwrap().push((sent, total));
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (attachment.filename.as_str(), attachment.size),
+        ("notes.bin", 300_000)
+    );
+    let steps = progress.lock().unwrap().clone();
+    assert!(steps.len() > 1, "progress as the bytes leave: {steps:?}");
+    assert_eq!(steps.last(), Some(&(300_000, 300_000)));
+
+    let room_id = username("files");
+    let alices = alice.connect().await.unwrap();
+    let bobs = bob.connect().await.unwrap();
+    let at_alice = alices.join(&room_id).await.unwrap();
+    let mut at_bob = bobs.join(&room_id).await.unwrap();
+    at_alice
+        .send_draft(Draft {
+            attachments: vec![attachment.id.clone()],
+            ..Draft::default()
+        })
+        .await
+        .unwrap();
+    let message = loop {
+        match tokio::time::timeout(WAIT, at_bob.next_event())
+            .await
+            .unwrap()
+        {
+            Some(Event::Timeline(event)) if event.kind == "message" => break event,
+            Some(_) => {}
+            None => panic!("the room closed"),
+        }
+    };
+    assert_eq!(
+        message.frame["attachments"][0]["id"],
+        attachment.id.as_str()
+    );
+    let mut downloaded = Vec::new();
+    let written = bob
+        .download(&attachment.id, false, &mut downloaded, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(written, 300_000);
+    assert!(downloaded == bytes, "the same bytes");
+    let missing = bob
+        .download("no-such-attachment", false, &mut Vec::new(), |_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(missing.action(), parley_client::Action::FixInput);
     drop((at_alice, at_bob, alices, bobs));
     deployment.stop().await;
 }
@@ -267,7 +336,9 @@ async fn parley_cli_commands_work_for_scripts() {
         Cli::new(deployment.gateway(0)),
     );
     let (alice_name, bob_name) = (username("alice"), username("bob"));
-    assert_eq!(alice.run(&["register", &alice_name]).await.0, 0);
+    let (code, alice_id) = alice.run(&["register", &alice_name]).await;
+    assert_eq!(code, 0);
+    let alice_id = alice_id.trim().to_owned();
     assert_eq!(bob.run(&["register", &bob_name]).await.0, 0);
     let (code, out) = alice.run(&["login", &alice_name]).await;
     assert_eq!(
@@ -339,6 +410,89 @@ async fn parley_cli_commands_work_for_scripts() {
         out.lines()
             .any(|line| line.starts_with(&format!("{room_id}\tplans"))),
         "{out}"
+    );
+
+    // Files: uploaded on their own or with a message, downloaded whole.
+    let notes = alice.config.path().join("notes.txt");
+    std::fs::write(&notes, "plans for the weekend\n").unwrap();
+    let notes = notes.to_str().unwrap();
+    let (code, out) = alice.run(&["upload", notes, "--json"]).await;
+    assert_eq!(code, 0);
+    let uploaded: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (uploaded["filename"].as_str(), uploaded["size"].as_u64()),
+        (Some("notes.txt"), Some(22))
+    );
+    let (code, out) = alice
+        .run(&[
+            "send",
+            &room_id,
+            "the notes",
+            "--file",
+            notes,
+            "--reply-to",
+            "1",
+        ])
+        .await;
+    assert_eq!((code, out.trim()), (0, "2"));
+    let (_, out) = bob.run(&["history", &room_id, "--json"]).await;
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["reply_to"], 1);
+    let id = last["attachments"][0]["id"].as_str().unwrap().to_owned();
+    let copy = bob.config.path().join("copy.txt");
+    let (code, _) = bob
+        .run(&["download", &id, "-o", copy.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(&copy).unwrap(),
+        "plans for the weekend\n"
+    );
+    assert_eq!(
+        bob.run(&["download", &id]).await,
+        (0, "plans for the weekend\n".to_owned())
+    );
+    assert_eq!(
+        bob.run(&["download", "no-such-file"]).await.0,
+        3,
+        "not found"
+    );
+
+    // A private room needs its password; a direct room needs nothing.
+    let (_, out) = alice
+        .run(&[
+            "rooms",
+            "create",
+            "secret",
+            "--password",
+            "open sesame now",
+            "--json",
+        ])
+        .await;
+    let secret: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let secret_id = secret["id"].as_str().unwrap();
+    assert_eq!(
+        bob.run(&["rooms", "join", secret_id]).await.0,
+        3,
+        "no password"
+    );
+    assert_eq!(
+        bob.run(&["rooms", "join", secret_id, "--password", "open sesame now"])
+            .await,
+        (0, format!("{secret_id}\n"))
+    );
+    let (code, out) = bob.run(&["rooms", "dm", &alice_id]).await;
+    assert_eq!(code, 0);
+    let direct_id = out.trim().to_owned();
+    let (_, out) = alice.run(&["rooms", "list", "--json"]).await;
+    let direct = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|room| room["id"] == direct_id.as_str())
+        .expect("the direct room is alice's too");
+    assert_eq!(
+        (direct["direct"].as_bool(), direct["name"].as_str()),
+        (Some(true), Some(bob_name.as_str()))
     );
 
     // Exit codes say what failed.

@@ -12,6 +12,7 @@ mod chat;
 mod chat_cluster;
 mod circuits;
 mod client;
+mod client_faults;
 mod compose;
 mod conversations;
 mod faults;
