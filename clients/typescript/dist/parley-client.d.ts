@@ -214,6 +214,11 @@ export declare class ParleyClient extends Emitter<ClientEvents> {
      */
     request<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
     private requestOnce;
+    /**
+     * Runs `call` with a bearer credential; a 401 (the token revoked or
+     * expired early) is answered by one renewal and one more try.
+     */
+    private authorized;
     /** The signed-in user. */
     me(): Promise<User>;
     /** Creates a room; with a password it is private. */

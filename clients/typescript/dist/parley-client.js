@@ -246,15 +246,22 @@ export class ParleyClient extends Emitter {
             }
         }
     }
-    async requestOnce(method, path, body) {
+    requestOnce(method, path, body) {
+        return this.authorized((token) => this.call(method, path, body, token));
+    }
+    /**
+     * Runs `call` with a bearer credential; a 401 (the token revoked or
+     * expired early) is answered by one renewal and one more try.
+     */
+    async authorized(call) {
         const token = await this.bearer();
         try {
-            return await this.call(method, path, body, token);
+            return await call(token);
         }
         catch (err) {
             if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
                 throw err;
-            return this.call(method, path, body, (await this.renew()).accessToken);
+            return call((await this.renew()).accessToken);
         }
     }
     /** The signed-in user. */
@@ -300,15 +307,7 @@ export class ParleyClient extends Emitter {
             progress?.(blob.size, blob.size);
             return answer;
         };
-        const token = await this.bearer();
-        try {
-            return await send(token);
-        }
-        catch (err) {
-            if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
-                throw err;
-            return send((await this.renew()).accessToken);
-        }
+        return this.authorized(send);
     }
     /** Downloads an attachment (or its thumbnail) as a streaming `Response`. */
     async download(id, options = {}) {
@@ -328,15 +327,7 @@ export class ParleyClient extends Emitter {
                 throw await errorOf(response);
             return response;
         };
-        const token = await this.bearer();
-        try {
-            return await fetchWith(token);
-        }
-        catch (err) {
-            if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null)
-                throw err;
-            return fetchWith((await this.renew()).accessToken);
-        }
+        return this.authorized(fetchWith);
     }
     /**
      * A URL of an attachment for an `<img>` or a link: it carries the current

@@ -416,13 +416,21 @@ export class ParleyClient extends Emitter<ClientEvents> {
     }
   }
 
-  private async requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
+  private requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
+    return this.authorized((token) => this.call<T>(method, path, body, token));
+  }
+
+  /**
+   * Runs `call` with a bearer credential; a 401 (the token revoked or
+   * expired early) is answered by one renewal and one more try.
+   */
+  private async authorized<T>(call: (token: string) => Promise<T>): Promise<T> {
     const token = await this.bearer();
     try {
-      return await this.call<T>(method, path, body, token);
+      return await call(token);
     } catch (err) {
       if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null) throw err;
-      return this.call<T>(method, path, body, (await this.renew()).accessToken);
+      return call((await this.renew()).accessToken);
     }
   }
 
@@ -474,13 +482,7 @@ export class ParleyClient extends Emitter<ClientEvents> {
       progress?.(blob.size, blob.size);
       return answer as Attachment;
     };
-    const token = await this.bearer();
-    try {
-      return await send(token);
-    } catch (err) {
-      if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null) throw err;
-      return send((await this.renew()).accessToken);
-    }
+    return this.authorized(send);
   }
 
   /** Downloads an attachment (or its thumbnail) as a streaming `Response`. */
@@ -499,13 +501,7 @@ export class ParleyClient extends Emitter<ClientEvents> {
       if (!response.ok) throw await errorOf(response);
       return response;
     };
-    const token = await this.bearer();
-    try {
-      return await fetchWith(token);
-    } catch (err) {
-      if (!(err instanceof ParleyError) || err.status !== 401 || this.apiKey !== null) throw err;
-      return fetchWith((await this.renew()).accessToken);
-    }
+    return this.authorized(fetchWith);
   }
 
   /**

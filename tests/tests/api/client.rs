@@ -21,10 +21,10 @@ on_both_topologies!(
 );
 
 /// Long enough for anything on loopback; a failing test fails here.
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 /// A client of `gateway`, signed up and in as a new user.
-async fn signed_in(server: SocketAddr, prefix: &str) -> Client {
+pub(super) async fn signed_in(server: SocketAddr, prefix: &str) -> Client {
     let client = Client::new(&format!("http://{server}")).unwrap();
     let name = username(prefix);
     client.register(&name, PASSWORD).await.unwrap();
@@ -33,7 +33,7 @@ async fn signed_in(server: SocketAddr, prefix: &str) -> Client {
 }
 
 /// The next message of `room`, skipping other events.
-async fn next_message(room: &mut Room) -> (i64, String) {
+pub(super) async fn next_message(room: &mut Room) -> (i64, String) {
     loop {
         let event = tokio::time::timeout(WAIT, room.next_event())
             .await

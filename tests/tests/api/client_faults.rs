@@ -8,21 +8,20 @@
 
 use std::time::Duration;
 
-use parley_client::{Client, Event, Room};
 use parley_runtime::config::ServiceUrl;
 use parley_tests::{
-    DatabaseBackend, PASSWORD, TestStack,
+    DatabaseBackend, TestStack,
     gateway::{ChatProcess, GatewayNode, Settings, free_ports, service_url, username},
     proxy::Proxy,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
+use super::client::{WAIT, next_message, signed_in};
+
 /// Messages the other user sends while the faults happen.
 const COUNT: i64 = 150;
 /// Spacing of those sends, so they span the faults.
 const PACE: Duration = Duration::from_millis(20);
-/// Long enough for anything on loopback; a failing test fails here.
-const WAIT: Duration = Duration::from_secs(30);
 /// Sends come faster than a person's default limit.
 const LIMITS: &[(&str, &str)] = &[
     ("CHAT_SENDS_PER_SECOND", "10000"),
@@ -102,28 +101,6 @@ impl Faulty {
             replica.kill().await;
         }
         self.stack.stop().await;
-    }
-}
-
-async fn signed_in(server: std::net::SocketAddr, prefix: &str) -> Client {
-    let client = Client::new(&format!("http://{server}")).unwrap();
-    let name = username(prefix);
-    client.register(&name, PASSWORD).await.unwrap();
-    client.login(&name, PASSWORD).await.unwrap();
-    client
-}
-
-async fn next_message(room: &mut Room) -> (i64, String) {
-    loop {
-        let event = tokio::time::timeout(WAIT, room.next_event())
-            .await
-            .expect("an event in time")
-            .expect("the room is open");
-        if let Event::Timeline(event) = event
-            && event.kind == "message"
-        {
-            return (event.seq, event.content().to_owned());
-        }
     }
 }
 
