@@ -520,7 +520,11 @@ impl Task {
             } => {
                 self.add_room(room_id, password, reply);
             }
-            Command::Call(call) => self.sends.push_back(call),
+            Command::Call(call) => {
+                if let Some(call) = self.known_room(call) {
+                    self.sends.push_back(call);
+                }
+            }
             Command::Notify { .. } => {}
             // Not a member once the next socket opens: it never rejoins.
             Command::Leave { room_id } | Command::Forget { room_id } => {
@@ -546,6 +550,9 @@ impl Task {
                 }
             }
             Command::Call(call) => {
+                let Some(call) = self.known_room(call) else {
+                    return Ok(());
+                };
                 if self.rooms.get(&call.room_id).is_some_and(|room| room.live) {
                     sink.send(Message::Text(call.frame.clone().into()))
                         .await
@@ -567,6 +574,17 @@ impl Task {
             Command::Forget { room_id } => self.remove_room(&room_id),
         }
         Ok(())
+    }
+
+    /// The call, if its room is still followed here; a call from a
+    /// [`RoomSender`] that outlived its [`Room`] is answered at once, as
+    /// nothing would ever send it.
+    fn known_room(&self, call: PendingSend) -> Option<PendingSend> {
+        if self.rooms.contains_key(&call.room_id) {
+            return Some(call);
+        }
+        let _ = call.reply.send(Err(Error::Closed));
+        None
     }
 
     /// Adds a room to join; false (and the join refused) when this

@@ -76,7 +76,15 @@ async fn messages_cross_gateways_with_their_seqs(topology: Topology) {
     // What the server refuses says what to do.
     let empty = at_bob.send("   ").await.unwrap_err();
     assert_eq!(empty.action(), parley_client::Action::FixInput);
-    drop((at_alice, at_bob, alices, bobs));
+    // A sender that outlives its room is told so, not left waiting.
+    let orphan = at_bob.sender();
+    drop(at_bob);
+    let gone = tokio::time::timeout(WAIT, orphan.send("after the room was dropped"))
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert!(matches!(gone, parley_client::Error::Closed), "{gone:?}");
+    drop((at_alice, alices, bobs));
     deployment.stop().await;
 }
 
