@@ -339,6 +339,8 @@ export declare class Connection extends Emitter<ConnectionEvents> {
     tokenRenewed(token: string): void;
     /** @internal A room asks to leave. */
     leaveRoom(room: Room): void;
+    /** Stops following `room`; its unanswered calls are rejected, as nothing would send them. */
+    private forget;
     private setState;
     private stop;
     private open;

@@ -570,6 +570,9 @@ export class Connection extends Emitter {
     call(roomId, clientId, frame) {
         if (this.closed)
             return Promise.reject(new ParleyError("CANCELLED", "the connection is closed"));
+        // Nothing would ever send it: the room is not joined here (left, or removed by the server).
+        if (!this.rooms.has(roomId))
+            return Promise.reject(new ParleyError("CANCELLED", `${roomId} is not joined on this connection`));
         const known = this.pending.get(clientId);
         if (known) {
             // The same client_id again: one stored result, one answer.
@@ -622,14 +625,18 @@ export class Connection extends Emitter {
     }
     /** @internal A room asks to leave. */
     leaveRoom(room) {
+        this.forget(room, "the room was left");
+        this.sendFrame({ leave: { room_id: room.id } });
+    }
+    /** Stops following `room`; its unanswered calls are rejected, as nothing would send them. */
+    forget(room, why) {
         this.rooms.delete(room.id);
         for (const [id, call] of this.pending) {
             if (call.roomId === room.id) {
-                call.reject(new ParleyError("CANCELLED", "the room was left"));
+                call.reject(new ParleyError("CANCELLED", why));
                 this.pending.delete(id);
             }
         }
-        this.sendFrame({ leave: { room_id: room.id } });
     }
     setState(state, reason = "", retryInMs = 0) {
         this.current = state;
@@ -806,7 +813,7 @@ export class Connection extends Emitter {
                 return;
             case "left":
                 if (room) {
-                    this.rooms.delete(room.id);
+                    this.forget(room, "the server took the user out of the room");
                     room.removed();
                 }
                 return;

@@ -788,6 +788,8 @@ export class Connection extends Emitter<ConnectionEvents> {
    */
   call(roomId: string, clientId: string, frame: Record<string, unknown>): Promise<Ack> {
     if (this.closed) return Promise.reject(new ParleyError("CANCELLED", "the connection is closed"));
+    // Nothing would ever send it: the room is not joined here (left, or removed by the server).
+    if (!this.rooms.has(roomId)) return Promise.reject(new ParleyError("CANCELLED", `${roomId} is not joined on this connection`));
     const known = this.pending.get(clientId);
     if (known) {
       // The same client_id again: one stored result, one answer.
@@ -838,14 +840,19 @@ export class Connection extends Emitter<ConnectionEvents> {
 
   /** @internal A room asks to leave. */
   leaveRoom(room: Room): void {
+    this.forget(room, "the room was left");
+    this.sendFrame({ leave: { room_id: room.id } });
+  }
+
+  /** Stops following `room`; its unanswered calls are rejected, as nothing would send them. */
+  private forget(room: Room, why: string): void {
     this.rooms.delete(room.id);
     for (const [id, call] of this.pending) {
       if (call.roomId === room.id) {
-        call.reject(new ParleyError("CANCELLED", "the room was left"));
+        call.reject(new ParleyError("CANCELLED", why));
         this.pending.delete(id);
       }
     }
-    this.sendFrame({ leave: { room_id: room.id } });
   }
 
   private setState(state: ConnectionState, reason = "", retryInMs = 0): void {
@@ -1008,7 +1015,7 @@ export class Connection extends Emitter<ConnectionEvents> {
         return;
       case "left":
         if (room) {
-          this.rooms.delete(room.id);
+          this.forget(room, "the server took the user out of the room");
           room.removed();
         }
         return;

@@ -144,6 +144,10 @@ test("messages cross gateways with their seqs, and errors say what to do", async
   const empty = await atBob.send("   ").catch((err) => err);
   assert.ok(empty instanceof ParleyError);
   assert.deepEqual([empty.code, empty.action], ["INVALID_ARGUMENT", "fix_input"]);
+  // A room left is answered at once, not left waiting.
+  atBob.leave();
+  const left = await within(atBob.send("after leaving").catch((err) => err), "the refusal");
+  assert.equal(left.code, "CANCELLED");
   const stranger = new ParleyClient({ server: GATEWAYS[0] });
   const refused = await stranger.login(unique("nobody"), PASSWORD).catch((err) => err);
   assert.deepEqual([refused.status, refused.action], [401, "sign_in"]);
