@@ -3,12 +3,15 @@
 //! A `*_URL` may list several endpoints or name a host that resolves to
 //! several addresses (a headless Service); every address found is a
 //! balancing target, and names are re-resolved periodically so new replicas
-//! get traffic. Every call is observed (the `grpc_client_*` metrics and
+//! get traffic. Where there are several, each is asked for its health every
+//! second and only those that answer take calls, so a crashed or draining
+//! replica stops getting its share before its name stops resolving to it
+//! (README, "When a chat replica goes away"). Every call is observed (the `grpc_client_*` metrics and
 //! trace context) and bounded by a timeout; retries are for idempotent calls
 //! only and are chosen at the call site with [`retry_idempotent`].
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     sync::Arc,
     task::{Context, Poll},
@@ -22,6 +25,9 @@ use tonic::{
     body::Body,
     codegen::StdError,
     transport::{Channel, Endpoint, channel::Change},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tower_service::Service;
 
@@ -161,8 +167,20 @@ fn endpoint(
         .keep_alive_while_idle(true))
 }
 
-/// Keeps the balancer's endpoint set equal to what `url` resolves to. Ends
-/// when the channel is dropped.
+/// How often each address of a service with several is asked for its
+/// health.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps the balancer's endpoint set equal to the addresses `url`
+/// resolves to that are alive. Ends when the channel is dropped.
+///
+/// The balancer would otherwise keep sending a share of the calls to a
+/// replica that crashed, each failing at once (and, five in a row, opening
+/// the circuit for the whole service), until its name stopped resolving to
+/// it. So, where there are several addresses, each is asked `grpc.health`
+/// (the liveness entry, which a draining replica turns off) every
+/// [`PROBE_EVERY`], and only those that answer SERVING take calls. If none
+/// answers, all stay in: calls then fail fast as they would anyway.
 async fn resolve_forever(
     target: &'static str,
     url: ServiceUrl,
@@ -170,33 +188,54 @@ async fn resolve_forever(
     changes: tokio::sync::mpsc::Sender<Change<SocketAddr, Endpoint>>,
 ) {
     let mut known: HashMap<SocketAddr, Arc<str>> = HashMap::new();
+    let mut probes: HashMap<SocketAddr, HealthClient<Channel>> = HashMap::new();
+    let mut balanced: HashSet<SocketAddr> = HashSet::new();
     let mut generation = options.tls.generation();
-    let mut every = tokio::time::interval(options.resolve_every);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resolve_every = tokio::time::interval(options.resolve_every);
+    resolve_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probe_every = tokio::time::interval(PROBE_EVERY);
+    probe_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
-        let found = resolve(target, &url).await;
-        // A failed lookup keeps the last known addresses rather than
-        // leaving the service with none.
-        if found.is_empty() {
-            continue;
+        tokio::select! {
+            _ = resolve_every.tick() => {
+                let found = resolve(target, &url).await;
+                // A failed lookup keeps the last known addresses rather
+                // than leaving the service with none.
+                if !found.is_empty() {
+                    known = found;
+                }
+                // Rotated TLS files: every endpoint is made again with
+                // them. Calls open on the old connections finish there.
+                if url.is_tls() && options.tls.generation() != generation {
+                    generation = options.tls.generation();
+                    tracing::info!(%target, "TLS files changed; reconnecting with them");
+                    balanced.clear();
+                    probes.clear();
+                }
+            }
+            _ = probe_every.tick(), if known.len() > 1 => {}
         }
-        // Rotated TLS files: every endpoint is made again with them. Calls
-        // open on the old connections finish there.
-        if url.is_tls() && options.tls.generation() != generation {
-            generation = options.tls.generation();
-            tracing::info!(%target, "TLS files changed; reconnecting with them");
-            known.clear();
-        }
-        for gone in known.keys().filter(|address| !found.contains_key(address)) {
+        probes.retain(|address, _| known.contains_key(address));
+        // The first addresses go in at once, so calls need not wait for a
+        // first round of checks; the next round prunes them.
+        let live = if known.len() > 1 && !balanced.is_empty() {
+            alive(&known, &mut probes, url.is_tls(), &options).await
+        } else {
+            HashSet::new()
+        };
+        let wanted: HashSet<SocketAddr> = if live.is_empty() {
+            known.keys().copied().collect()
+        } else {
+            live
+        };
+        for gone in balanced.difference(&wanted) {
+            tracing::info!(%target, address = %gone, "address left out: gone or not answering");
             if changes.send(Change::Remove(*gone)).await.is_err() {
                 return;
             }
         }
-        for (new, host) in found
-            .iter()
-            .filter(|(address, _)| !known.contains_key(address))
-        {
+        for new in wanted.difference(&balanced) {
+            let Some(host) = known.get(new) else { continue };
             let endpoint = match endpoint(*new, host, url.is_tls(), &options) {
                 Ok(endpoint) => endpoint,
                 Err(err) => {
@@ -207,10 +246,53 @@ async fn resolve_forever(
             if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
                 return;
             }
-            tracing::debug!(%target, address = %new, "balancing over a new address");
+            tracing::debug!(%target, address = %new, "balancing over an address");
         }
-        known = found;
+        balanced = wanted;
+        metrics::gauge!("parley_client_endpoints", "target" => target).set(balanced.len() as f64);
     }
+}
+
+/// The addresses of `known` whose health check answers SERVING within the
+/// connect timeout, asked all at once.
+async fn alive(
+    known: &HashMap<SocketAddr, Arc<str>>,
+    probes: &mut HashMap<SocketAddr, HealthClient<Channel>>,
+    tls: bool,
+    options: &ClientOptions,
+) -> HashSet<SocketAddr> {
+    let mut checks = Vec::with_capacity(known.len());
+    for (address, host) in known {
+        let probe = match probes.get(address) {
+            Some(probe) => probe.clone(),
+            None => match endpoint(*address, host, tls, options) {
+                Ok(endpoint) => {
+                    let probe = HealthClient::new(endpoint.connect_lazy());
+                    probes.insert(*address, probe.clone());
+                    probe
+                }
+                Err(_) => continue,
+            },
+        };
+        let address = *address;
+        let limit = options.connect_timeout;
+        checks.push(async move {
+            let mut probe = probe;
+            let asked = probe.check(HealthCheckRequest {
+                service: String::new(),
+            });
+            let serving = matches!(
+                tokio::time::timeout(limit, asked).await,
+                Ok(Ok(answer)) if answer.get_ref().status == ServingStatus::Serving as i32
+            );
+            serving.then_some(address)
+        });
+    }
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 impl Service<http::Request<Body>> for ClientChannel {

@@ -83,6 +83,10 @@ fn describe() {
         "parley_client_circuit_state",
         "Circuit breaker of calls to a service: 0 closed, 1 half-open, 2 open."
     );
+    describe_gauge!(
+        "parley_client_endpoints",
+        "Addresses of a service its unary calls are balanced over: those answering their health check, where there are several."
+    );
     describe_counter!(
         "parley_client_circuit_transitions_total",
         "Circuit breaker state changes, by the state entered."

@@ -11,7 +11,9 @@ use std::time::Duration;
 use parley_runtime::config::ServiceUrl;
 use parley_tests::{
     DatabaseBackend, TestStack,
-    gateway::{ChatProcess, GatewayNode, Settings, free_ports, service_url, username},
+    gateway::{
+        ChatProcess, GatewayNode, Settings, free_ports, http, metric, service_url, username,
+    },
     proxy::Proxy,
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
@@ -104,6 +106,38 @@ impl Faulty {
     }
 }
 
+/// While replica 1 is down, the sender's gateway balances its unary calls
+/// (REST reads) over the replica that answers only: every one succeeds at
+/// once, with no retry, and no circuit opens (README, "When a chat
+/// replica goes away").
+async fn reads_skip_the_dead_replica(faulty: &mut Faulty, room_id: &str) {
+    let admin = faulty.sender_gateway.admin;
+    let answering = tokio::time::timeout(WAIT, async {
+        while metric(admin, "parley_client_endpoints{target=\"chat\"}").await != Some(1.0) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        answering.is_ok(),
+        "the gateway still balances over the dead replica"
+    );
+    let reader = faulty.stack.account(&username("reader")).await;
+    let bearer = format!("Bearer {}", reader.access_token);
+    let path = format!("/api/v1/rooms/{room_id}/messages?limit=1");
+    for _ in 0..20 {
+        let answer = http(
+            faulty.sender_gateway.http,
+            "GET",
+            &path,
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rust_client_streams_through_a_replica_kill_and_a_gateway_restart() {
     let mut faulty = Faulty::start().await;
@@ -139,6 +173,7 @@ async fn the_rust_client_streams_through_a_replica_kill_and_a_gateway_restart() 
     }
     let at_alice = sender.await.unwrap();
     assert!(across.await.unwrap().unwrap().seq > 0);
+    reads_skip_the_dead_replica(&mut faulty, &room_id).await;
     faulty.restart_the_chat_replica().await;
     let seqs: Vec<i64> = seen.iter().map(|(seq, _)| *seq).collect();
     assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each once, in order");
