@@ -86,11 +86,18 @@ pub(crate) struct Target {
     users: Option<usize>,
 }
 
+/// Connections one user opens at most, each joining a room, so a user's
+/// joins stay within chat's burst of joins per user.
+const JOINS_PER_USER: usize = 60;
+
 impl Target {
     /// How many users `connections` connections need.
     fn users(&self, connections: usize) -> usize {
         self.users
             .unwrap_or_else(|| connections.div_ceil(16 * self.gateways.len().max(1)))
+            // Chat takes at most 100 joins at once from one user on a
+            // replica, then ten a second; every connection joins a room.
+            .max(connections.div_ceil(JOINS_PER_USER))
             .max(2)
     }
 }

@@ -224,6 +224,7 @@ const OPEN_LIMITS: &[(&str, &str)] = &[
     ("AUTH_LOGIN_ATTEMPTS", "1000000"),
     ("CHAT_SENDS_PER_SECOND", "1000000"),
     ("CHAT_SEND_BURST", "1000000"),
+    ("CHAT_MAX_SESSIONS_PER_USER", "1000000"),
 ];
 
 fn with_limits(mut env: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
