@@ -88,6 +88,29 @@ async fn messages_cross_gateways_with_their_seqs(topology: Topology) {
     deployment.stop().await;
 }
 
+/// Checks what a streaming client saw against what was sent: every
+/// message once and in order (`total` in all, `count` of them the other
+/// user's `m1`, `m2`, ...), and each stored once.
+pub(super) async fn each_once_in_order(
+    seen: &[(i64, String)],
+    count: i64,
+    total: i64,
+    reader: &Client,
+    room_id: &str,
+) {
+    let seqs: Vec<i64> = seen.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each once, in order");
+    let others: Vec<&str> = seen
+        .iter()
+        .map(|(_, content)| content.as_str())
+        .filter(|content| content.starts_with('m'))
+        .collect();
+    let expected: Vec<String> = (1..=count).map(|n| format!("m{n}")).collect();
+    assert_eq!(others, expected);
+    let page = reader.history(room_id, 0, 200).await.unwrap();
+    assert_eq!(page.messages.len() as i64, total, "no send stored twice");
+}
+
 async fn cut_connections_lose_and_repeat_nothing(topology: Topology) {
     let deployment = Deployment::start(topology, &Settings::default()).await;
     let proxy = Proxy::start(deployment.gateway(1)).await;
@@ -134,17 +157,7 @@ async fn cut_connections_lose_and_repeat_nothing(topology: Topology) {
     while (seen.len() as i64) < total {
         seen.push(next_message(&mut at_bob).await);
     }
-    let seqs: Vec<i64> = seen.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each once, in order");
-    let alices_seen: Vec<&str> = seen
-        .iter()
-        .map(|(_, content)| content.as_str())
-        .filter(|content| content.starts_with('m'))
-        .collect();
-    let expected: Vec<String> = (1..=COUNT).map(|n| format!("m{n}")).collect();
-    assert_eq!(alices_seen, expected);
-    let page = alice.history(&room_id, 0, 200).await.unwrap();
-    assert_eq!(page.messages.len() as i64, total, "no send stored twice");
+    each_once_in_order(&seen, COUNT, total, &alice, &room_id).await;
     drop((at_alice, at_bob, alices, bobs));
     deployment.stop().await;
 }

@@ -18,7 +18,7 @@ use parley_tests::{
 };
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
-use super::client::{WAIT, next_message, signed_in};
+use super::client::{WAIT, each_once_in_order, next_message, signed_in};
 
 /// Messages the other user sends while the faults happen.
 const COUNT: i64 = 150;
@@ -175,17 +175,7 @@ async fn the_rust_client_streams_through_a_replica_kill_and_a_gateway_restart() 
     assert!(across.await.unwrap().unwrap().seq > 0);
     reads_skip_the_dead_replica(&mut faulty, &room_id).await;
     faulty.restart_the_chat_replica().await;
-    let seqs: Vec<i64> = seen.iter().map(|(seq, _)| *seq).collect();
-    assert_eq!(seqs, (1..=total).collect::<Vec<_>>(), "each once, in order");
-    let alices_seen: Vec<&str> = seen
-        .iter()
-        .map(|(_, content)| content.as_str())
-        .filter(|content| content.starts_with('m'))
-        .collect();
-    let expected: Vec<String> = (1..=COUNT).map(|n| format!("m{n}")).collect();
-    assert_eq!(alices_seen, expected);
-    let page = alice.history(&room_id, 0, 200).await.unwrap();
-    assert_eq!(page.messages.len() as i64, total, "no send stored twice");
+    each_once_in_order(&seen, COUNT, total, &alice, &room_id).await;
     drop((at_alice, at_bob, alices, bobs));
     faulty.stop().await;
 }
