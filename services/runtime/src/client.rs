@@ -6,9 +6,10 @@
 //! get traffic. Where there are several, each is asked for its health every
 //! second and only those that answer take calls, so a crashed or draining
 //! replica stops getting its share before its name stops resolving to it
-//! (README, "When a chat replica goes away"). Every call is observed (the `grpc_client_*` metrics and
-//! trace context) and bounded by a timeout; retries are for idempotent calls
-//! only and are chosen at the call site with [`retry_idempotent`].
+//! (README, "When a chat replica goes away"). Every call is observed (the
+//! `grpc_client_*` metrics and trace context) and bounded by a timeout;
+//! retries are for idempotent calls only and are chosen at the call site
+//! with [`retry_idempotent`].
 
 use std::{
     collections::{HashMap, HashSet},
