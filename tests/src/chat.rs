@@ -48,6 +48,8 @@ pub fn test_args(stack: &TestStack, redis_url: Option<&str>) -> ChatArgs {
         send_burst: 10_000,
         max_rooms_per_session: 100,
         max_sessions_per_user: 64,
+        writer_lanes: 1,
+        write_linger: std::time::Duration::from_millis(1),
         max_sessions_per_stream: 65_536,
         max_rooms_per_creator: 1000,
         stream_queue: 4096,

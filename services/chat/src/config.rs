@@ -142,6 +142,34 @@ pub struct ChatArgs {
     )]
     pub stream_queue: u32,
 
+    /// Writer lanes on Postgres: batches stored at once, each on its own
+    /// connection. A room always uses the same lane. One lane makes the
+    /// largest batches, so the fewest commits per message (BENCHMARKS.md,
+    /// "Group commit"); more lanes overlap commits when one replica stores
+    /// more than one lane can. SQLite always uses one.
+    #[arg(
+        id = "CHAT_WRITER_LANES",
+        long = "chat-writer-lanes",
+        env = "CHAT_WRITER_LANES",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
+    pub writer_lanes: u32,
+
+    /// How long a writer lane waits for more sends after the first one of
+    /// a batch arrives, before it stores the batch: a commit costs the
+    /// database far more than a row, so a short wait at a moderate rate
+    /// turns many one-message commits into a few larger ones. `0s` stores
+    /// at once.
+    #[arg(
+        id = "CHAT_WRITE_LINGER",
+        long = "chat-write-linger",
+        env = "CHAT_WRITE_LINGER",
+        default_value = "1ms",
+        value_parser = parse_duration
+    )]
+    pub write_linger: Duration,
+
     /// How long a replica's presence entries live without a heartbeat: the
     /// members of a crashed replica disappear after this. Heartbeats run at
     /// a third of it.
@@ -219,6 +247,10 @@ impl Config {
             "CHAT_STREAM_QUEUE ({}) must exceed CHAT_MAX_REPLAY ({}): a replay passes through the stream's queue",
             self.chat.stream_queue,
             self.chat.max_replay
+        );
+        anyhow::ensure!(
+            self.chat.write_linger <= Duration::from_millis(100),
+            "CHAT_WRITE_LINGER must be at most 100ms: every send waits for it"
         );
         anyhow::ensure!(
             self.chat.presence_ttl >= Duration::from_millis(300),

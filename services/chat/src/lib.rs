@@ -96,7 +96,7 @@ use crate::{
     limiter::SendLimiter,
     presence::{Presence, RedisPresence},
     store::ChatStore,
-    writer::Writer,
+    writer::{Lanes, Writer},
 };
 
 /// The service name in logs, metrics and traces.
@@ -159,7 +159,7 @@ pub async fn with_listeners(
     .await
     .context("opening the chat database")?;
     let lanes = match database.kind() {
-        DatabaseKind::Postgres => 4,
+        DatabaseKind::Postgres => config.chat.writer_lanes as usize,
         // One writer at a time in SQLite anyway.
         DatabaseKind::Sqlite => 1,
     };
@@ -193,8 +193,11 @@ pub async fn with_listeners(
         hub.clone(),
         bus.clone(),
         limiter.clone(),
-        lanes,
-        WRITER_QUEUE,
+        Lanes {
+            count: lanes,
+            capacity: WRITER_QUEUE,
+            linger: config.chat.write_linger,
+        },
     );
     let engine = Engine::new(Parts {
         store,
@@ -271,6 +274,10 @@ fn register_metrics() {
     }
     metrics::gauge!("parley_chat_active_streams").increment(0.0);
     metrics::gauge!("parley_chat_room_subscriptions").increment(0.0);
+    metrics::describe_histogram!(
+        "parley_chat_write_batch_size",
+        "Writes a writer lane stored at once."
+    );
 }
 
 async fn heal_periodically(hub: Hub, shutdown: CancellationToken) {

@@ -4,7 +4,8 @@
 //! few writer lanes, a room always to the same lane, so a room's events
 //! are stored in the order they were queued (which is the order each
 //! connection sent them). A lane takes everything queued while its
-//! previous write ran and stores it at once: each run of messages in one
+//! previous write ran, and while sends keep coming it waits a little longer
+//! for more (see [`Linger`]), then stores the batch: each run of messages in one
 //! statement on Postgres or one transaction on SQLite (see
 //! [`ChatStore::write_batch`]), so throughput grows with load instead of
 //! paying a commit per message; each other event in its own transaction
@@ -14,7 +15,7 @@
 use std::{
     hash::{BuildHasher as _, RandomState},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use parley_proto::chat::v1::{Ack, ChatResponse, chat_response::Frame};
@@ -108,6 +109,18 @@ pub(crate) struct Submission {
     pub(crate) span: tracing::Span,
 }
 
+/// How the writer lanes are laid out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lanes {
+    /// How many.
+    pub(crate) count: usize,
+    /// Writes each queues before refusing more.
+    pub(crate) capacity: usize,
+    /// How long a lane waits for more writes once the first of a batch
+    /// has arrived (`CHAT_WRITE_LINGER`).
+    pub(crate) linger: Duration,
+}
+
 /// The writer lanes. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
@@ -116,25 +129,25 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts `lanes` lanes, each queueing up to `capacity` writes.
+    /// Starts the lanes.
     pub(crate) fn spawn(
         store: ChatStore,
         hub: Hub,
         bus: Bus,
         limiter: Arc<SendLimiter>,
-        lanes: usize,
-        capacity: usize,
+        lanes: Lanes,
     ) -> Self {
-        let senders = (0..lanes.max(1))
+        let senders = (0..lanes.count.max(1))
             .map(|_| {
-                let (sender, receiver) = mpsc::channel(capacity);
+                let (sender, receiver) = mpsc::channel(lanes.capacity);
                 let lane = Lane {
                     store: store.clone(),
                     hub: hub.clone(),
                     bus: bus.clone(),
                     limiter: limiter.clone(),
                 };
-                tokio::spawn(lane.run(receiver));
+                let linger = Linger::new(lanes.linger);
+                tokio::spawn(lane.run(receiver, linger));
                 sender
             })
             .collect();
@@ -163,6 +176,60 @@ impl Writer {
     }
 }
 
+/// Group commit: once the first write of a batch has arrived, waits up to
+/// `wait` for more to join it, since one commit of several messages costs
+/// the database little more than a commit of one (BENCHMARKS.md, "Group
+/// commit"). Returns early when the batch is full or the queue closed.
+async fn gather(
+    queue: &mut mpsc::Receiver<Submission>,
+    batch: &mut Vec<Submission>,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < MAX_BATCH {
+        let room = MAX_BATCH - batch.len();
+        match tokio::time::timeout_at(deadline, queue.recv_many(batch, room)).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Whether a lane lingers before storing a batch (`CHAT_WRITE_LINGER`).
+///
+/// Waiting pays only while writes keep coming: a lane lingers when its
+/// previous batch began at most [`Linger::BUSY`] lingers ago. A lone
+/// sender in a quiet replica is stored at once; at a steady rate every
+/// batch waits, and gathers what arrives meanwhile.
+#[derive(Debug)]
+struct Linger {
+    wait: Duration,
+    previous: Option<Instant>,
+}
+
+impl Linger {
+    /// How many lingers apart two batches may begin for the lane to count
+    /// as busy.
+    const BUSY: u32 = 4;
+
+    fn new(wait: Duration) -> Self {
+        Self {
+            wait,
+            previous: None,
+        }
+    }
+
+    /// A batch begins at `now`: how long to wait for more, if at all.
+    fn on_batch(&mut self, now: Instant) -> Option<Duration> {
+        let previous = self.previous.replace(now);
+        if self.wait.is_zero() {
+            return None;
+        }
+        let since = now.saturating_duration_since(previous?);
+        (since <= self.wait * Self::BUSY).then_some(self.wait)
+    }
+}
+
 struct Lane {
     store: ChatStore,
     hub: Hub,
@@ -171,10 +238,14 @@ struct Lane {
 }
 
 impl Lane {
-    async fn run(self, mut queue: mpsc::Receiver<Submission>) {
+    async fn run(self, mut queue: mpsc::Receiver<Submission>, mut linger: Linger) {
         let mut batch: Vec<Submission> = Vec::with_capacity(MAX_BATCH);
         let mut messages: Vec<Submission> = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            if let Some(wait) = linger.on_batch(Instant::now()) {
+                gather(&mut queue, &mut batch, wait).await;
+            }
+            metrics::histogram!("parley_chat_write_batch_size").record(batch.len() as f64);
             for submission in batch.drain(..) {
                 if matches!(submission.write, Write::Message(_)) {
                     messages.push(submission);
@@ -377,5 +448,76 @@ pub(crate) fn reply_error(submission: Submission, error: Error) {
                 error.into_frame(submission.write.client_id(), submission.write.room_id()),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_quiet_lane_stores_at_once_and_a_busy_one_lingers() {
+        let start = Instant::now();
+        let mut linger = Linger::new(MS);
+        // The first batch ever, and one long after it: nothing to wait for.
+        assert_eq!(linger.on_batch(start), None);
+        assert_eq!(linger.on_batch(start + 100 * MS), None);
+        // Batches beginning within four lingers of each other: busy.
+        assert_eq!(linger.on_batch(start + 102 * MS), Some(MS));
+        assert_eq!(linger.on_batch(start + 106 * MS), Some(MS));
+        // A pause longer than that: quiet again.
+        assert_eq!(linger.on_batch(start + 111 * MS), None);
+        assert_eq!(linger.on_batch(start + 112 * MS), Some(MS));
+    }
+
+    #[test]
+    fn a_zero_linger_never_waits() {
+        let start = Instant::now();
+        let mut linger = Linger::new(Duration::ZERO);
+        for step in 0..5 {
+            assert_eq!(linger.on_batch(start + step * MS / 10), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn gathering_takes_what_arrives_within_the_wait() {
+        let (sender, mut queue) = mpsc::channel(16);
+        let submission = |n: usize| Submission {
+            write: Write::Message(NewMessage {
+                room_id: crate::domain::RoomId::trusted("lobby"),
+                sender_id: Arc::from("u1"),
+                sender_name: Arc::from("ann"),
+                content: "hi".to_owned(),
+                client_id: format!("c{n}"),
+                reply_to: 0,
+                attachments: Vec::new(),
+            }),
+            reply: Reply::Unary(oneshot::channel().0),
+            span: tracing::Span::none(),
+        };
+        let mut batch = vec![submission(0)];
+        let late = sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(10 * MS).await;
+            let _ = late.send(submission(1)).await;
+        });
+        let started = Instant::now();
+        gather(&mut queue, &mut batch, 500 * MS).await;
+        assert_eq!(
+            batch.len(),
+            2,
+            "the write sent within the wait joins the batch"
+        );
+        assert!(
+            started.elapsed() >= 500 * MS,
+            "a batch that is not full waits the whole linger"
+        );
+        // A closed queue ends the wait at once.
+        drop(sender);
+        let started = Instant::now();
+        gather(&mut queue, &mut batch, 60 * 1000 * MS).await;
+        assert!(started.elapsed() < 30 * 1000 * MS);
     }
 }
