@@ -202,6 +202,25 @@ async fn help_lists_every_variable_without_secrets() {
 }
 
 #[tokio::test]
+async fn chat_refuses_a_write_linger_over_100ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(binary("parley-chat"))
+        .current_dir(dir.path())
+        .env("CHAT_WRITE_LINGER", "1s")
+        .env("CHAT_GRPC_ADDR", "127.0.0.1:0")
+        .env("CHAT_ADMIN_ADDR", "127.0.0.1:0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("CHAT_WRITE_LINGER") && stderr.contains("at most 100ms"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn parley_refuses_a_send_queue_no_longer_than_the_replay() {
     let output = tokio::process::Command::new(binary("parley"))
         .env("GATEWAY_SEND_QUEUE", "100")
