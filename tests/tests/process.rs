@@ -124,15 +124,33 @@ async fn parley_auth_starts_bare_and_drains_on_sigterm() {
     .await;
 }
 
-#[tokio::test]
-async fn a_bad_value_exits_with_code_2_naming_the_variable() {
-    let output = tokio::process::Command::new(binary("parley-user"))
-        .env("USER_DATABASE_URL", "mysql://nope")
+/// Runs `program` in `dir` with `env`, expects it to refuse to start with
+/// exit code 2 (a bad setting), and returns what it wrote to stderr.
+async fn refused(program: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let output = tokio::process::Command::new(binary(program))
+        .current_dir(dir)
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{program} with {env:?}: {stderr}"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn a_bad_value_exits_with_code_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(
+        "parley-user",
+        dir.path(),
+        &[("USER_DATABASE_URL", "mysql://nope")],
+    )
+    .await;
     assert!(stderr.contains("USER_DATABASE_URL"), "{stderr}");
 }
 
@@ -150,20 +168,16 @@ async fn a_signing_key_that_is_not_pem_exits_2_naming_the_variable() {
         ("AUTH_JWT_PRIVATE_KEY_FILE", file.display().to_string()),
         ("AUTH_JWT_PRIVATE_KEY_FILE", missing.display().to_string()),
     ] {
-        let output = tokio::process::Command::new(binary("parley-auth"))
-            .current_dir(dir.path())
-            .env(variable, &value)
-            .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
-            .env("AUTH_ADMIN_ADDR", "127.0.0.1:0")
-            .output()
-            .await
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "{variable}={value}: {stderr}"
-        );
+        let stderr = refused(
+            "parley-auth",
+            dir.path(),
+            &[
+                (variable, &value),
+                ("AUTH_GRPC_ADDR", "127.0.0.1:0"),
+                ("AUTH_ADMIN_ADDR", "127.0.0.1:0"),
+            ],
+        )
+        .await;
         assert!(stderr.contains(variable), "{stderr}");
         assert!(!stderr.contains("secret-looking-garbage"), "{stderr}");
     }
@@ -204,16 +218,16 @@ async fn help_lists_every_variable_without_secrets() {
 #[tokio::test]
 async fn chat_refuses_a_write_linger_over_100ms() {
     let dir = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(binary("parley-chat"))
-        .current_dir(dir.path())
-        .env("CHAT_WRITE_LINGER", "1s")
-        .env("CHAT_GRPC_ADDR", "127.0.0.1:0")
-        .env("CHAT_ADMIN_ADDR", "127.0.0.1:0")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused(
+        "parley-chat",
+        dir.path(),
+        &[
+            ("CHAT_WRITE_LINGER", "1s"),
+            ("CHAT_GRPC_ADDR", "127.0.0.1:0"),
+            ("CHAT_ADMIN_ADDR", "127.0.0.1:0"),
+        ],
+    )
+    .await;
     assert!(
         stderr.contains("CHAT_WRITE_LINGER") && stderr.contains("at most 100ms"),
         "{stderr}"
@@ -222,14 +236,13 @@ async fn chat_refuses_a_write_linger_over_100ms() {
 
 #[tokio::test]
 async fn parley_refuses_a_send_queue_no_longer_than_the_replay() {
-    let output = tokio::process::Command::new(binary("parley"))
-        .env("GATEWAY_SEND_QUEUE", "100")
-        .env("CHAT_MAX_REPLAY", "100")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = refused(
+        "parley",
+        dir.path(),
+        &[("GATEWAY_SEND_QUEUE", "100"), ("CHAT_MAX_REPLAY", "100")],
+    )
+    .await;
     assert!(
         stderr.contains("GATEWAY_SEND_QUEUE") && stderr.contains("CHAT_MAX_REPLAY"),
         "{stderr}"
