@@ -138,6 +138,11 @@ impl RoomId {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id's shared text, for lists that outlive a lock.
+    pub(crate) fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl Deref for RoomId {

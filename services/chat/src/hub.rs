@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     link::{Control, Importance, Link, SessionId},
     moderation::{Action, Until},
+    presence::RoomPresence,
     sequencer::Sequencer,
     store::ChatStore,
     timeline::{BusEvent, StoredEvent, millis},
@@ -481,7 +482,7 @@ impl Hub {
     }
 
     /// Every room's local users, for presence heartbeats.
-    pub(crate) fn local_presence(&self) -> Vec<(String, Vec<(String, String)>)> {
+    pub(crate) fn local_presence(&self) -> Vec<RoomPresence> {
         let cells: Vec<_> = lock(&self.inner.rooms).values().cloned().collect();
         cells
             .iter()
@@ -489,11 +490,11 @@ impl Hub {
                 let state = lock(cell);
                 (!state.users.is_empty()).then(|| {
                     (
-                        state.room_id.to_string(),
+                        state.room_id.shared(),
                         state
                             .users
                             .iter()
-                            .map(|(id, user)| (id.to_string(), user.name.to_string()))
+                            .map(|(id, user)| (id.clone(), user.name.clone()))
                             .collect(),
                     )
                 })

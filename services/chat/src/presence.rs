@@ -12,7 +12,7 @@
 //! their `left` presence is still announced. When Redis cannot be reached,
 //! presence degrades to what this replica knows.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use parley_proto::chat::v1::Member;
 use parley_runtime::storage::now_millis;
@@ -26,6 +26,8 @@ const KEY_PREFIX: &str = "parley:chat:presence:";
 const CALL_TIMEOUT: Duration = Duration::from_millis(750);
 /// Expired entries one sweep takes from a room; the next sweep takes more.
 const SWEEP_BATCH: usize = 1000;
+/// Entries one heartbeat pipeline refreshes (see [`RedisPresence::heartbeat`]).
+const PIPELINE_ENTRIES: usize = 256;
 
 /// Adds an entry to the room (KEYS[1]) and to the user's own set
 /// (KEYS[2]); answers 1 when the user had no other live entry.
@@ -151,6 +153,33 @@ impl std::fmt::Debug for RedisPresence {
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
     }
+}
+
+/// A room's users with sessions on this replica: `(user_id, name)` each.
+pub(crate) type RoomPresence = (Arc<str>, Vec<(Arc<str>, Arc<str>)>);
+
+/// `rooms`' entries in chunks of at most `size` (a room's users split
+/// where a chunk fills), each chunk a list of `(room_id, users)`.
+fn chunks(
+    rooms: &[RoomPresence],
+    size: usize,
+) -> impl Iterator<Item = Vec<(&str, &[(Arc<str>, Arc<str>)])>> {
+    let mut parts = rooms
+        .iter()
+        .flat_map(move |(room_id, users)| users.chunks(size).map(move |part| (&**room_id, part)))
+        .peekable();
+    std::iter::from_fn(move || {
+        let mut chunk = Vec::new();
+        let mut entries = 0;
+        while let Some((_, users)) = parts.peek() {
+            if entries > 0 && entries + users.len() > size {
+                break;
+            }
+            entries += users.len();
+            chunk.extend(parts.next());
+        }
+        (!chunk.is_empty()).then_some(chunk)
+    })
 }
 
 fn key(room_id: &str, sharded: bool) -> String {
@@ -287,17 +316,11 @@ impl RedisPresence {
         Ok(dedupe(entries.iter().filter_map(|e| parse_entry(e))))
     }
 
-    /// Refreshes this replica's entries: `(room, [(user_id, name)])`.
+    /// Refreshes this replica's entries.
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub(crate) async fn heartbeat(
-        &self,
-        rooms: &[(String, Vec<(String, String)>)],
-    ) -> redis::RedisResult<()> {
-        if rooms.is_empty() {
-            return Ok(());
-        }
+    pub(crate) async fn heartbeat(&self, rooms: &[RoomPresence]) -> redis::RedisResult<()> {
         let expiry = now_millis() + millis(self.ttl);
         let keep = millis(self.ttl) * 10;
         self.per_rooms(rooms, |pipeline, key, users| {
@@ -368,10 +391,7 @@ impl RedisPresence {
     ///
     /// # Errors
     /// When Redis cannot be reached in time.
-    pub(crate) async fn remove_all(
-        &self,
-        rooms: &[(String, Vec<(String, String)>)],
-    ) -> redis::RedisResult<()> {
+    pub(crate) async fn remove_all(&self, rooms: &[RoomPresence]) -> redis::RedisResult<()> {
         self.per_rooms(rooms, |pipeline, key, users| {
             for (user_id, name) in users {
                 pipeline
@@ -389,35 +409,41 @@ impl RedisPresence {
         .await
     }
 
-    /// Runs `fill`'s commands for every room's key: one pipeline on a
-    /// single Redis; on a cluster, where a pipeline stays within one slot,
-    /// one per slot, all at once.
+    /// Runs `fill`'s commands for every room's entries, a pipeline of at
+    /// most [`PIPELINE_ENTRIES`] entries at a time, so what a heartbeat
+    /// holds in memory (and the connection's write buffer keeps) does not
+    /// grow with the replica's sessions. On a cluster, where a pipeline
+    /// stays within one slot, each of those is split by slot and its parts
+    /// run at once.
     async fn per_rooms(
         &self,
-        rooms: &[(String, Vec<(String, String)>)],
-        fill: impl Fn(&mut redis::Pipeline, &str, &[(String, String)]),
+        rooms: &[RoomPresence],
+        fill: impl Fn(&mut redis::Pipeline, &str, &[(Arc<str>, Arc<str>)]),
     ) -> redis::RedisResult<()> {
-        let keyed: Vec<(String, &[(String, String)])> = rooms
-            .iter()
-            .map(|(room_id, users)| (key(room_id, self.sharded), users.as_slice()))
-            .collect();
-        let groups = if self.connection.is_cluster() {
-            by_slot(keyed, |(key, _)| key.clone().into_bytes())
-        } else {
-            vec![keyed]
-        };
-        let runs = groups.into_iter().map(|group| {
-            let mut pipeline = redis::pipe();
-            for (key, users) in &group {
-                fill(&mut pipeline, key, users);
-            }
-            let mut connection = self.connection.clone();
-            async move { pipeline.query_async::<()>(&mut connection).await }
-        });
-        futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .collect()
+        for chunk in chunks(rooms, PIPELINE_ENTRIES) {
+            let keyed: Vec<(String, &[(Arc<str>, Arc<str>)])> = chunk
+                .into_iter()
+                .map(|(room_id, users)| (key(room_id, self.sharded), users))
+                .collect();
+            let groups = if self.connection.is_cluster() {
+                by_slot(keyed, |(key, _)| key.clone().into_bytes())
+            } else {
+                vec![keyed]
+            };
+            let runs = groups.into_iter().map(|group| {
+                let mut pipeline = redis::pipe();
+                for (key, users) in &group {
+                    fill(&mut pipeline, key, users);
+                }
+                let mut connection = self.connection.clone();
+                async move { pipeline.query_async::<()>(&mut connection).await }
+            });
+            futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .collect::<redis::RedisResult<()>>()?;
+        }
+        Ok(())
     }
 
     /// How often heartbeats and sweeps run.
@@ -588,6 +614,62 @@ mod tests {
             .query_async::<()>(&mut control)
             .await
             .expect("DEL");
+    }
+
+    fn users(prefix: &str, count: usize) -> Vec<(Arc<str>, Arc<str>)> {
+        (0..count)
+            .map(|i| (Arc::from(format!("{prefix}{i}")), Arc::from(format!("n{i}"))))
+            .collect()
+    }
+
+    /// A heartbeat larger than one pipeline refreshes every entry: those
+    /// of a room split over two pipelines and those of the rooms around it.
+    #[tokio::test]
+    async fn a_heartbeat_over_several_pipelines_refreshes_every_entry() {
+        let presence = replica("heartbeat", Duration::from_secs(30));
+        let rooms: Vec<RoomPresence> = [3, PIPELINE_ENTRIES + 5, 2]
+            .into_iter()
+            .map(|count| (Arc::from(unique_room()), users("u", count)))
+            .collect();
+        presence.heartbeat(&rooms).await.expect("Redis");
+        for (room_id, users) in &rooms {
+            let listed = presence.members(room_id).await.expect("Redis");
+            assert_eq!(listed.len(), users.len(), "every entry of {room_id}");
+        }
+        presence.remove_all(&rooms).await.expect("Redis");
+        for (room_id, _) in &rooms {
+            assert!(
+                presence.members(room_id).await.expect("Redis").is_empty(),
+                "removed from {room_id}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_hold_at_most_their_size_and_keep_every_entry_in_order() {
+        let rooms: Vec<RoomPresence> = vec![
+            (Arc::from("a"), users("a", 3)),
+            (Arc::from("b"), users("b", 10)),
+            (Arc::from("c"), Vec::new()),
+            (Arc::from("d"), users("d", 1)),
+        ];
+        let chunks: Vec<_> = chunks(&rooms, 4).collect();
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|chunk| chunk.iter().map(|(_, users)| users.len()).sum())
+            .collect();
+        assert_eq!(sizes, [3, 4, 4, 3], "a | b b b b | b b b b | b b d");
+        let flat: Vec<(&str, &str)> = chunks
+            .iter()
+            .flatten()
+            .flat_map(|(room, users)| users.iter().map(move |(id, _)| (*room, &**id)))
+            .collect();
+        let expected: Vec<(&str, &str)> = rooms
+            .iter()
+            .flat_map(|(room, users)| users.iter().map(move |(id, _)| (&**room, &**id)))
+            .collect();
+        assert_eq!(flat, expected);
+        assert_eq!(super::chunks(&[], 4).count(), 0);
     }
 
     #[test]
