@@ -32,7 +32,7 @@ use crate::{
     engine::{Draft, Engine, Moderation, PrepareError, User},
     error::Error,
     link::{Link, Outbound, OutboundStream},
-    session::{Incoming, StreamActor},
+    session::{Along, Incoming, StreamActor},
     timeline::{Change, StoredEvent},
     writer::{Reply, Stored, Write},
 };
@@ -595,7 +595,10 @@ impl chat_service_server::ChatService for ChatService {
                     GatewayIn::SessionRequest(request) => Incoming::Frame(
                         request.session_id,
                         request.request.unwrap_or_default(),
-                        request.trace_context,
+                        Along {
+                            trace: request.trace_context,
+                            token: request.access_token,
+                        },
                     ),
                     GatewayIn::CloseSession(close) => Incoming::Close(close.session_id),
                 })),

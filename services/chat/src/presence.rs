@@ -618,7 +618,12 @@ mod tests {
 
     fn users(prefix: &str, count: usize) -> Vec<(Arc<str>, Arc<str>)> {
         (0..count)
-            .map(|i| (Arc::from(format!("{prefix}{i}")), Arc::from(format!("n{i}"))))
+            .map(|i| {
+                (
+                    Arc::from(format!("{prefix}{i}")),
+                    Arc::from(format!("n{i}")),
+                )
+            })
             .collect()
     }
 

@@ -880,7 +880,7 @@ async fn gateway_streams_carry_many_sessions(backend: DatabaseBackend) {
         GwIn::SessionRequest(SessionRequest {
             session_id,
             request: Some(ChatRequest { frame: Some(frame) }),
-            trace_context: Default::default(),
+            ..Default::default()
         })
     };
     let join = |room: &str| {
@@ -1019,7 +1019,7 @@ async fn a_session_id_opened_twice_is_refused(backend: DatabaseBackend) {
         kind: Some(GwIn::SessionRequest(SessionRequest {
             session_id: 7,
             request: Some(ChatRequest { frame: Some(frame) }),
-            trace_context: Default::default(),
+            ..Default::default()
         })),
     };
     let open = |token: &str| GatewayStreamRequest {
@@ -1146,7 +1146,7 @@ async fn gateway_streams_need_the_gateway_secret() {
                 request: Some(parley_proto::chat::v1::ChatRequest {
                     frame: Some(In::Ping(parley_proto::chat::v1::Ping { nonce: "n".into() })),
                 }),
-                trace_context: Default::default(),
+                ..Default::default()
             },
         )),
     };
@@ -1238,7 +1238,7 @@ async fn sessions_are_capped_per_user_and_per_stream() {
                     request: Some(parley_proto::chat::v1::ChatRequest {
                         frame: Some(In::Ping(parley_proto::chat::v1::Ping { nonce: "c".into() })),
                     }),
-                    trace_context: Default::default(),
+                    ..Default::default()
                 },
             )),
         })

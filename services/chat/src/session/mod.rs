@@ -53,6 +53,16 @@ use crate::{
 /// The W3C trace context a gateway sends with a frame; empty otherwise.
 pub(crate) type TraceContext = std::collections::HashMap<String, String>;
 
+/// What a gateway sends along with a session's frame.
+#[derive(Debug, Default)]
+pub(crate) struct Along {
+    /// The frame's trace context.
+    pub(crate) trace: TraceContext,
+    /// The session's access token, with a send that names attachments
+    /// (see [`Session::token`]); empty otherwise.
+    pub(crate) token: String,
+}
+
 /// Frames a busy session may queue before further ones are refused.
 const MAX_BACKLOG: usize = 256;
 /// Sessions live this long past their token's expiry, so the gateway,
@@ -64,8 +74,8 @@ const EXPIRY_GRACE_SECONDS: i64 = 5;
 pub(crate) enum Incoming {
     /// A gateway client connected.
     Open(SessionId, String),
-    /// A session sent a frame, with the trace context it came with.
-    Frame(SessionId, ChatRequest, TraceContext),
+    /// A session sent a frame, with what came along with it.
+    Frame(SessionId, ChatRequest, Along),
     /// A gateway client disconnected.
     Close(SessionId),
 }
@@ -75,9 +85,12 @@ pub(crate) enum Incoming {
 #[derive(Debug)]
 struct Session {
     user: User,
-    /// The access token it was opened or last refreshed with, passed on
-    /// to media when a send carries attachments.
-    token: Arc<str>,
+    /// The access token a `Chat` stream's session was opened or last
+    /// refreshed with, passed on to media when a send names attachments.
+    /// A gateway's sessions keep none: their gateway sends the token with
+    /// each such send (a token is about half a KiB, and a replica holds
+    /// many thousands of sessions).
+    token: Option<Arc<str>>,
     expires_at: i64,
     /// What its token may do; `None`: everything.
     scopes: Option<Vec<Scope>>,
@@ -87,7 +100,7 @@ struct Session {
     _slot: quota::Slot,
     rooms: VecSet<Membership>,
     busy: bool,
-    backlog: VecDeque<(ChatRequest, TraceContext)>,
+    backlog: VecDeque<(ChatRequest, Along)>,
 }
 
 /// What a finished slow frame changed.
@@ -127,6 +140,8 @@ struct Context<'a> {
     link: &'a Link,
     id: SessionId,
     session: &'a mut Session,
+    /// The token the frame came with; empty if none.
+    token: &'a str,
 }
 
 impl Context<'_> {
@@ -142,11 +157,16 @@ impl Context<'_> {
             .send_to(self.id, err.into_frame(client_id, room_id));
     }
 
-    /// What a slow frame's future takes along.
-    /// The session's access token (see [`Session::token`]).
+    /// The session's access token (see [`Session::token`]): the one the
+    /// frame came with, else the session's own; empty if neither.
     fn token(&self) -> Arc<str> {
-        self.session.token.clone()
+        match &self.session.token {
+            Some(token) if self.token.is_empty() => token.clone(),
+            _ => Arc::from(self.token),
+        }
     }
+
+    /// What a slow frame's future takes along.
 
     fn owned(&self) -> (Engine, Link, SessionId, User) {
         (
@@ -164,7 +184,9 @@ pub(crate) struct StreamActor {
     link: Link,
     /// `Chat` streams end with their only session; gateway streams do not.
     single_session: bool,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: a table sized for growth holds spare slots, which then cost
+    /// a pointer each rather than a whole session.
+    sessions: HashMap<SessionId, Box<Session>>,
     /// The generation the next session gets.
     next_generation: u64,
     expiries: BTreeSet<(i64, SessionId)>,
@@ -216,7 +238,7 @@ impl StreamActor {
             single_session: true,
             ..Self::gateway(engine, link, controls)
         };
-        actor.add_session(0, caller, Arc::from(token))?;
+        actor.add_session(0, caller, Some(Arc::from(token)))?;
         Ok(actor)
     }
 
@@ -226,25 +248,29 @@ impl StreamActor {
         &mut self,
         id: SessionId,
         caller: &Caller,
-        token: Arc<str>,
+        token: Option<Arc<str>>,
     ) -> Result<(), Error> {
         let limits = self.engine.limits();
-        let user = User::from(caller);
         let slot = self
             .engine
             .user_sessions()
-            .acquire(&user.id, limits.max_sessions_per_user)
+            .acquire(&caller.user_id, limits.max_sessions_per_user)
             .ok_or_else(|| {
                 Error::ResourceExhausted(format!(
                     "a user holds at most {} sessions on one chat replica",
                     limits.max_sessions_per_user
                 ))
             })?;
+        let user = User {
+            id: slot.user_id().clone(),
+            name: Arc::from(caller.name.as_str()),
+            admin: caller.is_admin(),
+        };
         self.next_generation += 1;
         self.expiries.insert((caller.expires_at, id));
         self.sessions.insert(
             id,
-            Session {
+            Box::new(Session {
                 user,
                 _slot: slot,
                 token,
@@ -254,7 +280,7 @@ impl StreamActor {
                 rooms: VecSet::new(),
                 busy: false,
                 backlog: VecDeque::new(),
-            },
+            }),
         );
         Ok(())
     }
@@ -330,14 +356,14 @@ impl StreamActor {
             }
             Incoming::Open(id, token) => match self.engine.verifier().verify(&token) {
                 Ok(claims) => {
-                    if let Err(err) = self.add_session(id, &claims.into(), Arc::from(token)) {
+                    if let Err(err) = self.add_session(id, &claims.into(), None) {
                         self.close_session(id, err);
                     }
                 }
                 Err(err) => self.close_session(id, Error::from(err)),
             },
             Incoming::Close(id) => self.remove_session(id),
-            Incoming::Frame(id, request, trace) => {
+            Incoming::Frame(id, request, along) => {
                 let Some(session) = self.sessions.get_mut(&id) else {
                     self.close_session(id, Error::NoSuchSession);
                     return;
@@ -348,11 +374,11 @@ impl StreamActor {
                         self.link
                             .send_to(id, Error::Backlogged.into_frame(&client_id, &room_id));
                     } else {
-                        session.backlog.push_back((request, trace));
+                        session.backlog.push_back((request, along));
                     }
                     return;
                 }
-                self.handle(id, request, &trace);
+                self.handle(id, request, &along);
             }
         }
     }
@@ -459,9 +485,9 @@ impl StreamActor {
         }
         while let Some(session) = self.sessions.get_mut(&done.session)
             && !session.busy
-            && let Some((request, trace)) = session.backlog.pop_front()
+            && let Some((request, along)) = session.backlog.pop_front()
         {
-            self.handle(done.session, request, &trace);
+            self.handle(done.session, request, &along);
         }
     }
 
@@ -482,7 +508,7 @@ impl StreamActor {
     }
 
     /// Handles one frame of a session that is not busy.
-    fn handle(&mut self, id: SessionId, request: ChatRequest, trace: &TraceContext) {
+    fn handle(&mut self, id: SessionId, request: ChatRequest, along: &Along) {
         let Some(frame_in) = request.frame else {
             self.link.send_to(id, Error::EmptyFrame.into_frame("", ""));
             return;
@@ -512,7 +538,9 @@ impl StreamActor {
             link: &self.link,
             id,
             session,
+            token: &along.token,
         };
+        let trace = &along.trace;
         let op = match frame_in {
             In::Ping(ping) => {
                 cx.reply(Out::Pong(Pong { nonce: ping.nonce }));
@@ -559,7 +587,9 @@ impl StreamActor {
         let reply = match verified {
             Ok(claims) if claims.sub == *session.user.id => {
                 session.scopes = parley_runtime::token::Caller::from(claims.clone()).scopes;
-                session.token = Arc::from(token);
+                if session.token.is_some() {
+                    session.token = Some(Arc::from(token));
+                }
                 self.expiries.remove(&(session.expires_at, id));
                 session.expires_at = claims.exp;
                 self.expiries.insert((claims.exp, id));

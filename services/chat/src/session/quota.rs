@@ -23,8 +23,13 @@ pub(crate) struct Slot {
 
 impl UserSessions {
     /// A place for one more session of `user_id`, unless it holds `max`.
-    pub(crate) fn acquire(&self, user_id: &Arc<str>, max: u32) -> Option<Slot> {
+    pub(crate) fn acquire(&self, user_id: &str, max: u32) -> Option<Slot> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        // The user's sessions share the count's copy of the id.
+        let user_id = match counts.get_key_value(user_id) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::from(user_id),
+        };
         let count = counts.entry(user_id.clone()).or_insert(0);
         if *count >= max {
             return None;
@@ -32,8 +37,15 @@ impl UserSessions {
         *count += 1;
         Some(Slot {
             counts: self.counts.clone(),
-            user_id: user_id.clone(),
+            user_id,
         })
+    }
+}
+
+impl Slot {
+    /// The user's id, one copy for all of their sessions here.
+    pub(crate) fn user_id(&self) -> &Arc<str> {
+        &self.user_id
     }
 }
 
@@ -56,15 +68,18 @@ mod tests {
     #[test]
     fn places_are_counted_per_user_and_given_back() {
         let sessions = UserSessions::default();
-        let (ada, bob): (Arc<str>, Arc<str>) = (Arc::from("ada"), Arc::from("bob"));
-        let first = sessions.acquire(&ada, 2).unwrap();
-        let _second = sessions.acquire(&ada, 2).unwrap();
-        assert!(sessions.acquire(&ada, 2).is_none());
+        let first = sessions.acquire("ada", 2).unwrap();
+        let second = sessions.acquire("ada", 2).unwrap();
         assert!(
-            sessions.acquire(&bob, 2).is_some(),
+            Arc::ptr_eq(first.user_id(), second.user_id()),
+            "one copy of the id"
+        );
+        assert!(sessions.acquire("ada", 2).is_none());
+        assert!(
+            sessions.acquire("bob", 2).is_some(),
             "others are not affected"
         );
         drop(first);
-        assert!(sessions.acquire(&ada, 2).is_some());
+        assert!(sessions.acquire("ada", 2).is_some());
     }
 }

@@ -98,14 +98,16 @@ struct Session {
 }
 
 impl Session {
-    fn new(handle: Arc<SessionHandle>, token: String) -> Self {
-        Self {
+    /// Boxed: the stream's table, sized for growth, then holds a pointer
+    /// per spare slot rather than a whole session.
+    fn new(handle: Arc<SessionHandle>, token: String) -> Box<Self> {
+        Box::new(Self {
             handle,
             token,
             rooms: VecSet::new(),
             rejoining: VecSet::new(),
             unacked: VecDeque::new(),
-        }
+        })
     }
 
     /// Keeps a write with a `client_id` until chat acknowledges it.
@@ -160,7 +162,7 @@ impl Recipient {
 pub(super) struct Stream {
     encoded: Arc<EncodedMessages>,
     requests: mpsc::Sender<GatewayStreamRequest>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<SessionId, Box<Session>>,
     /// Room to the sessions on this stream that joined it; a room without
     /// sessions has no entry.
     rooms: HashMap<Arc<str>, HashMap<SessionId, Recipient>>,
@@ -261,14 +263,22 @@ impl Stream {
         }
         session.rejoining.clone_from(&session.rooms);
         for write in &session.unacked {
-            self.push(session_request(id, write.clone()));
+            let request = ChatRequest {
+                frame: Some(write.clone()),
+            };
+            self.push(Up::SessionRequest(SessionRequest {
+                session_id: id,
+                access_token: token_for(&request, &session.token),
+                request: Some(request),
+                trace_context: HashMap::new(),
+            }));
         }
         self.sessions.insert(id, session);
     }
 
     /// Registers a moved session's rooms on this stream, each with the
     /// cursor it arrived with, and returns the session.
-    fn settle(&mut self, orphan: Orphan) -> Session {
+    fn settle(&mut self, orphan: Orphan) -> Box<Session> {
         let id = orphan.handle.id;
         let mut session = Session::new(orphan.handle, orphan.token);
         session.unacked = orphan.unacked;
@@ -331,11 +341,13 @@ impl Stream {
             Some(In::Refresh(refresh)) => refresh.token.clone_into(&mut session.token),
             _ => {}
         }
+        let access_token = token_for(&request, &session.token);
         let echo = request.echo();
         if !self.push(Up::SessionRequest(SessionRequest {
             session_id: handle.id,
             request: Some(request),
             trace_context,
+            access_token,
         })) {
             let error = FrameError {
                 code: Code::ResourceExhausted,
@@ -348,7 +360,7 @@ impl Stream {
     }
 
     /// Forgets a session and its place in every room.
-    fn remove(&mut self, id: SessionId) -> Option<Session> {
+    fn remove(&mut self, id: SessionId) -> Option<Box<Session>> {
         let session = self.sessions.remove(&id)?;
         for room in &session.rooms {
             self.remove_recipient(room, id);
@@ -582,8 +594,18 @@ fn session_request(session_id: SessionId, frame: In) -> Up {
     Up::SessionRequest(SessionRequest {
         session_id,
         request: Some(ChatRequest { frame: Some(frame) }),
-        trace_context: HashMap::new(),
+        ..SessionRequest::default()
     })
+}
+
+/// The token a frame travels with: the session's, for a send that names
+/// attachments (chat looks them up in media as the sender); none for the
+/// rest, so chat need not keep a copy of every session's token.
+fn token_for(request: &ChatRequest, token: &str) -> String {
+    match &request.frame {
+        Some(In::Send(send)) if !send.attachments.is_empty() => token.to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// Answers a frame that reached no chat replica.
