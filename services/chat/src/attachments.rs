@@ -75,14 +75,20 @@ impl Media {
     ///
     /// # Errors
     /// INVALID_ARGUMENT for an id media does not know or that another user
-    /// uploaded; UNAUTHENTICATED when media refuses the token; UNAVAILABLE
-    /// when media cannot be reached.
+    /// uploaded; UNAUTHENTICATED when there is no token (a gateway's send
+    /// that did not bring one) or media refuses it; UNAVAILABLE when media
+    /// cannot be reached.
     pub(crate) async fn resolve(
         &self,
         token: &str,
         sender_id: &str,
         attachments: &mut [MessageAttachment],
     ) -> Result<(), Error> {
+        if token.is_empty() {
+            return Err(Error::Unauthenticated(
+                "a send that names attachments needs the session's access token".into(),
+            ));
+        }
         let bearer: MetadataValue<_> = format!("Bearer {token}")
             .parse()
             .map_err(|_| Error::Unauthenticated("the access token is malformed".into()))?;

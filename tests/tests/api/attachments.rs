@@ -716,6 +716,91 @@ async fn grpc_sends_carry_attachments(backend: DatabaseBackend) {
     assert_eq!(history.len(), 2);
     assert!(history.iter().all(|m| m.attachments == stored.attachments));
 
+    // A gateway's session: chat keeps no token for it, so a send naming
+    // attachments brings the session's token along, and without one media
+    // is not asked.
+    {
+        use parley_proto::chat::v1::{
+            ChatRequest, GatewayStreamRequest, Join, OpenSession, SessionRequest,
+            gateway_stream_request::Kind as GwIn, gateway_stream_response::Kind as GwOut,
+        };
+        let (requests, receiver) = tokio::sync::mpsc::channel(8);
+        let mut responses = cluster
+            .client(1)
+            .gateway_stream(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            .await
+            .unwrap()
+            .into_inner();
+        let up = |kind: GwIn| GatewayStreamRequest { kind: Some(kind) };
+        let frame = |frame: In, access_token: &str| {
+            up(GwIn::SessionRequest(SessionRequest {
+                session_id: 1,
+                request: Some(ChatRequest { frame: Some(frame) }),
+                access_token: access_token.into(),
+                ..SessionRequest::default()
+            }))
+        };
+        let sent = |client_id: &str| {
+            In::Send(Send {
+                room_id: room.clone(),
+                content: String::new(),
+                client_id: client_id.into(),
+                reply_to: 0,
+                attachments: vec![image.id.clone()],
+            })
+        };
+        for request in [
+            up(GwIn::OpenSession(OpenSession {
+                session_id: 1,
+                access_token: alice_token.clone(),
+            })),
+            frame(
+                In::Join(Join {
+                    room_id: room.clone(),
+                    ..Join::default()
+                }),
+                "",
+            ),
+            frame(sent("without"), ""),
+            frame(sent("with"), &alice_token),
+        ] {
+            requests.send(request).await.unwrap();
+        }
+        let (mut refused, mut acked) = (None, None);
+        while refused.is_none() || acked.is_none() {
+            let response = tokio::time::timeout(
+                parley_tests::chat::FRAME_TIMEOUT,
+                responses.message(),
+            )
+            .await
+            .expect("a frame in time")
+            .unwrap()
+            .expect("the stream is open");
+            match response.kind {
+                Some(GwOut::SessionResponse(response)) => {
+                    match response.response.and_then(|r| r.frame) {
+                        Some(Out::Error(error)) => refused = Some(error),
+                        Some(Out::Ack(ack)) => acked = Some(ack),
+                        _ => {}
+                    }
+                }
+                Some(GwOut::SessionClosed(closed)) => panic!("closed: {closed:?}"),
+                _ => {}
+            }
+        }
+        let (refused, acked) = (refused.unwrap(), acked.unwrap());
+        assert_eq!(
+            (refused.code.as_str(), refused.client_id.as_str()),
+            ("UNAUTHENTICATED", "without")
+        );
+        assert_eq!(acked.client_id, "with");
+        let message = watcher.next_message().await;
+        assert_eq!(
+            (message.seq, &message.attachments),
+            (acked.seq, &stored.attachments)
+        );
+    }
+
     // Without media, a send with attachments is UNAVAILABLE (retry later),
     // and nothing is stored.
     media.stop().await;

@@ -779,6 +779,43 @@ mod tests {
         assert_eq!(recipient.since(), 7);
     }
 
+    /// Chat keeps no token for a gateway's session: it comes along with a
+    /// send that names attachments, and again when that send is replayed
+    /// on the replica the session moves to.
+    #[test]
+    fn the_token_travels_only_with_sends_that_name_attachments() {
+        fn tokens(sent: &[Up]) -> Vec<&str> {
+            sent.iter()
+                .filter_map(|up| match up {
+                    Up::SessionRequest(request) => Some(request.access_token.as_str()),
+                    _ => None,
+                })
+                .collect()
+        }
+        let mut first = rig(8);
+        let ann = first.open(1);
+        first.sent();
+        first.frame(&ann, In::Send(send("plain")));
+        first.frame(
+            &ann,
+            In::Send(SendFrame {
+                attachments: vec!["0".repeat(32)],
+                ..send("with-file")
+            }),
+        );
+        assert_eq!(tokens(&first.sent()), ["", "token-1"]);
+
+        let mut other = rig(8);
+        for orphan in first.stream.into_orphans() {
+            other.stream.command(Command::Adopt(Box::new(orphan)));
+        }
+        assert_eq!(
+            tokens(&other.sent()),
+            ["", "token-1"],
+            "both unacknowledged sends replayed, the token with the second"
+        );
+    }
+
     #[test]
     fn a_session_opens_joins_and_receives_each_message_once() {
         let mut rig = rig(8);
