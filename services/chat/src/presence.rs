@@ -155,15 +155,16 @@ impl std::fmt::Debug for RedisPresence {
     }
 }
 
-/// A room's users with sessions on this replica: `(user_id, name)` each.
-pub(crate) type RoomPresence = (Arc<str>, Vec<(Arc<str>, Arc<str>)>);
+/// A user with sessions on this replica: `(user_id, name)`.
+pub(crate) type PresentUser = (Arc<str>, Arc<str>);
+/// A room's users with sessions on this replica.
+pub(crate) type RoomPresence = (Arc<str>, Vec<PresentUser>);
+/// Part of a room's users: its id and a slice of them.
+type RoomPart<'a> = (&'a str, &'a [PresentUser]);
 
 /// `rooms`' entries in chunks of at most `size` (a room's users split
 /// where a chunk fills), each chunk a list of `(room_id, users)`.
-fn chunks(
-    rooms: &[RoomPresence],
-    size: usize,
-) -> impl Iterator<Item = Vec<(&str, &[(Arc<str>, Arc<str>)])>> {
+fn chunks(rooms: &[RoomPresence], size: usize) -> impl Iterator<Item = Vec<RoomPart<'_>>> {
     let mut parts = rooms
         .iter()
         .flat_map(move |(room_id, users)| users.chunks(size).map(move |part| (&**room_id, part)))
@@ -418,10 +419,10 @@ impl RedisPresence {
     async fn per_rooms(
         &self,
         rooms: &[RoomPresence],
-        fill: impl Fn(&mut redis::Pipeline, &str, &[(Arc<str>, Arc<str>)]),
+        fill: impl Fn(&mut redis::Pipeline, &str, &[PresentUser]),
     ) -> redis::RedisResult<()> {
         for chunk in chunks(rooms, PIPELINE_ENTRIES) {
-            let keyed: Vec<(String, &[(Arc<str>, Arc<str>)])> = chunk
+            let keyed: Vec<(String, &[PresentUser])> = chunk
                 .into_iter()
                 .map(|(room_id, users)| (key(room_id, self.sharded), users))
                 .collect();
@@ -616,7 +617,7 @@ mod tests {
             .expect("DEL");
     }
 
-    fn users(prefix: &str, count: usize) -> Vec<(Arc<str>, Arc<str>)> {
+    fn users(prefix: &str, count: usize) -> Vec<PresentUser> {
         (0..count)
             .map(|i| {
                 (

@@ -768,14 +768,12 @@ async fn grpc_sends_carry_attachments(backend: DatabaseBackend) {
         }
         let (mut refused, mut acked) = (None, None);
         while refused.is_none() || acked.is_none() {
-            let response = tokio::time::timeout(
-                parley_tests::chat::FRAME_TIMEOUT,
-                responses.message(),
-            )
-            .await
-            .expect("a frame in time")
-            .unwrap()
-            .expect("the stream is open");
+            let response =
+                tokio::time::timeout(parley_tests::chat::FRAME_TIMEOUT, responses.message())
+                    .await
+                    .expect("a frame in time")
+                    .unwrap()
+                    .expect("the stream is open");
             match response.kind {
                 Some(GwOut::SessionResponse(response)) => {
                     match response.response.and_then(|r| r.frame) {

@@ -167,7 +167,6 @@ impl Context<'_> {
     }
 
     /// What a slow frame's future takes along.
-
     fn owned(&self) -> (Engine, Link, SessionId, User) {
         (
             self.engine.clone(),
