@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -35,6 +36,7 @@ use crate::{
     frames::{self, FrameError},
     metrics::{self, FrameKind},
     session::{CloseReason, Grant, Outgoing, SessionHandle},
+    upstream::NoStream,
 };
 
 /// Most queued frames written before one flush.
@@ -180,15 +182,22 @@ pub(crate) async fn upgrade(
         // The connection gets a task of its own rather than living inside
         // axum's upgrade task, whose future would also hold the socket and
         // everything the closure captured for as long as the connection
-        // lasts.
-        tokio::spawn(serve(
-            socket,
-            state,
+        // lasts. What only the start needs (the grant, the token) goes into
+        // the handle and the boxed opening here, so the task, which lives
+        // as long as the connection, does not keep room for it.
+        let shared = state.shared.clone();
+        let handle = SessionHandle::new(
+            shared.next_session(),
             user_id,
-            (expires_at, grant),
-            jwt,
-            (in_flight, slot),
-        ));
+            shared.limits.send_queue as usize,
+            expires_at,
+            grant,
+        );
+        let opening = Box::pin({
+            let handle = handle.clone();
+            async move { shared.upstream.open(handle, jwt).await }
+        });
+        tokio::spawn(serve(socket, state, handle, opening, (in_flight, slot)));
         std::future::ready(())
     })
 }
@@ -226,33 +235,23 @@ enum Ending {
     Close(CloseReason),
 }
 
-/// The connection's task. A plain function returning an `async move`
-/// block rather than an `async fn`: the block uses the moved-in socket in
-/// place, where an `async fn` would keep a second copy of it for its
-/// `mut` binding, in every idle connection.
+/// The connection's task: `opening` places the session on a chat stream,
+/// then the task serves the socket. A plain function returning an `async
+/// move` block rather than an `async fn`: the block uses the moved-in
+/// socket in place, where an `async fn` would keep a second copy of it for
+/// its `mut` binding, in every idle connection.
 #[allow(clippy::manual_async_fn)]
 fn serve(
     mut socket: WebSocket,
     state: AppState,
-    user_id: Arc<str>,
-    (expires_at, grant): (i64, Grant),
-    token: String,
+    handle: Arc<SessionHandle>,
+    opening: Pin<Box<impl Future<Output = Result<(), NoStream>>>>,
     held: (TaskTrackerToken, UserSlot),
 ) -> impl Future<Output = ()> {
     async move {
         let shared = state.shared.clone();
-        let id = shared.next_session();
-        let handle = SessionHandle::new(
-            id,
-            user_id.clone(),
-            shared.limits.send_queue as usize,
-            expires_at,
-            grant,
-        );
-        if Box::pin(shared.upstream.open(handle.clone(), token))
-            .await
-            .is_err()
-        {
+        let id = handle.id;
+        if opening.await.is_err() {
             metrics::closed(CloseReason::TryAgainLater.label());
             Box::pin(close(&mut socket, CloseReason::TryAgainLater)).await;
             return;
@@ -263,7 +262,6 @@ fn serve(
         shared.live.insert(handle.clone());
         let connection = Connection {
             handle: handle.clone(),
-            user_id,
             state,
         };
 
@@ -333,7 +331,6 @@ fn serve(
 
 struct Connection {
     handle: Arc<SessionHandle>,
-    user_id: Arc<str>,
     state: AppState,
 }
 
@@ -360,7 +357,7 @@ impl Connection {
             In::Refresh(refresh) => {
                 let verified = self.state.shared.verifier.verify(&refresh.token);
                 match verified {
-                    Ok(claims) if *claims.sub == *self.user_id => {
+                    Ok(claims) if *claims.sub == *self.handle.user_id => {
                         self.handle.extend(claims.exp);
                         self.handle
                             .set_grant(Grant::of(&Caller::from(claims.clone()), None));
