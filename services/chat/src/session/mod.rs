@@ -141,7 +141,7 @@ struct Context<'a> {
     id: SessionId,
     session: &'a mut Session,
     /// The token the frame came with; empty if none.
-    token: &'a str,
+    frame_token: &'a str,
 }
 
 impl Context<'_> {
@@ -161,8 +161,8 @@ impl Context<'_> {
     /// frame came with, else the session's own; empty if neither.
     fn token(&self) -> Arc<str> {
         match &self.session.token {
-            Some(token) if self.token.is_empty() => token.clone(),
-            _ => Arc::from(self.token),
+            Some(token) if self.frame_token.is_empty() => token.clone(),
+            _ => Arc::from(self.frame_token),
         }
     }
 
@@ -537,7 +537,7 @@ impl StreamActor {
             link: &self.link,
             id,
             session,
-            token: &along.token,
+            frame_token: &along.token,
         };
         let trace = &along.trace;
         let op = match frame_in {
