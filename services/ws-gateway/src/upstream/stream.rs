@@ -259,19 +259,12 @@ impl Stream {
                     replay: true,
                     ..Join::default()
                 }),
+                &session.token,
             ));
         }
         session.rejoining.clone_from(&session.rooms);
         for write in &session.unacked {
-            let request = ChatRequest {
-                frame: Some(write.clone()),
-            };
-            self.push(Up::SessionRequest(SessionRequest {
-                session_id: id,
-                access_token: token_for(&request, &session.token),
-                request: Some(request),
-                trace_context: HashMap::new(),
-            }));
+            self.push(session_request(id, write.clone(), &session.token));
         }
         self.sessions.insert(id, session);
     }
@@ -589,11 +582,13 @@ impl Stream {
     }
 }
 
-/// A frame for chat from one session.
-fn session_request(session_id: SessionId, frame: In) -> Up {
+/// A frame for chat from one session whose token is `token`.
+fn session_request(session_id: SessionId, frame: In, token: &str) -> Up {
+    let request = ChatRequest { frame: Some(frame) };
     Up::SessionRequest(SessionRequest {
         session_id,
-        request: Some(ChatRequest { frame: Some(frame) }),
+        access_token: token_for(&request, token),
+        request: Some(request),
         ..SessionRequest::default()
     })
 }
