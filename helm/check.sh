@@ -225,7 +225,7 @@ scenarios=(
   "default|"
   "production|-f $chart/ci/production-values.yaml"
   "tls|--set tls.enabled=true,networkPolicy.enabled=true,tls.certManager.extraDnsNames[0]=chat.example.com"
-  "all-on|--set networkPolicy.enabled=true,ingress.enabled=true,ingress.grpcWeb=true,observability.serviceMonitor.enabled=true,observability.grafanaDashboards.enabled=true,observability.otlp.enabled=true,observability.scrapeAnnotations=true,defaults.autoscaling.enabled=true,services.media.storage.type=s3,services.media.storage.s3.bucket=parley-media,services.media.storage.s3.endpoint=http://minio.storage:9000,services.media.storage.s3.existingSecret=parley-media-s3"
+  "all-on|--set networkPolicy.enabled=true,ingress.enabled=true,ingress.grpcWeb=true,observability.serviceMonitor.enabled=true,observability.grafanaDashboards.enabled=true,observability.otlp.enabled=true,observability.scrapeAnnotations=true,defaults.autoscaling.enabled=true,defaults.workerThreads=1,services.media.storage.type=s3,services.media.storage.s3.bucket=parley-media,services.media.storage.s3.endpoint=http://minio.storage:9000,services.media.storage.s3.existingSecret=parley-media-s3"
 )
 # Splits a rendered stream: Kubernetes objects to stdout, the ServiceMonitor
 # and Certificates (CRDs) to the file named by $1; prints a summary to stderr.
@@ -323,6 +323,8 @@ for v in versions:
                 check(not prestop, f"{tag} {svc}: no preStop before 1.30 (no sleep action, no shell in the image)")
             grace = pod["terminationGracePeriodSeconds"]
             cm = objs[("ConfigMap", name)]["data"]
+            check(cm.get("TOKIO_WORKER_THREADS") == ("1" if scenario == "all-on" else None),
+                  f"{tag} {svc}: TOKIO_WORKER_THREADS only when workerThreads is set")
             shutdown = int(cm["SHUTDOWN_GRACE"].rstrip("s"))
             check(grace >= shutdown + 5 + (5 if prestop else 0), f"{tag} {svc}: grace period {grace} too short")
             if svc == "gateway":
@@ -535,6 +537,8 @@ expect_refusal "schema: an issuer of an unknown kind" "tls.certManager.issuerRef
   --set tls.certManager.issuerRef.kind=Vault
 expect_refusal "schema: an out-of-range queue" "services.gateway.config.sendQueue" \
   --set services.gateway.config.sendQueue=2000000
+expect_refusal "schema: a negative worker count" "defaults.workerThreads" \
+  --set defaults.workerThreads=-1
 
 # ---------------------------------------------------------------------------
 step "7. variables the chart sets, against the binaries' --help"

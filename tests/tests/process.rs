@@ -206,6 +206,7 @@ async fn help_lists_every_variable_without_secrets() {
         "RUST_LOG",
         "LOG_FORMAT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "TOKIO_WORKER_THREADS",
     ] {
         assert!(help.contains(variable), "--help misses {variable}");
     }
@@ -213,6 +214,28 @@ async fn help_lists_every_variable_without_secrets() {
         !help.contains("super-secret-value"),
         "--help printed a secret"
     );
+}
+
+/// The runtime's worker count is a setting like the others: a value that
+/// is not a whole number above 0 stops the process with exit code 2 naming
+/// the variable, where the runtime reading it on its own would panic.
+#[tokio::test]
+async fn a_bad_worker_thread_count_exits_2_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for value in ["0", "two", "-1"] {
+        let stderr = refused(
+            "parley-gateway",
+            dir.path(),
+            &[
+                ("TOKIO_WORKER_THREADS", value),
+                ("GATEWAY_HTTP_ADDR", "127.0.0.1:0"),
+                ("GATEWAY_ADMIN_ADDR", "127.0.0.1:0"),
+            ],
+        )
+        .await;
+        assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+    }
 }
 
 #[tokio::test]
@@ -273,6 +296,7 @@ async fn gateway_help_lists_every_variable() {
         "RUST_LOG",
         "LOG_FORMAT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "TOKIO_WORKER_THREADS",
     ] {
         assert!(help.contains(variable), "--help misses {variable}");
     }

@@ -236,6 +236,9 @@ data). Argument: (dict "root" $ "name" "chat").
 {{- end }}
 {{- end }}
 {{- $_ := set $env "SHUTDOWN_GRACE" (printf "%ss" (include "parley.string" $s.shutdownGraceSeconds)) }}
+{{- if gt (int64 $s.workerThreads) 0 }}
+{{- $_ := set $env "TOKIO_WORKER_THREADS" (include "parley.string" $s.workerThreads) }}
+{{- end }}
 {{- $_ := set $env "RUST_LOG" $values.logging.level }}
 {{- $_ := set $env "LOG_FORMAT" $values.logging.format }}
 {{- if $values.observability.otlp.enabled }}

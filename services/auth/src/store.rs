@@ -116,7 +116,7 @@ impl AuthStore {
     ) -> Result<String, Error> {
         let now = now_millis();
         let family_id = uuid::Uuid::now_v7().to_string();
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO refresh_token_family (family_id, user_id, created_at) VALUES ($1, $2, $3)",
         )
@@ -202,7 +202,7 @@ impl AuthStore {
     /// # Errors
     /// Database failures.
     pub async fn delete_credentials(&self, user_id: &str) -> Result<(), Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         // Tokens first: foreign keys are not relied on to cascade.
         sqlx::query(
             "DELETE FROM refresh_token WHERE family_id IN \

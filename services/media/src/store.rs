@@ -236,7 +236,7 @@ impl MediaStore {
         part: &Part,
         expires_at: i64,
     ) -> Result<bool, Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let moved = timed(
             "media_advance_upload",
             sqlx::query(
@@ -321,7 +321,7 @@ impl MediaStore {
 
     /// Forgets an upload and its parts.
     pub(crate) async fn delete_upload(&self, id: &str) -> Result<(), Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         for statement in [
             "DELETE FROM upload WHERE upload_id = $1",
             "DELETE FROM upload_part WHERE upload_id = $1",

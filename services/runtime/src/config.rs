@@ -24,7 +24,8 @@ pub struct BadValue {
 
 use clap::{Args, ValueEnum};
 
-/// Settings shared by every binary: shutdown, logging and tracing.
+/// Settings shared by every binary: shutdown, logging, tracing and the
+/// runtime's threads.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
     /// How long to drain in-flight calls, streams and sockets on SIGTERM
@@ -53,6 +54,18 @@ pub struct CommonConfig {
         env = "OTEL_EXPORTER_OTLP_ENDPOINT"
     )]
     pub otlp_endpoint: Option<String>,
+
+    /// Async runtime worker threads; one per core the process may use when
+    /// unset. On a node of one or two cores shared with other processes,
+    /// `1` spends less CPU per message on workers waking each other
+    /// (BENCHMARKS.md, "Wake-ups"). Tokio reads the same variable; parsing
+    /// it here turns a bad value into exit code 2 instead of a panic.
+    #[arg(
+        id = "TOKIO_WORKER_THREADS",
+        long = "worker-threads",
+        env = "TOKIO_WORKER_THREADS"
+    )]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 impl Default for CommonConfig {
@@ -62,6 +75,7 @@ impl Default for CommonConfig {
             log_filter: "info".into(),
             log_format: None,
             otlp_endpoint: None,
+            worker_threads: None,
         }
     }
 }

@@ -131,6 +131,22 @@ impl Database {
         &self.pool
     }
 
+    /// Begins a transaction that writes. On SQLite it takes the write lock
+    /// first (`BEGIN IMMEDIATE`), waiting for it under the busy timeout: a
+    /// plain deferred transaction that reads before it writes fails at once
+    /// with `SQLITE_BUSY` when another connection committed in between,
+    /// since SQLite cannot wait its way out of a stale snapshot. Postgres
+    /// begins as usual.
+    ///
+    /// # Errors
+    /// No connection, or the lock not taken within the busy timeout.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.kind {
+            DatabaseKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            DatabaseKind::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// Which engine this is.
     pub fn kind(&self) -> DatabaseKind {
         self.kind

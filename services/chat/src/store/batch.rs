@@ -317,7 +317,7 @@ impl ChatStore {
         unique: &[usize],
         sent_at: i64,
     ) -> Result<Vec<(usize, WriteOutcome)>, Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let mut written = Vec::with_capacity(unique.len());
 
         let keyed: Vec<usize> = unique

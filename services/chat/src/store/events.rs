@@ -81,7 +81,7 @@ impl ChatStore {
     async fn try_write_event(&self, event: &NewEvent) -> Result<EventOutcome, Error> {
         let room_id = event.room_id.as_str();
         let client_id = (!event.client_id.is_empty()).then_some(event.client_id.as_str());
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
 
         // The room's row lock first, before anything is read: SQLite
         // cannot upgrade a transaction that read first to a writer once

@@ -258,7 +258,7 @@ impl ChatStore {
         loop {
             attempts += 1;
             let short_code = crate::domain::new_short_code()?;
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let inserted = sqlx::query(
                 "INSERT INTO room (room_id, name, short_code, password_hash, created_by, created_at, last_seq) \
                  VALUES ($1, $2, $3, $4, $5, $6, 0)",

@@ -245,7 +245,7 @@ impl ChatStore {
         actor_id: &str,
         admin: bool,
     ) -> Result<(), Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let direct: i64 = sqlx::query_scalar(
             "UPDATE room SET last_seq = last_seq WHERE room_id = $1 RETURNING direct",
         )
@@ -349,7 +349,7 @@ impl ChatStore {
         high: &str,
         now: i64,
     ) -> Result<(String, bool), Error> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query(
             "INSERT INTO room (room_id, name, short_code, password_hash, created_by, created_at, \
              last_seq, direct, last_event_at) VALUES ($1, '', NULL, NULL, $2, $3, 0, 1, $3)",

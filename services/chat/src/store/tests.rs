@@ -600,3 +600,41 @@ async fn one_direct_room_per_pair_on_postgres() {
 async fn one_direct_room_per_pair_on_sqlite() {
     one_direct_room_per_pair_on(Backend::Sqlite).await;
 }
+
+/// On SQLite a batch looks up its retries before it writes. Another
+/// connection's write committed in between must make the batch wait for
+/// it, not fail: a deferred transaction that has read gets `SQLITE_BUSY`
+/// at once there, whatever the busy timeout.
+#[tokio::test]
+async fn a_batch_on_sqlite_waits_out_another_writer() {
+    let database = TestDatabase::new(Backend::Sqlite).await;
+    let store = open_store(&database).await;
+    store
+        .room_or_create_public("lobby", "u1", None)
+        .await
+        .unwrap_or_else(|err| panic!("creating the room: {err}"));
+    let mut other = store.db.begin_write().await.unwrap();
+    sqlx::query("UPDATE room SET name = 'renamed' WHERE room_id = $1")
+        .bind("lobby")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let writer = store.clone();
+    let batch = tokio::spawn(async move {
+        let hello = message("lobby", "u2", "hello", "c1");
+        writer.write_batch(&[&hello]).await
+    });
+    // Nothing signals that the batch has begun and read; this gives it the
+    // time to, so that the commit below lands between its read and its
+    // write. The assertion holds however the two interleave.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    other.commit().await.unwrap();
+    let outcomes = batch
+        .await
+        .unwrap()
+        .unwrap_or_else(|err| panic!("the batch failed instead of waiting: {err}"));
+    assert_eq!(
+        seq_and_content(&outcomes[0]),
+        ("stored", 1, "hello".to_owned())
+    );
+}
