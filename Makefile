@@ -24,9 +24,12 @@ run-local:
 	$(CARGO) run -p parley
 
 ## Run the whole test suite (unit, end-to-end on Postgres and SQLite, process
-## tests, the web client in Chromium) and the checks of the deploy artifacts.
-test: tools clean-test-databases deploy-check
+## tests, the web client in Chromium) and the checks of the deploy artifacts,
+## after the build, so the chart's variables are checked against the
+## binaries of this checkout rather than an older build's.
+test: tools clean-test-databases deploy-tools
 	$(CARGO) build --workspace --bins
+	@$(MAKE) --no-print-directory deploy-check
 	ulimit -n $$(ulimit -Hn); $(CARGO) test --workspace
 
 ## The deploy artifacts, checked with the real tools: docker compose config,
