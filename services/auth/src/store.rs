@@ -2,7 +2,6 @@
 //! and SQLite alike.
 
 use parley_runtime::storage::{Database, now_millis, timed, unique_violation};
-use sqlx::Acquire as _;
 
 use crate::error::Error;
 
@@ -169,10 +168,7 @@ impl AuthStore {
         expires_at: i64,
     ) -> Result<bool, Error> {
         let now = now_millis();
-        let mut connection = self.db.pool().acquire().await?;
-        let mut tx = connection.begin().await?;
-        // The write comes first, so on SQLite the transaction takes the
-        // write lock at once instead of upgrading a read lock later.
+        let mut tx = self.db.begin_write().await?;
         let spent = sqlx::query(
             "UPDATE refresh_token SET spent_at = $2 WHERE token_hash = $1 AND spent_at IS NULL",
         )
@@ -348,8 +344,7 @@ impl AuthStore {
         key_id: &str,
         revocation: &RevocationRow,
     ) -> Result<bool, Error> {
-        let mut connection = self.db.pool().acquire().await?;
-        let mut tx = connection.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let done = sqlx::query(
             "UPDATE api_key SET revoked_at = $2 WHERE key_id = $1 AND revoked_at IS NULL",
         )
@@ -382,8 +377,7 @@ impl AuthStore {
     /// # Errors
     /// Database failures.
     pub async fn insert_revocation(&self, revocation: &RevocationRow) -> Result<(), Error> {
-        let mut connection = self.db.pool().acquire().await?;
-        let mut tx = connection.begin().await?;
+        let mut tx = self.db.begin_write().await?;
         insert_revocation(&mut tx, revocation).await?;
         timed("insert_revocation", tx.commit()).await?;
         Ok(())
