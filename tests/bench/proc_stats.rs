@@ -22,6 +22,22 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Proportional set size in KiB (`Pss` of `/proc/<pid>/smaps_rollup`), or
+/// 0 when unreadable: each shared page counted once over the processes
+/// that map it, so the sum over Postgres's processes counts its shared
+/// buffers once, where their resident sizes would count them in each.
+pub(crate) fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|rollup| {
+            rollup
+                .lines()
+                .find_map(|line| line.strip_prefix("Pss:"))
+                .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Seconds the process's threads have spent runnable but waiting for a
 /// CPU (the second field of each `/proc/<pid>/task/*/schedstat`): on a
 /// machine shared by many processes, the share of latency that is queueing

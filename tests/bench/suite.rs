@@ -25,7 +25,7 @@ use tokio::process::{Child, Command};
 
 use crate::{
     FanoutArgs, IdleArgs, Target, fanout,
-    proc_stats::{cpu_seconds, pids_named, rss_kib, run_queue_wait_seconds},
+    proc_stats::{cpu_seconds, pids_named, pss_kib, rss_kib, run_queue_wait_seconds},
 };
 
 /// The suite's settings.
@@ -63,6 +63,25 @@ pub(crate) struct SuiteArgs {
 /// `--worker-threads`, for every server process the suite starts.
 static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
+/// The stores a storing topology uses: its role name and the program's.
+const STORES: &[(&str, &str)] = &[("postgres", "postgres"), ("redis", "redis-server")];
+
+/// Sums `measure` of each process per role, roles in first-seen order.
+fn by_role(
+    processes: Vec<(u32, &'static str)>,
+    measure: impl Fn(u32) -> f64,
+) -> Vec<(&'static str, f64)> {
+    let mut split: Vec<(&'static str, f64)> = Vec::new();
+    for (pid, role) in processes {
+        let value = measure(pid);
+        match split.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, total)) => *total += value,
+            None => split.push((role, value)),
+        }
+    }
+    split
+}
+
 /// A topology started for the suite.
 pub(crate) struct Topology {
     name: &'static str,
@@ -98,12 +117,58 @@ impl Topology {
         }
     }
 
+    /// Whether this topology stores in this machine's Postgres and Redis.
+    fn uses_stores(&self) -> bool {
+        matches!(self.name, "distributed" | "cluster")
+    }
+
+    /// Every server process and its role, the stores included: the
+    /// Parley processes, and for a topology that uses them every Postgres
+    /// process (postmaster, backends, writers) and every redis-server (six
+    /// on the cluster topology), found by name. Nothing else on the
+    /// machine uses them during a run.
+    fn server_processes(&self) -> Vec<(u32, &'static str)> {
+        let mut all: Vec<(u32, &'static str)> = self
+            .processes()
+            .into_iter()
+            .map(|(pid, role, _)| (pid, role))
+            .collect();
+        if self.uses_stores() {
+            for (role, program) in STORES {
+                all.extend(pids_named(program).into_iter().map(|pid| (pid, *role)));
+            }
+        }
+        all
+    }
+
     fn server_cpu(&self) -> f64 {
-        self.pids().into_iter().map(cpu_seconds).sum()
+        self.server_processes()
+            .into_iter()
+            .map(|(pid, _)| cpu_seconds(pid))
+            .sum()
     }
 
     fn server_run_queue_wait(&self) -> f64 {
-        self.pids().into_iter().map(run_queue_wait_seconds).sum()
+        self.server_processes()
+            .into_iter()
+            .map(|(pid, _)| run_queue_wait_seconds(pid))
+            .sum()
+    }
+
+    /// Seconds waited for a core so far, per role, the stores included.
+    fn run_queue_wait_by_role(&self) -> Vec<(&'static str, f64)> {
+        by_role(self.server_processes(), run_queue_wait_seconds)
+    }
+
+    /// The stores' memory now, per store (PSS, so shared buffers count
+    /// once); empty for a topology without them.
+    fn store_pss_kib(&self) -> Vec<(&'static str, f64)> {
+        let stores: Vec<(u32, &'static str)> = self
+            .server_processes()
+            .into_iter()
+            .filter(|(_, role)| STORES.iter().any(|(store, _)| store == role))
+            .collect();
+        by_role(stores, |pid| pss_kib(pid) as f64)
     }
 
     /// CPU seconds per role so far (roles repeat for replicas).
@@ -119,7 +184,7 @@ impl Topology {
             .into_iter()
             .map(|(pid, role, _)| (pid, role))
             .collect();
-        let stores = self.name != "ceiling";
+        let stores = self.uses_stores();
         std::sync::Arc::new(move || {
             let mut split: Vec<(&'static str, f64)> = Vec::new();
             for (pid, role) in &roles {
@@ -129,14 +194,11 @@ impl Topology {
                     None => split.push((role, cpu)),
                 }
             }
-            // The stores the Parley processes use, found by name: every
-            // Postgres process (postmaster, backends, writers) and every
-            // redis-server (six on the cluster topology). Nothing else on
-            // the machine uses them during a run.
+            // The stores, found by name (see `server_processes`).
             if stores {
-                for (role, program) in [("postgres", "postgres"), ("redis", "redis-server")] {
+                for (role, program) in STORES {
                     let cpu = pids_named(program).into_iter().map(cpu_seconds).sum();
-                    split.push((role, cpu));
+                    split.push((*role, cpu));
                 }
             }
             split
@@ -224,6 +286,8 @@ const OPEN_LIMITS: &[(&str, &str)] = &[
     ("AUTH_LOGIN_ATTEMPTS", "1000000"),
     ("CHAT_SENDS_PER_SECOND", "1000000"),
     ("CHAT_SEND_BURST", "1000000"),
+    ("CHAT_JOINS_PER_SECOND", "1000000"),
+    ("CHAT_JOIN_BURST", "1000000"),
     ("CHAT_MAX_SESSIONS_PER_USER", "1000000"),
 ];
 
@@ -539,6 +603,7 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             let (server_before, bench_before) =
                 (topology.server_cpu(), cpu_seconds(std::process::id()));
             let roles_before = topology.cpu_by_role();
+            let role_waits_before = topology.run_queue_wait_by_role();
             let waits_before = (
                 topology.server_run_queue_wait(),
                 run_queue_wait_seconds(std::process::id()),
@@ -562,6 +627,16 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
             for ((role, after), (_, before)) in topology.cpu_by_role().into_iter().zip(roles_before)
             {
                 json["cpu_by_role_s"][role] = tenths(after - before).into();
+            }
+            for (role, after) in topology.run_queue_wait_by_role() {
+                let before = role_waits_before
+                    .iter()
+                    .find_map(|(r, w)| (*r == role).then_some(*w))
+                    .unwrap_or(0.0);
+                json["run_queue_wait_by_role_s"][role] = tenths(after - before).into();
+            }
+            for (store, kib) in topology.store_pss_kib() {
+                json["store_pss_kib"][store] = kib.into();
             }
             // CPU per delivery over the measured window alone, where the
             // deliveries are counted.
@@ -660,6 +735,9 @@ pub(crate) async fn run(args: &SuiteArgs) -> anyhow::Result<()> {
         let mut json: Value = serde_json::from_str(&report.json())?;
         json["topology"] = topology.name.into();
         json["server_rss_kib"] = topology.pids().into_iter().map(rss_kib).sum::<u64>().into();
+        for (store, kib) in topology.store_pss_kib() {
+            json["store_pss_kib"][store] = kib.into();
+        }
         for (role, grown) in topology.roles.iter().zip(&report.grown_kib) {
             let entry = &mut json["kib_per_connection_by_role"][*role];
             let total = entry.as_f64().unwrap_or(0.0) + *grown as f64 / idle as f64;
@@ -800,6 +878,26 @@ fn print_table(rows: &[Row]) {
                 "",
                 "",
                 split.join(", ")
+            );
+        }
+        if let Some(stores) = j["store_pss_kib"].as_object() {
+            let waits: Vec<String> = j["run_queue_wait_by_role_s"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, s)| s.as_f64().is_some_and(|s| s >= 0.05))
+                .map(|(role, s)| format!("{role} {s}"))
+                .collect();
+            let memory: Vec<String> = stores
+                .iter()
+                .map(|(store, kib)| format!("{store} {:.0}", kib.as_f64().unwrap_or(0.0) / 1024.0))
+                .collect();
+            println!(
+                "{:<12} {:<3} waited for a core: {} s; stores' memory (PSS): {} MiB",
+                "",
+                "",
+                waits.join(", "),
+                memory.join(", ")
             );
         }
     }

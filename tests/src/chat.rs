@@ -46,6 +46,8 @@ pub fn test_args(stack: &TestStack, redis_url: Option<&str>) -> ChatArgs {
         max_replay: 20,
         sends_per_second: 10_000,
         send_burst: 10_000,
+        joins_per_second: 10,
+        join_burst: 100,
         max_rooms_per_session: 100,
         max_sessions_per_user: 64,
         writer_lanes: 1,

@@ -87,6 +87,29 @@ pub struct ChatArgs {
     )]
     pub send_burst: u32,
 
+    /// Joins and leaves per second per user on one replica once the burst
+    /// is spent (token bucket refill). Each join costs several queries.
+    #[arg(
+        id = "CHAT_JOINS_PER_SECOND",
+        long = "chat-joins-per-second",
+        env = "CHAT_JOINS_PER_SECOND",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub joins_per_second: u32,
+
+    /// Joins and leaves a user may make at once before the rate applies
+    /// (bucket size): a client rejoining its rooms after a reconnect stays
+    /// within it.
+    #[arg(
+        id = "CHAT_JOIN_BURST",
+        long = "chat-join-burst",
+        env = "CHAT_JOIN_BURST",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub join_burst: u32,
+
     /// Rooms one session (a `Chat` stream, or one client of a gateway
     /// stream) may have joined at once.
     #[arg(

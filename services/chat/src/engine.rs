@@ -51,6 +51,10 @@ pub(crate) struct Limits {
     /// Rooms one user may have created when a join would create another
     /// (admins: no limit).
     pub(crate) max_rooms_per_creator: i64,
+    /// Joins and leaves one user may make at once on this replica.
+    pub(crate) join_burst: u32,
+    /// Joins and leaves per second per user once the burst is spent.
+    pub(crate) joins_per_second: u32,
 }
 
 /// The user a request acts for, from their token.
@@ -106,11 +110,6 @@ struct EngineInner {
     user_sessions: crate::session::quota::UserSessions,
 }
 
-/// Joins and leaves one user may make at once on a replica; then one more
-/// per [`JOIN_EVERY`]. Each join costs queries; a client rejoining its rooms
-/// after a reconnect stays well within it.
-pub(crate) const JOIN_BURST: u32 = 100;
-const JOIN_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Typing notices one user may send at once; then one per [`TYPING_EVERY`].
 /// Clients send one every few seconds while typing.
 pub(crate) const TYPING_BURST: u32 = 10;
@@ -190,6 +189,8 @@ impl Engine {
             limits,
             media,
         } = parts;
+        let join_every = std::time::Duration::from_secs(1) / limits.joins_per_second.max(1);
+        let joins_per_user = KeyedLimit::new(limits.join_burst, join_every);
         Self {
             inner: Arc::new(EngineInner {
                 store,
@@ -204,7 +205,7 @@ impl Engine {
                 media,
                 joins: Semaphore::new(JOINS_AT_ONCE),
                 user_sessions: Default::default(),
-                joins_per_user: KeyedLimit::new(JOIN_BURST, JOIN_EVERY),
+                joins_per_user,
                 typing_per_user: KeyedLimit::new(TYPING_BURST, TYPING_EVERY),
                 retry_lookups: KeyedLimit::new(RETRY_LOOKUP_BURST, RETRY_LOOKUP_EVERY),
                 password_attempts: KeyedLimit::new(PASSWORD_ATTEMPTS, PASSWORD_ATTEMPT_EVERY),
@@ -523,7 +524,8 @@ impl Engine {
         });
     }
 
-    /// Counts a join or leave of `user` against [`JOIN_BURST`].
+    /// Counts a join or leave of `user` against `CHAT_JOIN_BURST` and
+    /// `CHAT_JOINS_PER_SECOND`.
     ///
     /// # Errors
     /// RESOURCE_EXHAUSTED, saying when to retry.

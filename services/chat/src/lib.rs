@@ -215,6 +215,8 @@ pub async fn with_listeners(
             max_sessions_per_user: config.chat.max_sessions_per_user,
             max_sessions_per_stream: config.chat.max_sessions_per_stream as usize,
             max_rooms_per_creator: i64::from(config.chat.max_rooms_per_creator),
+            join_burst: config.chat.join_burst,
+            joins_per_second: config.chat.joins_per_second,
             stream_queue: config.chat.stream_queue as usize,
         },
         media: Media::new(client::connect(

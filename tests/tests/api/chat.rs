@@ -620,6 +620,8 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
         args.sends_per_second = 1;
         args.send_burst = 3;
         args.max_rooms_per_session = 2;
+        args.join_burst = 5;
+        args.joins_per_second = 1;
     })
     .await;
     let (_, token) = cluster.stack.signed_up("alice").await;
@@ -689,6 +691,40 @@ async fn limits_answer_with_resource_exhausted(backend: DatabaseBackend) {
     assert_eq!(error.code, "RESOURCE_EXHAUSTED");
     // Joining a room again is not another room.
     stream.join(&room, 0).await;
+
+    // Joins have a bucket of their own, per user: the burst, then one a
+    // second, and the refusal says when to come back.
+    let (_, bob) = cluster.stack.signed_up("bob").await;
+    let started = std::time::Instant::now();
+    let mut joined = 0;
+    let refused = loop {
+        assert!(joined < 30, "joins are never refused");
+        let result = cluster
+            .client(0)
+            .join_room(authed(
+                JoinRoomRequest {
+                    room_id: room_id(&format!("joins-{joined}")),
+                    ..Default::default()
+                },
+                &bob,
+            ))
+            .await;
+        match result {
+            Ok(_) => joined += 1,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("too many joins") && refused.message().contains("retry in"),
+        "{refused:?}"
+    );
+    // The burst is honoured; beyond it, at most one more per second passed.
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        (5..=5 + refilled).contains(&joined),
+        "{joined} joins before the refusal"
+    );
     cluster.stop().await;
 }
 
