@@ -66,6 +66,17 @@ static WORKER_THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 /// The stores a storing topology uses: its role name and the program's.
 const STORES: &[(&str, &str)] = &[("postgres", "postgres"), ("redis", "redis-server")];
 
+/// The stores' processes, found by name, each with its store's role: every
+/// Postgres process (postmaster, backends, writers) and every redis-server
+/// (six on the cluster topology). Nothing else on the machine uses them
+/// during a run.
+fn store_processes() -> Vec<(u32, &'static str)> {
+    STORES
+        .iter()
+        .flat_map(|(role, program)| pids_named(program).into_iter().map(move |pid| (pid, *role)))
+        .collect()
+}
+
 /// Sums `measure` of each process per role, roles in first-seen order.
 fn by_role(
     processes: Vec<(u32, &'static str)>,
@@ -122,11 +133,8 @@ impl Topology {
         matches!(self.name, "distributed" | "cluster")
     }
 
-    /// Every server process and its role, the stores included: the
-    /// Parley processes, and for a topology that uses them every Postgres
-    /// process (postmaster, backends, writers) and every redis-server (six
-    /// on the cluster topology), found by name. Nothing else on the
-    /// machine uses them during a run.
+    /// Every server process and its role: the Parley processes, and the
+    /// stores' for a topology that uses them.
     fn server_processes(&self) -> Vec<(u32, &'static str)> {
         let mut all: Vec<(u32, &'static str)> = self
             .processes()
@@ -134,9 +142,7 @@ impl Topology {
             .map(|(pid, role, _)| (pid, role))
             .collect();
         if self.uses_stores() {
-            for (role, program) in STORES {
-                all.extend(pids_named(program).into_iter().map(|pid| (pid, *role)));
-            }
+            all.extend(store_processes());
         }
         all
     }
@@ -163,12 +169,10 @@ impl Topology {
     /// The stores' memory now, per store (PSS, so shared buffers count
     /// once); empty for a topology without them.
     fn store_pss_kib(&self) -> Vec<(&'static str, f64)> {
-        let stores: Vec<(u32, &'static str)> = self
-            .server_processes()
-            .into_iter()
-            .filter(|(_, role)| STORES.iter().any(|(store, _)| store == role))
-            .collect();
-        by_role(stores, |pid| pss_kib(pid) as f64)
+        if !self.uses_stores() {
+            return Vec::new();
+        }
+        by_role(store_processes(), |pid| pss_kib(pid) as f64)
     }
 
     /// CPU seconds per role so far (roles repeat for replicas).
@@ -186,22 +190,11 @@ impl Topology {
             .collect();
         let stores = self.uses_stores();
         std::sync::Arc::new(move || {
-            let mut split: Vec<(&'static str, f64)> = Vec::new();
-            for (pid, role) in &roles {
-                let cpu = cpu_seconds(*pid);
-                match split.iter_mut().find(|(r, _)| r == role) {
-                    Some((_, total)) => *total += cpu,
-                    None => split.push((role, cpu)),
-                }
-            }
-            // The stores, found by name (see `server_processes`).
+            let mut all = roles.clone();
             if stores {
-                for (role, program) in STORES {
-                    let cpu = pids_named(program).into_iter().map(cpu_seconds).sum();
-                    split.push((*role, cpu));
-                }
+                all.extend(store_processes());
             }
-            split
+            by_role(all, cpu_seconds)
         })
     }
 
