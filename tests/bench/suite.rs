@@ -895,3 +895,58 @@ fn print_table(rows: &[Row]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OPEN_LIMITS;
+
+    /// The variables a binary reads, from its `--help` (`[env: NAME=...]`).
+    fn variables(binary: &str) -> Vec<String> {
+        let output = std::process::Command::new(parley_tests::binary(binary))
+            .arg("--help")
+            .output()
+            .unwrap_or_else(|err| panic!("running {binary} --help: {err}"));
+        assert!(output.status.success(), "{binary} --help failed");
+        String::from_utf8_lossy(&output.stdout)
+            .split("[env: ")
+            .skip(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Every per-user rate or count limit a service reads is lifted by the
+    /// suite, which measures throughput: a limit added without it stops a
+    /// scenario midway, as the join limit once stopped (e) at its 101st
+    /// join (BENCHMARKS.md, "Method").
+    #[test]
+    fn the_suite_lifts_every_per_user_limit() {
+        let mut limits = Vec::new();
+        for binary in [
+            "parley-auth",
+            "parley-user",
+            "parley-chat",
+            "parley-media",
+            "parley-gateway",
+        ] {
+            limits.extend(variables(binary).into_iter().filter(|name| {
+                ["_PER_SECOND", "_BURST", "_PER_USER", "_ATTEMPTS"]
+                    .iter()
+                    .any(|kind| name.ends_with(kind))
+            }));
+        }
+        assert!(
+            limits.iter().any(|name| name == "CHAT_JOIN_BURST"),
+            "the limits are found: {limits:?}"
+        );
+        for limit in limits {
+            assert!(
+                OPEN_LIMITS.iter().any(|(name, _)| *name == limit),
+                "the suite does not lift {limit}"
+            );
+        }
+    }
+}
