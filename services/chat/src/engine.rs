@@ -189,8 +189,7 @@ impl Engine {
             limits,
             media,
         } = parts;
-        let join_every = std::time::Duration::from_secs(1) / limits.joins_per_second.max(1);
-        let joins_per_user = KeyedLimit::new(limits.join_burst, join_every);
+        let joins_per_user = KeyedLimit::per_second(limits.join_burst, limits.joins_per_second);
         Self {
             inner: Arc::new(EngineInner {
                 store,

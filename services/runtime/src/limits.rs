@@ -37,6 +37,19 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
         let quota = Quota::with_period(refill)
             .unwrap_or_else(|| Quota::per_second(burst))
             .allow_burst(burst);
+        Self::with_quota(quota)
+    }
+
+    /// `burst` attempts per key at once, then `rate` a second: for limits
+    /// configured as a rate, where a refill period of a whole number of
+    /// nanoseconds would round a rate above a billion to nothing.
+    pub fn per_second(burst: u32, rate: u32) -> Self {
+        let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let rate = NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN);
+        Self::with_quota(Quota::per_second(rate).allow_burst(burst))
+    }
+
+    fn with_quota(quota: Quota) -> Self {
         Self {
             limiter: RateLimiter::hashmap(quota),
             clock: DefaultClock::default(),
@@ -82,6 +95,22 @@ mod tests {
         );
         assert!(limit.check(&"bob").is_ok(), "another key is not affected");
         assert_eq!(retry_in(Duration::from_millis(1500)), "retry in 2 s");
+    }
+
+    #[test]
+    fn a_rate_gives_the_burst_then_refills_at_that_rate() {
+        let limit = KeyedLimit::per_second(2, 10);
+        assert!(limit.check(&"ann").is_ok());
+        assert!(limit.check(&"ann").is_ok());
+        let wait = limit.check(&"ann").unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        // The largest rate is not rounded away to a lower one.
+        let limit = KeyedLimit::per_second(1, u32::MAX);
+        assert!(limit.check(&"ann").is_ok());
+        let wait = limit
+            .check(&"ann")
+            .map_or_else(|wait| wait, |()| Duration::ZERO);
+        assert!(wait <= Duration::from_micros(1), "{wait:?}");
     }
 
     #[test]
