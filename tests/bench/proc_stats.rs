@@ -27,15 +27,7 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
 /// that map it, so the sum over Postgres's processes counts its shared
 /// buffers once, where their resident sizes would count them in each.
 pub(crate) fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|rollup| {
-            rollup
-                .lines()
-                .find_map(|line| line.strip_prefix("Pss:"))
-                .and_then(|value| value.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    parley_tests::proc_kib(pid, "smaps_rollup", "Pss:")
 }
 
 /// Seconds the process's threads have spent runnable but waiting for a
