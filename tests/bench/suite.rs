@@ -133,14 +133,18 @@ impl Topology {
         matches!(self.name, "distributed" | "cluster")
     }
 
+    /// Each Parley process and its role.
+    fn parley_processes(&self) -> Vec<(u32, &'static str)> {
+        self.processes()
+            .into_iter()
+            .map(|(pid, role, _)| (pid, role))
+            .collect()
+    }
+
     /// Every server process and its role: the Parley processes, and the
     /// stores' for a topology that uses them.
     fn server_processes(&self) -> Vec<(u32, &'static str)> {
-        let mut all: Vec<(u32, &'static str)> = self
-            .processes()
-            .into_iter()
-            .map(|(pid, role, _)| (pid, role))
-            .collect();
+        let mut all = self.parley_processes();
         if self.uses_stores() {
             all.extend(store_processes());
         }
@@ -183,11 +187,7 @@ impl Topology {
     /// Reads CPU seconds per role, Postgres and Redis included, whenever
     /// called (the fan-out reads it at the edges of its measured window).
     pub(crate) fn cpu_probe(&self) -> crate::fanout::Probe {
-        let roles: Vec<(u32, &'static str)> = self
-            .processes()
-            .into_iter()
-            .map(|(pid, role, _)| (pid, role))
-            .collect();
+        let roles = self.parley_processes();
         let stores = self.uses_stores();
         std::sync::Arc::new(move || {
             let mut all = roles.clone();
